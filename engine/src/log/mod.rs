@@ -1,0 +1,711 @@
+//! The log: a directory of memory-mapped segment files holding batch frames.
+//!
+//! One writer appends; any number of readers read complete, checksummed
+//! batches below the published *written* LSN through zero-copy views into the
+//! maps. Durability is explicit: [`Log::sync`] msyncs what was written since
+//! the last sync and advances the *hardened* LSN. A failed sync poisons the
+//! log for good (no retry: a retried fsync can report success for data the
+//! kernel already dropped).
+//!
+//! Invariants, asserted where they can break:
+//! `start <= hardened <= written`, frames never span segments, segments are
+//! contiguous (`next.base == prev.base + prev.capacity`), epochs never go
+//! backwards along the log.
+
+pub mod error;
+pub mod frame;
+mod recovery;
+pub mod segment;
+pub mod sim;
+pub mod storage;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+
+pub use error::{AppendError, OpenError, ReadError, SyncError, TruncateError};
+pub use frame::{Compression, FrameHeader, Records, RecordsBuf};
+pub use recovery::{RecoveryReport, TailCut};
+pub use storage::{FsStorage, Storage, StorageFile};
+
+use frame::{Encoder, Payload, FRAME_HEADER_BYTES};
+use segment::{encode_segment_header, Segment, SegmentRef, SEGMENT_HEADER_BYTES};
+
+/// Options for opening a log.
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// Size of each new segment file, header included. A multiple of 4096,
+    /// from 8 KiB to 4 GiB. Existing segments keep the size they were made with.
+    pub segment_bytes: usize,
+    /// Compression of new batches.
+    pub compression: Compression,
+}
+
+impl Default for LogOptions {
+    fn default() -> LogOptions {
+        LogOptions {
+            segment_bytes: segment::SEGMENT_BYTES_DEFAULT,
+            compression: Compression::Zstd(1),
+        }
+    }
+}
+
+impl LogOptions {
+    pub fn validate(&self) -> Result<(), OpenError> {
+        let b = self.segment_bytes;
+        if b % segment::PAGE_BYTES != 0
+            || !(segment::SEGMENT_BYTES_MIN..=segment::SEGMENT_BYTES_MAX).contains(&b)
+        {
+            return Err(OpenError::BadOption(format!(
+                "segment_bytes must be a multiple of 4096 between {} and {}; got {b}",
+                segment::SEGMENT_BYTES_MIN,
+                segment::SEGMENT_BYTES_MAX
+            )));
+        }
+        if let Compression::Zstd(level) = self.compression {
+            let range = zstd::compression_level_range();
+            if !range.contains(&level) {
+                return Err(OpenError::BadOption(format!(
+                    "zstd compression level must be in {}..={}; got {level}",
+                    range.start(),
+                    range.end()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn capacity(&self) -> u64 {
+        (self.segment_bytes - SEGMENT_HEADER_BYTES) as u64
+    }
+}
+
+/// Where an appended batch landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchPos {
+    pub lsn_start: u64,
+    pub lsn_end: u64,
+    pub epoch: u64,
+    pub record_count: u32,
+}
+
+struct Writer {
+    encoder: Encoder,
+    last_epoch: u64,
+}
+
+/// A write-ahead log of batch frames in memory-mapped segment files.
+pub struct Log<S: Storage = FsStorage> {
+    storage: S,
+    options: LogOptions,
+    /// Open segments, sorted and contiguous. Readers clone the `Arc`s they
+    /// need and drop the lock at once.
+    segments: RwLock<Vec<SegmentRef<S::File>>>,
+    writer: Mutex<Writer>,
+    sync_lock: Mutex<()>,
+    start: AtomicU64,
+    written: AtomicU64,
+    hardened: AtomicU64,
+    poison: OnceLock<String>,
+}
+
+impl Log<FsStorage> {
+    /// Opens (or creates) the log in `dir`, recovering it: see [`Log::open_with`].
+    pub fn open(
+        dir: impl AsRef<Path>,
+        options: LogOptions,
+    ) -> Result<(Log, RecoveryReport), OpenError> {
+        let dir = dir.as_ref();
+        let storage = FsStorage::open(dir).map_err(|source| OpenError::Io {
+            context: format!("opening log directory {}", dir.display()),
+            source,
+        })?;
+        Log::open_with(storage, options)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a log lock means an invariant assertion fired;
+    // carrying on would risk the log, so propagate it.
+    m.lock().expect("log lock poisoned by a panic")
+}
+
+impl<S: Storage> Log<S> {
+    /// Opens a log on `storage`: verifies every segment header and every
+    /// batch checksum, cuts a torn tail (reported in the [`RecoveryReport`]),
+    /// refuses a log with damage in the middle, and makes everything it kept
+    /// durable. An empty directory becomes an empty log.
+    pub fn open_with(
+        storage: S,
+        options: LogOptions,
+    ) -> Result<(Log<S>, RecoveryReport), OpenError> {
+        options.validate()?;
+        let encoder = Encoder::new(options.compression).map_err(|source| OpenError::Io {
+            context: "creating zstd compressor".into(),
+            source,
+        })?;
+        let recovered = recovery::recover(&storage, &options)?;
+        let log = Log {
+            storage,
+            options,
+            segments: RwLock::new(recovered.segments),
+            writer: Mutex::new(Writer {
+                encoder,
+                last_epoch: recovered.last_epoch,
+            }),
+            sync_lock: Mutex::new(()),
+            start: AtomicU64::new(recovered.start),
+            written: AtomicU64::new(recovered.end),
+            hardened: AtomicU64::new(recovered.end),
+            poison: OnceLock::new(),
+        };
+        Ok((log, recovered.report))
+    }
+
+    pub fn options(&self) -> &LogOptions {
+        &self.options
+    }
+
+    /// First LSN still in the log.
+    pub fn start_lsn(&self) -> u64 {
+        self.start.load(Ordering::Acquire)
+    }
+
+    /// End of the last complete batch; readers see everything below it.
+    pub fn written_lsn(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Everything below this LSN is durable on this node.
+    pub fn hardened_lsn(&self) -> u64 {
+        self.hardened.load(Ordering::Acquire)
+    }
+
+    /// Epoch of the last batch in the log (0 for an empty log).
+    pub fn last_epoch(&self) -> u64 {
+        lock(&self.writer).last_epoch
+    }
+
+    /// Why the log stopped accepting writes, if it did.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poison.get().map(String::as_str)
+    }
+
+    fn poison(&self, why: String) -> String {
+        let _ = self.poison.set(why);
+        self.poison.get().expect("just set").clone()
+    }
+
+    fn segments_snapshot(&self) -> Vec<SegmentRef<S::File>> {
+        self.segments
+            .read()
+            .expect("segments lock poisoned")
+            .clone()
+    }
+
+    fn last_segment(&self) -> SegmentRef<S::File> {
+        let segs = self.segments.read().expect("segments lock poisoned");
+        segs.last().expect("a log always has a segment").clone()
+    }
+
+    /// Encodes `records` as one batch of `epoch` and appends it. The batch is
+    /// readable at once and durable after the next [`Log::sync`].
+    pub fn append(&self, epoch: u64, records: &RecordsBuf) -> Result<BatchPos, AppendError> {
+        if records.is_empty() {
+            return Err(AppendError::Empty);
+        }
+        if records.raw_bytes() > frame::BATCH_RAW_BYTES_MAX {
+            return Err(AppendError::TooLarge {
+                frame_bytes: records.raw_bytes(),
+                capacity: self.options.capacity(),
+            });
+        }
+        let mut writer = lock(&self.writer);
+        self.check_append(&writer, epoch)?;
+        let writer = &mut *writer;
+        let payload = writer.encoder.payload(records);
+        let pos = self.place(epoch, &payload, None)?;
+        writer.last_epoch = epoch;
+        Ok(pos)
+    }
+
+    /// Appends a frame produced by another node's log (the mirror's path).
+    /// The frame must pass its checksum and start exactly where this log
+    /// would place it, so partners' logs stay byte-identical.
+    pub fn append_frame(&self, frame_bytes: &[u8]) -> Result<BatchPos, AppendError> {
+        let (header, stored) = frame::check_frame(frame_bytes)?;
+        let mut writer = lock(&self.writer);
+        self.check_append(&writer, header.epoch)?;
+        let payload = Payload {
+            codec: header.codec,
+            stored,
+            raw_bytes: header.raw_bytes,
+            record_count: header.record_count,
+        };
+        let pos = self.place(header.epoch, &payload, Some(header.base_lsn))?;
+        writer.last_epoch = header.epoch;
+        Ok(pos)
+    }
+
+    fn check_append(&self, writer: &Writer, epoch: u64) -> Result<(), AppendError> {
+        if let Some(why) = self.poisoned() {
+            return Err(AppendError::Poisoned(why.to_string()));
+        }
+        if epoch < writer.last_epoch {
+            return Err(AppendError::EpochRegression {
+                last: writer.last_epoch,
+                got: epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a frame at the end of the log. Caller holds the writer lock.
+    fn place(
+        &self,
+        epoch: u64,
+        payload: &Payload<'_>,
+        expect_lsn: Option<u64>,
+    ) -> Result<BatchPos, AppendError> {
+        let frame_len = frame::frame_bytes_for(payload.stored.len());
+        let mut seg = self.last_segment();
+        let mut lsn = self.written.load(Ordering::Acquire);
+        assert!(
+            lsn >= seg.base_lsn && lsn <= seg.end_lsn(),
+            "written LSN outside the last segment"
+        );
+        if lsn + frame_len as u64 > seg.end_lsn() {
+            // The frame does not fit: the rest of this segment stays zero
+            // (padding) and the frame starts the next segment.
+            if frame_len as u64 > self.options.capacity() {
+                return Err(AppendError::TooLarge {
+                    frame_bytes: frame_len,
+                    capacity: self.options.capacity(),
+                });
+            }
+            if let Some(got) = expect_lsn {
+                if got != seg.end_lsn() {
+                    return Err(AppendError::UnexpectedLsn { expected: lsn, got });
+                }
+            }
+            seg = self.roll(seg.end_lsn())?;
+            lsn = seg.base_lsn;
+        } else if let Some(got) = expect_lsn {
+            if got != lsn {
+                return Err(AppendError::UnexpectedLsn { expected: lsn, got });
+            }
+        }
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        frame::encode_header(epoch, lsn, payload, &mut header);
+        let padding = frame_len - FRAME_HEADER_BYTES - payload.stored.len();
+        // SAFETY: we hold the writer lock, so we are the only writer, and
+        // [lsn, lsn + frame_len) is at or beyond the published written LSN,
+        // which no reader reads past. The frame fits the segment (checked).
+        unsafe {
+            seg.write_log_bytes(lsn, &header);
+            seg.write_log_bytes(lsn + FRAME_HEADER_BYTES as u64, payload.stored);
+            if padding > 0 {
+                seg.write_log_bytes(
+                    lsn + (frame_len - padding) as u64,
+                    &[0u8; frame::FRAME_ALIGN][..padding],
+                );
+            }
+        }
+        let end = lsn + frame_len as u64;
+        // Release: a reader that sees the new written LSN sees the bytes.
+        self.written.store(end, Ordering::Release);
+        Ok(BatchPos {
+            lsn_start: lsn,
+            lsn_end: end,
+            epoch,
+            record_count: payload.record_count,
+        })
+    }
+
+    /// Creates, syncs and maps the segment starting at `base`.
+    fn roll(&self, base: u64) -> Result<SegmentRef<S::File>, AppendError> {
+        let seg = recovery::create_segment(&self.storage, base, self.options.segment_bytes)
+            .map_err(|(context, source)| AppendError::Io { context, source })?;
+        let seg = Arc::new(seg);
+        self.segments
+            .write()
+            .expect("segments lock poisoned")
+            .push(seg.clone());
+        Ok(seg)
+    }
+
+    /// Makes everything written so far durable and returns the new hardened
+    /// LSN. Safe to call from another thread while appends continue.
+    pub fn sync(&self) -> Result<u64, SyncError> {
+        if let Some(why) = self.poisoned() {
+            return Err(SyncError::Poisoned(why.to_string()));
+        }
+        let _guard = lock(&self.sync_lock);
+        let target = self.written.load(Ordering::Acquire);
+        let from = self.hardened.load(Ordering::Acquire);
+        if target <= from {
+            return Ok(from);
+        }
+        for seg in self.segments_snapshot() {
+            if seg.end_lsn() <= from || seg.base_lsn >= target {
+                continue;
+            }
+            if let Err(e) = seg.sync_log_range(from, target) {
+                let why = format!(
+                    "msync of {} (LSN {from}..{target}) failed: {e}",
+                    self.storage.describe(&seg.name)
+                );
+                return Err(SyncError::Poisoned(self.poison(why)));
+            }
+        }
+        let prev = self.hardened.swap(target, Ordering::AcqRel);
+        assert!(
+            prev <= target,
+            "hardened LSN went backwards: {prev} -> {target}"
+        );
+        Ok(target)
+    }
+
+    /// Iterates over the batches from `lsn` (a batch boundary) to the
+    /// written LSN as of this call.
+    pub fn read_from(&self, lsn: u64) -> Result<BatchIter<S::File>, ReadError> {
+        let segments = self.segments_snapshot();
+        let end = self.written.load(Ordering::Acquire);
+        let start = self.start.load(Ordering::Acquire);
+        if lsn < start {
+            return Err(ReadError::Purged { lsn, start });
+        }
+        if lsn > end {
+            return Err(ReadError::BeyondEnd { lsn, end });
+        }
+        Ok(BatchIter {
+            segments,
+            end,
+            pos: lsn,
+            index: 0,
+            failed: false,
+        })
+    }
+
+    /// Deletes whole segments that end at or below `lsn` (never the last
+    /// one). Returns the log's new start LSN.
+    pub fn delete_below(&self, lsn: u64) -> Result<u64, TruncateError> {
+        if let Some(why) = self.poisoned() {
+            return Err(TruncateError::Poisoned(why.to_string()));
+        }
+        if lsn > self.hardened_lsn() {
+            return Err(TruncateError::BadLsn {
+                lsn,
+                reason: format!(
+                    "only hardened log may be deleted; hardened LSN is {}",
+                    self.hardened_lsn()
+                ),
+            });
+        }
+        let mut segs = self.segments.write().expect("segments lock poisoned");
+        let mut removed = 0;
+        while segs.len() > 1 && segs[0].end_lsn() <= lsn {
+            let name = segs[0].name.clone();
+            if let Err(source) = self.storage.remove(&name) {
+                let context = format!("deleting {}", self.storage.describe(&name));
+                self.poison(format!("{context}: {source}"));
+                return Err(TruncateError::Io { context, source });
+            }
+            // Readers holding this segment keep their mapping alive.
+            segs.remove(0);
+            removed += 1;
+        }
+        if removed > 0 {
+            if let Err(source) = self.storage.sync_dir() {
+                let context = "syncing log directory after deleting segments".to_string();
+                self.poison(format!("{context}: {source}"));
+                return Err(TruncateError::Io { context, source });
+            }
+            self.start.store(segs[0].base_lsn, Ordering::Release);
+        }
+        Ok(segs[0].base_lsn)
+    }
+
+    /// Cuts the log back to `lsn`, which must be a batch boundary between
+    /// the start and the written LSN. Everything from `lsn` on is gone, on
+    /// disk too, when this returns. Readers holding views of the cut bytes
+    /// keep valid (old) bytes: the segment holding `lsn` is rewritten into a
+    /// new file and swapped in, never zeroed in place.
+    pub fn truncate(&self, lsn: u64) -> Result<(), TruncateError> {
+        if let Some(why) = self.poisoned() {
+            return Err(TruncateError::Poisoned(why.to_string()));
+        }
+        let mut writer = lock(&self.writer);
+        let _sync = lock(&self.sync_lock);
+        let written = self.written.load(Ordering::Acquire);
+        let start = self.start.load(Ordering::Acquire);
+        if lsn > written || lsn < start {
+            return Err(TruncateError::BadLsn {
+                lsn,
+                reason: format!("the log holds LSN {start}..{written}"),
+            });
+        }
+        if lsn == written {
+            return Ok(());
+        }
+        let segments = self.segments_snapshot();
+        let idx = segments
+            .iter()
+            .rposition(|s| s.base_lsn <= lsn)
+            .expect("lsn >= start, so some segment starts at or below it");
+        let seg = segments[idx].clone();
+        // Find the batch boundary and the epoch of the batch before it.
+        let mut last_epoch = None;
+        let mut it = self
+            .read_from(seg.base_lsn)
+            .map_err(|e| TruncateError::BadLsn {
+                lsn,
+                reason: e.to_string(),
+            })?;
+        let mut pos = seg.base_lsn;
+        while pos < lsn {
+            match it.next() {
+                Some(Ok(view)) if view.lsn() < seg.end_lsn() => {
+                    last_epoch = Some(view.header().epoch);
+                    pos = view.end_lsn();
+                }
+                Some(Err(e)) => {
+                    return Err(TruncateError::BadLsn {
+                        lsn,
+                        reason: e.to_string(),
+                    })
+                }
+                _ => break,
+            }
+        }
+        if pos != lsn {
+            return Err(TruncateError::BadLsn {
+                lsn,
+                reason: "not a batch boundary".into(),
+            });
+        }
+        let last_epoch = match last_epoch {
+            Some(e) => e,
+            None => self.epoch_before(&segments[..idx]),
+        };
+        // Later segments go first, last one first, each removal durable, so
+        // a crash part-way leaves a contiguous log with an intact tail that a
+        // retry cuts again, never a hole.
+        let fail = |context: String, source: std::io::Error| {
+            self.poison(format!("{context}: {source}"));
+            TruncateError::Io { context, source }
+        };
+        for later in segments[idx + 1..].iter().rev() {
+            self.storage.remove(&later.name).map_err(|e| {
+                fail(
+                    format!("removing {}", self.storage.describe(&later.name)),
+                    e,
+                )
+            })?;
+            self.storage
+                .sync_dir()
+                .map_err(|e| fail("syncing log directory".into(), e))?;
+            self.segments.write().expect("segments lock poisoned").pop();
+        }
+        // Rewrite the segment holding `lsn` with only the bytes before it.
+        let keep = (lsn - seg.base_lsn) as usize;
+        let mut prefix = Vec::with_capacity(SEGMENT_HEADER_BYTES + keep);
+        prefix.extend_from_slice(&encode_segment_header(seg.base_lsn, seg.capacity));
+        // SAFETY: below the written LSN; we hold the writer lock, so nobody writes it.
+        prefix.extend_from_slice(unsafe { seg.log_bytes(seg.base_lsn, keep) });
+        let tmp = format!("{}{}", seg.name, recovery::TRUNCATE_SUFFIX);
+        let file_len = seg.file.len();
+        self.storage
+            .create(&tmp, &prefix, file_len)
+            .map_err(|e| fail(format!("writing {}", self.storage.describe(&tmp)), e))?;
+        self.storage
+            .rename(&tmp, &seg.name)
+            .map_err(|e| fail(format!("replacing {}", self.storage.describe(&seg.name)), e))?;
+        self.storage
+            .sync_dir()
+            .map_err(|e| fail("syncing log directory".into(), e))?;
+        let file = self
+            .storage
+            .open(&seg.name)
+            .map_err(|e| fail(format!("mapping {}", self.storage.describe(&seg.name)), e))?;
+        let replacement = Arc::new(Segment {
+            name: seg.name.clone(),
+            base_lsn: seg.base_lsn,
+            capacity: seg.capacity,
+            file,
+        });
+        {
+            let mut segs = self.segments.write().expect("segments lock poisoned");
+            assert_eq!(segs.len(), idx + 1);
+            segs[idx] = replacement;
+        }
+        writer.last_epoch = last_epoch;
+        self.written.store(lsn, Ordering::Release);
+        // The new file's bytes were synced by create().
+        self.hardened.store(lsn, Ordering::Release);
+        Ok(())
+    }
+
+    /// Epoch of the last batch in `segments` (0 if they hold none).
+    fn epoch_before(&self, segments: &[SegmentRef<S::File>]) -> u64 {
+        for seg in segments.iter().rev() {
+            let it = BatchIter {
+                segments: vec![seg.clone()],
+                end: seg.end_lsn(),
+                pos: seg.base_lsn,
+                index: 0,
+                failed: false,
+            };
+            if let Some(Ok(last)) = it.take_while(|r| r.is_ok()).last() {
+                return last.header().epoch;
+            }
+        }
+        0
+    }
+}
+
+/// A zero-copy view of one complete, checksummed batch in a segment map.
+/// Holding it keeps the segment mapped, even if the log deletes it.
+pub struct BatchView<F: StorageFile> {
+    segment: SegmentRef<F>,
+    header: FrameHeader,
+}
+
+impl<F: StorageFile> BatchView<F> {
+    pub fn header(&self) -> &FrameHeader {
+        &self.header
+    }
+
+    pub fn lsn(&self) -> u64 {
+        self.header.base_lsn
+    }
+
+    pub fn end_lsn(&self) -> u64 {
+        self.header.end_lsn()
+    }
+
+    /// The whole frame (header, payload, padding): exactly the bytes on
+    /// disk and on the wire.
+    pub fn frame(&self) -> &[u8] {
+        // SAFETY: the frame lies below the written LSN at the time the view
+        // was made; appends never rewrite those bytes and truncation swaps in
+        // a new file instead of writing this mapping, which `segment` keeps alive.
+        unsafe {
+            self.segment
+                .log_bytes(self.header.base_lsn, self.header.frame_bytes())
+        }
+    }
+
+    /// The stored (possibly compressed) payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.frame()[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + self.header.stored_bytes as usize]
+    }
+
+    /// Decompresses and validates the records.
+    pub fn records(&self) -> Result<Records, ReadError> {
+        frame::decode_records(&self.header, self.payload()).map_err(|source| ReadError::Corrupt {
+            lsn: self.lsn(),
+            source,
+        })
+    }
+}
+
+/// Iterator over batches; see [`Log::read_from`]. Verifies each frame's
+/// checksum; after an error it yields nothing more.
+pub struct BatchIter<F: StorageFile> {
+    segments: Vec<SegmentRef<F>>,
+    end: u64,
+    pos: u64,
+    index: usize,
+    failed: bool,
+}
+
+impl<F: StorageFile> BatchIter<F> {
+    /// The LSN the next batch starts at (or the end).
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn fail(&mut self, e: ReadError) -> Option<Result<BatchView<F>, ReadError>> {
+        self.failed = true;
+        Some(Err(e))
+    }
+}
+
+impl<F: StorageFile> Iterator for BatchIter<F> {
+    type Item = Result<BatchView<F>, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.failed || self.pos >= self.end {
+                return None;
+            }
+            while self.index < self.segments.len()
+                && self.segments[self.index].end_lsn() <= self.pos
+            {
+                self.index += 1;
+            }
+            let Some(seg) = self.segments.get(self.index).cloned() else {
+                let e = ReadError::NotABatch {
+                    lsn: self.pos,
+                    reason: "no segment holds it".into(),
+                };
+                return self.fail(e);
+            };
+            let pos = self.pos;
+            let room = (seg.end_lsn() - pos) as usize;
+            let header_len = room.min(FRAME_HEADER_BYTES);
+            // SAFETY: pos < end (written LSN of the snapshot) and frames and
+            // padding below the written LSN are never rewritten in this map.
+            let head = unsafe { seg.log_bytes(pos, header_len) };
+            if head.iter().all(|&b| b == 0) {
+                // Zeros below the written LSN can only be the padding at the end
+                // of a segment whose next frame did not fit. Check all of it:
+                // a position inside some payload could start with zeros too.
+                // SAFETY: as above; the padding is below the written LSN.
+                let rest = unsafe { seg.log_bytes(pos, room) };
+                if rest.iter().any(|&b| b != 0) || seg.end_lsn() >= self.end {
+                    let e = ReadError::NotABatch {
+                        lsn: pos,
+                        reason: "zero bytes where a batch header was expected".into(),
+                    };
+                    return self.fail(e);
+                }
+                self.pos = seg.end_lsn();
+                continue;
+            }
+            // SAFETY: as above; bounded by the segment end.
+            let bytes = unsafe { seg.log_bytes(pos, room.min((self.end - pos) as usize)) };
+            let header = match frame::check_frame(bytes) {
+                Ok((h, _)) => h,
+                Err(source) => {
+                    let e = if matches!(source, frame::FrameError::BadMagic(_)) {
+                        ReadError::NotABatch {
+                            lsn: pos,
+                            reason: source.to_string(),
+                        }
+                    } else {
+                        ReadError::Corrupt { lsn: pos, source }
+                    };
+                    return self.fail(e);
+                }
+            };
+            if header.base_lsn != pos || header.end_lsn() > self.end {
+                let e = ReadError::NotABatch {
+                    lsn: pos,
+                    reason: format!(
+                        "frame claims LSN {} and ends at {}",
+                        header.base_lsn,
+                        header.end_lsn()
+                    ),
+                };
+                return self.fail(e);
+            }
+            self.pos = header.end_lsn();
+            return Some(Ok(BatchView {
+                segment: seg,
+                header,
+            }));
+        }
+    }
+}
