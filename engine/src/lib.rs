@@ -1,1 +1,12 @@
+//! mirrorlog-engine: an embeddable log-transport and mirroring engine.
+//!
+//! * [`log`]: the write-ahead log: memory-mapped, preallocated segment files
+//!   of checksummed (and zstd-compressed when that pays) batch frames, with
+//!   crash recovery.
+//! * [`commit`]: group commit: many committers, one appender thread, one sync
+//!   per batch, commit levels from `local` to `remote-apply`.
+//!
+//! See docs/design.md for the architecture and docs/format.md for every byte.
+
+pub mod commit;
 pub mod log;

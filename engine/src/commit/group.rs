@@ -1,0 +1,502 @@
+//! The appender thread, the commit queue and tickets.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::commit::level::Level;
+use crate::commit::progress::{Progress, Waiters};
+use crate::commit::{CommitError, StartError};
+use crate::log::frame::{RecordsBuf, BATCH_RAW_BYTES_MAX, FRAME_HEADER_BYTES};
+use crate::log::{AppendError, BatchPos, Log, Storage};
+
+/// Options for [`GroupCommit::start`].
+#[derive(Clone, Debug)]
+pub struct CommitOptions {
+    /// Most raw record bytes in one batch. Commits arriving while a full
+    /// batch waits block until the appender takes it (back-pressure).
+    pub batch_bytes_max: usize,
+    /// Pin the appender thread to this core (see `core_affinity`).
+    pub appender_core: Option<usize>,
+    /// Level a commit waits for unless it asks for another.
+    pub default_level: Level,
+}
+
+impl Default for CommitOptions {
+    fn default() -> CommitOptions {
+        CommitOptions {
+            batch_bytes_max: 4 << 20,
+            appender_core: None,
+            default_level: Level::Local,
+        }
+    }
+}
+
+/// What an acknowledged commit got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// LSN range of the batch holding the commit.
+    pub lsn_start: u64,
+    pub lsn_end: u64,
+    pub epoch: u64,
+    /// Index of the commit's first record within the batch, and its count.
+    pub first_record: u32,
+    pub records: u32,
+    /// The level that was reached.
+    pub level: Level,
+}
+
+/// Counters since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    pub commits: u64,
+    pub batches: u64,
+    pub raw_bytes: u64,
+    pub log_bytes: u64,
+}
+
+/// One batch in the making; shared by the tickets of its commits.
+struct BatchSlot {
+    placed: OnceLock<Result<BatchPos, CommitError>>,
+}
+
+struct Queue {
+    records: RecordsBuf,
+    submitted: Vec<Instant>,
+    slot: Arc<BatchSlot>,
+    shutdown: bool,
+}
+
+struct Shared<S: Storage> {
+    log: Arc<Log<S>>,
+    options: CommitOptions,
+    epoch: AtomicU64,
+    queue: Mutex<Queue>,
+    /// Signalled when the queue becomes non-empty (or on shutdown).
+    work: Condvar,
+    /// Signalled when the appender takes the queue (room again).
+    room: Condvar,
+    progress: Arc<Progress>,
+    latency_ns: Mutex<Vec<Histogram<u64>>>,
+    commits: AtomicU64,
+    batches: AtomicU64,
+    raw_bytes: AtomicU64,
+    log_bytes: AtomicU64,
+}
+
+impl<S: Storage> Shared<S> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().expect("commit queue lock poisoned")
+    }
+}
+
+/// See the module documentation of [`crate::commit`].
+pub struct GroupCommit<S: Storage> {
+    shared: Arc<Shared<S>>,
+    appender: Option<JoinHandle<()>>,
+}
+
+fn new_slot() -> Arc<BatchSlot> {
+    Arc::new(BatchSlot {
+        placed: OnceLock::new(),
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 ns .. 100 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+impl<S: Storage> GroupCommit<S> {
+    /// Starts the appender thread for `log`. Batches are written with the
+    /// log's last epoch (at least 1) until [`GroupCommit::set_epoch`].
+    pub fn start(log: Arc<Log<S>>, options: CommitOptions) -> Result<GroupCommit<S>, StartError> {
+        let capacity = log.options().segment_bytes - crate::log::segment::SEGMENT_HEADER_BYTES;
+        let max = BATCH_RAW_BYTES_MAX.min(capacity - FRAME_HEADER_BYTES);
+        if options.batch_bytes_max == 0 || options.batch_bytes_max > max {
+            return Err(StartError::BadOption(format!(
+                "batch_bytes_max must be between 1 and {max} (a batch must fit one segment); got {}",
+                options.batch_bytes_max
+            )));
+        }
+        if let Some(core) = options.appender_core {
+            let cores = core_affinity::get_core_ids().unwrap_or_default();
+            if !cores.iter().any(|c| c.id == core) {
+                return Err(StartError::BadOption(format!(
+                    "appender_core {core} does not exist; this machine has cores {:?}",
+                    cores.iter().map(|c| c.id).collect::<Vec<_>>()
+                )));
+            }
+        }
+        let hardened = log.hardened_lsn();
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(log.last_epoch().max(1)),
+            queue: Mutex::new(Queue {
+                records: RecordsBuf::with_capacity(options.batch_bytes_max),
+                submitted: Vec::new(),
+                slot: new_slot(),
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            progress: Arc::new(Progress::new(hardened)),
+            latency_ns: Mutex::new((0..Level::COUNT).map(|_| new_histogram()).collect()),
+            commits: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            raw_bytes: AtomicU64::new(0),
+            log_bytes: AtomicU64::new(0),
+            log,
+            options,
+        });
+        if let Some(why) = shared.log.poisoned() {
+            shared.progress.fail(why);
+        }
+        let for_thread = shared.clone();
+        let appender = std::thread::Builder::new()
+            .name("mirrorlog-appender".into())
+            .spawn(move || appender_loop(for_thread))?;
+        Ok(GroupCommit {
+            shared,
+            appender: Some(appender),
+        })
+    }
+
+    pub fn log(&self) -> &Arc<Log<S>> {
+        &self.shared.log
+    }
+
+    /// The watermarks commits wait on; the replication layer advances the
+    /// remote levels here.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.shared.progress
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::Acquire)
+    }
+
+    /// Batches taken after this call carry `epoch`. Epochs never go back.
+    pub fn set_epoch(&self, epoch: u64) {
+        let prev = self.shared.epoch.fetch_max(epoch, Ordering::AcqRel);
+        assert!(epoch >= prev, "epoch went backwards: {prev} -> {epoch}");
+    }
+
+    /// Commits `records` as one unit at the default level.
+    pub fn commit(&self, records: &[&[u8]]) -> Result<Ticket<S>, CommitError> {
+        self.commit_at(records, self.shared.options.default_level)
+    }
+
+    /// Commits `records` as one unit (they land in the same batch, in order)
+    /// and returns a ticket that completes at `level`.
+    pub fn commit_at(&self, records: &[&[u8]], level: Level) -> Result<Ticket<S>, CommitError> {
+        let shared = &self.shared;
+        if records.is_empty() {
+            return Err(CommitError::Empty);
+        }
+        if level.is_remote() && !shared.progress.remote_attached() {
+            return Err(CommitError::LevelUnavailable(level));
+        }
+        let bytes: usize = records.iter().map(|r| RecordsBuf::cost(r)).sum();
+        let max = shared.options.batch_bytes_max;
+        if bytes > max {
+            return Err(CommitError::TooLarge { bytes, max });
+        }
+        let submitted = Instant::now();
+        let mut q = shared.queue();
+        loop {
+            if q.shutdown {
+                return Err(CommitError::ShutDown);
+            }
+            if let Some(why) = shared.log.poisoned() {
+                return Err(CommitError::Poisoned(Arc::from(why)));
+            }
+            if q.records.raw_bytes() + bytes <= max {
+                break;
+            }
+            q = shared.room.wait(q).expect("commit queue lock poisoned");
+        }
+        let was_empty = q.records.is_empty();
+        let first_record = q.records.count();
+        for r in records {
+            q.records.push(r);
+        }
+        q.submitted.push(submitted);
+        let slot = q.slot.clone();
+        drop(q);
+        if was_empty {
+            // The appender only sleeps on an empty queue.
+            shared.work.notify_one();
+        }
+        Ok(Ticket {
+            shared: shared.clone(),
+            slot,
+            first_record,
+            records: records.len() as u32,
+            level,
+        })
+    }
+
+    /// Commit latency (submit to level reached, in nanoseconds) per level.
+    pub fn latency_ns(&self, level: Level) -> Histogram<u64> {
+        self.shared.latency_ns.lock().expect("latency lock")[level.index()].clone()
+    }
+
+    /// Records the latency of a remote level (for the replication layer).
+    pub fn record_latency_ns(&self, level: Level, ns: u64) {
+        self.shared.latency_ns.lock().expect("latency lock")[level.index()]
+            .saturating_record(ns.max(1));
+    }
+
+    pub fn reset_latency(&self) {
+        for h in self
+            .shared
+            .latency_ns
+            .lock()
+            .expect("latency lock")
+            .iter_mut()
+        {
+            h.reset();
+        }
+    }
+
+    pub fn stats(&self) -> CommitStats {
+        let s = &self.shared;
+        CommitStats {
+            commits: s.commits.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            raw_bytes: s.raw_bytes.load(Ordering::Relaxed),
+            log_bytes: s.log_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking commits, lets the appender finish what is queued, and
+    /// waits for it.
+    pub fn shutdown(&mut self) {
+        self.shared.queue().shutdown = true;
+        self.shared.work.notify_all();
+        self.shared.room.notify_all();
+        if let Some(handle) = self.appender.take() {
+            // The appender only panics on a broken invariant; re-raise it.
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+impl<S: Storage> Drop for GroupCommit<S> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.shutdown();
+        }
+    }
+}
+
+fn appender_loop<S: Storage>(shared: Arc<Shared<S>>) {
+    if let Some(core) = shared.options.appender_core {
+        // Checked to exist at start; pinning is an optimisation, so a refusal
+        // (e.g. a restrictive cpuset) leaves the thread unpinned.
+        let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+    }
+    let mut records = RecordsBuf::with_capacity(shared.options.batch_bytes_max);
+    let mut submitted = Vec::new();
+    loop {
+        let slot = {
+            let mut q = shared.queue();
+            while q.records.is_empty() && !q.shutdown {
+                q = shared.work.wait(q).expect("commit queue lock poisoned");
+            }
+            if q.records.is_empty() {
+                return; // shut down and drained
+            }
+            std::mem::swap(&mut q.records, &mut records);
+            std::mem::swap(&mut q.submitted, &mut submitted);
+            std::mem::replace(&mut q.slot, new_slot())
+        };
+        shared.room.notify_all();
+        write_batch(&shared, &records, &submitted, &slot);
+        records.clear();
+        submitted.clear();
+    }
+}
+
+/// Appends and syncs one batch, then completes its tickets.
+fn write_batch<S: Storage>(
+    shared: &Shared<S>,
+    records: &RecordsBuf,
+    submitted: &[Instant],
+    slot: &BatchSlot,
+) {
+    let epoch = shared.epoch.load(Ordering::Acquire);
+    let pos = match shared.log.append(epoch, records) {
+        Ok(pos) => pos,
+        Err(AppendError::Poisoned(why)) => {
+            let _ = slot
+                .placed
+                .set(Err(CommitError::Poisoned(Arc::from(why.as_str()))));
+            shared.progress.fail(&why);
+            return;
+        }
+        Err(e) => {
+            // Nothing was written; only this batch fails.
+            let _ = slot
+                .placed
+                .set(Err(CommitError::Append(Arc::from(e.to_string()))));
+            shared.progress.notify();
+            return;
+        }
+    };
+    assert!(slot.placed.set(Ok(pos)).is_ok(), "a batch is placed once");
+    match shared.log.sync() {
+        Ok(hardened) => {
+            assert!(
+                hardened >= pos.lsn_end,
+                "sync returned before the batch end"
+            );
+            let now = Instant::now();
+            {
+                let mut h = shared.latency_ns.lock().expect("latency lock");
+                let local = &mut h[Level::Local.index()];
+                for t in submitted {
+                    local.saturating_record((now - *t).as_nanos().max(1) as u64);
+                }
+            }
+            shared
+                .commits
+                .fetch_add(submitted.len() as u64, Ordering::Relaxed);
+            shared.batches.fetch_add(1, Ordering::Relaxed);
+            shared
+                .raw_bytes
+                .fetch_add(records.raw_bytes() as u64, Ordering::Relaxed);
+            shared
+                .log_bytes
+                .fetch_add(pos.lsn_end - pos.lsn_start, Ordering::Relaxed);
+            shared.progress.advance(Level::Local, hardened);
+        }
+        Err(e) => shared.progress.fail(&e.to_string()),
+    }
+}
+
+/// A commit in flight. Wait with [`Ticket::wait`] or `.await`.
+pub struct Ticket<S: Storage> {
+    shared: Arc<Shared<S>>,
+    slot: Arc<BatchSlot>,
+    first_record: u32,
+    records: u32,
+    level: Level,
+}
+
+impl<S: Storage> Ticket<S> {
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// The outcome if it is known, without waiting. The level is checked
+    /// before any failure: a batch hardened before the log was poisoned
+    /// stays acknowledged.
+    fn outcome(&self, failed: Option<&Arc<str>>) -> Option<Result<Committed, CommitError>> {
+        match self.slot.placed.get() {
+            Some(Ok(pos)) => {
+                if self.shared.progress.reached(self.level) >= pos.lsn_end {
+                    return Some(Ok(Committed {
+                        lsn_start: pos.lsn_start,
+                        lsn_end: pos.lsn_end,
+                        epoch: pos.epoch,
+                        first_record: self.first_record,
+                        records: self.records,
+                        level: self.level,
+                    }));
+                }
+            }
+            Some(Err(e)) => return Some(Err(e.clone())),
+            None => {}
+        }
+        if let Some(why) = failed {
+            return Some(Err(CommitError::Poisoned(why.clone())));
+        }
+        if self.level.is_remote() && !self.shared.progress.remote_attached() {
+            return Some(Err(CommitError::LevelUnavailable(self.level)));
+        }
+        None
+    }
+
+    fn outcome_locked(&self, st: &Waiters) -> Option<Result<Committed, CommitError>> {
+        self.outcome(st.failed.as_ref())
+    }
+
+    /// The outcome if already known.
+    pub fn try_result(&self) -> Option<Result<Committed, CommitError>> {
+        // Fast path without the lock: most tickets of a pipelined client are
+        // complete by the time it looks.
+        if let Some(Ok(pos)) = self.slot.placed.get() {
+            if self.shared.progress.reached(self.level) >= pos.lsn_end {
+                return self.outcome(None);
+            }
+        }
+        let st = self.shared.progress.lock();
+        self.outcome_locked(&st)
+    }
+
+    /// Blocks until the commit reaches its level or fails.
+    pub fn wait(self) -> Result<Committed, CommitError> {
+        if let Some(Ok(pos)) = self.slot.placed.get() {
+            if self.shared.progress.reached(self.level) >= pos.lsn_end {
+                return self.outcome(None).expect("reached");
+            }
+        }
+        let progress = &self.shared.progress;
+        let mut st = progress.lock();
+        loop {
+            if let Some(r) = self.outcome_locked(&st) {
+                return r;
+            }
+            st = progress.wait(st);
+        }
+    }
+
+    /// Like [`Ticket::wait`], giving up after `timeout` (the commit may
+    /// still complete later; that is not knowable here).
+    pub fn wait_timeout(self, timeout: Duration) -> Result<Committed, CommitError> {
+        let deadline = Instant::now() + timeout;
+        let progress = &self.shared.progress;
+        let mut st = progress.lock();
+        loop {
+            if let Some(r) = self.outcome_locked(&st) {
+                return r;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(CommitError::Timeout {
+                    level: self.level,
+                    timeout,
+                });
+            }
+            st = progress.wait_timeout(st, deadline - now);
+        }
+    }
+}
+
+impl<S: Storage> Future for Ticket<S> {
+    type Output = Result<Committed, CommitError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(Ok(pos)) = self.slot.placed.get() {
+            if self.shared.progress.reached(self.level) >= pos.lsn_end {
+                return Poll::Ready(self.outcome(None).expect("reached"));
+            }
+        }
+        let mut st = self.shared.progress.lock();
+        if let Some(r) = self.outcome_locked(&st) {
+            return Poll::Ready(r);
+        }
+        // Registered under the lock that notify() takes, so no wake-up is lost.
+        Progress::register(&mut st, cx.waker());
+        Poll::Pending
+    }
+}

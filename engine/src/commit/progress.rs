@@ -1,0 +1,114 @@
+//! Per-level LSN watermarks and the waiting on them.
+//!
+//! Whoever advances a level (the appender for `local`, the replication layer
+//! for the remote levels) calls [`Progress::advance`]; commits wait until the
+//! level they asked for reaches the end of their batch. Blocking waiters use a
+//! condition variable, async waiters register a `Waker`. A failure (poisoned
+//! log) wakes everyone with an error.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Waker;
+
+use crate::commit::level::Level;
+
+pub(crate) struct Waiters {
+    pub failed: Option<Arc<str>>,
+    wakers: Vec<Waker>,
+}
+
+pub struct Progress {
+    lsn: [AtomicU64; Level::COUNT],
+    remote_attached: AtomicBool,
+    state: Mutex<Waiters>,
+    cv: Condvar,
+}
+
+impl Progress {
+    pub(crate) fn new(start: u64) -> Progress {
+        Progress {
+            lsn: std::array::from_fn(|_| AtomicU64::new(start)),
+            remote_attached: AtomicBool::new(false),
+            state: Mutex::new(Waiters {
+                failed: None,
+                wakers: Vec::new(),
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Waiters> {
+        self.state.lock().expect("progress lock poisoned")
+    }
+
+    /// Highest LSN below which every batch has reached `level`.
+    pub fn reached(&self, level: Level) -> u64 {
+        self.lsn[level.index()].load(Ordering::Acquire)
+    }
+
+    /// Whether a mirror is attached, so remote levels can be reached.
+    pub fn remote_attached(&self) -> bool {
+        self.remote_attached.load(Ordering::Acquire)
+    }
+
+    /// Called by the replication layer when a mirror attaches or detaches.
+    pub fn set_remote_attached(&self, attached: bool) {
+        self.remote_attached.store(attached, Ordering::Release);
+        self.notify();
+    }
+
+    /// Moves `level` forward to `lsn` (never backwards) and wakes waiters.
+    pub fn advance(&self, level: Level, lsn: u64) {
+        let prev = self.lsn[level.index()].fetch_max(lsn, Ordering::AcqRel);
+        if lsn > prev {
+            self.notify();
+        }
+    }
+
+    /// Wakes every waiter to re-check its condition.
+    pub fn notify(&self) {
+        // Taking the lock orders this wake-up after any waiter's check, so a
+        // waiter that saw the old value is already waiting on the condvar.
+        let wakers = std::mem::take(&mut self.lock().wakers);
+        self.cv.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Fails every pending and future wait.
+    pub fn fail(&self, why: &str) {
+        {
+            let mut st = self.lock();
+            if st.failed.is_none() {
+                st.failed = Some(Arc::from(why));
+            }
+        }
+        self.notify();
+    }
+
+    pub fn failure(&self) -> Option<Arc<str>> {
+        self.lock().failed.clone()
+    }
+
+    pub(crate) fn wait<'a>(&self, guard: MutexGuard<'a, Waiters>) -> MutexGuard<'a, Waiters> {
+        self.cv.wait(guard).expect("progress lock poisoned")
+    }
+
+    pub(crate) fn wait_timeout<'a>(
+        &self,
+        guard: MutexGuard<'a, Waiters>,
+        dur: std::time::Duration,
+    ) -> MutexGuard<'a, Waiters> {
+        self.cv
+            .wait_timeout(guard, dur)
+            .expect("progress lock poisoned")
+            .0
+    }
+
+    pub(crate) fn register(guard: &mut MutexGuard<'_, Waiters>, waker: &Waker) {
+        if !guard.wakers.iter().any(|w| w.will_wake(waker)) {
+            guard.wakers.push(waker.clone());
+        }
+    }
+}
