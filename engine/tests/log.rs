@@ -303,10 +303,12 @@ fn corruption_in_the_middle_is_reported_not_cut() {
         OpenError::CorruptMidLog {
             lsn,
             next_valid_lsn,
+            durable_lsn,
             ..
         } => {
             assert_eq!(*lsn, victim.lsn_start);
-            assert_eq!(*next_valid_lsn, pos[11].lsn_start);
+            assert_eq!(*next_valid_lsn, Some(pos[11].lsn_start));
+            assert_eq!(*durable_lsn, pos[49].lsn_end);
         }
         other => panic!("expected CorruptMidLog, got {other}"),
     }
@@ -319,9 +321,38 @@ fn corruption_in_the_middle_is_reported_not_cut() {
 }
 
 #[test]
+fn damaged_last_batch_that_was_durable_is_an_error_not_a_cut() {
+    let dir = tempdir("durabletail");
+    let pos = write_some(&dir, 5);
+    let last = pos[4];
+    let path = dir.join(segment_name(0));
+    let mut data = fs::read(&path).unwrap();
+    data[SEGMENT_HEADER_BYTES + last.lsn_end as usize - 9] ^= 0xff;
+    fs::write(&path, &data).unwrap();
+    let err = Log::open(&dir, opts()).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            OpenError::CorruptMidLog {
+                next_valid_lsn: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("acknowledged"), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn torn_last_batch_is_cut_and_reported() {
     let dir = tempdir("torn");
-    let pos = write_some(&dir, 5);
+    let mut pos = write_some(&dir, 4);
+    {
+        // A fifth batch written but never synced: what a crash can tear.
+        let (log, _) = Log::open(&dir, opts()).unwrap();
+        pos.push(log.append(1, &batch(4)).unwrap());
+    }
     let last = pos[4];
     let seg = (last.lsn_start / (SEG - SEGMENT_HEADER_BYTES) as u64)
         * (SEG - SEGMENT_HEADER_BYTES) as u64;

@@ -32,15 +32,17 @@ pub enum OpenError {
         found: u64,
     },
     #[error(
-        "corruption in the middle of the log at LSN {lsn} in {file}: {reason}; a valid batch follows at LSN \
-         {next_valid_lsn}, so cutting the log here would lose data. Restore this node from its mirror or a \
-         backup, or move the log aside for salvage"
+        "corruption in the log at LSN {lsn} in {file}: {reason}; the log was durable up to at least LSN \
+         {durable_lsn}{}, so cutting it here would lose acknowledged data. Restore this node from its mirror \
+         or a backup, or move the log aside for salvage",
+        match next_valid_lsn { Some(n) => format!(" and a valid batch follows at LSN {n}"), None => String::new() }
     )]
     CorruptMidLog {
         file: String,
         lsn: u64,
         reason: String,
-        next_valid_lsn: u64,
+        durable_lsn: u64,
+        next_valid_lsn: Option<u64>,
     },
 }
 

@@ -324,8 +324,10 @@ impl<S: Storage> Log<S> {
 
     /// Creates, syncs and maps the segment starting at `base`.
     fn roll(&self, base: u64) -> Result<SegmentRef<S::File>, AppendError> {
-        let seg = recovery::create_segment(&self.storage, base, self.options.segment_bytes)
-            .map_err(|(context, source)| AppendError::Io { context, source })?;
+        let hardened = self.hardened.load(Ordering::Acquire);
+        let seg =
+            recovery::create_segment(&self.storage, base, self.options.segment_bytes, hardened)
+                .map_err(|(context, source)| AppendError::Io { context, source })?;
         let seg = Arc::new(seg);
         self.segments
             .write()
@@ -337,10 +339,14 @@ impl<S: Storage> Log<S> {
     /// Makes everything written so far durable and returns the new hardened
     /// LSN. Safe to call from another thread while appends continue.
     pub fn sync(&self) -> Result<u64, SyncError> {
+        let guard = lock(&self.sync_lock);
+        self.sync_locked(&guard)
+    }
+
+    fn sync_locked(&self, _sync_lock: &MutexGuard<'_, ()>) -> Result<u64, SyncError> {
         if let Some(why) = self.poisoned() {
             return Err(SyncError::Poisoned(why.to_string()));
         }
-        let _guard = lock(&self.sync_lock);
         let target = self.written.load(Ordering::Acquire);
         let from = self.hardened.load(Ordering::Acquire);
         if target <= from {
@@ -363,6 +369,8 @@ impl<S: Storage> Log<S> {
             prev <= target,
             "hardened LSN went backwards: {prev} -> {target}"
         );
+        // SAFETY: header writers hold the sync lock, which the caller holds.
+        unsafe { self.last_segment().write_durable_hint(target) };
         Ok(target)
     }
 
@@ -436,7 +444,11 @@ impl<S: Storage> Log<S> {
             return Err(TruncateError::Poisoned(why.to_string()));
         }
         let mut writer = lock(&self.writer);
-        let _sync = lock(&self.sync_lock);
+        let sync_guard = lock(&self.sync_lock);
+        // Everything kept must be durable when this returns; sync it first so
+        // that the hardened LSN stays truthful.
+        self.sync_locked(&sync_guard)
+            .map_err(|SyncError::Poisoned(why)| TruncateError::Poisoned(why))?;
         let written = self.written.load(Ordering::Acquire);
         let start = self.start.load(Ordering::Acquire);
         if lsn > written || lsn < start {
@@ -484,9 +496,17 @@ impl<S: Storage> Log<S> {
                 reason: "not a batch boundary".into(),
             });
         }
-        let last_epoch = match last_epoch {
-            Some(e) => e,
-            None => self.epoch_before(&segments[..idx]),
+        let before = last_batch_in(&segments[..idx]);
+        let last_epoch = last_epoch.or(before.map(|(e, _)| e)).unwrap_or(0);
+        // Cutting at the very start of a segment that follows padding empties
+        // that segment: remove it as well and end the log where the previous
+        // segment's batches end, exactly as recovery and partners place the
+        // next batch.
+        let (idx, seg, lsn) = match before {
+            Some((_, end)) if lsn == seg.base_lsn && idx > 0 => {
+                (idx - 1, segments[idx - 1].clone(), end)
+            }
+            _ => (idx, seg, lsn),
         };
         // Later segments go first, last one first, each removal durable, so
         // a crash part-way leaves a contiguous log with an intact tail that a
@@ -510,7 +530,7 @@ impl<S: Storage> Log<S> {
         // Rewrite the segment holding `lsn` with only the bytes before it.
         let keep = (lsn - seg.base_lsn) as usize;
         let mut prefix = Vec::with_capacity(SEGMENT_HEADER_BYTES + keep);
-        prefix.extend_from_slice(&encode_segment_header(seg.base_lsn, seg.capacity));
+        prefix.extend_from_slice(&encode_segment_header(seg.base_lsn, seg.capacity, lsn));
         // SAFETY: below the written LSN; we hold the writer lock, so nobody writes it.
         prefix.extend_from_slice(unsafe { seg.log_bytes(seg.base_lsn, keep) });
         let tmp = format!("{}{}", seg.name, recovery::TRUNCATE_SUFFIX);
@@ -545,22 +565,37 @@ impl<S: Storage> Log<S> {
         self.hardened.store(lsn, Ordering::Release);
         Ok(())
     }
+}
 
-    /// Epoch of the last batch in `segments` (0 if they hold none).
-    fn epoch_before(&self, segments: &[SegmentRef<S::File>]) -> u64 {
-        for seg in segments.iter().rev() {
-            let it = BatchIter {
-                segments: vec![seg.clone()],
-                end: seg.end_lsn(),
-                pos: seg.base_lsn,
-                index: 0,
-                failed: false,
-            };
-            if let Some(Ok(last)) = it.take_while(|r| r.is_ok()).last() {
-                return last.header().epoch;
-            }
+/// Epoch and end LSN of the last batch in `segments`, if they hold any.
+/// Only for segments wholly below the written LSN.
+fn last_batch_in<F: StorageFile>(segments: &[SegmentRef<F>]) -> Option<(u64, u64)> {
+    for seg in segments.iter().rev() {
+        let it = BatchIter {
+            segments: vec![seg.clone()],
+            end: seg.end_lsn(),
+            pos: seg.base_lsn,
+            index: 0,
+            failed: false,
+        };
+        if let Some(Ok(last)) = it.take_while(|r| r.is_ok()).last() {
+            return Some((last.header().epoch, last.end_lsn()));
         }
-        0
+    }
+    None
+}
+
+impl<S: Storage> Drop for Log<S> {
+    fn drop(&mut self) {
+        // Leave an exact durable-LSN hint on disk so that the next recovery
+        // can tell any later damage to acknowledged data from a torn tail.
+        // Best effort: a failure here only weakens that check.
+        if self.poisoned().is_none() {
+            let seg = self.last_segment();
+            // SAFETY: &mut self: no other thread uses the log.
+            unsafe { seg.write_durable_hint(self.hardened_lsn()) };
+            let _ = seg.sync_header();
+        }
     }
 }
 
@@ -664,7 +699,7 @@ impl<F: StorageFile> Iterator for BatchIter<F> {
                 // a position inside some payload could start with zeros too.
                 // SAFETY: as above; the padding is below the written LSN.
                 let rest = unsafe { seg.log_bytes(pos, room) };
-                if rest.iter().any(|&b| b != 0) || seg.end_lsn() >= self.end {
+                if rest.iter().any(|&b| b != 0) || seg.end_lsn() > self.end {
                     let e = ReadError::NotABatch {
                         lsn: pos,
                         reason: "zero bytes where a batch header was expected".into(),

@@ -1,13 +1,14 @@
 //! Recovery on open: scan every segment, verify every batch, cut a torn
 //! tail, refuse damage in the middle.
 //!
-//! The rule that separates a torn tail from mid-log corruption: after the
-//! first position `p` that does not hold a valid batch, search every later
-//! 8-byte-aligned position for a valid frame (right magic, right base LSN,
-//! checksum passes). None found: the bytes from `p` on were never
-//! acknowledged (only the last unsynced writes can be damaged by a crash),
-//! so they are zeroed and reported. One found: acknowledged data follows the
-//! damage, and cutting would silently lose it, so open fails.
+//! The rule that separates a torn tail from corruption: every segment header
+//! carries a durable-LSN hint (see `segment`), never more than what was
+//! durable. At the first position `p` that does not hold a valid batch:
+//! if `p` is below the hint, durable (acknowledged) data is damaged and open
+//! fails, naming the LSN and any valid batch that follows. Otherwise the
+//! bytes from `p` on were never acknowledged; a crash may have written any
+//! subset of their pages (kernel writeback has no order), so they are zeroed
+//! and reported, valid-looking batches after the damage included.
 
 use std::io;
 use std::sync::Arc;
@@ -95,10 +96,11 @@ pub(crate) fn create_segment<S: Storage>(
     storage: &S,
     base: u64,
     segment_bytes: usize,
+    durable_lsn: u64,
 ) -> Result<Segment<S::File>, (String, io::Error)> {
     let name = segment_name(base);
     let capacity = (segment_bytes - SEGMENT_HEADER_BYTES) as u64;
-    let header = encode_segment_header(base, capacity);
+    let header = encode_segment_header(base, capacity, durable_lsn);
     storage
         .create(&name, &header, segment_bytes)
         .map_err(|e| (format!("creating segment {}", storage.describe(&name)), e))?;
@@ -208,6 +210,7 @@ pub(crate) fn recover<S: Storage>(
     bases.sort_unstable();
 
     let mut segments: Vec<SegmentRef<S::File>> = Vec::new();
+    let mut durable_hint = 0u64;
     for base in bases {
         let name = segment_name(base);
         let file = storage.open(&name).map_err(io_err(format!(
@@ -240,6 +243,12 @@ pub(crate) fn recover<S: Storage>(
                 file.len()
             )));
         }
+        if let Some(hint) = crate::log::segment::decode_durable_hint(header) {
+            // A hint beyond the segment's own end cannot have been written by us.
+            if hint <= base + capacity {
+                durable_hint = durable_hint.max(hint);
+            }
+        }
         if let Some(prev) = segments.last() {
             if prev.end_lsn() != base {
                 return Err(OpenError::SegmentGap {
@@ -258,7 +267,7 @@ pub(crate) fn recover<S: Storage>(
     }
 
     if segments.is_empty() {
-        let seg = create_segment(storage, 0, options.segment_bytes)
+        let seg = create_segment(storage, 0, options.segment_bytes, 0)
             .map_err(|(context, source)| OpenError::Io { context, source })?;
         report.segments = 1;
         report.elapsed = began.elapsed();
@@ -273,27 +282,40 @@ pub(crate) fn recover<S: Storage>(
 
     let start = segments[0].base_lsn;
     let mut last_epoch = 0u64;
-    let stop = scan(&segments, &mut last_epoch, &mut report.batches);
-    let end = match stop {
-        Stop::End(end) => end,
+    // End of the last valid batch: the log's end, whatever stopped the scan
+    // (the zeros after it may run into the next segment's base).
+    let mut end = start;
+    let stop = scan(&segments, &mut last_epoch, &mut report.batches, &mut end);
+    match stop {
+        Stop::End(at) => assert!(at >= end, "scan ended before its last batch"),
         Stop::Damage { idx, lsn, reason } => {
-            if let Some(next_valid_lsn) = find_valid_frame_after(&segments, idx, lsn) {
+            let next_valid_lsn = find_valid_frame_after(&segments, idx, lsn);
+            if lsn < durable_hint {
                 return Err(OpenError::CorruptMidLog {
                     file: storage.describe(&segments[idx].name),
                     lsn,
                     reason,
+                    durable_lsn: durable_hint,
                     next_valid_lsn,
                 });
             }
+            // At or above the durable point nothing was acknowledged: a crash
+            // may have written any subset of these pages, so valid-looking
+            // batches after the damage are cut with it.
+            let reason = match next_valid_lsn {
+                Some(n) => {
+                    format!("{reason} (a batch at LSN {n} after it was never made durable either)")
+                }
+                None => reason,
+            };
             let to_lsn = cut_tail(storage, &mut segments, idx, lsn, &mut report)?;
             report.cut = Some(TailCut {
                 from_lsn: lsn,
                 to_lsn,
                 reason,
             });
-            lsn
         }
-    };
+    }
 
     // A trailing segment holding nothing is what a crash right after a
     // rollover leaves behind. Remove it so the next append places its batch
@@ -321,6 +343,13 @@ pub(crate) fn recover<S: Storage>(
         seg.sync_log_range(seg.base_lsn, end)
             .map_err(io_err(format!("syncing {}", storage.describe(&seg.name))))?;
     }
+    let last = segments.last().expect("at least one segment");
+    // SAFETY: recovery has exclusive use of the log.
+    unsafe { last.write_durable_hint(end) };
+    last.sync_header().map_err(io_err(format!(
+        "syncing header of {}",
+        storage.describe(&last.name)
+    )))?;
 
     report.segments = segments.len();
     report.start_lsn = start;
@@ -342,6 +371,7 @@ fn scan<F: StorageFile>(
     segments: &[SegmentRef<F>],
     last_epoch: &mut u64,
     batches: &mut u64,
+    last_end: &mut u64,
 ) -> Stop {
     let mut idx = 0;
     let mut lsn = segments[0].base_lsn;
@@ -419,6 +449,7 @@ fn scan<F: StorageFile>(
                 *last_epoch = h.epoch;
                 *batches += 1;
                 lsn = h.end_lsn();
+                *last_end = lsn;
                 assert!(
                     lsn <= seg.end_lsn(),
                     "check_frame bounded the frame by the segment"

@@ -9,12 +9,21 @@
 //! offset size field
 //!      0    8 magic       b"MLOGSEG\0"
 //!      8    4 version     SEGMENT_VERSION (1)
-//!     12    4 crc32c      CRC32C of bytes [0, 12) followed by [16, 64)
+//!     12    4 crc32c      CRC32C of bytes [0, 12) followed by [16, 32)
 //!     16    8 base_lsn    LSN of the first byte of frame space
 //!     24    8 capacity    bytes of frame space (file length - 64)
-//!     32   32 reserved    zeros
+//!     32    8 durable_lsn hint: every log byte below it was durable when written
+//!     40    4 hint_crc    CRC32C of bytes [32, 40); a bad one means "no hint"
+//!     44   20 reserved    zeros
 //!     64    . frames      frames back to back; zeros after the last one
 //! ```
+//!
+//! The durable-LSN hint is rewritten (in the map, not synced) after every
+//! successful sync and synced on close. It may reach the disk late or not at
+//! all, but it never claims more than was durable, so recovery can tell
+//! damage to acknowledged data (below the hint: an error) from a torn,
+//! never-acknowledged tail (at or above it: cut). It is node-local; the
+//! frame space is what partners keep byte-identical.
 
 use std::sync::Arc;
 
@@ -51,7 +60,15 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-pub fn encode_segment_header(base_lsn: u64, capacity: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+/// File offset of the durable-LSN hint and its length (value + CRC).
+pub const DURABLE_HINT_OFFSET: usize = 32;
+pub const DURABLE_HINT_BYTES: usize = 12;
+
+pub fn encode_segment_header(
+    base_lsn: u64,
+    capacity: u64,
+    durable_lsn: u64,
+) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut h = [0u8; SEGMENT_HEADER_BYTES];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
@@ -59,11 +76,29 @@ pub fn encode_segment_header(base_lsn: u64, capacity: u64) -> [u8; SEGMENT_HEADE
     h[24..32].copy_from_slice(&capacity.to_le_bytes());
     let crc = header_crc(&h);
     h[12..16].copy_from_slice(&crc.to_le_bytes());
+    h[DURABLE_HINT_OFFSET..DURABLE_HINT_OFFSET + DURABLE_HINT_BYTES]
+        .copy_from_slice(&encode_durable_hint(durable_lsn));
     h
 }
 
 fn header_crc(h: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&h[0..12]), &h[16..SEGMENT_HEADER_BYTES])
+    crc32c::crc32c_append(crc32c::crc32c(&h[0..12]), &h[16..32])
+}
+
+pub fn encode_durable_hint(lsn: u64) -> [u8; DURABLE_HINT_BYTES] {
+    let mut b = [0u8; DURABLE_HINT_BYTES];
+    b[0..8].copy_from_slice(&lsn.to_le_bytes());
+    let crc = crc32c::crc32c(&b[0..8]);
+    b[8..12].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The hint in a segment header, if its checksum holds.
+pub fn decode_durable_hint(h: &[u8]) -> Option<u64> {
+    let b = h.get(DURABLE_HINT_OFFSET..DURABLE_HINT_OFFSET + DURABLE_HINT_BYTES)?;
+    let lsn = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+    (crc == crc32c::crc32c(&b[0..8])).then_some(lsn)
 }
 
 /// Validates a segment header; returns (base_lsn, capacity) or why not.
@@ -148,6 +183,24 @@ impl<F: StorageFile> Segment<F> {
         );
         // SAFETY: bounds asserted above; exclusivity is the caller's promise.
         unsafe { self.file.write(off, data) }
+    }
+
+    /// Records in the header (in the map, unsynced) that every log byte
+    /// below `lsn` is durable.
+    ///
+    /// # Safety
+    /// The caller is the only writer of the header (the log's sync lock).
+    pub unsafe fn write_durable_hint(&self, lsn: u64) {
+        // SAFETY: the hint lies inside the header, which readers never read;
+        // exclusivity among writers is the caller's promise.
+        unsafe {
+            self.file
+                .write(DURABLE_HINT_OFFSET, &encode_durable_hint(lsn))
+        }
+    }
+
+    pub fn sync_header(&self) -> std::io::Result<()> {
+        self.file.sync(0, SEGMENT_HEADER_BYTES)
     }
 
     /// Makes log bytes `[from, to)` of this segment durable.

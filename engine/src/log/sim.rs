@@ -55,6 +55,8 @@ unsafe impl Sync for FileData {}
 
 struct State {
     files: BTreeMap<String, Arc<FileData>>,
+    /// Files (durable, with durable names) the journal starts from.
+    base: Vec<(String, u64, Vec<u8>)>,
     journal: Vec<Op>,
     next_id: u64,
     /// Syncs left before every sync fails with EIO (fault injection).
@@ -106,6 +108,7 @@ impl SimStorage {
         SimStorage {
             state: Arc::new(Mutex::new(State {
                 files: BTreeMap::new(),
+                base: Vec::new(),
                 journal: Vec::new(),
                 next_id: 0,
                 syncs_until_failure: None,
@@ -122,14 +125,15 @@ impl SimStorage {
         self.lock().journal.len()
     }
 
-    /// Crash points just before each file sync, plus the final state.
+    /// Crash points just before each sync and each directory operation
+    /// (create, rename, remove, directory sync), plus the final state.
     pub fn sync_points(&self) -> Vec<usize> {
         let st = self.lock();
         let mut points: Vec<usize> = st
             .journal
             .iter()
             .enumerate()
-            .filter(|(_, op)| matches!(op, Op::Sync { .. }))
+            .filter(|(_, op)| !matches!(op, Op::Write { .. }))
             .map(|(i, _)| i)
             .collect();
         points.push(st.journal.len());
@@ -167,6 +171,18 @@ impl SimStorage {
         let mut dir_current: BTreeMap<String, u64> = BTreeMap::new();
         let mut dir_durable: BTreeMap<String, u64> = BTreeMap::new();
         let mut last_write: Option<(u64, usize, usize)> = None;
+        for (name, id, content) in &st.base {
+            files.insert(
+                *id,
+                FileModel {
+                    durable: content.clone(),
+                    current: content.clone(),
+                    dirty: BTreeSet::new(),
+                },
+            );
+            dir_current.insert(name.clone(), *id);
+            dir_durable.insert(name.clone(), *id);
+        }
         for op in &st.journal[..upto] {
             match op {
                 Op::Create { id, name, content } => {
@@ -223,6 +239,7 @@ impl SimStorage {
         };
         let mut image = State {
             files: BTreeMap::new(),
+            base: Vec::new(),
             journal: Vec::new(),
             next_id: st.next_id,
             syncs_until_failure: None,
@@ -259,6 +276,7 @@ impl SimStorage {
                     bytes[r.clone()].copy_from_slice(&f.current[r]);
                 }
             }
+            image.base.push((name.clone(), id, bytes.clone()));
             image.files.insert(
                 name,
                 Arc::new(FileData {
