@@ -21,7 +21,7 @@ fn log_opts() -> LogOptions {
 
 fn commit_opts() -> CommitOptions {
     CommitOptions {
-        batch_bytes_max: 32 * 1024,
+        batch_bytes_max: Some(32 * 1024),
         ..CommitOptions::default()
     }
 }
@@ -231,7 +231,7 @@ fn bad_commits_and_bad_options_get_clear_errors() {
     let err = GroupCommit::start(
         log.clone(),
         CommitOptions {
-            batch_bytes_max: 1 << 20,
+            batch_bytes_max: Some(1 << 20),
             ..commit_opts()
         },
     )

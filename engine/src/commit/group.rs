@@ -21,7 +21,9 @@ use crate::log::{AppendError, BatchPos, Log, Storage};
 pub struct CommitOptions {
     /// Most raw record bytes in one batch. Commits arriving while a full
     /// batch waits block until the appender takes it (back-pressure).
-    pub batch_bytes_max: usize,
+    /// `None`: 4 MiB, or a quarter of a segment if that is less (a batch that
+    /// does not fit the rest of a segment leaves the rest as padding).
+    pub batch_bytes_max: Option<usize>,
     /// Pin the appender thread to this core (see `core_affinity`).
     pub appender_core: Option<usize>,
     /// Level a commit waits for unless it asks for another.
@@ -31,7 +33,7 @@ pub struct CommitOptions {
 impl Default for CommitOptions {
     fn default() -> CommitOptions {
         CommitOptions {
-            batch_bytes_max: 4 << 20,
+            batch_bytes_max: None,
             appender_core: None,
             default_level: Level::Local,
         }
@@ -76,6 +78,7 @@ struct Queue {
 struct Shared<S: Storage> {
     log: Arc<Log<S>>,
     options: CommitOptions,
+    batch_bytes_max: usize,
     epoch: AtomicU64,
     queue: Mutex<Queue>,
     /// Signalled when the queue becomes non-empty (or on shutdown).
@@ -119,12 +122,15 @@ impl<S: Storage> GroupCommit<S> {
     pub fn start(log: Arc<Log<S>>, options: CommitOptions) -> Result<GroupCommit<S>, StartError> {
         let capacity = log.options().segment_bytes - crate::log::segment::SEGMENT_HEADER_BYTES;
         let max = BATCH_RAW_BYTES_MAX.min(capacity - FRAME_HEADER_BYTES);
-        if options.batch_bytes_max == 0 || options.batch_bytes_max > max {
-            return Err(StartError::BadOption(format!(
-                "batch_bytes_max must be between 1 and {max} (a batch must fit one segment); got {}",
-                options.batch_bytes_max
-            )));
-        }
+        let batch_bytes_max = match options.batch_bytes_max {
+            None => (4 << 20).min(capacity / 4),
+            Some(b) if b == 0 || b > max => {
+                return Err(StartError::BadOption(format!(
+                    "batch_bytes_max must be between 1 and {max} (a batch must fit one segment); got {b}"
+                )))
+            }
+            Some(b) => b,
+        };
         if let Some(core) = options.appender_core {
             let cores = core_affinity::get_core_ids().unwrap_or_default();
             if !cores.iter().any(|c| c.id == core) {
@@ -137,8 +143,9 @@ impl<S: Storage> GroupCommit<S> {
         let hardened = log.hardened_lsn();
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(log.last_epoch().max(1)),
+            batch_bytes_max,
             queue: Mutex::new(Queue {
-                records: RecordsBuf::with_capacity(options.batch_bytes_max),
+                records: RecordsBuf::with_capacity(batch_bytes_max),
                 submitted: Vec::new(),
                 slot: new_slot(),
                 shutdown: false,
@@ -177,6 +184,11 @@ impl<S: Storage> GroupCommit<S> {
         &self.shared.progress
     }
 
+    /// The batch size limit in force (see [`CommitOptions::batch_bytes_max`]).
+    pub fn batch_bytes_max(&self) -> usize {
+        self.shared.batch_bytes_max
+    }
+
     pub fn epoch(&self) -> u64 {
         self.shared.epoch.load(Ordering::Acquire)
     }
@@ -203,7 +215,7 @@ impl<S: Storage> GroupCommit<S> {
             return Err(CommitError::LevelUnavailable(level));
         }
         let bytes: usize = records.iter().map(|r| RecordsBuf::cost(r)).sum();
-        let max = shared.options.batch_bytes_max;
+        let max = shared.batch_bytes_max;
         if bytes > max {
             return Err(CommitError::TooLarge { bytes, max });
         }
@@ -304,7 +316,7 @@ fn appender_loop<S: Storage>(shared: Arc<Shared<S>>) {
         // (e.g. a restrictive cpuset) leaves the thread unpinned.
         let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
     }
-    let mut records = RecordsBuf::with_capacity(shared.options.batch_bytes_max);
+    let mut records = RecordsBuf::with_capacity(shared.batch_bytes_max);
     let mut submitted = Vec::new();
     loop {
         let slot = {
