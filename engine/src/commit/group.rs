@@ -414,20 +414,18 @@ impl<S: Storage> Ticket<S> {
     /// stays acknowledged.
     fn outcome(&self, failed: Option<&Arc<str>>) -> Option<Result<Committed, CommitError>> {
         match self.slot.placed.get() {
-            Some(Ok(pos)) => {
-                if self.shared.progress.reached(self.level) >= pos.lsn_end {
-                    return Some(Ok(Committed {
-                        lsn_start: pos.lsn_start,
-                        lsn_end: pos.lsn_end,
-                        epoch: pos.epoch,
-                        first_record: self.first_record,
-                        records: self.records,
-                        level: self.level,
-                    }));
-                }
+            Some(Ok(pos)) if self.shared.progress.reached(self.level) >= pos.lsn_end => {
+                return Some(Ok(Committed {
+                    lsn_start: pos.lsn_start,
+                    lsn_end: pos.lsn_end,
+                    epoch: pos.epoch,
+                    first_record: self.first_record,
+                    records: self.records,
+                    level: self.level,
+                }));
             }
             Some(Err(e)) => return Some(Err(e.clone())),
-            None => {}
+            Some(Ok(_)) | None => {}
         }
         if let Some(why) = failed {
             return Some(Err(CommitError::Poisoned(why.clone())));
