@@ -172,6 +172,13 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
         stored_bytes: u32_at(bytes, OFF_STORED_BYTES),
         crc32c: u32_at(bytes, OFF_CRC),
     };
+    validate_lengths(&header)?;
+    Ok(header)
+}
+
+/// Length rules every header must satisfy before anything is allocated for
+/// it. Checked again by [`decode_records`], whose header may be hand-made.
+fn validate_lengths(header: &FrameHeader) -> Result<(), FrameError> {
     let raw = header.raw_bytes as usize;
     let stored = header.stored_bytes as usize;
     if header.record_count == 0 {
@@ -187,7 +194,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
             "record count exceeds what raw payload can hold",
         ));
     }
-    match codec {
+    match header.codec {
         Codec::None if stored != raw => {
             return Err(FrameError::BadLengths(
                 "uncompressed payload with stored != raw",
@@ -211,7 +218,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     {
         return Err(FrameError::BadLengths("frame end LSN overflows u64"));
     }
-    Ok(header)
+    Ok(())
 }
 
 fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
@@ -367,14 +374,14 @@ impl Encoder {
             return plain;
         }
         if self.incompressible_streak >= INCOMPRESSIBLE_STREAK_MAX {
-            self.incompressible_streak += 1;
+            self.incompressible_streak = self.incompressible_streak.saturating_add(1);
             if self.incompressible_streak % INCOMPRESSIBLE_RETRY_EVERY != 0 {
                 return plain;
             }
         }
-        // Room for exactly one byte less than raw: if zstd needs more, the
-        // batch does not shrink and compress_to_buffer reports an error,
-        // which here simply means "store it plain".
+        // Room for about raw bytes: if zstd needs more, compress_to_buffer
+        // reports an error, which here simply means "store it plain"; a
+        // result that fits but is not smaller is refused by the filter.
         self.scratch.clear();
         self.scratch.reserve(raw.len());
         let fits = compressor
@@ -440,6 +447,7 @@ pub fn encode_frame(epoch: u64, base_lsn: u64, payload: &Payload<'_>) -> Vec<u8>
 /// The raw payload of a batch, decompressed if needed, with its records
 /// validated: `record_count` records whose lengths add up to `raw_bytes`.
 pub fn decode_records(header: &FrameHeader, stored: &[u8]) -> Result<Records, FrameError> {
+    validate_lengths(header)?;
     if stored.len() != header.stored_bytes as usize {
         return Err(FrameError::BadLengths(
             "stored payload length differs from header",
@@ -594,6 +602,32 @@ mod tests {
         frame[OFF_RAW_BYTES..OFF_RAW_BYTES + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             decode_header(&frame),
+            Err(FrameError::BadLengths(_))
+        ));
+    }
+
+    #[test]
+    fn decode_records_rechecks_a_hand_made_header_before_allocating() {
+        let header = FrameHeader {
+            codec: Codec::Zstd,
+            epoch: 1,
+            base_lsn: 0,
+            record_count: 1,
+            raw_bytes: u32::MAX,
+            stored_bytes: 3,
+            crc32c: 0,
+        };
+        assert!(matches!(
+            decode_records(&header, b"abc"),
+            Err(FrameError::BadLengths(_))
+        ));
+        let plain = FrameHeader {
+            codec: Codec::None,
+            raw_bytes: 10,
+            ..header
+        };
+        assert!(matches!(
+            decode_records(&plain, b"abc"),
             Err(FrameError::BadLengths(_))
         ));
     }
