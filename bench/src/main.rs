@@ -1,1 +1,524 @@
-fn main() {}
+//! mirrorlog-bench: latency and throughput benchmarks for mirrorlog.
+//!
+//! Scenarios:
+//! * `local-commit` (the default): group commit on one machine, many
+//!   committers and a pipelined client, against the floor of the same file
+//!   system (raw write+fdatasync latency and sequential-write bandwidth),
+//!   measured in the same run and the same directory.
+//!
+//! Run `mirrorlog-bench --help` for the options.
+
+mod floor;
+mod local_commit;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mirrorlog_engine::log::{Compression, LogOptions};
+
+const HELP: &str = "\
+mirrorlog-bench: latency and throughput benchmarks for mirrorlog
+
+USAGE:
+    mirrorlog-bench [SCENARIO] [OPTIONS]
+
+SCENARIOS:
+    local-commit    (default) Group commit on this machine: 1, 8 and 64
+                    concurrent committers and a pipelined client (many
+                    commits in flight per thread), records of 100 B and
+                    4 KiB, compressible and incompressible. Reports
+                    commits/s, MB/s and client-observed latency
+                    (p50/p99/p99.9/max), next to the floor measured in the
+                    same run on the same file system: raw write+fdatasync
+                    latency (before and after the cases, and interleaved
+                    in 100 ms slices with each 1-committer case) and raw
+                    sequential-write bandwidth (1 MiB writes, fdatasync
+                    every 4 MiB; appending, and overwriting). Ends with
+                    the targets: 1-committer p50 within 1.2x the
+                    interleaved fdatasync p50; pipelined 100 B >= 1,000,000
+                    commits/s; 4 KiB incompressible >= 70% of the
+                    appending raw bandwidth. Targets are reported as
+                    PASS/MISS; the exit code is 0 either way unless
+                    something failed.
+    help            Print this help.
+
+OPTIONS:
+    --dir DIR              Directory to benchmark in. A scratch directory is
+                           created inside it (a fresh log directory per case)
+                           and removed at the end. Default: a new directory
+                           under the system temp dir ($TMPDIR or /tmp).
+    --seconds S            Timed seconds per case and per floor measurement
+                           (default 3; 1-committer cases take twice as long,
+                           half of it spent on the interleaved floor).
+    --warmup S             Untimed warm-up seconds before each case and floor
+                           (default 0.5).
+    --quick                Smoke run: --seconds 1 --warmup 0.2 unless given.
+    --json FILE            Also write all results, floors, targets and machine
+                           information as JSON to FILE (via FILE.tmp + rename).
+    --committers LIST      Blocking committer thread counts (default 1,8,64);
+                           `none` runs only the pipelined mode.
+    --sizes LIST           Record sizes in bytes; k/KiB suffixes allowed
+                           (default 100,4096).
+    --data LIST            Record contents: compressible,incompressible
+                           (default both).
+    --pipelined-threads N  Threads in the pipelined mode; 0 skips it
+                           (default 1).
+    --window N             Commits in flight per pipelined thread (default
+                           1024).
+    --segment-mib N        Log segment size in MiB (default 64).
+    --compression C        zstd:LEVEL or off (default zstd:1).
+    -h, --help             Print this help.
+
+DURABILITY:
+    local commit = msync(MS_SYNC) of the batch before acknowledging;
+    floor = write+fdatasync. Latency is client-observed: from before commit()
+    to after Ticket::wait() returns. MB/s counts record payload bytes
+    (1 MB = 10^6 bytes).
+
+EXAMPLES:
+    mirrorlog-bench
+    mirrorlog-bench local-commit --json /tmp/bench-local.json
+    mirrorlog-bench --quick --committers 1 --sizes 100 --data compressible
+";
+
+/// What kind of bytes the records hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Data {
+    /// Repeated text with a counter: zstd shrinks it a lot.
+    Compressible,
+    /// Fresh pseudo-random bytes per record: zstd cannot shrink it.
+    Incompressible,
+}
+
+impl Data {
+    pub fn name(self) -> &'static str {
+        match self {
+            Data::Compressible => "compressible",
+            Data::Incompressible => "incompressible",
+        }
+    }
+}
+
+/// Everything the command line decides.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Scratch directory for this run (created by main, removed at the end).
+    pub scratch: PathBuf,
+    /// The directory the user pointed at (or the temp dir).
+    pub base_dir: PathBuf,
+    pub seconds: f64,
+    pub warmup: f64,
+    pub quick: bool,
+    pub json: Option<PathBuf>,
+    pub committers: Vec<usize>,
+    pub sizes: Vec<usize>,
+    pub data: Vec<Data>,
+    pub pipelined_threads: usize,
+    pub window: usize,
+    pub segment_bytes: usize,
+    pub compression: Compression,
+}
+
+impl Config {
+    pub fn log_options(&self) -> LogOptions {
+        LogOptions {
+            segment_bytes: self.segment_bytes,
+            compression: self.compression,
+        }
+    }
+}
+
+pub fn compression_name(c: Compression) -> String {
+    match c {
+        Compression::Off => "off".into(),
+        Compression::Zstd(level) => format!("zstd:{level}"),
+    }
+}
+
+enum Parsed {
+    Help,
+    Run(Box<Config>),
+}
+
+fn parse_f64(flag: &str, v: &str) -> Result<f64, String> {
+    let x: f64 = v
+        .parse()
+        .map_err(|_| format!("{flag} expects a number of seconds, got {v:?}"))?;
+    if !x.is_finite() || x < 0.0 {
+        return Err(format!(
+            "{flag} expects a non-negative number of seconds, got {v:?}"
+        ));
+    }
+    Ok(x)
+}
+
+fn parse_usize(flag: &str, v: &str, min: usize) -> Result<usize, String> {
+    let x: usize = v
+        .parse()
+        .map_err(|_| format!("{flag} expects a whole number, got {v:?}"))?;
+    if x < min {
+        return Err(format!("{flag} must be at least {min}, got {x}"));
+    }
+    Ok(x)
+}
+
+fn parse_size(flag: &str, v: &str) -> Result<usize, String> {
+    let lower = v.trim().to_ascii_lowercase();
+    let (digits, mult) = if let Some(d) = lower
+        .strip_suffix("kib")
+        .or_else(|| lower.strip_suffix("kb"))
+        .or_else(|| lower.strip_suffix('k'))
+    {
+        (d, 1024)
+    } else if let Some(d) = lower.strip_suffix('b') {
+        (d, 1)
+    } else {
+        (lower.as_str(), 1)
+    };
+    let n: usize = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{flag} expects sizes like 100 or 4k, got {v:?}"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .filter(|&b| (1..=1 << 20).contains(&b))
+        .ok_or_else(|| format!("{flag}: record size must be 1 B to 1 MiB, got {v:?}"))?;
+    Ok(bytes)
+}
+
+fn parse_list<T>(
+    flag: &str,
+    v: &str,
+    item: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    let out: Vec<T> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(item)
+        .collect::<Result<_, _>>()?;
+    if out.is_empty() {
+        return Err(format!("{flag} expects a comma-separated list, got {v:?}"));
+    }
+    Ok(out)
+}
+
+fn parse_data(v: &str) -> Result<Data, String> {
+    match v {
+        "compressible" | "c" => Ok(Data::Compressible),
+        "incompressible" | "i" => Ok(Data::Incompressible),
+        _ => Err(format!(
+            "--data: unknown record content {v:?}; expected compressible or incompressible"
+        )),
+    }
+}
+
+fn parse_compression(v: &str) -> Result<Compression, String> {
+    if v == "off" || v == "none" {
+        return Ok(Compression::Off);
+    }
+    let level = v
+        .strip_prefix("zstd:")
+        .or_else(|| v.strip_prefix("zstd="))
+        .map(|l| {
+            l.parse::<i32>()
+                .map_err(|_| format!("--compression: zstd level must be a number, got {l:?}"))
+        });
+    match (v, level) {
+        ("zstd", _) => Ok(Compression::Zstd(1)),
+        (_, Some(l)) => Ok(Compression::Zstd(l?)),
+        _ => Err(format!(
+            "--compression expects zstd:LEVEL or off, got {v:?}"
+        )),
+    }
+}
+
+fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
+    let mut seconds = None;
+    let mut warmup = None;
+    let mut quick = false;
+    let mut dir = None;
+    let mut json = None;
+    let mut committers = vec![1, 8, 64];
+    let mut sizes = vec![100, 4096];
+    let mut data = vec![Data::Compressible, Data::Incompressible];
+    let mut pipelined_threads = 1;
+    let mut window = 1024;
+    let mut segment_mib = 64;
+    let mut compression = Compression::Zstd(1);
+    let mut scenario: Option<String> = None;
+
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        if !arg.starts_with('-') {
+            match (arg.as_str(), &scenario) {
+                ("help", None) => return Ok(Parsed::Help),
+                ("local-commit", None) => scenario = Some(arg),
+                (_, None) => {
+                    return Err(format!(
+                        "unknown scenario {arg:?}; the scenarios are: local-commit"
+                    ))
+                }
+                (_, Some(_)) => return Err(format!("unexpected argument {arg:?}")),
+            }
+            continue;
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let takes_value = !matches!(flag.as_str(), "-h" | "--help" | "--quick");
+        if !takes_value && inline.is_some() {
+            return Err(format!("{flag} takes no value"));
+        }
+        let mut value = || -> Result<String, String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it.next().ok_or_else(|| format!("{flag} needs a value")),
+            }
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--quick" => quick = true,
+            "--seconds" => {
+                let s = parse_f64(&flag, &value()?)?;
+                if s <= 0.0 {
+                    return Err("--seconds must be greater than 0".into());
+                }
+                seconds = Some(s);
+            }
+            "--warmup" => warmup = Some(parse_f64(&flag, &value()?)?),
+            "--dir" => dir = Some(PathBuf::from(value()?)),
+            "--json" => json = Some(PathBuf::from(value()?)),
+            "--committers" => {
+                let v = value()?;
+                committers = if v == "none" {
+                    Vec::new()
+                } else {
+                    parse_list(&flag, &v, |s| parse_usize(&flag, s, 1))?
+                };
+                if let Some(&big) = committers.iter().find(|&&n| n > 4096) {
+                    return Err(format!("--committers: at most 4096 threads, got {big}"));
+                }
+            }
+            "--sizes" => {
+                let v = value()?;
+                sizes = parse_list(&flag, &v, |s| parse_size(&flag, s))?;
+            }
+            "--data" => data = parse_list(&flag, &value()?, parse_data)?,
+            "--pipelined-threads" => {
+                pipelined_threads = parse_usize(&flag, &value()?, 0)?;
+                if pipelined_threads > 1024 {
+                    return Err("--pipelined-threads: at most 1024".into());
+                }
+            }
+            "--window" => window = parse_usize(&flag, &value()?, 1)?,
+            "--segment-mib" => {
+                segment_mib = parse_usize(&flag, &value()?, 1)?;
+                if segment_mib > 4096 {
+                    return Err(format!(
+                        "--segment-mib must be between 1 and 4096, got {segment_mib}"
+                    ));
+                }
+            }
+            "--compression" => compression = parse_compression(&value()?)?,
+            _ => {
+                return Err(format!(
+                    "unknown option {flag:?} (see mirrorlog-bench --help)"
+                ))
+            }
+        }
+    }
+    dedup(&mut committers);
+    dedup(&mut sizes);
+    dedup(&mut data);
+
+    let seconds = seconds.unwrap_or(if quick { 1.0 } else { 3.0 });
+    let warmup = warmup.unwrap_or(if quick { 0.2 } else { 0.5 });
+    let base_dir = dir.unwrap_or_else(std::env::temp_dir);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let scratch = base_dir.join(format!(
+        "mirrorlog-bench-{}-{:x}",
+        std::process::id(),
+        stamp
+    ));
+    Ok(Parsed::Run(Box::new(Config {
+        scratch,
+        base_dir,
+        seconds,
+        warmup,
+        quick,
+        json,
+        committers,
+        sizes,
+        data,
+        pipelined_threads,
+        window,
+        segment_bytes: segment_mib << 20,
+        compression,
+    })))
+}
+
+fn dedup<T: PartialEq + Copy>(v: &mut Vec<T>) {
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for x in v.iter() {
+        if !out.contains(x) {
+            out.push(*x);
+        }
+    }
+    *v = out;
+}
+
+/// Removes the scratch directory when the run ends, however it ends.
+struct Scratch<'a>(&'a Path);
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!(
+                    "warning: could not remove scratch directory {}: {e}",
+                    self.0.display()
+                );
+            }
+        }
+    }
+}
+
+fn check_json_target(path: &Path) -> Result<(), String> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(format!(
+            "--json {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!("--json {}: is a directory", path.display()));
+    }
+    Ok(())
+}
+
+fn run(cfg: &Config) -> Result<(), String> {
+    if let Some(json) = &cfg.json {
+        check_json_target(json)?;
+    }
+    cfg.log_options()
+        .validate()
+        .map_err(|e| format!("--segment-mib/--compression: {e}"))?;
+    if !cfg.base_dir.is_dir() {
+        return Err(format!(
+            "--dir {}: not an existing directory",
+            cfg.base_dir.display()
+        ));
+    }
+    std::fs::create_dir(&cfg.scratch)
+        .map_err(|e| format!("creating scratch directory {}: {e}", cfg.scratch.display()))?;
+    let _cleanup = Scratch(&cfg.scratch);
+    let machine = report::Machine::probe(&cfg.base_dir);
+    if machine.fs_type == "tmpfs" || machine.fs_type == "ramfs" {
+        eprintln!(
+            "warning: {} is on {}: fdatasync and msync do nothing there, so these numbers say nothing about durable commits (use --dir on a real disk)",
+            cfg.base_dir.display(),
+            machine.fs_type
+        );
+    }
+    let suite = local_commit::run(cfg)?;
+    let out = report::render(cfg, &machine, &suite);
+    print!("{out}");
+    if let Some(path) = &cfg.json {
+        report::write_json(path, cfg, &machine, &suite)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse_args(args) {
+        Ok(Parsed::Help) => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Ok(Parsed::Run(cfg)) => match run(&cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mirrorlog-bench: error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("mirrorlog-bench: {e}\nRun mirrorlog-bench --help for usage.");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Parsed, String> {
+        parse_args(args.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn cfg(args: &[&str]) -> Config {
+        match parse(args) {
+            Ok(Parsed::Run(c)) => *c,
+            Ok(Parsed::Help) => panic!("help"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_scenario() {
+        let c = cfg(&[]);
+        assert_eq!(c.committers, vec![1, 8, 64]);
+        assert_eq!(c.sizes, vec![100, 4096]);
+        assert_eq!(c.seconds, 3.0);
+        assert_eq!(c.segment_bytes, 64 << 20);
+        assert_eq!(c.compression, Compression::Zstd(1));
+        let c = cfg(&[
+            "local-commit",
+            "--quick",
+            "--sizes=100,4k",
+            "--seconds",
+            "2",
+        ]);
+        assert_eq!(c.seconds, 2.0);
+        assert_eq!(c.warmup, 0.2);
+        assert_eq!(c.sizes, vec![100, 4096]);
+        assert!(matches!(parse(&["--help"]), Ok(Parsed::Help)));
+        assert!(matches!(parse(&["help"]), Ok(Parsed::Help)));
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        for args in [
+            &["--seconds", "abc"][..],
+            &["--seconds"],
+            &["--bogus"],
+            &["remote-commit"],
+            &["--committers", "1,x"],
+            &["--committers", "0"],
+            &["--sizes", "0"],
+            &["--data", "zeros"],
+            &["--compression", "lz4"],
+            &["--compression", "zstd:x"],
+            &["--quick=yes"],
+            &["--window", "-3"],
+            &["--seconds", "NaN"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} should be refused");
+        }
+    }
+}
