@@ -301,15 +301,26 @@ impl<S: Storage> Log<S> {
         // SAFETY: we hold the writer lock, so we are the only writer, and
         // [lsn, lsn + frame_len) is at or beyond the published written LSN,
         // which no reader reads past. The frame fits the segment (checked).
-        unsafe {
-            seg.write_log_bytes(lsn, &header);
-            seg.write_log_bytes(lsn + FRAME_HEADER_BYTES as u64, payload.stored);
-            if padding > 0 {
-                seg.write_log_bytes(
-                    lsn + (frame_len - padding) as u64,
-                    &[0u8; frame::FRAME_ALIGN][..padding],
-                );
-            }
+        let written = unsafe {
+            seg.write_log_bytes(lsn, &header)
+                .and_then(|()| seg.write_log_bytes(lsn + FRAME_HEADER_BYTES as u64, payload.stored))
+                .and_then(|()| match padding {
+                    0 => Ok(()),
+                    n => seg.write_log_bytes(
+                        lsn + (frame_len - n) as u64,
+                        &[0u8; frame::FRAME_ALIGN][..n],
+                    ),
+                })
+        };
+        if let Err(source) = written {
+            // The bytes past the written LSN are now unknown; nothing more
+            // may be appended after them.
+            let context = format!(
+                "writing batch at LSN {lsn} to {}",
+                self.storage.describe(&seg.name)
+            );
+            self.poison(format!("{context}: {source}"));
+            return Err(AppendError::Io { context, source });
         }
         let end = lsn + frame_len as u64;
         // Release: a reader that sees the new written LSN sees the bytes.
@@ -369,8 +380,15 @@ impl<S: Storage> Log<S> {
             prev <= target,
             "hardened LSN went backwards: {prev} -> {target}"
         );
+        let seg = self.last_segment();
         // SAFETY: header writers hold the sync lock, which the caller holds.
-        unsafe { self.last_segment().write_durable_hint(target) };
+        if let Err(e) = unsafe { seg.write_durable_hint(target) } {
+            let why = format!(
+                "writing durable-LSN hint of {}: {e}",
+                self.storage.describe(&seg.name)
+            );
+            return Err(SyncError::Poisoned(self.poison(why)));
+        }
         Ok(target)
     }
 
@@ -593,8 +611,9 @@ impl<S: Storage> Drop for Log<S> {
         if self.poisoned().is_none() {
             let seg = self.last_segment();
             // SAFETY: &mut self: no other thread uses the log.
-            unsafe { seg.write_durable_hint(self.hardened_lsn()) };
-            let _ = seg.sync_header();
+            if unsafe { seg.write_durable_hint(self.hardened_lsn()) }.is_ok() {
+                let _ = seg.sync_header();
+            }
         }
     }
 }

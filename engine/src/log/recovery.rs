@@ -345,11 +345,12 @@ pub(crate) fn recover<S: Storage>(
     }
     let last = segments.last().expect("at least one segment");
     // SAFETY: recovery has exclusive use of the log.
-    unsafe { last.write_durable_hint(end) };
-    last.sync_header().map_err(io_err(format!(
-        "syncing header of {}",
-        storage.describe(&last.name)
-    )))?;
+    unsafe { last.write_durable_hint(end) }
+        .and_then(|()| last.sync_header())
+        .map_err(io_err(format!(
+            "syncing header of {}",
+            storage.describe(&last.name)
+        )))?;
 
     report.segments = segments.len();
     report.start_lsn = start;
@@ -508,8 +509,8 @@ fn cut_tail<S: Storage>(
         to_lsn = to_lsn.max(lsn + len as u64);
         let zeros = vec![0u8; len];
         // SAFETY: recovery has exclusive use of the segment; in bounds.
-        unsafe { seg.write_log_bytes(lsn, &zeros) };
-        seg.sync_log_range(lsn, lsn + len as u64)
+        unsafe { seg.write_log_bytes(lsn, &zeros) }
+            .and_then(|()| seg.sync_log_range(lsn, lsn + len as u64))
             .map_err(io_err(format!(
                 "zeroing torn tail of {}",
                 storage.describe(&seg.name)

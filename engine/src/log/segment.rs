@@ -175,7 +175,7 @@ impl<F: StorageFile> Segment<F> {
     ///
     /// # Safety
     /// The caller is the only writer and no reader looks at the range.
-    pub unsafe fn write_log_bytes(&self, lsn: u64, data: &[u8]) {
+    pub unsafe fn write_log_bytes(&self, lsn: u64, data: &[u8]) -> std::io::Result<()> {
         let off = self.offset_of(lsn);
         assert!(
             lsn + data.len() as u64 <= self.end_lsn(),
@@ -185,12 +185,12 @@ impl<F: StorageFile> Segment<F> {
         unsafe { self.file.write(off, data) }
     }
 
-    /// Records in the header (in the map, unsynced) that every log byte
-    /// below `lsn` is durable.
+    /// Records in the header (unsynced) that every log byte below `lsn` is
+    /// durable.
     ///
     /// # Safety
     /// The caller is the only writer of the header (the log's sync lock).
-    pub unsafe fn write_durable_hint(&self, lsn: u64) {
+    pub unsafe fn write_durable_hint(&self, lsn: u64) -> std::io::Result<()> {
         // SAFETY: the hint lies inside the header, which readers never read;
         // exclusivity among writers is the caller's promise.
         unsafe {

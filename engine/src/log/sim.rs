@@ -387,7 +387,7 @@ impl StorageFile for SimFile {
         unsafe { (&(*self.data.bytes.get())).len() }
     }
 
-    unsafe fn write(&self, off: usize, data: &[u8]) {
+    unsafe fn write(&self, off: usize, data: &[u8]) -> io::Result<()> {
         let mut st = self.storage.lock();
         st.journal.push(Op::Write {
             id: self.data.id,
@@ -396,7 +396,8 @@ impl StorageFile for SimFile {
         });
         // SAFETY: the caller guarantees exclusive access to the range; the
         // journal lock additionally serialises writers.
-        unsafe { (&mut (*self.data.bytes.get()))[off..off + data.len()].copy_from_slice(data) }
+        unsafe { (&mut (*self.data.bytes.get()))[off..off + data.len()].copy_from_slice(data) };
+        Ok(())
     }
 
     fn sync(&self, off: usize, len: usize) -> io::Result<()> {
