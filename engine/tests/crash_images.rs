@@ -133,6 +133,18 @@ fn run_workload(seed: u64, appends: usize) -> (SimStorage, Vec<Step>, Frames) {
         if rng.below(25) == 0 {
             epoch += 1;
         }
+        // Prepare the next segment ahead, as the group commit's background
+        // thread does (reusing retired files once delete_below made some).
+        if rng.below(6) == 0 {
+            let op_start = storage.ops();
+            log.prepare_next_segment().expect("prepare");
+            steps.push(Step {
+                op_start,
+                what: format!("prepare_next_segment after append #{i}"),
+                required: required.clone(),
+                allowed: allowed.clone(),
+            });
+        }
         // Occasionally drop old segments, as retention does.
         if i % 40 == 39 {
             log.sync().expect("sync");

@@ -95,6 +95,7 @@ fn concurrent_committers_are_grouped_and_every_ack_is_in_the_log() {
         "no grouping happened: {stats:?}"
     );
     assert_eq!(gc.latency_ns(Level::Local).len(), stats.commits);
+
     // Every acknowledged commit is hardened, at the place its ticket named.
     assert!(log.hardened_lsn() >= acks.iter().map(|(_, c)| c.lsn_end).max().unwrap());
     let mut batches = HashMap::new();
@@ -281,4 +282,36 @@ fn appender_can_be_pinned() {
     )
     .unwrap();
     gc.commit(&[b"pinned"]).unwrap().wait().unwrap();
+}
+
+#[test]
+fn rollovers_use_segments_prepared_in_the_background() {
+    let (log, dir) = fs_log("prepared");
+    let gc = GroupCommit::start(log.clone(), commit_opts()).unwrap();
+    let mut x = 7u64;
+    let mut want = Vec::new();
+    for _ in 0..1500 {
+        let rec: Vec<u8> = (0..1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        gc.commit(&[&rec]).unwrap().wait().unwrap();
+        want.push(rec);
+    }
+    let stats = gc.stats();
+    // ~1.5 MB of incompressible records in 64 KiB segments: ~24 rollovers.
+    assert!(stats.log_bytes > 20 * 64 * 1024, "{stats:?}");
+    assert!(stats.segments_prepared >= 10, "{stats:?}");
+    assert_eq!(stats.segment_prepare_errors, 0);
+    assert_eq!(all_records(&log), want);
+    drop(gc);
+    drop(log);
+    let (log, report) = Log::open(&dir, log_opts()).unwrap();
+    assert_eq!(report.cut, None, "{report}");
+    assert_eq!(all_records(&log), want);
+    std::fs::remove_dir_all(dir).unwrap();
 }

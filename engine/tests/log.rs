@@ -489,3 +489,58 @@ fn append_frame_keeps_partner_logs_byte_identical() {
         Err(AppendError::BadFrame(_))
     ));
 }
+
+#[test]
+fn recycled_segment_files_never_pass_stale_frames_for_batches() {
+    let dir = tempdir("recycle");
+    let (log, _) = Log::open(&dir, opts()).unwrap();
+    let mut pos = Vec::new();
+    for i in 0..300 {
+        pos.push(log.append(1, &batch(i)).unwrap());
+    }
+    log.sync().unwrap();
+    let start = log.delete_below(pos[290].lsn_start).unwrap();
+    let deleted = (start / (SEG - SEGMENT_HEADER_BYTES) as u64) as usize;
+    assert!(deleted >= 3, "{deleted}");
+    let free: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".free"))
+        .collect();
+    assert_eq!(
+        free.len(),
+        2,
+        "two retired files kept for reuse, the rest removed: {free:?}"
+    );
+    // Keep appending through several rollovers; each uses a prepared spare,
+    // the first ones recycled files full of stale frames.
+    let mut rolled_into_recycled = 0;
+    for i in 300..700 {
+        if log.wants_next_segment() {
+            let before = fs::read_dir(&dir).unwrap().count();
+            assert!(log.prepare_next_segment().unwrap());
+            assert!(!log.wants_next_segment());
+            if fs::read_dir(&dir).unwrap().count() == before {
+                rolled_into_recycled += 1; // a free file became the spare
+            }
+        }
+        pos.push(log.append(1, &batch(i)).unwrap());
+        if i % 9 == 0 {
+            log.sync().unwrap();
+        }
+    }
+    assert!(rolled_into_recycled >= 2, "{rolled_into_recycled}");
+    log.sync().unwrap();
+    let kept = contents(&log);
+    assert_eq!(kept.len(), 700 - kept_from(&pos, start));
+    drop(log);
+    let (log, report) = Log::open(&dir, opts()).unwrap();
+    assert_eq!(report.cut, None, "{report}");
+    assert_eq!(report.end_lsn, pos.last().unwrap().lsn_end);
+    assert_eq!(contents(&log), kept);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+fn kept_from(pos: &[mirrorlog_engine::log::BatchPos], start: u64) -> usize {
+    pos.iter().filter(|p| p.lsn_start < start).count()
+}

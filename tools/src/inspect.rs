@@ -98,7 +98,7 @@ fn inspect(dir: &Path, opts: &Options, out: &mut impl std::io::Write) -> Result<
                 Verdict::Damaged(format!("{name}: not a valid segment file name")),
             ));
         } else {
-            let _ = writeln!(out, "note: ignoring {name} (not a segment; recovery removes *.tmp and *.trunc leftovers)");
+            let _ = writeln!(out, "note: ignoring {name} (not a segment; recovery removes *.tmp, *.trunc, *.spare and *.free files)");
         }
     }
     bases.sort_unstable();
@@ -152,116 +152,155 @@ fn inspect(dir: &Path, opts: &Options, out: &mut impl std::io::Write) -> Result<
     let mut raw = 0u64;
     let mut stored = 0u64;
     let mut last_epoch = 0;
-    let mut end = segments[0].1;
-    let mut stop: Option<(u64, String)> = None;
-    'segments: for (i, (name, base, bytes)) in segments.iter().enumerate() {
+    let mut idx = 0;
+    let mut lsn = segments[0].1;
+    // Walk batches as recovery does: a position holds a batch only if a
+    // frame there passes its checksum and names that position.
+    let (stop_idx, stop_lsn) = loop {
+        let (name, base, bytes) = &segments[idx];
         let space = &bytes[SEGMENT_HEADER_BYTES..];
-        let mut off = 0usize;
-        while off < space.len() {
-            let lsn = base + off as u64;
-            let rest = &space[off..];
-            if rest[..rest.len().min(FRAME_HEADER_BYTES)]
-                .iter()
-                .all(|&b| b == 0)
-            {
-                if let Some(nz) = rest.iter().position(|&b| b != 0) {
-                    stop = Some((
-                        lsn,
-                        format!(
-                            "{name}: unexpected bytes at LSN {} after zeroed space",
-                            lsn + nz as u64
-                        ),
-                    ));
-                    break 'segments;
-                }
-                if i + 1 == segments.len() {
-                    break 'segments;
-                }
-                continue 'segments; // padding to the next segment
+        let off = (lsn - base) as usize;
+        if let Some((h, payload)) =
+            frame_at(space, *base, lsn).filter(|(h, _)| h.epoch >= last_epoch)
+        {
+            let recs = frame::decode_records(&h, payload);
+            if opts.batches {
+                let _ = writeln!(
+                    out,
+                    "  batch LSN {}..{} epoch {} records {} codec {} raw {} stored {}{}",
+                    h.base_lsn,
+                    h.end_lsn(),
+                    h.epoch,
+                    h.record_count,
+                    if h.codec == Codec::Zstd {
+                        "zstd"
+                    } else {
+                        "none"
+                    },
+                    h.raw_bytes,
+                    h.stored_bytes,
+                    if recs.is_ok() { "" } else { " RECORDS INVALID" }
+                );
             }
-            match frame::check_frame(rest) {
-                Ok((h, payload)) if h.base_lsn == lsn && h.epoch >= last_epoch => {
-                    let recs = frame::decode_records(&h, payload);
-                    if opts.batches {
-                        let _ =
-                            writeln!(
-                            out,
-                            "  batch LSN {}..{} epoch {} records {} codec {} raw {} stored {}{}",
-                            h.base_lsn,
-                            h.end_lsn(),
-                            h.epoch,
-                            h.record_count,
-                            if h.codec == Codec::Zstd { "zstd" } else { "none" },
-                            h.raw_bytes,
-                            h.stored_bytes,
-                            if recs.is_ok() { "" } else { " RECORDS INVALID" }
-                        );
+            match recs {
+                Ok(recs) if opts.records => {
+                    for (k, r) in recs.iter().enumerate() {
+                        let _ = writeln!(out, "    [{k}] {} bytes: {}", r.len(), escape(r));
                     }
-                    match recs {
-                        Ok(recs) if opts.records => {
-                            for (k, r) in recs.iter().enumerate() {
-                                let _ = writeln!(out, "    [{k}] {} bytes: {}", r.len(), escape(r));
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            stop = Some((lsn, format!("{name}: batch at LSN {lsn}: {e}")));
-                            break 'segments;
-                        }
-                    }
-                    batches += 1;
-                    records += u64::from(h.record_count);
-                    raw += u64::from(h.raw_bytes);
-                    stored += u64::from(h.stored_bytes);
-                    last_epoch = h.epoch;
-                    end = h.end_lsn();
-                    off += h.frame_bytes();
                 }
-                Ok((h, _)) if h.base_lsn != lsn => {
-                    stop = Some((
-                        lsn,
-                        format!(
-                            "{name}: batch at LSN {lsn} claims LSN {} (stale or misplaced)",
-                            h.base_lsn
-                        ),
-                    ));
-                    break 'segments;
-                }
-                Ok((h, _)) => {
-                    stop = Some((
-                        lsn,
-                        format!(
-                            "{name}: batch at LSN {lsn} has epoch {} after epoch {last_epoch}",
-                            h.epoch
-                        ),
-                    ));
-                    break 'segments;
-                }
+                Ok(_) => {}
                 Err(e) => {
-                    stop = Some((
-                        lsn,
-                        format!("{name}: torn or corrupt batch at LSN {lsn}: {e}"),
-                    ));
-                    break 'segments;
+                    let _ = writeln!(
+                        out,
+                        "  {name}: batch at LSN {lsn} passes its checksum but: {e}"
+                    );
                 }
             }
-            debug_assert_eq!(off % FRAME_ALIGN, 0);
+            batches += 1;
+            records += u64::from(h.record_count);
+            raw += u64::from(h.raw_bytes);
+            stored += u64::from(h.stored_bytes);
+            last_epoch = h.epoch;
+            lsn = h.end_lsn();
+            continue;
         }
-    }
+        // Padding before a batch that did not fit here, or the end.
+        let room = (space.len() - off.min(space.len())) as u64;
+        match segments.get(idx + 1) {
+            Some((_, nbase, nbytes))
+                if frame_at(&nbytes[SEGMENT_HEADER_BYTES..], *nbase, *nbase).is_some_and(
+                    |(h, _)| h.frame_bytes() as u64 > room && h.epoch >= last_epoch,
+                ) =>
+            {
+                idx += 1;
+                lsn = *nbase;
+            }
+            _ => break (idx, lsn),
+        }
+    };
     let _ = writeln!(
         out,
-        "{batches} batches, {records} records, LSN {}..{end}, last epoch {last_epoch}, raw {raw} B stored {stored} B ({:.2}x)",
+        "{batches} batches, {records} records, LSN {}..{stop_lsn}, last epoch {last_epoch}, raw {raw} B stored {stored} B ({:.2}x)",
         segments[0].1,
         if stored > 0 { raw as f64 / stored as f64 } else { 1.0 }
     );
-    let verdict = match stop {
-        None => Verdict::Clean,
-        Some((lsn, reason)) if lsn >= hint => Verdict::TornTail { lsn, reason },
-        Some((lsn, reason)) => Verdict::Damaged(format!(
-            "{reason}; below the durable point {hint}: recovery refuses this log (LSN {lsn})"
-        )),
+    // What lies at the end, and whether the current log wrote beyond it.
+    let (name, base, bytes) = &segments[stop_idx];
+    let space = &bytes[SEGMENT_HEADER_BYTES..];
+    let what = describe_end(space, *base, stop_lsn, last_epoch);
+    let mut beyond = Vec::new();
+    for (k, (_, b, bytes)) in segments.iter().enumerate().skip(stop_idx) {
+        let space = &bytes[SEGMENT_HEADER_BYTES..];
+        let from = if k == stop_idx { stop_lsn } else { *b };
+        let mut l = from;
+        while l + FRAME_HEADER_BYTES as u64 <= b + space.len() as u64 {
+            let torn_here = l == from && torn_at(space, *b, l);
+            if torn_here || (l > from || k > stop_idx) && frame_at(space, *b, l).is_some() {
+                beyond.push(l);
+            }
+            l += FRAME_ALIGN as u64;
+        }
+    }
+    let verdict = if stop_lsn < hint {
+        Verdict::Damaged(format!(
+            "{name}: the log ends at LSN {stop_lsn} ({what}), below the durable point {hint}{}: recovery refuses this log",
+            beyond.first().map_or(String::new(), |l| format!("; a batch of this log follows at LSN {l}"))
+        ))
+    } else if let Some(first) = beyond.first() {
+        Verdict::TornTail {
+            lsn: stop_lsn,
+            reason: format!(
+                "{name}: {what}; {} unacknowledged batch(es) or torn header(s) from LSN {first}",
+                beyond.len()
+            ),
+        }
+    } else {
+        let _ = writeln!(out, "end of log at LSN {stop_lsn}: {what}");
+        Verdict::Clean
     };
     Ok(report(out, verdict))
+}
+
+/// The valid frame at `lsn` in a segment's frame space, if any.
+fn frame_at(space: &[u8], base: u64, lsn: u64) -> Option<(frame::FrameHeader, &[u8])> {
+    let off = usize::try_from(lsn.checked_sub(base)?).ok()?;
+    match frame::check_frame(space.get(off..)?) {
+        Ok((h, p)) if h.base_lsn == lsn && off + h.frame_bytes() <= space.len() => Some((h, p)),
+        _ => None,
+    }
+}
+
+/// A header naming `lsn` whose batch does not pass its checksum.
+fn torn_at(space: &[u8], base: u64, lsn: u64) -> bool {
+    let off = (lsn - base) as usize;
+    matches!(space.get(off..).map(frame::decode_header), Some(Ok(h)) if h.base_lsn == lsn)
+        && frame_at(space, base, lsn).is_none()
+}
+
+fn describe_end(space: &[u8], base: u64, lsn: u64, last_epoch: u64) -> String {
+    let off = (lsn - base) as usize;
+    let Some(rest) = space.get(off..).filter(|r| !r.is_empty()) else {
+        return "end of the last segment".into();
+    };
+    if rest[..rest.len().min(FRAME_HEADER_BYTES)]
+        .iter()
+        .all(|&b| b == 0)
+    {
+        return "zeroed space".into();
+    }
+    match frame::check_frame(rest) {
+        Ok((h, _)) if h.base_lsn != lsn => {
+            format!(
+                "a stale batch of LSN {} (recycled segment file)",
+                h.base_lsn
+            )
+        }
+        Ok((h, _)) if h.epoch < last_epoch => {
+            format!("a batch of epoch {} after epoch {last_epoch}", h.epoch)
+        }
+        Ok(_) => "a batch running past the segment end".into(),
+        Err(e) => format!("torn or corrupt batch: {e}"),
+    }
 }
 
 fn report(out: &mut impl std::io::Write, verdict: Verdict) -> Verdict {

@@ -119,3 +119,51 @@ fn bad_usage_exits_two_with_help() {
     assert_eq!(code, 0);
     assert!(out.contains("inspect-log DIR"));
 }
+
+#[test]
+fn recycled_segment_with_stale_frames_is_clean() {
+    let dir =
+        std::env::temp_dir().join(format!("mirrorlog-inspect-recycled-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = LogOptions {
+        segment_bytes: 16384,
+        ..LogOptions::default()
+    };
+    let (log, _) = Log::open(&dir, opts.clone()).unwrap();
+    let record = |i: usize| -> Vec<u8> { (0..300).map(|k| (i * 131 + k * 17) as u8).collect() };
+    let mut last = None;
+    for i in 0..200 {
+        let mut r = RecordsBuf::new();
+        r.push(&record(i));
+        last = Some(log.append(1, &r).unwrap());
+    }
+    log.sync().unwrap();
+    log.delete_below(log.hardened_lsn()).unwrap();
+    // Roll into recycled files (full of stale frames) a few times.
+    for i in 200..400 {
+        if i % 20 == 0 {
+            log.sync().unwrap();
+            log.delete_below(log.hardened_lsn()).unwrap();
+        }
+        if log.wants_next_segment() {
+            log.prepare_next_segment().unwrap();
+        }
+        let mut r = RecordsBuf::new();
+        r.push(&record(i));
+        last = Some(log.append(1, &r).unwrap());
+    }
+    log.sync().unwrap();
+    drop(log);
+    let (code, out, err) = mirrorlog(&["inspect-log", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verdict: clean"), "{out}");
+    assert!(
+        out.contains(&format!("end of log at LSN {}", last.unwrap().lsn_end)),
+        "{out}"
+    );
+    assert!(
+        out.contains("stale batch"),
+        "the last segment is a recycled file: {out}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -68,6 +68,11 @@ pub struct CommitStats {
     pub batches: u64,
     pub raw_bytes: u64,
     pub log_bytes: u64,
+    /// Next segments prepared in the background, and failures doing so
+    /// (after a failure the rollover creates the file itself, and reports
+    /// an error if that fails too).
+    pub segments_prepared: u64,
+    pub segment_prepare_errors: u64,
 }
 
 /// One batch in the making; shared by the tickets of its commits.
@@ -102,6 +107,9 @@ struct Shared<S: Storage> {
     spinners: AtomicUsize,
     /// Committers currently blocked in `Ticket::wait`.
     sleepers: AtomicUsize,
+    prepare: PrepareSignal,
+    segments_prepared: AtomicU64,
+    segment_prepare_errors: AtomicU64,
     commits: AtomicU64,
     batches: AtomicU64,
     raw_bytes: AtomicU64,
@@ -118,6 +126,22 @@ impl<S: Storage> Shared<S> {
 pub struct GroupCommit<S: Storage> {
     shared: Arc<Shared<S>>,
     appender: Option<JoinHandle<()>>,
+    preparer: Option<JoinHandle<()>>,
+}
+
+/// Wakes the segment preparer: (wanted, stop).
+struct PrepareSignal {
+    state: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl PrepareSignal {
+    fn set(&self, wanted: bool, stop: bool) {
+        let mut st = self.state.lock().expect("preparer lock poisoned");
+        st.0 |= wanted;
+        st.1 |= stop;
+        self.cv.notify_one();
+    }
 }
 
 fn new_slot() -> Arc<BatchSlot> {
@@ -173,6 +197,12 @@ impl<S: Storage> GroupCommit<S> {
             pending: AtomicBool::new(false),
             spinners: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
+            prepare: PrepareSignal {
+                state: Mutex::new((true, false)),
+                cv: Condvar::new(),
+            },
+            segments_prepared: AtomicU64::new(0),
+            segment_prepare_errors: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             raw_bytes: AtomicU64::new(0),
@@ -184,12 +214,25 @@ impl<S: Storage> GroupCommit<S> {
             shared.progress.fail(why);
         }
         let for_thread = shared.clone();
+        let preparer = std::thread::Builder::new()
+            .name("mirrorlog-segment-preparer".into())
+            .spawn(move || preparer_loop(for_thread))?;
+        let for_thread = shared.clone();
         let appender = std::thread::Builder::new()
             .name("mirrorlog-appender".into())
-            .spawn(move || appender_loop(for_thread))?;
+            .spawn(move || appender_loop(for_thread));
+        let appender = match appender {
+            Ok(a) => a,
+            Err(e) => {
+                shared.prepare.set(false, true);
+                let _ = preparer.join();
+                return Err(e.into());
+            }
+        };
         Ok(GroupCommit {
             shared,
             appender: Some(appender),
+            preparer: Some(preparer),
         })
     }
 
@@ -303,6 +346,8 @@ impl<S: Storage> GroupCommit<S> {
             batches: s.batches.load(Ordering::Relaxed),
             raw_bytes: s.raw_bytes.load(Ordering::Relaxed),
             log_bytes: s.log_bytes.load(Ordering::Relaxed),
+            segments_prepared: s.segments_prepared.load(Ordering::Relaxed),
+            segment_prepare_errors: s.segment_prepare_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -320,6 +365,41 @@ impl<S: Storage> GroupCommit<S> {
             // The appender only panics on a broken invariant; re-raise it.
             if let Err(panic) = handle.join() {
                 std::panic::resume_unwind(panic);
+            }
+        }
+        self.shared.prepare.set(false, true);
+        if let Some(handle) = self.preparer.take() {
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+/// Keeps the next segment file ready, off the commit path (see
+/// `Log::prepare_next_segment`): a rollover is then a rename instead of
+/// writing a whole segment of zeros while commits wait.
+fn preparer_loop<S: Storage>(shared: Arc<Shared<S>>) {
+    loop {
+        {
+            let mut st = shared.prepare.state.lock().expect("preparer lock poisoned");
+            while !st.0 && !st.1 {
+                st = shared.prepare.cv.wait(st).expect("preparer lock poisoned");
+            }
+            if st.1 {
+                return;
+            }
+            st.0 = false;
+        }
+        match shared.log.prepare_next_segment() {
+            Ok(true) => {
+                shared.segments_prepared.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(_) => {
+                shared
+                    .segment_prepare_errors
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -366,6 +446,9 @@ fn appender_loop<S: Storage>(shared: Arc<Shared<S>>) {
         };
         shared.room.notify_all();
         write_batch(&shared, &records, &submitted, &slot);
+        if shared.log.wants_next_segment() {
+            shared.prepare.set(true, false);
+        }
         records.clear();
         submitted.clear();
     }

@@ -29,7 +29,7 @@ pub use recovery::{RecoveryReport, TailCut};
 pub use storage::{FsStorage, Storage, StorageFile};
 
 use frame::{Encoder, Payload, FRAME_HEADER_BYTES};
-use segment::{encode_segment_header, Segment, SegmentRef, SEGMENT_HEADER_BYTES};
+use segment::{encode_segment_header, segment_name, Segment, SegmentRef, SEGMENT_HEADER_BYTES};
 
 /// Options for opening a log.
 #[derive(Clone, Debug)]
@@ -107,6 +107,30 @@ pub struct Log<S: Storage = FsStorage> {
     written: AtomicU64,
     hardened: AtomicU64,
     poison: OnceLock<String>,
+    /// The next segment prepared ahead of time, and retired segment files
+    /// kept for reuse (see [`Log::prepare_next_segment`]).
+    spares: Mutex<Spares>,
+    /// Base LSN of the prepared spare (`u64::MAX`: none), readable without
+    /// the lock.
+    spare_base: AtomicU64,
+}
+
+#[derive(Default)]
+struct Spares {
+    spare: Option<u64>,
+    free: Vec<String>,
+}
+
+/// Retired segment files kept for reuse. Two cover a steady state (one
+/// being filled, one prepared); more would only hold disk space.
+const FREE_FILES_MAX: usize = 2;
+
+fn spare_name(base: u64) -> String {
+    format!("{}{}", segment_name(base), recovery::SPARE_SUFFIX)
+}
+
+fn free_name(old_base: u64) -> String {
+    format!("{}{}", segment_name(old_base), recovery::FREE_SUFFIX)
 }
 
 impl Log<FsStorage> {
@@ -158,6 +182,8 @@ impl<S: Storage> Log<S> {
             written: AtomicU64::new(recovered.end),
             hardened: AtomicU64::new(recovered.end),
             poison: OnceLock::new(),
+            spares: Mutex::new(Spares::default()),
+            spare_base: AtomicU64::new(u64::MAX),
         };
         Ok((log, recovered.report))
     }
@@ -288,7 +314,7 @@ impl<S: Storage> Log<S> {
                     return Err(AppendError::UnexpectedLsn { expected: lsn, got });
                 }
             }
-            seg = self.roll(seg.end_lsn())?;
+            seg = self.roll(seg.end_lsn(), lsn)?;
             lsn = seg.base_lsn;
         } else if let Some(got) = expect_lsn {
             if got != lsn {
@@ -333,18 +359,133 @@ impl<S: Storage> Log<S> {
         })
     }
 
-    /// Creates, syncs and maps the segment starting at `base`.
-    fn roll(&self, base: u64) -> Result<SegmentRef<S::File>, AppendError> {
-        let hardened = self.hardened.load(Ordering::Acquire);
-        let seg =
+    /// Starts the segment at `base`: the prepared spare if there is one
+    /// (a rename), otherwise a new file (64 MiB of zeros by default, on the
+    /// appender's time). Seals the current last segment at `data_end`.
+    fn roll(&self, base: u64, data_end: u64) -> Result<SegmentRef<S::File>, AppendError> {
+        let io = |context: String| move |source| AppendError::Io { context, source };
+        let name = segment_name(base);
+        // Wait for a preparation in progress rather than start a second
+        // file: it is already part-way through the same work (and competing
+        // with it for the disk would only make both slower).
+        let spare = {
+            let mut sp = lock(&self.spares);
+            if sp.spare == Some(base) {
+                sp.spare = None;
+                self.spare_base.store(u64::MAX, Ordering::Release);
+                true
+            } else {
+                false
+            }
+        };
+        let seg = if spare {
+            // The spare's header already names `base`; its hint is no larger
+            // than the hardened LSN (spares are discarded on truncation).
+            self.storage
+                .rename(&spare_name(base), &name)
+                .map_err(io(format!(
+                    "renaming spare to {}",
+                    self.storage.describe(&name)
+                )))?;
+            self.storage
+                .sync_dir()
+                .map_err(io("syncing log directory after a rollover".into()))?;
+            let file = self.storage.open(&name).map_err(io(format!(
+                "mapping segment {}",
+                self.storage.describe(&name)
+            )))?;
+            Segment::new(
+                name,
+                base,
+                (self.options.segment_bytes - SEGMENT_HEADER_BYTES) as u64,
+                file,
+            )
+        } else {
+            let hardened = self.hardened.load(Ordering::Acquire);
             recovery::create_segment(&self.storage, base, self.options.segment_bytes, hardened)
-                .map_err(|(context, source)| AppendError::Io { context, source })?;
+                .map_err(|(context, source)| AppendError::Io { context, source })?
+        };
         let seg = Arc::new(seg);
-        self.segments
-            .write()
-            .expect("segments lock poisoned")
-            .push(seg.clone());
+        let mut segs = self.segments.write().expect("segments lock poisoned");
+        segs.last()
+            .expect("a log always has a segment")
+            .set_data_end(data_end);
+        segs.push(seg.clone());
         Ok(seg)
+    }
+
+    /// Whether the next segment is not prepared yet (cheap; for the thread
+    /// that calls [`Log::prepare_next_segment`]).
+    pub fn wants_next_segment(&self) -> bool {
+        self.poisoned().is_none()
+            && self.spare_base.load(Ordering::Acquire) != self.last_segment().end_lsn()
+    }
+
+    /// Prepares the file of the next segment ahead of time, so that the
+    /// rollover on the commit path is a rename. Reuses a retired segment
+    /// file when there is one (its header is rewritten; its old frames name
+    /// lower LSNs and can never pass for batches of their new place), which
+    /// also spares the disk from writing every log byte twice (zeros, then
+    /// data). Call it from a background thread; returns whether it did work.
+    pub fn prepare_next_segment(&self) -> Result<bool, AppendError> {
+        if let Some(why) = self.poisoned() {
+            return Err(AppendError::Poisoned(why.to_string()));
+        }
+        let io = |context: String| move |source| AppendError::Io { context, source };
+        let mut sp = lock(&self.spares);
+        let next = self.last_segment().end_lsn();
+        if sp.spare == Some(next) {
+            return Ok(false);
+        }
+        if let Some(stale) = sp.spare.take() {
+            // A truncation or a rollover that could not wait overtook it.
+            self.spare_base.store(u64::MAX, Ordering::Release);
+            self.storage
+                .rename(&spare_name(stale), &free_name(stale))
+                .map_err(io(format!("retiring stale spare {}", spare_name(stale))))?;
+            sp.free.push(free_name(stale));
+        }
+        let spare = spare_name(next);
+        let capacity = (self.options.segment_bytes - SEGMENT_HEADER_BYTES) as u64;
+        let header = encode_segment_header(next, capacity, self.hardened_lsn());
+        let mut reused = false;
+        while let Some(free) = sp.free.pop() {
+            let file = self
+                .storage
+                .open(&free)
+                .map_err(io(format!("opening {}", self.storage.describe(&free))))?;
+            if file.len() != self.options.segment_bytes {
+                self.storage
+                    .remove(&free)
+                    .map_err(io(format!("removing {}", self.storage.describe(&free))))?;
+                continue;
+            }
+            // SAFETY: a free file is no segment of the log: no reader maps it
+            // (delete_below retires only segments nobody holds) and only this
+            // function, under the spares lock, writes it.
+            unsafe { file.write(0, &header) }
+                .and_then(|()| file.sync(0, SEGMENT_HEADER_BYTES))
+                .map_err(io(format!(
+                    "rewriting header of {}",
+                    self.storage.describe(&free)
+                )))?;
+            self.storage
+                .rename(&free, &spare)
+                .map_err(io(format!("renaming {free} to {spare}")))?;
+            reused = true;
+            break;
+        }
+        if !reused {
+            self.storage
+                .create(&spare, &header, self.options.segment_bytes)
+                .map_err(io(format!("creating {}", self.storage.describe(&spare))))?;
+        }
+        self.storage
+            .sync_dir()
+            .map_err(io("syncing log directory after preparing a segment".into()))?;
+        sp.spare = Some(next);
+        self.spare_base.store(next, Ordering::Release);
+        Ok(true)
     }
 
     /// Makes everything written so far durable and returns the new hardened
@@ -428,16 +569,32 @@ impl<S: Storage> Log<S> {
                 ),
             });
         }
+        let free_room = FREE_FILES_MAX.saturating_sub(lock(&self.spares).free.len());
+        let mut retired = Vec::new();
         let mut segs = self.segments.write().expect("segments lock poisoned");
         let mut removed = 0;
         while segs.len() > 1 && segs[0].end_lsn() <= lsn {
             let name = segs[0].name.clone();
-            if let Err(source) = self.storage.remove(&name) {
+            // A file can be reused only if no reader holds a view into it
+            // (readers clone the Arc under the lock we hold, so the count
+            // cannot grow behind our back); otherwise it is unlinked, and a
+            // reader's mapping stays valid.
+            let reusable = retired.len() < free_room
+                && Arc::strong_count(&segs[0]) == 1
+                && segs[0].file.len() == self.options.segment_bytes;
+            let result = if reusable {
+                let free = free_name(segs[0].base_lsn);
+                self.storage
+                    .rename(&name, &free)
+                    .map(|()| retired.push(free))
+            } else {
+                self.storage.remove(&name)
+            };
+            if let Err(source) = result {
                 let context = format!("deleting {}", self.storage.describe(&name));
                 self.poison(format!("{context}: {source}"));
                 return Err(TruncateError::Io { context, source });
             }
-            // Readers holding this segment keep their mapping alive.
             segs.remove(0);
             removed += 1;
         }
@@ -449,7 +606,11 @@ impl<S: Storage> Log<S> {
             }
             self.start.store(segs[0].base_lsn, Ordering::Release);
         }
-        Ok(segs[0].base_lsn)
+        let start = segs[0].base_lsn;
+        drop(segs);
+        // Free files are reused only after the renames above are durable.
+        lock(&self.spares).free.extend(retired);
+        Ok(start)
     }
 
     /// Cuts the log back to `lsn`, which must be a batch boundary between
@@ -467,6 +628,23 @@ impl<S: Storage> Log<S> {
         // that the hardened LSN stays truthful.
         self.sync_locked(&sync_guard)
             .map_err(|SyncError::Poisoned(why)| TruncateError::Poisoned(why))?;
+        // A prepared spare carries a durable-LSN hint from before the cut,
+        // possibly above it: retire it, it would claim too much.
+        {
+            let mut sp = lock(&self.spares);
+            if let Some(stale) = sp.spare.take() {
+                self.spare_base.store(u64::MAX, Ordering::Release);
+                let retired = self.storage.rename(&spare_name(stale), &free_name(stale));
+                match retired {
+                    Ok(()) => sp.free.push(free_name(stale)),
+                    Err(source) => {
+                        let context = format!("retiring spare {}", spare_name(stale));
+                        self.poison(format!("{context}: {source}"));
+                        return Err(TruncateError::Io { context, source });
+                    }
+                }
+            }
+        }
         let written = self.written.load(Ordering::Acquire);
         let start = self.start.load(Ordering::Acquire);
         if lsn > written || lsn < start {
@@ -566,12 +744,12 @@ impl<S: Storage> Log<S> {
             .storage
             .open(&seg.name)
             .map_err(|e| fail(format!("mapping {}", self.storage.describe(&seg.name)), e))?;
-        let replacement = Arc::new(Segment {
-            name: seg.name.clone(),
-            base_lsn: seg.base_lsn,
-            capacity: seg.capacity,
+        let replacement = Arc::new(Segment::new(
+            seg.name.clone(),
+            seg.base_lsn,
+            seg.capacity,
             file,
-        });
+        ));
         {
             let mut segs = self.segments.write().expect("segments lock poisoned");
             assert_eq!(segs.len(), idx + 1);
@@ -707,28 +885,30 @@ impl<F: StorageFile> Iterator for BatchIter<F> {
                 return self.fail(e);
             };
             let pos = self.pos;
-            let room = (seg.end_lsn() - pos) as usize;
-            let header_len = room.min(FRAME_HEADER_BYTES);
-            // SAFETY: pos < end (written LSN of the snapshot) and frames and
-            // padding below the written LSN are never rewritten in this map.
-            let head = unsafe { seg.log_bytes(pos, header_len) };
-            if head.iter().all(|&b| b == 0) {
-                // Zeros below the written LSN can only be the padding at the end
-                // of a segment whose next frame did not fit. Check all of it:
-                // a position inside some payload could start with zeros too.
-                // SAFETY: as above; the padding is below the written LSN.
-                let rest = unsafe { seg.log_bytes(pos, room) };
-                if rest.iter().any(|&b| b != 0) || seg.end_lsn() > self.end {
-                    let e = ReadError::NotABatch {
-                        lsn: pos,
-                        reason: "zero bytes where a batch header was expected".into(),
-                    };
-                    return self.fail(e);
+            if pos >= seg.data_end() {
+                // The rest of a sealed segment is padding (zeros, or stale
+                // frames of a recycled file): the log goes on in the next one.
+                match self.segments.get(self.index + 1) {
+                    Some(next) if pos == seg.data_end() => {
+                        self.pos = next.base_lsn;
+                        continue;
+                    }
+                    Some(_) => {
+                        let e = ReadError::NotABatch {
+                            lsn: pos,
+                            reason: format!("the segment's batches end at LSN {}", seg.data_end()),
+                        };
+                        return self.fail(e);
+                    }
+                    None => return None,
                 }
-                self.pos = seg.end_lsn();
-                continue;
             }
-            // SAFETY: as above; bounded by the segment end.
+            let room = (seg.end_lsn() - pos) as usize;
+            // SAFETY: pos < end (the written LSN of the snapshot), bounded by
+            // the segment end; bytes below the written LSN are never
+            // rewritten while a view or iterator holds the segment (appends
+            // write beyond it, truncation swaps in a new file, and only
+            // segments nobody holds are recycled).
             let bytes = unsafe { seg.log_bytes(pos, room.min((self.end - pos) as usize)) };
             let header = match frame::check_frame(bytes) {
                 Ok((h, _)) => h,

@@ -1,21 +1,33 @@
-//! Recovery on open: scan every segment, verify every batch, cut a torn
-//! tail, refuse damage in the middle.
+//! Recovery on open: scan every segment, verify every batch, find where the
+//! log ends, refuse damage to acknowledged data.
 //!
-//! The rule that separates a torn tail from corruption: every segment header
-//! carries a durable-LSN hint (see `segment`), never more than what was
-//! durable. At the first position `p` that does not hold a valid batch:
-//! if `p` is below the hint, durable (acknowledged) data is damaged and open
-//! fails, naming the LSN and any valid batch that follows. Otherwise the
-//! bytes from `p` on were never acknowledged; a crash may have written any
-//! subset of their pages (kernel writeback has no order), so they are zeroed
-//! and reported, valid-looking batches after the damage included.
+//! A position holds a batch only if a frame there passes its checksum and
+//! names that very position as its base LSN (and its epoch does not go
+//! back). The log ends at the first position that does not. What lies there
+//! may be zeros (a fresh segment), stale frames of a recycled segment file
+//! (valid, but for an older, lower LSN), or the torn remains of a write a
+//! crash interrupted. Which of these it is matters only for the report:
+//!
+//! * every segment header carries a durable-LSN hint (see `segment`), never
+//!   more than what was durable. An end below the hint means durable,
+//!   acknowledged data is damaged: open fails, naming the LSN and any valid
+//!   batch that follows;
+//! * an end at or above the hint is where the never-acknowledged tail
+//!   starts. If batches of the current log lie beyond it (written after a
+//!   batch that did not reach the disk: kernel writeback has no order) they
+//!   are zeroed, with the torn header, and the cut is reported.
+//!
+//! Padding: when a batch did not fit in a segment it starts the next one.
+//! At the first non-batch position of a segment that is followed by
+//! another, recovery accepts the rest of the segment as padding only if the
+//! next segment begins with a batch that would not have fitted.
 
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::log::error::OpenError;
-use crate::log::frame::{self, FRAME_ALIGN, FRAME_HEADER_BYTES, FRAME_MAGIC};
+use crate::log::frame::{self, FrameHeader, FRAME_ALIGN, FRAME_HEADER_BYTES, FRAME_MAGIC};
 use crate::log::segment::{
     decode_segment_header, encode_segment_header, parse_segment_name, segment_name, Segment,
     SegmentRef, SEGMENT_HEADER_BYTES,
@@ -23,9 +35,13 @@ use crate::log::segment::{
 use crate::log::storage::{Storage, StorageFile};
 use crate::log::LogOptions;
 
-/// Suffix of the temporary file truncation builds before swapping it in.
+/// Suffixes of files that are not (yet, or any longer) part of the log:
+/// a segment being created, rewritten by truncation, prepared as the next
+/// segment, or kept for recycling. Recovery removes them.
+pub(crate) const CREATE_SUFFIX: &str = ".tmp";
 pub(crate) const TRUNCATE_SUFFIX: &str = ".trunc";
-const CREATE_SUFFIX: &str = ".tmp";
+pub(crate) const SPARE_SUFFIX: &str = ".spare";
+pub(crate) const FREE_SUFFIX: &str = ".free";
 
 /// What recovery found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,7 +53,8 @@ pub struct RecoveryReport {
     pub last_epoch: u64,
     /// The torn tail that was cut, if any.
     pub cut: Option<TailCut>,
-    /// Leftover temporary files and empty trailing segments that were removed.
+    /// Leftover temporary, spare and free files, and segments beyond the
+    /// end of the log, that were removed.
     pub removed_files: Vec<String>,
     pub elapsed: Duration,
 }
@@ -47,7 +64,7 @@ pub struct RecoveryReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TailCut {
     pub from_lsn: u64,
-    /// End of the non-zero bytes that were cut.
+    /// End of the bytes that were zeroed (or of removed segments' batches).
     pub to_lsn: u64,
     pub reason: String,
 }
@@ -113,16 +130,7 @@ pub(crate) fn create_segment<S: Storage>(
     let file = storage
         .open(&name)
         .map_err(|e| (format!("mapping segment {}", storage.describe(&name)), e))?;
-    Ok(Segment {
-        name,
-        base_lsn: base,
-        capacity,
-        file,
-    })
-}
-
-fn is_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b == 0)
+    Ok(Segment::new(name, base, capacity, file))
 }
 
 /// Borrows log bytes during recovery.
@@ -133,7 +141,7 @@ fn bytes_of<F: StorageFile>(seg: &Segment<F>, lsn: u64, len: usize) -> &[u8] {
 }
 
 /// A valid frame at exactly `lsn` in `seg`, if there is one.
-fn valid_frame_at<F: StorageFile>(seg: &Segment<F>, lsn: u64) -> Option<frame::FrameHeader> {
+fn valid_frame_at<F: StorageFile>(seg: &Segment<F>, lsn: u64) -> Option<FrameHeader> {
     let bytes = bytes_of(seg, lsn, (seg.end_lsn() - lsn) as usize);
     match frame::check_frame(bytes) {
         Ok((h, _)) if h.base_lsn == lsn && h.end_lsn() <= seg.end_lsn() => Some(h),
@@ -141,9 +149,57 @@ fn valid_frame_at<F: StorageFile>(seg: &Segment<F>, lsn: u64) -> Option<frame::F
     }
 }
 
-/// First valid frame at an aligned position after `from` (exclusive), in
-/// `segments[first..]`.
-fn find_valid_frame_after<F: StorageFile>(
+/// Why `lsn` does not hold a batch, in words for the report.
+fn describe_non_batch<F: StorageFile>(seg: &Segment<F>, lsn: u64, last_epoch: u64) -> String {
+    let room = (seg.end_lsn() - lsn) as usize;
+    let bytes = bytes_of(seg, lsn, room);
+    if bytes[..room.min(FRAME_HEADER_BYTES)]
+        .iter()
+        .all(|&b| b == 0)
+    {
+        return "zeroed space".into();
+    }
+    match frame::check_frame(bytes) {
+        Ok((h, _)) if h.base_lsn != lsn => {
+            format!(
+                "a stale batch of LSN {} (recycled or misplaced)",
+                h.base_lsn
+            )
+        }
+        Ok((h, _)) if h.epoch < last_epoch => {
+            format!("a batch of epoch {} after epoch {last_epoch}", h.epoch)
+        }
+        Ok(_) => "a batch running past the segment end".into(),
+        Err(e) => format!("torn or corrupt batch: {e}"),
+    }
+}
+
+/// Whether the bytes at `lsn` start a frame of this very position that did
+/// not survive intact: a header naming `lsn` whose batch fails its checksum.
+fn torn_frame_at<F: StorageFile>(seg: &Segment<F>, lsn: u64) -> bool {
+    let room = (seg.end_lsn() - lsn) as usize;
+    matches!(frame::decode_header(bytes_of(seg, lsn, room)), Ok(h) if h.base_lsn == lsn)
+}
+
+/// Valid frames of the current log (at their own LSN) at aligned positions
+/// after `from` (exclusive) in `seg`: the end of the last one.
+fn last_current_frame_after<F: StorageFile>(seg: &Segment<F>, from: u64) -> Option<u64> {
+    let mut last = None;
+    let mut lsn = from + FRAME_ALIGN as u64;
+    while lsn + FRAME_HEADER_BYTES as u64 <= seg.end_lsn() {
+        let magic = bytes_of(seg, lsn, 4);
+        if u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) == FRAME_MAGIC {
+            if let Some(h) = valid_frame_at(seg, lsn) {
+                last = Some(h.end_lsn());
+            }
+        }
+        lsn += FRAME_ALIGN as u64;
+    }
+    last
+}
+
+/// First valid frame of the current log after `from` in `segments[first..]`.
+fn first_current_frame_after<F: StorageFile>(
     segments: &[SegmentRef<F>],
     first: usize,
     from: u64,
@@ -167,16 +223,11 @@ fn find_valid_frame_after<F: StorageFile>(
     None
 }
 
-/// Where the valid log stops and why.
-enum Stop {
-    /// Clean end: zeros from here to the end of the last segment.
-    End(u64),
-    /// Damage at this LSN (in segment `idx`).
-    Damage {
-        idx: usize,
-        lsn: u64,
-        reason: String,
-    },
+/// Where the scan stopped: segment index and LSN of the first position
+/// that holds no batch (the end of the log if nothing is wrong).
+struct Stop {
+    idx: usize,
+    lsn: u64,
 }
 
 pub(crate) fn recover<S: Storage>(
@@ -190,8 +241,12 @@ pub(crate) fn recover<S: Storage>(
         .map_err(io_err("listing log directory".into()))?;
     let mut bases = Vec::new();
     for name in names {
-        if name.ends_with(CREATE_SUFFIX) || name.ends_with(TRUNCATE_SUFFIX) {
-            // An unfinished segment creation or truncation: never part of the log.
+        if [CREATE_SUFFIX, TRUNCATE_SUFFIX, SPARE_SUFFIX, FREE_SUFFIX]
+            .iter()
+            .any(|s| name.ends_with(s))
+        {
+            // An unfinished creation or truncation, or a spare or free file:
+            // never part of the log.
             storage.remove(&name).map_err(io_err(format!(
                 "removing leftover {}",
                 storage.describe(&name)
@@ -258,12 +313,7 @@ pub(crate) fn recover<S: Storage>(
                 });
             }
         }
-        segments.push(Arc::new(Segment {
-            name,
-            base_lsn: base,
-            capacity,
-            file,
-        }));
+        segments.push(Arc::new(Segment::new(name, base, capacity, file)));
     }
 
     if segments.is_empty() {
@@ -282,60 +332,101 @@ pub(crate) fn recover<S: Storage>(
 
     let start = segments[0].base_lsn;
     let mut last_epoch = 0u64;
-    // End of the last valid batch: the log's end, whatever stopped the scan
-    // (the zeros after it may run into the next segment's base).
-    let mut end = start;
-    let stop = scan(&segments, &mut last_epoch, &mut report.batches, &mut end);
-    match stop {
-        Stop::End(at) => assert!(at >= end, "scan ended before its last batch"),
-        Stop::Damage { idx, lsn, reason } => {
-            let next_valid_lsn = find_valid_frame_after(&segments, idx, lsn);
-            if lsn < durable_hint {
-                return Err(OpenError::CorruptMidLog {
-                    file: storage.describe(&segments[idx].name),
-                    lsn,
-                    reason,
-                    durable_lsn: durable_hint,
-                    next_valid_lsn,
-                });
-            }
-            // At or above the durable point nothing was acknowledged: a crash
-            // may have written any subset of these pages, so valid-looking
-            // batches after the damage are cut with it.
-            let reason = match next_valid_lsn {
-                Some(n) => {
-                    format!("{reason} (a batch at LSN {n} after it was never made durable either)")
-                }
-                None => reason,
-            };
-            let to_lsn = cut_tail(storage, &mut segments, idx, lsn, &mut report)?;
-            report.cut = Some(TailCut {
-                from_lsn: lsn,
-                to_lsn,
-                reason,
-            });
-        }
+    let stop = scan(&segments, &mut last_epoch, &mut report.batches);
+    let end = stop.lsn;
+    let seg = segments[stop.idx].clone();
+    let at_segment_end = end == seg.end_lsn();
+    let next_valid = if at_segment_end {
+        first_current_frame_after(&segments, stop.idx + 1, end)
+    } else {
+        first_current_frame_after(&segments, stop.idx, end)
+    };
+    if end < durable_hint {
+        let reason = if at_segment_end {
+            "the next segment does not start with a valid batch".to_string()
+        } else {
+            describe_non_batch(&seg, end, last_epoch)
+        };
+        return Err(OpenError::CorruptMidLog {
+            file: storage.describe(&seg.name),
+            lsn: end,
+            reason,
+            durable_lsn: durable_hint,
+            next_valid_lsn: next_valid,
+        });
     }
 
-    // A trailing segment holding nothing is what a crash right after a
-    // rollover leaves behind. Remove it so the next append places its batch
-    // exactly as a partner's log would (in the previous segment if it fits).
-    while segments.len() > 1 && end <= segments[segments.len() - 1].base_lsn {
-        let seg = segments.pop().expect("len > 1");
-        let tail = bytes_of(&seg, seg.base_lsn, seg.capacity as usize);
-        assert!(
-            is_zero(tail),
-            "segment beyond the end of the log is not empty"
-        );
-        storage.remove(&seg.name).map_err(io_err(format!(
-            "removing empty segment {}",
-            storage.describe(&seg.name)
+    let reason = if at_segment_end {
+        String::new()
+    } else {
+        describe_non_batch(&seg, end, last_epoch)
+    };
+    // Beyond the end: zero what the current log wrote in this segment (a
+    // torn batch and any batch after it), and remove later segments.
+    let mut cut_to = None;
+    if !at_segment_end {
+        let torn = torn_frame_at(&seg, end);
+        let after = last_current_frame_after(&seg, end);
+        if torn || after.is_some() {
+            let room = seg.end_lsn() - end;
+            let to = after
+                .unwrap_or(end)
+                .max(end + room.min(FRAME_HEADER_BYTES as u64));
+            let zeros = vec![0u8; (to - end) as usize];
+            // SAFETY: recovery has exclusive use of the segment; in bounds.
+            unsafe { seg.write_log_bytes(end, &zeros) }
+                .and_then(|()| seg.sync_log_range(end, to))
+                .map_err(io_err(format!(
+                    "zeroing torn tail of {}",
+                    storage.describe(&seg.name)
+                )))?;
+            cut_to = Some(to);
+        }
+    }
+    // Later segments go last one first, each removal durable, so a crash
+    // part-way never leaves a hole in front of surviving bytes.
+    while segments.len() > stop.idx + 1 {
+        let later = segments.pop().expect("len > idx + 1");
+        let torn = torn_frame_at(&later, later.base_lsn)
+            .then_some(later.base_lsn + FRAME_HEADER_BYTES as u64);
+        if let Some(to) = last_current_frame_after(&later, later.base_lsn)
+            .or_else(|| valid_frame_at(&later, later.base_lsn).map(|h| h.end_lsn()))
+            .or(torn)
+        {
+            cut_to = Some(cut_to.unwrap_or(end).max(to));
+        }
+        storage.remove(&later.name).map_err(io_err(format!(
+            "removing {}",
+            storage.describe(&later.name)
         )))?;
-        report.removed_files.push(seg.name.clone());
+        storage
+            .sync_dir()
+            .map_err(io_err("syncing log directory".into()))?;
+        report.removed_files.push(later.name.clone());
     }
     storage
         .sync_dir()
         .map_err(io_err("syncing log directory".into()))?;
+    // The scan sealed every segment it moved past; the one it stopped in is
+    // the last one now.
+    let last = segments.last().expect("at least one segment").clone();
+    assert_eq!(last.data_end(), crate::log::segment::DATA_END_OPEN);
+    if let Some(to) = cut_to {
+        let reason = match next_valid {
+            Some(n) if reason.is_empty() => format!(
+                "the next segment does not start with a valid batch; batches from LSN {n} were never made durable"
+            ),
+            Some(n) => format!(
+                "{reason}; the batch at LSN {n} after it was never made durable either"
+            ),
+            None => reason,
+        };
+        report.cut = Some(TailCut {
+            from_lsn: end,
+            to_lsn: to.max(end),
+            reason,
+        });
+    }
 
     // After a process crash the kept bytes may still be only in the page
     // cache; make them durable before calling them hardened.
@@ -343,7 +434,6 @@ pub(crate) fn recover<S: Storage>(
         seg.sync_log_range(seg.base_lsn, end)
             .map_err(io_err(format!("syncing {}", storage.describe(&seg.name))))?;
     }
-    let last = segments.last().expect("at least one segment");
     // SAFETY: recovery has exclusive use of the log.
     unsafe { last.write_durable_hint(end) }
         .and_then(|()| last.sync_header())
@@ -367,154 +457,37 @@ pub(crate) fn recover<S: Storage>(
 }
 
 /// Walks valid frames from the start of the log to the first position that
-/// is not one.
+/// is not one, sealing each segment that is followed by padding.
 fn scan<F: StorageFile>(
     segments: &[SegmentRef<F>],
     last_epoch: &mut u64,
     batches: &mut u64,
-    last_end: &mut u64,
 ) -> Stop {
     let mut idx = 0;
     let mut lsn = segments[0].base_lsn;
     loop {
         let seg = &segments[idx];
-        let room = (seg.end_lsn() - lsn) as usize;
-        let head = bytes_of(seg, lsn, room.min(FRAME_HEADER_BYTES));
-        if is_zero(head) {
-            // Either the end of the log or the padding before the next segment.
-            let rest = bytes_of(seg, lsn, room);
-            if let Some(i) = rest.iter().position(|&b| b != 0) {
-                let at = lsn + (i / FRAME_ALIGN * FRAME_ALIGN) as u64;
-                return Stop::Damage {
-                    idx,
-                    lsn,
-                    reason: format!("unexpected bytes at LSN {at} after zeroed space"),
-                };
-            }
-            let Some(next) = segments.get(idx + 1) else {
-                return Stop::End(lsn);
-            };
-            // Padding is legitimate only if the next segment's first batch
-            // would not have fit here; otherwise a batch is missing.
-            match valid_frame_at(next, next.base_lsn) {
-                Some(h) if h.frame_bytes() > room => {
-                    idx += 1;
-                    lsn = next.base_lsn;
-                    continue;
-                }
-                Some(h) => {
-                    return Stop::Damage {
-                        idx,
-                        lsn,
-                        reason: format!(
-                            "batch missing: {room} bytes free here, yet the next batch ({} bytes) starts the next segment",
-                            h.frame_bytes()
-                        ),
-                    }
-                }
-                None => {
-                    // The next segment does not start with a batch: either it is an
-                    // empty leftover of a rollover (clean end here) or it holds
-                    // damage; damage handling below tells them apart.
-                    let tail = bytes_of(next, next.base_lsn, next.capacity as usize);
-                    if is_zero(tail) && idx + 2 == segments.len() {
-                        return Stop::End(lsn);
-                    }
-                    return Stop::Damage {
-                        idx: idx + 1,
-                        lsn: next.base_lsn,
-                        reason: "segment does not start with a valid batch".into(),
-                    };
-                }
-            }
-        }
-        match frame::check_frame(bytes_of(seg, lsn, room)) {
-            Ok((h, _)) if h.base_lsn != lsn => {
-                return Stop::Damage {
-                    idx,
-                    lsn,
-                    reason: format!("batch claims LSN {} (stale or misplaced)", h.base_lsn),
-                }
-            }
-            Ok((h, _)) if h.epoch < *last_epoch => {
-                return Stop::Damage {
-                    idx,
-                    lsn,
-                    reason: format!(
-                        "batch epoch {} is older than the previous batch's {}",
-                        h.epoch, last_epoch
-                    ),
-                }
-            }
-            Ok((h, _)) => {
+        if lsn < seg.end_lsn() {
+            if let Some(h) = valid_frame_at(seg, lsn).filter(|h| h.epoch >= *last_epoch) {
                 *last_epoch = h.epoch;
                 *batches += 1;
                 lsn = h.end_lsn();
-                *last_end = lsn;
-                assert!(
-                    lsn <= seg.end_lsn(),
-                    "check_frame bounded the frame by the segment"
-                );
-                if lsn == seg.end_lsn() {
-                    match segments.get(idx + 1) {
-                        Some(next) => {
-                            idx += 1;
-                            lsn = next.base_lsn;
-                        }
-                        None => return Stop::End(lsn),
-                    }
-                }
-            }
-            Err(e) => {
-                return Stop::Damage {
-                    idx,
-                    lsn,
-                    reason: format!("torn or corrupt batch: {e}"),
-                }
+                continue;
             }
         }
-    }
-}
-
-/// Zeroes the log from `lsn` (in `segments[idx]`) to the end and removes
-/// later segments. Returns the end of the non-zero bytes that were cut.
-fn cut_tail<S: Storage>(
-    storage: &S,
-    segments: &mut Vec<SegmentRef<S::File>>,
-    idx: usize,
-    lsn: u64,
-    report: &mut RecoveryReport,
-) -> Result<u64, OpenError> {
-    let mut to_lsn = lsn;
-    // Later segments first, last one first: a crash part-way never leaves a
-    // hole in front of surviving bytes.
-    while segments.len() > idx + 1 {
-        let seg = segments.pop().expect("len > idx + 1");
-        let bytes = bytes_of(&seg, seg.base_lsn, seg.capacity as usize);
-        if let Some(i) = bytes.iter().rposition(|&b| b != 0) {
-            to_lsn = to_lsn.max(seg.base_lsn + i as u64 + 1);
+        // No batch at `lsn`: the end of the log, unless the rest of this
+        // segment is padding before a batch that did not fit here.
+        let Some(next) = segments.get(idx + 1) else {
+            return Stop { idx, lsn };
+        };
+        let room = seg.end_lsn() - lsn;
+        match valid_frame_at(next, next.base_lsn) {
+            Some(h) if h.frame_bytes() as u64 > room && h.epoch >= *last_epoch => {
+                seg.set_data_end(lsn);
+                idx += 1;
+                lsn = next.base_lsn;
+            }
+            _ => return Stop { idx, lsn },
         }
-        storage
-            .remove(&seg.name)
-            .map_err(io_err(format!("removing {}", storage.describe(&seg.name))))?;
-        storage
-            .sync_dir()
-            .map_err(io_err("syncing log directory".into()))?;
-        report.removed_files.push(seg.name.clone());
     }
-    let seg = &segments[idx];
-    let rest = bytes_of(seg, lsn, (seg.end_lsn() - lsn) as usize);
-    if let Some(i) = rest.iter().rposition(|&b| b != 0) {
-        let len = i + 1;
-        to_lsn = to_lsn.max(lsn + len as u64);
-        let zeros = vec![0u8; len];
-        // SAFETY: recovery has exclusive use of the segment; in bounds.
-        unsafe { seg.write_log_bytes(lsn, &zeros) }
-            .and_then(|()| seg.sync_log_range(lsn, lsn + len as u64))
-            .map_err(io_err(format!(
-                "zeroing torn tail of {}",
-                storage.describe(&seg.name)
-            )))?;
-    }
-    Ok(to_lsn)
 }

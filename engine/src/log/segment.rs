@@ -25,6 +25,7 @@
 //! never-acknowledged tail (at or above it: cut). It is node-local; the
 //! frame space is what partners keep byte-identical.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::log::frame::FRAME_ALIGN;
@@ -138,9 +139,41 @@ pub struct Segment<F> {
     pub base_lsn: u64,
     pub capacity: u64,
     pub file: F,
+    /// Where this segment's batches end once a later segment exists (the
+    /// rest is padding, whatever bytes it holds: zeros, or stale frames of a
+    /// recycled file). `u64::MAX` while it is the last segment.
+    data_end: AtomicU64,
 }
 
+/// `data_end` of the last segment.
+pub const DATA_END_OPEN: u64 = u64::MAX;
+
 impl<F: StorageFile> Segment<F> {
+    pub fn new(name: String, base_lsn: u64, capacity: u64, file: F) -> Segment<F> {
+        Segment {
+            name,
+            base_lsn,
+            capacity,
+            file,
+            data_end: AtomicU64::new(DATA_END_OPEN),
+        }
+    }
+
+    pub fn data_end(&self) -> u64 {
+        self.data_end.load(Ordering::Acquire)
+    }
+
+    /// Seals the segment at `lsn` (a later segment follows), or reopens it
+    /// with [`DATA_END_OPEN`] (it is the last again, after a truncation).
+    pub fn set_data_end(&self, lsn: u64) {
+        assert!(
+            lsn == DATA_END_OPEN || (lsn >= self.base_lsn && lsn <= self.end_lsn()),
+            "data end {lsn} outside segment {}",
+            self.name
+        );
+        self.data_end.store(lsn, Ordering::Release);
+    }
+
     pub fn end_lsn(&self) -> u64 {
         self.base_lsn + self.capacity
     }
