@@ -550,6 +550,21 @@ fn run_case(cfg: &Config, spec: &CaseSpec, dir: &Path) -> Result<CaseResult, Str
     };
 
     let outcome = std::thread::scope(|s| {
+        if let Some(retain) = cfg.retain_bytes {
+            // Retention, as a checkpointing database does it: delete whole
+            // segments more than `retain` bytes behind the hardened LSN.
+            let log = gc.log();
+            let phase = &phase;
+            s.spawn(move || {
+                while phase.load(Ordering::Acquire) != STOP {
+                    let hardened = log.hardened_lsn();
+                    if hardened > retain {
+                        let _ = log.delete_below(hardened - retain);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
         let mut handles = Vec::with_capacity(threads);
         for t in 0..threads {
             let gen = RecordGen::new(spec.data, spec.record_bytes, t as u64 + 1);

@@ -68,6 +68,11 @@ OPTIONS:
     --window N             Commits in flight per pipelined thread (default
                            1024).
     --segment-mib N        Log segment size in MiB (default 64).
+    --retain-mib N         Keep only about N MiB of hardened log: a thread
+                           deletes older segments as a checkpointing database
+                           would, so rollovers reuse retired segment files
+                           (steady state). Default: keep everything (every
+                           segment is a new file of zeros: worst case).
     --compression C        zstd:LEVEL or off (default zstd:1).
     -h, --help             Print this help.
 
@@ -119,6 +124,8 @@ pub struct Config {
     pub window: usize,
     pub segment_bytes: usize,
     pub compression: Compression,
+    /// Hardened log bytes to keep (older segments are deleted); None keeps all.
+    pub retain_bytes: Option<u64>,
 }
 
 impl Config {
@@ -247,6 +254,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut pipelined_threads = 1;
     let mut window = 1024;
     let mut segment_mib = 64;
+    let mut retain_mib = None;
     let mut compression = Compression::Zstd(1);
     let mut scenario: Option<String> = None;
 
@@ -324,6 +332,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
                 }
             }
             "--compression" => compression = parse_compression(&value()?)?,
+            "--retain-mib" => retain_mib = Some(parse_usize(&flag, &value()?, 1)? as u64),
             _ => {
                 return Err(format!(
                     "unknown option {flag:?} (see mirrorlog-bench --help)"
@@ -361,6 +370,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         window,
         segment_bytes: segment_mib << 20,
         compression,
+        retain_bytes: retain_mib.map(|m| m << 20),
     })))
 }
 

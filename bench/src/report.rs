@@ -269,12 +269,13 @@ pub fn render(cfg: &Config, machine: &Machine, suite: &Suite) -> String {
     );
     let _ = writeln!(
         o,
-        "config: {:.1} s timed + {:.1} s warm-up per case; segment {} MiB; compression {}; batch_bytes_max {} KiB",
+        "config: {:.1} s timed + {:.1} s warm-up per case; segment {} MiB; compression {}; batch_bytes_max {} KiB; retention {}",
         cfg.seconds,
         cfg.warmup,
         cfg.segment_bytes >> 20,
         compression_name(cfg.compression),
-        suite.batch_bytes_max >> 10
+        suite.batch_bytes_max >> 10,
+        cfg.retain_bytes.map_or("keep all (every segment a new zero-filled file)".to_string(), |b| format!("{} MiB (segments recycled)", b >> 20))
     );
     let _ = writeln!(o, "durability: {DURABILITY}");
     let _ = writeln!(
@@ -506,6 +507,7 @@ pub fn to_json(cfg: &Config, machine: &Machine, suite: &Suite) -> Value {
             "warmup_seconds": cfg.warmup,
             "quick": cfg.quick,
             "segment_bytes": cfg.segment_bytes,
+            "retain_bytes": cfg.retain_bytes,
             "compression": compression_name(cfg.compression),
             "committers": cfg.committers,
             "record_sizes": cfg.sizes,
