@@ -24,7 +24,7 @@ pub const BANDWIDTH_FRACTION_MIN: f64 = 0.7;
 pub const BANDWIDTH_RECORD_BYTES: usize = 4096;
 
 pub fn size_name(bytes: usize) -> String {
-    if bytes >= 1024 && bytes % 1024 == 0 {
+    if bytes >= 1024 && bytes.is_multiple_of(1024) {
         format!("{} KiB", bytes / 1024)
     } else {
         format!("{bytes} B")

@@ -214,7 +214,7 @@ fn delete_below_removes_whole_segments_only_and_reads_below_are_refused() {
     }
     assert!(
         matches!(
-            log.delete_below(pos[100].lsn_start),
+            log.delete_below(pos[199].lsn_end),
             Err(TruncateError::BadLsn { .. })
         ),
         "unhardened"

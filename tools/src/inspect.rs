@@ -97,7 +97,7 @@ fn inspect(dir: &Path, opts: &Options, out: &mut impl std::io::Write) -> Result<
                 out,
                 Verdict::Damaged(format!("{name}: not a valid segment file name")),
             ));
-        } else {
+        } else if name != mirrorlog_engine::log::storage::LOCK_FILE {
             let _ = writeln!(out, "note: ignoring {name} (not a segment; recovery removes *.tmp, *.trunc, *.spare and *.free files)");
         }
     }

@@ -78,6 +78,14 @@ pub struct CommitStats {
 /// One batch in the making; shared by the tickets of its commits.
 struct BatchSlot {
     placed: OnceLock<Result<BatchPos, CommitError>>,
+    /// Set once the appender's own sync covered this batch. Completion at
+    /// any level requires it: an LSN comparison alone could be fooled by a
+    /// watermark from before a truncation, or by a remote level racing
+    /// ahead of the local sync (levels are cumulative).
+    hardened: AtomicBool,
+    /// Set if the batch was placed but is no longer in the log (a
+    /// truncation cut it before the appender's sync covered it).
+    lost: OnceLock<CommitError>,
 }
 
 struct Queue {
@@ -147,6 +155,8 @@ impl PrepareSignal {
 fn new_slot() -> Arc<BatchSlot> {
     Arc::new(BatchSlot {
         placed: OnceLock::new(),
+        hardened: AtomicBool::new(false),
+        lost: OnceLock::new(),
     })
 }
 
@@ -255,10 +265,17 @@ impl<S: Storage> GroupCommit<S> {
         self.shared.epoch.load(Ordering::Acquire)
     }
 
-    /// Batches taken after this call carry `epoch`. Epochs never go back.
-    pub fn set_epoch(&self, epoch: u64) {
+    /// Batches taken after this call carry `epoch`. Epochs never go back:
+    /// a lower one is refused and changes nothing.
+    pub fn set_epoch(&self, epoch: u64) -> Result<(), CommitError> {
         let prev = self.shared.epoch.fetch_max(epoch, Ordering::AcqRel);
-        assert!(epoch >= prev, "epoch went backwards: {prev} -> {epoch}");
+        if epoch < prev {
+            return Err(CommitError::EpochRegression {
+                current: prev,
+                requested: epoch,
+            });
+        }
+        Ok(())
     }
 
     /// Commits `records` as one unit at the default level.
@@ -462,6 +479,7 @@ fn write_batch<S: Storage>(
     slot: &BatchSlot,
 ) {
     let epoch = shared.epoch.load(Ordering::Acquire);
+    let truncations = shared.log.truncations();
     let pos = match shared.log.append(epoch, records) {
         Ok(pos) => pos,
         Err(AppendError::Poisoned(why)) => {
@@ -482,11 +500,18 @@ fn write_batch<S: Storage>(
     };
     assert!(slot.placed.set(Ok(pos)).is_ok(), "a batch is placed once");
     match shared.log.sync() {
+        Ok(hardened) if hardened < pos.lsn_end || shared.log.truncations() != truncations => {
+            // Someone truncated the log under a running group commit (the
+            // failover layer must stop it first): whatever this sync made
+            // durable, it may not be this batch.
+            let _ = slot.lost.set(CommitError::Lost(Arc::from(format!(
+                "the log was truncated while the batch at LSN {}..{} was being made durable",
+                pos.lsn_start, pos.lsn_end
+            ))));
+            shared.progress.notify();
+        }
         Ok(hardened) => {
-            assert!(
-                hardened >= pos.lsn_end,
-                "sync returned before the batch end"
-            );
+            slot.hardened.store(true, Ordering::Release);
             let now = Instant::now();
             {
                 let mut h = shared.latency_ns.lock().expect("latency lock");
@@ -505,7 +530,11 @@ fn write_batch<S: Storage>(
             shared
                 .log_bytes
                 .fetch_add(pos.lsn_end - pos.lsn_start, Ordering::Relaxed);
-            shared.progress.advance(Level::Local, hardened);
+            // Waiters judge by the slot flag set above; make sure they look
+            // even if the watermark did not move (it never moves back).
+            if !shared.progress.advance(Level::Local, hardened) {
+                shared.progress.notify();
+            }
         }
         Err(e) => shared.progress.fail(&e.to_string()),
     }
@@ -552,7 +581,7 @@ impl<S: Storage> Ticket<S> {
     /// stays acknowledged.
     fn outcome(&self, failed: Option<&Arc<str>>) -> Option<Result<Committed, CommitError>> {
         match self.slot.placed.get() {
-            Some(Ok(pos)) if self.shared.progress.reached(self.level) >= pos.lsn_end => {
+            Some(Ok(pos)) if self.reached() => {
                 return Some(Ok(Committed {
                     lsn_start: pos.lsn_start,
                     lsn_end: pos.lsn_end,
@@ -564,6 +593,9 @@ impl<S: Storage> Ticket<S> {
             }
             Some(Err(e)) => return Some(Err(e.clone())),
             Some(Ok(_)) | None => {}
+        }
+        if let Some(e) = self.slot.lost.get() {
+            return Some(Err(e.clone()));
         }
         if let Some(why) = failed {
             return Some(Err(CommitError::Poisoned(why.clone())));
@@ -582,18 +614,20 @@ impl<S: Storage> Ticket<S> {
     pub fn try_result(&self) -> Option<Result<Committed, CommitError>> {
         // Fast path without the lock: most tickets of a pipelined client are
         // complete by the time it looks.
-        if let Some(Ok(pos)) = self.slot.placed.get() {
-            if self.shared.progress.reached(self.level) >= pos.lsn_end {
-                return self.outcome(None);
-            }
+        if self.reached() {
+            return self.outcome(None);
         }
         let st = self.shared.progress.lock();
         self.outcome_locked(&st)
     }
 
-    /// Whether the commit reached its level, judged from atomics only.
+    /// Whether the commit reached its level, judged from atomics only:
+    /// hardened here by the appender's own sync, and for a remote level
+    /// also past that level's watermark (levels are cumulative).
     fn reached(&self) -> bool {
-        matches!(self.slot.placed.get(), Some(Ok(pos)) if self.shared.progress.reached(self.level) >= pos.lsn_end)
+        self.slot.hardened.load(Ordering::Acquire)
+            && (self.level == Level::Local
+                || matches!(self.slot.placed.get(), Some(Ok(pos)) if self.shared.progress.reached(self.level) >= pos.lsn_end))
     }
 
     /// Blocks until the commit reaches its level or fails.
@@ -661,10 +695,8 @@ impl<S: Storage> Future for Ticket<S> {
     type Output = Result<Committed, CommitError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(Ok(pos)) = self.slot.placed.get() {
-            if self.shared.progress.reached(self.level) >= pos.lsn_end {
-                return Poll::Ready(self.outcome(None).expect("reached"));
-            }
+        if self.reached() {
+            return Poll::Ready(self.outcome(None).expect("reached"));
         }
         let mut st = self.shared.progress.lock();
         if let Some(r) = self.outcome_locked(&st) {

@@ -41,6 +41,10 @@ pub enum CommitError {
     Append(Arc<str>),
     #[error("group commit is shut down")]
     ShutDown,
+    #[error("commit lost: {0}")]
+    Lost(Arc<str>),
+    #[error("epoch {requested} is older than the current epoch {current}; epochs never go back")]
+    EpochRegression { current: u64, requested: u64 },
     #[error("not acknowledged at level {level} within {timeout:?}; the commit may still complete")]
     Timeout { level: Level, timeout: Duration },
 }

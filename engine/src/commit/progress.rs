@@ -58,11 +58,13 @@ impl Progress {
     }
 
     /// Moves `level` forward to `lsn` (never backwards) and wakes waiters.
-    pub fn advance(&self, level: Level, lsn: u64) {
+    /// Returns whether it moved.
+    pub fn advance(&self, level: Level, lsn: u64) -> bool {
         let prev = self.lsn[level.index()].fetch_max(lsn, Ordering::AcqRel);
         if lsn > prev {
             self.notify();
         }
+        lsn > prev
     }
 
     /// Wakes every waiter to re-check its condition.

@@ -53,7 +53,7 @@ const OFF_STORED_BYTES: usize = 32;
 const OFF_CRC: usize = 36;
 
 const _: () = assert!(OFF_CRC + 4 == FRAME_HEADER_BYTES);
-const _: () = assert!(FRAME_HEADER_BYTES % FRAME_ALIGN == 0);
+const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(FRAME_ALIGN));
 const _: () = assert!(BATCH_RAW_BYTES_MAX <= u32::MAX as usize);
 
 /// How a payload is stored.
@@ -208,7 +208,7 @@ fn validate_lengths(header: &FrameHeader) -> Result<(), FrameError> {
         }
         _ => {}
     }
-    if header.base_lsn % FRAME_ALIGN as u64 != 0 {
+    if !header.base_lsn.is_multiple_of(FRAME_ALIGN as u64) {
         return Err(FrameError::BadLengths("base LSN is not 8-byte aligned"));
     }
     if header
@@ -375,7 +375,10 @@ impl Encoder {
         }
         if self.incompressible_streak >= INCOMPRESSIBLE_STREAK_MAX {
             self.incompressible_streak = self.incompressible_streak.saturating_add(1);
-            if self.incompressible_streak % INCOMPRESSIBLE_RETRY_EVERY != 0 {
+            if !self
+                .incompressible_streak
+                .is_multiple_of(INCOMPRESSIBLE_RETRY_EVERY)
+            {
                 return plain;
             }
         }
@@ -414,7 +417,7 @@ pub fn encode_header(
     out: &mut [u8; FRAME_HEADER_BYTES],
 ) {
     assert!(
-        base_lsn % FRAME_ALIGN as u64 == 0,
+        base_lsn.is_multiple_of(FRAME_ALIGN as u64),
         "frame base LSN must be aligned"
     );
     out[OFF_MAGIC..OFF_MAGIC + 4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());

@@ -53,7 +53,7 @@ impl Default for LogOptions {
 impl LogOptions {
     pub fn validate(&self) -> Result<(), OpenError> {
         let b = self.segment_bytes;
-        if b % segment::PAGE_BYTES != 0
+        if !b.is_multiple_of(segment::PAGE_BYTES)
             || !(segment::SEGMENT_BYTES_MIN..=segment::SEGMENT_BYTES_MAX).contains(&b)
         {
             return Err(OpenError::BadOption(format!(
@@ -113,6 +113,11 @@ pub struct Log<S: Storage = FsStorage> {
     /// Base LSN of the prepared spare (`u64::MAX`: none), readable without
     /// the lock.
     spare_base: AtomicU64,
+    /// Makes free-file names unique (a retired spare and a later retired
+    /// segment can have the same base).
+    free_serial: AtomicU64,
+    /// Truncations so far: lets group commit notice a cut under its feet.
+    truncations: AtomicU64,
 }
 
 #[derive(Default)]
@@ -129,8 +134,12 @@ fn spare_name(base: u64) -> String {
     format!("{}{}", segment_name(base), recovery::SPARE_SUFFIX)
 }
 
-fn free_name(old_base: u64) -> String {
-    format!("{}{}", segment_name(old_base), recovery::FREE_SUFFIX)
+fn free_name_with(old_base: u64, serial: u64) -> String {
+    format!(
+        "{}.{serial}{}",
+        segment_name(old_base),
+        recovery::FREE_SUFFIX
+    )
 }
 
 impl Log<FsStorage> {
@@ -184,6 +193,8 @@ impl<S: Storage> Log<S> {
             poison: OnceLock::new(),
             spares: Mutex::new(Spares::default()),
             spare_base: AtomicU64::new(u64::MAX),
+            free_serial: AtomicU64::new(0),
+            truncations: AtomicU64::new(0),
         };
         Ok((log, recovered.report))
     }
@@ -210,6 +221,15 @@ impl<S: Storage> Log<S> {
     /// Epoch of the last batch in the log (0 for an empty log).
     pub fn last_epoch(&self) -> u64 {
         lock(&self.writer).last_epoch
+    }
+
+    /// How many truncations cut this log since it was opened.
+    pub fn truncations(&self) -> u64 {
+        self.truncations.load(Ordering::Acquire)
+    }
+
+    fn free_name(&self, old_base: u64) -> String {
+        free_name_with(old_base, self.free_serial.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Why the log stopped accepting writes, if it did.
@@ -301,8 +321,8 @@ impl<S: Storage> Log<S> {
             "written LSN outside the last segment"
         );
         if lsn + frame_len as u64 > seg.end_lsn() {
-            // The frame does not fit: the rest of this segment stays zero
-            // (padding) and the frame starts the next segment.
+            // The frame does not fit: the rest of this segment is padding
+            // and the frame starts the next segment.
             if frame_len as u64 > self.options.capacity() {
                 return Err(AppendError::TooLarge {
                     frame_bytes: frame_len,
@@ -311,7 +331,30 @@ impl<S: Storage> Log<S> {
             }
             if let Some(got) = expect_lsn {
                 if got != seg.end_lsn() {
-                    return Err(AppendError::UnexpectedLsn { expected: lsn, got });
+                    return Err(AppendError::UnexpectedLsn {
+                        expected: seg.end_lsn(),
+                        got,
+                    });
+                }
+            }
+            // Make the sealed segment's tail durable before any byte lands in
+            // the next one. Otherwise writeback could persist the new
+            // segment's batch but not the tail, and recovery would take the
+            // tail's space for padding: a log with a hole.
+            // The sealed segment's own hint then says where its batches
+            // end, so recovery can tell its padding from a lost tail.
+            {
+                let guard = lock(&self.sync_lock);
+                self.sync_locked(&guard)
+                    .map_err(|SyncError::Poisoned(why)| AppendError::Poisoned(why))?;
+                // SAFETY: header writers hold the sync lock, which we hold.
+                let sealed =
+                    unsafe { seg.write_durable_hint(lsn) }.and_then(|()| seg.sync_header());
+                if let Err(source) = sealed {
+                    let context =
+                        format!("recording the end of {}", self.storage.describe(&seg.name));
+                    self.poison(format!("{context}: {source}"));
+                    return Err(AppendError::Io { context, source });
                 }
             }
             seg = self.roll(seg.end_lsn(), lsn)?;
@@ -363,7 +406,6 @@ impl<S: Storage> Log<S> {
     /// (a rename), otherwise a new file (64 MiB of zeros by default, on the
     /// appender's time). Seals the current last segment at `data_end`.
     fn roll(&self, base: u64, data_end: u64) -> Result<SegmentRef<S::File>, AppendError> {
-        let io = |context: String| move |source| AppendError::Io { context, source };
         let name = segment_name(base);
         // Wait for a preparation in progress rather than start a second
         // file: it is already part-way through the same work (and competing
@@ -378,32 +420,49 @@ impl<S: Storage> Log<S> {
                 false
             }
         };
+        // Once the file may exist under the segment's name, a failure leaves
+        // the log unable to roll over (the name is taken) and the directory
+        // in an unknown state: poison, like a failed fsync.
+        let fatal = |context: String, source: std::io::Error| {
+            self.poison(format!("{context}: {source}"));
+            AppendError::Io { context, source }
+        };
         let seg = if spare {
             // The spare's header already names `base`; its hint is no larger
-            // than the hardened LSN (spares are discarded on truncation).
-            self.storage
-                .rename(&spare_name(base), &name)
-                .map_err(io(format!(
-                    "renaming spare to {}",
-                    self.storage.describe(&name)
-                )))?;
+            // than the hardened LSN (truncation retires spares).
+            self.storage.rename(&spare_name(base), &name).map_err(|e| {
+                fatal(
+                    format!("renaming spare to {}", self.storage.describe(&name)),
+                    e,
+                )
+            })?;
             self.storage
                 .sync_dir()
-                .map_err(io("syncing log directory after a rollover".into()))?;
-            let file = self.storage.open(&name).map_err(io(format!(
-                "mapping segment {}",
-                self.storage.describe(&name)
-            )))?;
-            Segment::new(
-                name,
-                base,
-                (self.options.segment_bytes - SEGMENT_HEADER_BYTES) as u64,
-                file,
-            )
+                .map_err(|e| fatal("syncing log directory after a rollover".into(), e))?;
+            let file = self.storage.open(&name).map_err(|e| {
+                fatal(
+                    format!("mapping segment {}", self.storage.describe(&name)),
+                    e,
+                )
+            })?;
+            Segment::new(name, base, self.options.capacity(), file)
         } else {
             let hardened = self.hardened.load(Ordering::Acquire);
-            recovery::create_segment(&self.storage, base, self.options.segment_bytes, hardened)
-                .map_err(|(context, source)| AppendError::Io { context, source })?
+            match recovery::create_segment(
+                &self.storage,
+                base,
+                self.options.segment_bytes,
+                hardened,
+            ) {
+                Ok(seg) => seg,
+                Err(e) if e.created => return Err(fatal(e.context, e.source)),
+                Err(e) => {
+                    return Err(AppendError::Io {
+                        context: e.context,
+                        source: e.source,
+                    })
+                }
+            }
         };
         let seg = Arc::new(seg);
         let mut segs = self.segments.write().expect("segments lock poisoned");
@@ -440,10 +499,11 @@ impl<S: Storage> Log<S> {
         if let Some(stale) = sp.spare.take() {
             // A truncation or a rollover that could not wait overtook it.
             self.spare_base.store(u64::MAX, Ordering::Release);
+            let free = self.free_name(stale);
             self.storage
-                .rename(&spare_name(stale), &free_name(stale))
+                .rename(&spare_name(stale), &free)
                 .map_err(io(format!("retiring stale spare {}", spare_name(stale))))?;
-            sp.free.push(free_name(stale));
+            sp.free.push(free);
         }
         let spare = spare_name(next);
         let capacity = (self.options.segment_bytes - SEGMENT_HEADER_BYTES) as u64;
@@ -569,10 +629,12 @@ impl<S: Storage> Log<S> {
                 ),
             });
         }
+        // Serialised with appends, rollovers and truncation, which index
+        // into the segment list.
+        let _writer = lock(&self.writer);
         let free_room = FREE_FILES_MAX.saturating_sub(lock(&self.spares).free.len());
         let mut retired = Vec::new();
         let mut segs = self.segments.write().expect("segments lock poisoned");
-        let mut removed = 0;
         while segs.len() > 1 && segs[0].end_lsn() <= lsn {
             let name = segs[0].name.clone();
             // A file can be reused only if no reader holds a view into it
@@ -583,27 +645,21 @@ impl<S: Storage> Log<S> {
                 && Arc::strong_count(&segs[0]) == 1
                 && segs[0].file.len() == self.options.segment_bytes;
             let result = if reusable {
-                let free = free_name(segs[0].base_lsn);
+                let free = self.free_name(segs[0].base_lsn);
                 self.storage
                     .rename(&name, &free)
                     .map(|()| retired.push(free))
             } else {
                 self.storage.remove(&name)
             };
-            if let Err(source) = result {
+            // Oldest first, each durable before the next, so a crash part-way
+            // leaves a contiguous log (never a gap at its front).
+            if let Err(source) = result.and_then(|()| self.storage.sync_dir()) {
                 let context = format!("deleting {}", self.storage.describe(&name));
                 self.poison(format!("{context}: {source}"));
                 return Err(TruncateError::Io { context, source });
             }
             segs.remove(0);
-            removed += 1;
-        }
-        if removed > 0 {
-            if let Err(source) = self.storage.sync_dir() {
-                let context = "syncing log directory after deleting segments".to_string();
-                self.poison(format!("{context}: {source}"));
-                return Err(TruncateError::Io { context, source });
-            }
             self.start.store(segs[0].base_lsn, Ordering::Release);
         }
         let start = segs[0].base_lsn;
@@ -629,21 +685,19 @@ impl<S: Storage> Log<S> {
         self.sync_locked(&sync_guard)
             .map_err(|SyncError::Poisoned(why)| TruncateError::Poisoned(why))?;
         // A prepared spare carries a durable-LSN hint from before the cut,
-        // possibly above it: retire it, it would claim too much.
-        {
-            let mut sp = lock(&self.spares);
-            if let Some(stale) = sp.spare.take() {
-                self.spare_base.store(u64::MAX, Ordering::Release);
-                let retired = self.storage.rename(&spare_name(stale), &free_name(stale));
-                match retired {
-                    Ok(()) => sp.free.push(free_name(stale)),
-                    Err(source) => {
-                        let context = format!("retiring spare {}", spare_name(stale));
-                        self.poison(format!("{context}: {source}"));
-                        return Err(TruncateError::Io { context, source });
-                    }
-                }
+        // possibly above it: retire it, it would claim too much. Holding the
+        // spares lock to the end keeps a new one from being prepared with
+        // the old hardened LSN while the cut is under way.
+        let mut spares = lock(&self.spares);
+        if let Some(stale) = spares.spare.take() {
+            self.spare_base.store(u64::MAX, Ordering::Release);
+            let free = self.free_name(stale);
+            if let Err(source) = self.storage.rename(&spare_name(stale), &free) {
+                let context = format!("retiring spare {}", spare_name(stale));
+                self.poison(format!("{context}: {source}"));
+                return Err(TruncateError::Io { context, source });
             }
+            spares.free.push(free);
         }
         let written = self.written.load(Ordering::Acquire);
         let start = self.start.load(Ordering::Acquire);
@@ -656,6 +710,10 @@ impl<S: Storage> Log<S> {
         if lsn == written {
             return Ok(());
         }
+        self.truncations.fetch_add(1, Ordering::AcqRel);
+        // New readers stop at the cut at once; readers holding a snapshot
+        // keep the old segments (and their bytes) alive.
+        self.written.store(lsn, Ordering::Release);
         let segments = self.segments_snapshot();
         let idx = segments
             .iter()
@@ -786,8 +844,11 @@ impl<S: Storage> Drop for Log<S> {
         // Leave an exact durable-LSN hint on disk so that the next recovery
         // can tell any later damage to acknowledged data from a torn tail.
         // Best effort: a failure here only weakens that check.
-        if self.poisoned().is_none() {
-            let seg = self.last_segment();
+        let last = match self.segments.try_read() {
+            Ok(segs) => segs.last().cloned(),
+            Err(_) => None, // a panic broke an invariant; leave the disk alone
+        };
+        if let (None, Some(seg)) = (self.poisoned(), last) {
             // SAFETY: &mut self: no other thread uses the log.
             if unsafe { seg.write_durable_hint(self.hardened_lsn()) }.is_ok() {
                 let _ = seg.sync_header();

@@ -107,6 +107,14 @@ fn io_err(context: String) -> impl FnOnce(io::Error) -> OpenError {
     move |source| OpenError::Io { context, source }
 }
 
+/// Why a segment could not be created; `created`: the file may already
+/// exist under the segment's name.
+pub(crate) struct CreateError {
+    pub context: String,
+    pub source: io::Error,
+    pub created: bool,
+}
+
 /// Creates the segment at `base`, durable (file data and directory entry),
 /// and maps it.
 pub(crate) fn create_segment<S: Storage>(
@@ -114,22 +122,29 @@ pub(crate) fn create_segment<S: Storage>(
     base: u64,
     segment_bytes: usize,
     durable_lsn: u64,
-) -> Result<Segment<S::File>, (String, io::Error)> {
+) -> Result<Segment<S::File>, CreateError> {
     let name = segment_name(base);
     let capacity = (segment_bytes - SEGMENT_HEADER_BYTES) as u64;
     let header = encode_segment_header(base, capacity, durable_lsn);
-    storage
-        .create(&name, &header, segment_bytes)
-        .map_err(|e| (format!("creating segment {}", storage.describe(&name)), e))?;
-    storage.sync_dir().map_err(|e| {
-        (
-            "syncing log directory after creating a segment".to_string(),
-            e,
-        )
-    })?;
-    let file = storage
-        .open(&name)
-        .map_err(|e| (format!("mapping segment {}", storage.describe(&name)), e))?;
+    let fail = |context: String, created: bool| {
+        move |source| CreateError {
+            context,
+            source,
+            created,
+        }
+    };
+    storage.create(&name, &header, segment_bytes).map_err(fail(
+        format!("creating segment {}", storage.describe(&name)),
+        false,
+    ))?;
+    storage.sync_dir().map_err(fail(
+        "syncing log directory after creating a segment".into(),
+        true,
+    ))?;
+    let file = storage.open(&name).map_err(fail(
+        format!("mapping segment {}", storage.describe(&name)),
+        true,
+    ))?;
     Ok(Segment::new(name, base, capacity, file))
 }
 
@@ -266,6 +281,9 @@ pub(crate) fn recover<S: Storage>(
 
     let mut segments: Vec<SegmentRef<S::File>> = Vec::new();
     let mut durable_hint = 0u64;
+    // Each segment's own hint: for a sealed segment, where its batches end
+    // (a rollover syncs that before writing the next segment).
+    let mut segment_hints = Vec::new();
     for base in bases {
         let name = segment_name(base);
         let file = storage.open(&name).map_err(io_err(format!(
@@ -298,12 +316,12 @@ pub(crate) fn recover<S: Storage>(
                 file.len()
             )));
         }
-        if let Some(hint) = crate::log::segment::decode_durable_hint(header) {
+        let hint = crate::log::segment::decode_durable_hint(header)
             // A hint beyond the segment's own end cannot have been written by us.
-            if hint <= base + capacity {
-                durable_hint = durable_hint.max(hint);
-            }
-        }
+            .filter(|&h| h <= base + capacity)
+            .unwrap_or(0);
+        durable_hint = durable_hint.max(hint);
+        segment_hints.push(hint);
         if let Some(prev) = segments.last() {
             if prev.end_lsn() != base {
                 return Err(OpenError::SegmentGap {
@@ -317,8 +335,11 @@ pub(crate) fn recover<S: Storage>(
     }
 
     if segments.is_empty() {
-        let seg = create_segment(storage, 0, options.segment_bytes, 0)
-            .map_err(|(context, source)| OpenError::Io { context, source })?;
+        let seg =
+            create_segment(storage, 0, options.segment_bytes, 0).map_err(|e| OpenError::Io {
+                context: e.context,
+                source: e.source,
+            })?;
         report.segments = 1;
         report.elapsed = began.elapsed();
         return Ok(Recovered {
@@ -332,7 +353,12 @@ pub(crate) fn recover<S: Storage>(
 
     let start = segments[0].base_lsn;
     let mut last_epoch = 0u64;
-    let stop = scan(&segments, &mut last_epoch, &mut report.batches);
+    let stop = scan(
+        &segments,
+        &segment_hints,
+        &mut last_epoch,
+        &mut report.batches,
+    );
     let end = stop.lsn;
     let seg = segments[stop.idx].clone();
     let at_segment_end = end == seg.end_lsn();
@@ -460,6 +486,7 @@ pub(crate) fn recover<S: Storage>(
 /// is not one, sealing each segment that is followed by padding.
 fn scan<F: StorageFile>(
     segments: &[SegmentRef<F>],
+    segment_hints: &[u64],
     last_epoch: &mut u64,
     batches: &mut u64,
 ) -> Stop {
@@ -482,7 +509,15 @@ fn scan<F: StorageFile>(
         };
         let room = seg.end_lsn() - lsn;
         match valid_frame_at(next, next.base_lsn) {
-            Some(h) if h.frame_bytes() as u64 > room && h.epoch >= *last_epoch => {
+            // A batch of the current log inside what would be padding means
+            // the padding is really a hole (rollover syncs the sealed tail,
+            // so a crash cannot make one; damage can).
+            Some(h)
+                if h.frame_bytes() as u64 > room
+                    && h.epoch >= *last_epoch
+                    && lsn >= segment_hints[idx]
+                    && last_current_frame_after(seg, lsn).is_none() =>
+            {
                 seg.set_data_end(lsn);
                 idx += 1;
                 lsn = next.base_lsn;

@@ -41,9 +41,9 @@ pub const SEGMENT_BYTES_MIN: usize = 2 * PAGE_BYTES;
 pub const SEGMENT_BYTES_MAX: usize = 1 << 32;
 pub const SEGMENT_BYTES_DEFAULT: usize = 64 << 20;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES % FRAME_ALIGN == 0);
-const _: () = assert!(PAGE_BYTES % FRAME_ALIGN == 0);
-const _: () = assert!(SEGMENT_BYTES_DEFAULT % PAGE_BYTES == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(FRAME_ALIGN));
+const _: () = assert!(PAGE_BYTES.is_multiple_of(FRAME_ALIGN));
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(PAGE_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MIN > SEGMENT_HEADER_BYTES);
 
 /// The file name of the segment starting at `base_lsn`: 20 zero-padded

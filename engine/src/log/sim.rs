@@ -46,7 +46,22 @@ enum Op {
 
 struct FileData {
     id: u64,
-    bytes: UnsafeCell<Box<[u8]>>,
+    /// Byte-wise interior mutability: a writer never forms a reference to
+    /// the whole file while readers hold slices of other ranges.
+    bytes: Box<[UnsafeCell<u8>]>,
+}
+
+impl FileData {
+    fn new(id: u64, content: Vec<u8>) -> FileData {
+        FileData {
+            id,
+            bytes: content.into_iter().map(UnsafeCell::new).collect(),
+        }
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        UnsafeCell::raw_get(self.bytes.as_ptr())
+    }
 }
 
 // SAFETY: access to `bytes` follows the StorageFile contract: the log has a
@@ -149,8 +164,8 @@ impl SimStorage {
     pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
         let st = self.lock();
         st.files.get(name).map(|f| {
-            // SAFETY: tests call this while no log writes the file.
-            unsafe { (*f.bytes.get()).to_vec() }
+            // SAFETY: in bounds; tests call this while no log writes the file.
+            unsafe { std::slice::from_raw_parts(f.ptr(), f.bytes.len()).to_vec() }
         })
     }
 
@@ -159,7 +174,8 @@ impl SimStorage {
         let st = self.lock();
         let f = st.files.get(name).expect("file exists");
         // SAFETY: tests call this while no log uses the storage.
-        unsafe { (&mut (*f.bytes.get()))[off..off + data.len()].copy_from_slice(data) }
+        assert!(off + data.len() <= f.bytes.len());
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), f.ptr().add(off), data.len()) }
     }
 
     /// The storage a crash after the first `upto` recorded operations could
@@ -234,7 +250,7 @@ impl SimStorage {
         };
         let dir = match mode {
             CrashMode::Everything => dir_current,
-            CrashMode::RandomPages { .. } if splitmix(&mut rng) % 2 == 0 => dir_current,
+            CrashMode::RandomPages { .. } if splitmix(&mut rng).is_multiple_of(2) => dir_current,
             _ => dir_durable,
         };
         let mut image = State {
@@ -252,7 +268,7 @@ impl SimStorage {
                 let take = match mode {
                     CrashMode::SyncedOnly => false,
                     CrashMode::Everything => true,
-                    CrashMode::RandomPages { .. } => splitmix(&mut rng) % 2 == 0,
+                    CrashMode::RandomPages { .. } => splitmix(&mut rng).is_multiple_of(2),
                     CrashMode::TornLastWrite { sectors } => match last_write {
                         Some((wid, off, len))
                             if wid == id && r.start < off + len && off < r.end =>
@@ -277,13 +293,7 @@ impl SimStorage {
                 }
             }
             image.base.push((name.clone(), id, bytes.clone()));
-            image.files.insert(
-                name,
-                Arc::new(FileData {
-                    id,
-                    bytes: UnsafeCell::new(bytes.into_boxed_slice()),
-                }),
-            );
+            image.files.insert(name, Arc::new(FileData::new(id, bytes)));
         }
         SimStorage {
             state: Arc::new(Mutex::new(image)),
@@ -315,13 +325,8 @@ impl Storage for SimStorage {
             name: name.to_string(),
             content: content.clone(),
         });
-        st.files.insert(
-            name.to_string(),
-            Arc::new(FileData {
-                id,
-                bytes: UnsafeCell::new(content.into_boxed_slice()),
-            }),
-        );
+        st.files
+            .insert(name.to_string(), Arc::new(FileData::new(id, content)));
         Ok(())
     }
 
@@ -383,8 +388,7 @@ pub struct SimFile {
 
 impl StorageFile for SimFile {
     fn len(&self) -> usize {
-        // SAFETY: the length of the boxed slice never changes.
-        unsafe { (&(*self.data.bytes.get())).len() }
+        self.data.bytes.len()
     }
 
     unsafe fn write(&self, off: usize, data: &[u8]) -> io::Result<()> {
@@ -396,7 +400,10 @@ impl StorageFile for SimFile {
         });
         // SAFETY: the caller guarantees exclusive access to the range; the
         // journal lock additionally serialises writers.
-        unsafe { (&mut (*self.data.bytes.get()))[off..off + data.len()].copy_from_slice(data) };
+        assert!(off + data.len() <= self.data.bytes.len());
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.data.ptr().add(off), data.len())
+        };
         Ok(())
     }
 
@@ -418,6 +425,7 @@ impl StorageFile for SimFile {
 
     unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
         // SAFETY: the caller guarantees nobody writes the range meanwhile.
-        unsafe { &(&(*self.data.bytes.get()))[off..off + len] }
+        assert!(off + len <= self.data.bytes.len());
+        unsafe { std::slice::from_raw_parts(self.data.ptr().add(off), len) }
     }
 }

@@ -68,18 +68,49 @@ pub trait StorageFile: Send + Sync + 'static {
 }
 
 /// Segment files in a directory, memory-mapped with memmap2.
+///
+/// Opening takes an exclusive lock (flock) on the file `LOCK` in the
+/// directory for as long as the storage lives: two logs appending to the
+/// same files would silently overwrite each other's acknowledged batches.
 pub struct FsStorage {
     dir: PathBuf,
     dir_file: File,
+    _lock: File,
 }
 
+/// The lock file's name; recovery leaves it alone like any foreign file.
+pub const LOCK_FILE: &str = "LOCK";
+
 impl FsStorage {
-    /// Opens `dir`, creating it (and its parents) if missing.
+    /// Opens `dir`, creating it (and its parents) if missing, and locks it.
     pub fn open(dir: impl AsRef<Path>) -> io::Result<FsStorage> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir)?;
         let dir_file = File::open(&dir)?;
-        Ok(FsStorage { dir, dir_file })
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "log directory {} is in use: another process (or another Log in this one) holds its {LOCK_FILE} file",
+                        dir.display()
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        Ok(FsStorage {
+            dir,
+            dir_file,
+            _lock: lock,
+        })
     }
 
     pub fn dir(&self) -> &Path {
