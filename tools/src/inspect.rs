@@ -108,6 +108,8 @@ fn inspect(dir: &Path, opts: &Options, out: &mut impl std::io::Write) -> Result<
     }
     let mut hint = 0u64;
     let mut segments = Vec::new();
+    // Each segment's own hint: a sealed segment's says where its batches end.
+    let mut seg_hints = Vec::new();
     let mut expected_base = None;
     for base in bases {
         let name = mirrorlog_engine::log::segment::segment_name(base);
@@ -144,6 +146,7 @@ fn inspect(dir: &Path, opts: &Options, out: &mut impl std::io::Write) -> Result<
             capacity / 1024,
             h.map_or("unreadable".to_string(), |h| h.to_string())
         );
+        seg_hints.push(h.filter(|&h| h <= base + capacity).unwrap_or(0));
         segments.push((name, base, bytes));
     }
 
@@ -208,9 +211,10 @@ fn inspect(dir: &Path, opts: &Options, out: &mut impl std::io::Write) -> Result<
         let room = (space.len() - off.min(space.len())) as u64;
         match segments.get(idx + 1) {
             Some((_, nbase, nbytes))
-                if frame_at(&nbytes[SEGMENT_HEADER_BYTES..], *nbase, *nbase).is_some_and(
-                    |(h, _)| h.frame_bytes() as u64 > room && h.epoch >= last_epoch,
-                ) =>
+                if lsn >= seg_hints[idx]
+                    && frame_at(&nbytes[SEGMENT_HEADER_BYTES..], *nbase, *nbase).is_some_and(
+                        |(h, _)| h.frame_bytes() as u64 > room && h.epoch >= last_epoch,
+                    ) =>
             {
                 idx += 1;
                 lsn = *nbase;
