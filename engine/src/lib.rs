@@ -6,7 +6,11 @@
 //! * [`commit`]: group commit: many committers, one appender thread, one sync
 //!   per batch, commit levels from `local` to `remote-apply`.
 //!
+//! * [`replication`]: partner wire messages and the authenticated handshake
+//!   (the first part of mirroring; sessions and transport are to come).
+//!
 //! See docs/design.md for the architecture and docs/format.md for every byte.
 
 pub mod commit;
 pub mod log;
+pub mod replication;
