@@ -315,3 +315,36 @@ fn rollovers_use_segments_prepared_in_the_background() {
     assert_eq!(all_records(&log), want);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn truncation_goes_through_group_commit_which_rewinds_the_levels() {
+    let (log, _) = Log::open_with(SimStorage::new(), log_opts()).unwrap();
+    let log = Arc::new(log);
+    let mut gc = GroupCommit::start(log.clone(), commit_opts()).unwrap();
+    // A second group commit on the same log is refused.
+    let err = GroupCommit::start(log.clone(), commit_opts())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("already runs"), "{err}");
+    let first = gc.commit(&[b"keep"]).unwrap().wait().unwrap();
+    for i in 0..10u32 {
+        gc.commit(&[&i.to_le_bytes()]).unwrap().wait().unwrap();
+    }
+    // Cutting the log behind the group commit's back is refused...
+    assert!(matches!(
+        log.truncate(first.lsn_end),
+        Err(mirrorlog_engine::log::TruncateError::InUse)
+    ));
+    // ...through it, the appender pauses and every level moves back.
+    gc.truncate(first.lsn_end).unwrap();
+    assert_eq!(gc.progress().reached(Level::Local), first.lsn_end);
+    let after = gc.commit(&[b"after the cut"]).unwrap().wait().unwrap();
+    assert_eq!(after.lsn_start, first.lsn_end);
+    assert_eq!(
+        all_records(&log),
+        vec![b"keep".to_vec(), b"after the cut".to_vec()]
+    );
+    // After shutdown the log is the caller's again.
+    gc.shutdown();
+    log.truncate(first.lsn_end).unwrap();
+}

@@ -177,7 +177,7 @@ fn regression_commit_after_truncate_is_acked_before_it_is_durable() {
         gc.commit(&[&[i; 500]]).unwrap().wait().unwrap();
     }
     let watermark = gc.progress().reached(Level::Local);
-    gc.log().truncate(first.lsn_end).unwrap();
+    gc.truncate(first.lsn_end).unwrap();
     assert_eq!(gc.log().hardened_lsn(), first.lsn_end);
     // The next sync fails: nothing after the cut ever becomes durable.
     sim.fail_syncs_after(0);

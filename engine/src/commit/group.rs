@@ -115,6 +115,11 @@ struct Shared<S: Storage> {
     spinners: AtomicUsize,
     /// Committers currently blocked in `Ticket::wait`.
     sleepers: AtomicUsize,
+    /// Held by the appender while it writes a batch, and by
+    /// `GroupCommit::truncate` while it cuts the log.
+    maintenance: Mutex<()>,
+    /// Shutdown has begun (the idle appender polls this while spinning).
+    stopping: AtomicBool,
     prepare: PrepareSignal,
     segments_prepared: AtomicU64,
     segment_prepare_errors: AtomicU64,
@@ -180,6 +185,12 @@ impl<S: Storage> GroupCommit<S> {
             }
             Some(b) => b,
         };
+        if options.spin > SPIN_MAX {
+            return Err(StartError::BadOption(format!(
+                "spin must be at most {SPIN_MAX:?} (it is a busy-wait); got {:?}",
+                options.spin
+            )));
+        }
         if let Some(core) = options.appender_core {
             let cores = core_affinity::get_core_ids().unwrap_or_default();
             if !cores.iter().any(|c| c.id == core) {
@@ -188,6 +199,11 @@ impl<S: Storage> GroupCommit<S> {
                     cores.iter().map(|c| c.id).collect::<Vec<_>>()
                 )));
             }
+        }
+        if log.set_attached(true) {
+            return Err(StartError::BadOption(
+                "a group commit already runs on this log".into(),
+            ));
         }
         let hardened = log.hardened_lsn();
         let shared = Arc::new(Shared {
@@ -207,6 +223,8 @@ impl<S: Storage> GroupCommit<S> {
             pending: AtomicBool::new(false),
             spinners: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
+            maintenance: Mutex::new(()),
+            stopping: AtomicBool::new(false),
             prepare: PrepareSignal {
                 state: Mutex::new((true, false)),
                 cv: Condvar::new(),
@@ -226,7 +244,14 @@ impl<S: Storage> GroupCommit<S> {
         let for_thread = shared.clone();
         let preparer = std::thread::Builder::new()
             .name("mirrorlog-segment-preparer".into())
-            .spawn(move || preparer_loop(for_thread))?;
+            .spawn(move || preparer_loop(for_thread));
+        let preparer = match preparer {
+            Ok(p) => p,
+            Err(e) => {
+                shared.log.set_attached(false);
+                return Err(e.into());
+            }
+        };
         let for_thread = shared.clone();
         let appender = std::thread::Builder::new()
             .name("mirrorlog-appender".into())
@@ -236,6 +261,7 @@ impl<S: Storage> GroupCommit<S> {
             Err(e) => {
                 shared.prepare.set(false, true);
                 let _ = preparer.join();
+                shared.log.set_attached(false);
                 return Err(e.into());
             }
         };
@@ -376,20 +402,38 @@ impl<S: Storage> GroupCommit<S> {
             q.shutdown = true;
             q.appender_sleeping = false;
         }
+        self.shared.stopping.store(true, Ordering::Release);
         self.shared.work.notify_all();
         self.shared.room.notify_all();
-        if let Some(handle) = self.appender.take() {
-            // The appender only panics on a broken invariant; re-raise it.
-            if let Err(panic) = handle.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
+        // Stop both threads before re-raising a panic of either, so neither
+        // outlives the group commit (the preparer holds the log and its LOCK).
+        let appender = self.appender.take().map(|h| h.join());
         self.shared.prepare.set(false, true);
-        if let Some(handle) = self.preparer.take() {
-            if let Err(panic) = handle.join() {
+        let preparer = self.preparer.take().map(|h| h.join());
+        if appender.is_some() {
+            self.shared.log.set_attached(false);
+        }
+        for joined in [appender, preparer].into_iter().flatten() {
+            // The threads only panic on a broken invariant; re-raise it.
+            if let Err(panic) = joined {
                 std::panic::resume_unwind(panic);
             }
         }
+    }
+
+    /// Cuts the log back to `lsn` (see `Log::truncate`), with the appender
+    /// paused, and moves every commit level back to the new end: nothing
+    /// beyond it has reached any level any more. Commits queued meanwhile
+    /// land after the cut. The way to truncate a log a group commit runs on.
+    pub fn truncate(&self, lsn: u64) -> Result<(), crate::log::TruncateError> {
+        let _m = self
+            .shared
+            .maintenance
+            .lock()
+            .expect("maintenance lock poisoned");
+        self.shared.log.truncate_attached(lsn)?;
+        self.shared.progress.rewind(self.shared.log.written_lsn());
+        Ok(())
     }
 }
 
@@ -441,7 +485,7 @@ fn appender_loop<S: Storage>(shared: Arc<Shared<S>>) {
     loop {
         if !shared.pending.load(Ordering::Acquire) {
             spin_until(shared.options.spin, || {
-                shared.pending.load(Ordering::Acquire)
+                shared.pending.load(Ordering::Acquire) || shared.stopping.load(Ordering::Acquire)
             });
         }
         let slot = {
@@ -462,7 +506,13 @@ fn appender_loop<S: Storage>(shared: Arc<Shared<S>>) {
             std::mem::replace(&mut q.slot, new_slot())
         };
         shared.room.notify_all();
-        write_batch(&shared, &records, &submitted, &slot);
+        {
+            let _m = shared
+                .maintenance
+                .lock()
+                .expect("maintenance lock poisoned");
+            write_batch(&shared, &records, &submitted, &slot);
+        }
         if shared.log.wants_next_segment() {
             shared.prepare.set(true, false);
         }
@@ -490,11 +540,15 @@ fn write_batch<S: Storage>(
             return;
         }
         Err(e) => {
-            // Nothing was written; only this batch fails.
             let _ = slot
                 .placed
                 .set(Err(CommitError::Append(Arc::from(e.to_string()))));
-            shared.progress.notify();
+            match shared.log.poisoned() {
+                // The failure poisoned the log: every later commit fails too.
+                Some(why) => shared.progress.fail(why),
+                // Nothing was written; only this batch fails.
+                None => shared.progress.notify(),
+            }
             return;
         }
     };
@@ -540,6 +594,9 @@ fn write_batch<S: Storage>(
     }
 }
 
+/// The longest busy-wait `CommitOptions::spin` may ask for.
+const SPIN_MAX: Duration = Duration::from_secs(1);
+
 /// No committer polls while this many are blocked (see `Ticket::wait`).
 const SPIN_SLEEPERS_MAX: usize = 4;
 
@@ -548,7 +605,9 @@ fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
     if budget.is_zero() {
         return done();
     }
-    let deadline = Instant::now() + budget;
+    let Some(deadline) = Instant::now().checked_add(budget) else {
+        return done();
+    };
     loop {
         for _ in 0..64 {
             if done() {
@@ -647,7 +706,10 @@ impl<S: Storage> Ticket<S> {
             && shared.spinners.fetch_add(1, Ordering::AcqRel) == 0
         {
             spin_until(shared.options.spin, || {
-                self.reached() || matches!(self.slot.placed.get(), Some(Err(_)))
+                self.reached()
+                    || matches!(self.slot.placed.get(), Some(Err(_)))
+                    || self.slot.lost.get().is_some()
+                    || shared.progress.has_failed()
             });
             shared.spinners.fetch_sub(1, Ordering::AcqRel);
             if self.reached() {

@@ -20,6 +20,8 @@ pub(crate) struct Waiters {
 pub struct Progress {
     lsn: [AtomicU64; Level::COUNT],
     remote_attached: AtomicBool,
+    /// Mirrors `Waiters::failed.is_some()` for lock-free polling.
+    failed: AtomicBool,
     state: Mutex<Waiters>,
     cv: Condvar,
 }
@@ -29,6 +31,7 @@ impl Progress {
         Progress {
             lsn: std::array::from_fn(|_| AtomicU64::new(start)),
             remote_attached: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             state: Mutex::new(Waiters {
                 failed: None,
                 wakers: Vec::new(),
@@ -85,6 +88,21 @@ impl Progress {
             if st.failed.is_none() {
                 st.failed = Some(Arc::from(why));
             }
+            self.failed.store(true, Ordering::Release);
+        }
+        self.notify();
+    }
+
+    /// Whether [`Progress::fail`] was called (lock-free).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Moves every level back to at most `lsn` (after a truncation cut the
+    /// log there: nothing beyond it has reached any level any more).
+    pub fn rewind(&self, lsn: u64) {
+        for l in &self.lsn {
+            l.fetch_min(lsn, Ordering::AcqRel);
         }
         self.notify();
     }

@@ -108,6 +108,10 @@ pub enum TruncateError {
     Poisoned(String),
     #[error("cannot truncate at LSN {lsn}: {reason}")]
     BadLsn { lsn: u64, reason: String },
+    #[error(
+        "a group commit runs on this log; truncate through GroupCommit::truncate, which pauses it"
+    )]
+    InUse,
     #[error("{context}: {source}; the log is poisoned until reopened")]
     Io {
         context: String,

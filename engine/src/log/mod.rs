@@ -118,6 +118,10 @@ pub struct Log<S: Storage = FsStorage> {
     free_serial: AtomicU64,
     /// Truncations so far: lets group commit notice a cut under its feet.
     truncations: AtomicU64,
+    /// A group commit runs on this log: truncation must go through it
+    /// (`GroupCommit::truncate`), which pauses the appender and rewinds the
+    /// commit watermarks.
+    attached: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -195,6 +199,7 @@ impl<S: Storage> Log<S> {
             spare_base: AtomicU64::new(u64::MAX),
             free_serial: AtomicU64::new(0),
             truncations: AtomicU64::new(0),
+            attached: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((log, recovered.report))
     }
@@ -410,16 +415,15 @@ impl<S: Storage> Log<S> {
         // Wait for a preparation in progress rather than start a second
         // file: it is already part-way through the same work (and competing
         // with it for the disk would only make both slower).
-        let spare = {
-            let mut sp = lock(&self.spares);
-            if sp.spare == Some(base) {
-                sp.spare = None;
-                self.spare_base.store(u64::MAX, Ordering::Release);
-                true
-            } else {
-                false
-            }
-        };
+        // The guard is held until the new segment is in the list, so a
+        // preparation cannot run in between and prepare (over the claimed
+        // spare's name) for the segment being rolled into.
+        let mut spares = lock(&self.spares);
+        let spare = spares.spare == Some(base);
+        if spare {
+            spares.spare = None;
+            self.spare_base.store(u64::MAX, Ordering::Release);
+        }
         // Once the file may exist under the segment's name, a failure leaves
         // the log unable to roll over (the name is taken) and the directory
         // in an unknown state: poison, like a failed fsync.
@@ -470,6 +474,8 @@ impl<S: Storage> Log<S> {
             .expect("a log always has a segment")
             .set_data_end(data_end);
         segs.push(seg.clone());
+        drop(segs);
+        drop(spares);
         Ok(seg)
     }
 
@@ -509,7 +515,9 @@ impl<S: Storage> Log<S> {
         let capacity = (self.options.segment_bytes - SEGMENT_HEADER_BYTES) as u64;
         let header = encode_segment_header(next, capacity, self.hardened_lsn());
         let mut reused = false;
-        while let Some(free) = sp.free.pop() {
+        while let Some(free) = sp.free.last().cloned() {
+            // Look before taking it off the list: on an error the file is
+            // still free (and still listed) for the next try.
             let file = self
                 .storage
                 .open(&free)
@@ -518,6 +526,7 @@ impl<S: Storage> Log<S> {
                 self.storage
                     .remove(&free)
                     .map_err(io(format!("removing {}", self.storage.describe(&free))))?;
+                sp.free.pop();
                 continue;
             }
             // SAFETY: a free file is no segment of the log: no reader maps it
@@ -532,6 +541,7 @@ impl<S: Storage> Log<S> {
             self.storage
                 .rename(&free, &spare)
                 .map_err(io(format!("renaming {free} to {spare}")))?;
+            sp.free.pop();
             reused = true;
             break;
         }
@@ -540,11 +550,14 @@ impl<S: Storage> Log<S> {
                 .create(&spare, &header, self.options.segment_bytes)
                 .map_err(io(format!("creating {}", self.storage.describe(&spare))))?;
         }
+        // Recorded as soon as the file exists under the spare's name, so a
+        // failed directory sync below does not orphan it: the rollover that
+        // uses it syncs the directory itself.
+        sp.spare = Some(next);
+        self.spare_base.store(next, Ordering::Release);
         self.storage
             .sync_dir()
             .map_err(io("syncing log directory after preparing a segment".into()))?;
-        sp.spare = Some(next);
-        self.spare_base.store(next, Ordering::Release);
         Ok(true)
     }
 
@@ -675,6 +688,21 @@ impl<S: Storage> Log<S> {
     /// keep valid (old) bytes: the segment holding `lsn` is rewritten into a
     /// new file and swapped in, never zeroed in place.
     pub fn truncate(&self, lsn: u64) -> Result<(), TruncateError> {
+        if self.attached.load(Ordering::Acquire) {
+            return Err(TruncateError::InUse);
+        }
+        self.truncate_attached(lsn)
+    }
+
+    /// Marks the log as driven by a group commit (true) or not; returns
+    /// whether it already was. For `GroupCommit` only.
+    pub(crate) fn set_attached(&self, attached: bool) -> bool {
+        self.attached.swap(attached, Ordering::AcqRel)
+    }
+
+    /// `truncate` without the attachment check: the caller (group commit)
+    /// has paused its appender.
+    pub(crate) fn truncate_attached(&self, lsn: u64) -> Result<(), TruncateError> {
         if let Some(why) = self.poisoned() {
             return Err(TruncateError::Poisoned(why.to_string()));
         }
@@ -692,12 +720,11 @@ impl<S: Storage> Log<S> {
         if let Some(stale) = spares.spare.take() {
             self.spare_base.store(u64::MAX, Ordering::Release);
             let free = self.free_name(stale);
-            if let Err(source) = self.storage.rename(&spare_name(stale), &free) {
-                let context = format!("retiring spare {}", spare_name(stale));
-                self.poison(format!("{context}: {source}"));
-                return Err(TruncateError::Io { context, source });
+            // A spare is not log data: if it cannot be retired, forget it
+            // (recovery removes leftover spares) rather than fail the cut.
+            if self.storage.rename(&spare_name(stale), &free).is_ok() {
+                spares.free.push(free);
             }
-            spares.free.push(free);
         }
         let written = self.written.load(Ordering::Acquire);
         let start = self.start.load(Ordering::Acquire);
@@ -710,10 +737,6 @@ impl<S: Storage> Log<S> {
         if lsn == written {
             return Ok(());
         }
-        self.truncations.fetch_add(1, Ordering::AcqRel);
-        // New readers stop at the cut at once; readers holding a snapshot
-        // keep the old segments (and their bytes) alive.
-        self.written.store(lsn, Ordering::Release);
         let segments = self.segments_snapshot();
         let idx = segments
             .iter()
@@ -750,6 +773,11 @@ impl<S: Storage> Log<S> {
                 reason: "not a batch boundary".into(),
             });
         }
+        // Validated: from here on the log is being cut. New readers stop at
+        // the cut at once; readers holding a snapshot keep the old segments
+        // (and their bytes) alive.
+        self.truncations.fetch_add(1, Ordering::AcqRel);
+        self.written.store(lsn, Ordering::Release);
         let before = last_batch_in(&segments[..idx]);
         let last_epoch = last_epoch.or(before.map(|(e, _)| e)).unwrap_or(0);
         // Cutting at the very start of a segment that follows padding empties
