@@ -6,11 +6,14 @@
 //! * [`commit`]: group commit: many committers, one appender thread, one sync
 //!   per batch, commit levels from `local` to `remote-apply`.
 //!
+//! * [`apply`]: the applier thread that redoes the log into an embedder's
+//!   state machine, never beyond a limit (the commit LSN).
 //! * [`replication`]: partner wire messages and the authenticated handshake
 //!   (the first part of mirroring; sessions and transport are to come).
 //!
 //! See docs/design.md for the architecture and docs/format.md for every byte.
 
+pub mod apply;
 pub mod commit;
 pub mod log;
 pub mod replication;

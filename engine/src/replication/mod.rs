@@ -3,8 +3,8 @@
 //! Built: the partner wire messages (`wire`) and the authenticated
 //! handshake (`handshake`), both pure (no I/O, no clock) and tested. The
 //! session state machine (catch-up, streaming, acknowledgements, commit
-//! LSN, heartbeats, mirroring states), the io_uring transport and the
-//! applier are the rest of the mirroring issue.
+//! LSN, heartbeats, mirroring states) and the io_uring transport are the
+//! rest of the mirroring issue; the applier is in `crate::apply`.
 
 pub mod handshake;
 pub mod wire;

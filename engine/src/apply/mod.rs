@@ -1,0 +1,293 @@
+//! The applier: redoes the log into an embedder's state machine, in LSN
+//! order, on its own (pinnable) thread, never beyond a limit.
+//!
+//! On a mirror the limit is the commit LSN the principal publishes, so a
+//! reader there never sees a write that could still be rolled back; on a
+//! principal it is its own commit LSN. The distance between what the log
+//! holds (up to the limit) and what is applied is the redo queue.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::log::{Log, Records, Storage};
+
+/// An embedder's state machine.
+pub trait Applier: Send + 'static {
+    /// Applies the records of the batch at `[lsn_start, lsn_end)`, in order.
+    /// Batches arrive in LSN order, each exactly once per applier run. An
+    /// error stops the applier; the batch counts as not applied.
+    fn apply(&mut self, lsn_start: u64, lsn_end: u64, records: &Records) -> Result<(), String>;
+}
+
+/// Options for [`ApplierThread::start`].
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    /// Pin the applier thread to this core.
+    pub core: Option<usize>,
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error("invalid apply option: {0}")]
+    BadOption(String),
+    #[error("the applier stopped at LSN {applied_lsn}: {reason}")]
+    Stopped { applied_lsn: u64, reason: String },
+    #[error("could not start the applier thread: {0}")]
+    Thread(String),
+}
+
+/// How far behind the applier is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RedoQueue {
+    /// Log bytes below the limit (and written) that are not applied yet.
+    pub bytes: u64,
+    /// Recent apply rate, bytes of log per second (0 before any work).
+    pub bytes_per_s: f64,
+    /// `bytes / bytes_per_s`: how long the queue takes to drain at that rate.
+    pub seconds: Option<f64>,
+}
+
+struct State {
+    limit: u64,
+    stop: bool,
+    failed: Option<String>,
+    /// Exponentially weighted apply rate (bytes/s).
+    rate: f64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the applier (new limit, stop) and waiters (progress, failure).
+    cv: Condvar,
+    applied: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("applier lock poisoned")
+    }
+}
+
+/// The applier thread; see the module documentation.
+pub struct ApplierThread<A: Applier> {
+    shared: Arc<Shared>,
+    written: Box<dyn Fn() -> u64 + Send + Sync>,
+    handle: Option<JoinHandle<A>>,
+}
+
+impl<A: Applier> ApplierThread<A> {
+    /// Starts applying `log` from `from_lsn` (a batch boundary: what the
+    /// state machine already reflects, e.g. a checkpoint's LSN). Nothing is
+    /// applied until [`ApplierThread::set_limit`] allows it.
+    pub fn start<S: Storage>(
+        log: Arc<Log<S>>,
+        applier: A,
+        from_lsn: u64,
+        options: ApplyOptions,
+    ) -> Result<ApplierThread<A>, ApplyError> {
+        if let Some(core) = options.core {
+            let cores = core_affinity::get_core_ids().unwrap_or_default();
+            if !cores.iter().any(|c| c.id == core) {
+                return Err(ApplyError::BadOption(format!(
+                    "applier core {core} does not exist; this machine has cores {:?}",
+                    cores.iter().map(|c| c.id).collect::<Vec<_>>()
+                )));
+            }
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                limit: from_lsn,
+                stop: false,
+                failed: None,
+                rate: 0.0,
+            }),
+            cv: Condvar::new(),
+            applied: AtomicU64::new(from_lsn),
+        });
+        let for_thread = shared.clone();
+        let log_for_thread = log.clone();
+        let handle = std::thread::Builder::new()
+            .name("mirrorlog-applier".into())
+            .spawn(move || {
+                if let Some(core) = options.core {
+                    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                }
+                apply_loop(&for_thread, &log_for_thread, applier)
+            })
+            .map_err(|e| ApplyError::Thread(e.to_string()))?;
+        Ok(ApplierThread {
+            shared,
+            written: Box::new(move || log.written_lsn()),
+            handle: Some(handle),
+        })
+    }
+
+    /// Allows applying every batch that ends at or below `lsn`. The limit
+    /// never moves back.
+    pub fn set_limit(&self, lsn: u64) {
+        let mut st = self.shared.lock();
+        if lsn > st.limit {
+            st.limit = lsn;
+            self.shared.cv.notify_all();
+        }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.shared.lock().limit
+    }
+
+    /// End of the last applied batch.
+    pub fn applied_lsn(&self) -> u64 {
+        self.shared.applied.load(Ordering::Acquire)
+    }
+
+    /// Why the applier stopped, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.lock().failed.clone()
+    }
+
+    pub fn redo_queue(&self) -> RedoQueue {
+        let st = self.shared.lock();
+        let target = st.limit.min((self.written)());
+        let bytes = target.saturating_sub(self.applied_lsn());
+        RedoQueue {
+            bytes,
+            bytes_per_s: st.rate,
+            seconds: (st.rate > 0.0).then(|| bytes as f64 / st.rate),
+        }
+    }
+
+    /// Waits until everything below `lsn` is applied; false on timeout.
+    /// An applier that stopped with an error returns that error.
+    pub fn wait_applied(&self, lsn: u64, timeout: Duration) -> Result<bool, ApplyError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if self.applied_lsn() >= lsn {
+                return Ok(true);
+            }
+            if let Some(reason) = &st.failed {
+                return Err(ApplyError::Stopped {
+                    applied_lsn: self.applied_lsn(),
+                    reason: reason.clone(),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            st = self
+                .shared
+                .cv
+                .wait_timeout(st, deadline - now)
+                .expect("applier lock poisoned")
+                .0;
+        }
+    }
+
+    /// Stops the thread after the batch in progress and hands the state
+    /// machine back.
+    pub fn shutdown(mut self) -> A {
+        self.stop_and_join()
+            .expect("the applier thread runs until shutdown")
+    }
+
+    fn stop_and_join(&mut self) -> Option<A> {
+        self.shared.lock().stop = true;
+        self.shared.cv.notify_all();
+        let handle = self.handle.take()?;
+        match handle.join() {
+            Ok(applier) => Some(applier),
+            // The embedder's apply panicked: pass it on.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl<A: Applier> Drop for ApplierThread<A> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.stop_and_join();
+        }
+    }
+}
+
+fn apply_loop<S: Storage, A: Applier>(shared: &Shared, log: &Log<S>, mut applier: A) -> A {
+    loop {
+        let limit = {
+            let mut st = shared.lock();
+            loop {
+                if st.stop || st.failed.is_some() {
+                    return applier;
+                }
+                let applied = shared.applied.load(Ordering::Acquire);
+                // Only what is written (and below the limit) can be applied.
+                let target = st.limit.min(log.written_lsn());
+                if target > applied {
+                    break target;
+                }
+                st = if st.limit > applied {
+                    // The limit runs ahead of the log (a mirror learns the
+                    // commit LSN before the batches): re-check the log now
+                    // and then rather than wiring a notification into appends.
+                    shared
+                        .cv
+                        .wait_timeout(st, Duration::from_millis(5))
+                        .expect("applier lock poisoned")
+                        .0
+                } else {
+                    shared.cv.wait(st).expect("applier lock poisoned")
+                };
+            }
+        };
+        let began = Instant::now();
+        let from = shared.applied.load(Ordering::Acquire);
+        let result = apply_range(log, &mut applier, from, limit, &shared.applied);
+        let done = shared.applied.load(Ordering::Acquire) - from;
+        let mut st = shared.lock();
+        let secs = began.elapsed().as_secs_f64();
+        if done > 0 && secs > 0.0 {
+            let now = done as f64 / secs;
+            st.rate = if st.rate == 0.0 {
+                now
+            } else {
+                0.8 * st.rate + 0.2 * now
+            };
+        }
+        if let Err(reason) = result {
+            st.failed = Some(reason);
+        }
+        shared.cv.notify_all();
+    }
+}
+
+/// Applies whole batches in `[from, limit)`; a batch that ends beyond the
+/// limit waits for a later limit.
+fn apply_range<S: Storage, A: Applier>(
+    log: &Log<S>,
+    applier: &mut A,
+    from: u64,
+    limit: u64,
+    applied: &AtomicU64,
+) -> Result<(), String> {
+    let iter = log.read_from(from).map_err(|e| e.to_string())?;
+    for view in iter {
+        let view = view.map_err(|e| e.to_string())?;
+        if view.end_lsn() > limit {
+            break;
+        }
+        let records = view.records().map_err(|e| e.to_string())?;
+        applier.apply(view.lsn(), view.end_lsn(), &records)?;
+        let prev = applied.swap(view.end_lsn(), Ordering::AcqRel);
+        assert!(
+            prev <= view.lsn(),
+            "applied LSN went backwards or skipped a batch"
+        );
+    }
+    Ok(())
+}
