@@ -13,6 +13,7 @@
 //!
 //! See docs/design.md for the architecture and docs/format.md for every byte.
 
+mod affinity;
 pub mod apply;
 pub mod commit;
 pub mod log;

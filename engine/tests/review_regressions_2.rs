@@ -8,6 +8,9 @@
 //! error at an exact point.
 
 use std::io;
+
+mod common;
+use common::Hooked;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use mirrorlog_engine::commit::{CommitError, CommitOptions, GroupCommit, Level, Ticket};
 use mirrorlog_engine::log::segment::SEGMENT_HEADER_BYTES;
-use mirrorlog_engine::log::sim::{CrashMode, SimFile, SimStorage};
+use mirrorlog_engine::log::sim::{CrashMode, SimStorage};
 use mirrorlog_engine::log::{Compression, Log, LogOptions, RecordsBuf, Storage, TruncateError};
 
 const SEG: usize = 8192;
@@ -76,69 +79,6 @@ fn no_spin() -> CommitOptions {
 // ---------------------------------------------------------------------------
 // Hooked storage (from review_regressions.rs)
 // ---------------------------------------------------------------------------
-
-type Hook = Arc<dyn Fn(&str, &str) -> io::Result<()> + Send + Sync>;
-
-/// `SimStorage` with a hook run before every directory operation
-/// (`create`, `open`, `remove`, `rename` (with the source name), `sync_dir`
-/// (with "")). The hook may start a concurrent caller or return an error.
-#[derive(Clone)]
-struct Hooked {
-    inner: SimStorage,
-    hook: Arc<Mutex<Option<Hook>>>,
-}
-
-impl Hooked {
-    fn new(inner: SimStorage) -> Hooked {
-        Hooked {
-            inner,
-            hook: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    fn set_hook(&self, h: impl Fn(&str, &str) -> io::Result<()> + Send + Sync + 'static) {
-        *self.hook.lock().unwrap() = Some(Arc::new(h));
-    }
-
-    fn call(&self, op: &str, name: &str) -> io::Result<()> {
-        let h = self.hook.lock().unwrap().clone();
-        match h {
-            Some(h) => h(op, name),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Storage for Hooked {
-    type File = SimFile;
-
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn create(&self, name: &str, prefix: &[u8], len: usize) -> io::Result<()> {
-        self.call("create", name)?;
-        self.inner.create(name, prefix, len)
-    }
-    fn open(&self, name: &str) -> io::Result<SimFile> {
-        self.call("open", name)?;
-        self.inner.open(name)
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.call("remove", name)?;
-        self.inner.remove(name)
-    }
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.call("rename", from)?;
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self) -> io::Result<()> {
-        self.call("sync_dir", "")?;
-        self.inner.sync_dir()
-    }
-    fn describe(&self, name: &str) -> String {
-        self.inner.describe(name)
-    }
-}
 
 fn hooked_log(sim: &SimStorage) -> (Arc<Log<Hooked>>, Hooked) {
     let storage = Hooked::new(sim.clone());

@@ -91,13 +91,7 @@ impl<A: Applier> ApplierThread<A> {
         options: ApplyOptions,
     ) -> Result<ApplierThread<A>, ApplyError> {
         if let Some(core) = options.core {
-            let cores = core_affinity::get_core_ids().unwrap_or_default();
-            if !cores.iter().any(|c| c.id == core) {
-                return Err(ApplyError::BadOption(format!(
-                    "applier core {core} does not exist; this machine has cores {:?}",
-                    cores.iter().map(|c| c.id).collect::<Vec<_>>()
-                )));
-            }
+            crate::affinity::check_core("applier core", core).map_err(ApplyError::BadOption)?;
         }
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -114,9 +108,7 @@ impl<A: Applier> ApplierThread<A> {
         let handle = std::thread::Builder::new()
             .name("mirrorlog-applier".into())
             .spawn(move || {
-                if let Some(core) = options.core {
-                    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
-                }
+                crate::affinity::pin_current(options.core);
                 apply_loop(&for_thread, &log_for_thread, applier)
             })
             .map_err(|e| ApplyError::Thread(e.to_string()))?;

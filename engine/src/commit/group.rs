@@ -192,13 +192,7 @@ impl<S: Storage> GroupCommit<S> {
             )));
         }
         if let Some(core) = options.appender_core {
-            let cores = core_affinity::get_core_ids().unwrap_or_default();
-            if !cores.iter().any(|c| c.id == core) {
-                return Err(StartError::BadOption(format!(
-                    "appender_core {core} does not exist; this machine has cores {:?}",
-                    cores.iter().map(|c| c.id).collect::<Vec<_>>()
-                )));
-            }
+            crate::affinity::check_core("appender_core", core).map_err(StartError::BadOption)?;
         }
         if log.set_attached(true) {
             return Err(StartError::BadOption(
@@ -475,11 +469,7 @@ impl<S: Storage> Drop for GroupCommit<S> {
 }
 
 fn appender_loop<S: Storage>(shared: Arc<Shared<S>>) {
-    if let Some(core) = shared.options.appender_core {
-        // Checked to exist at start; pinning is an optimisation, so a refusal
-        // (e.g. a restrictive cpuset) leaves the thread unpinned.
-        let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
-    }
+    crate::affinity::pin_current(shared.options.appender_core);
     let mut records = RecordsBuf::with_capacity(shared.batch_bytes_max);
     let mut submitted = Vec::new();
     loop {

@@ -110,6 +110,17 @@ struct FileModel {
     dirty: BTreeSet<usize>,
 }
 
+impl FileModel {
+    /// A file whose content is all on disk.
+    fn clean(content: &[u8]) -> FileModel {
+        FileModel {
+            durable: content.to_vec(),
+            current: content.to_vec(),
+            dirty: BTreeSet::new(),
+        }
+    }
+}
+
 fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
@@ -188,28 +199,14 @@ impl SimStorage {
         let mut dir_durable: BTreeMap<String, u64> = BTreeMap::new();
         let mut last_write: Option<(u64, usize, usize)> = None;
         for (name, id, content) in &st.base {
-            files.insert(
-                *id,
-                FileModel {
-                    durable: content.clone(),
-                    current: content.clone(),
-                    dirty: BTreeSet::new(),
-                },
-            );
+            files.insert(*id, FileModel::clean(content));
             dir_current.insert(name.clone(), *id);
             dir_durable.insert(name.clone(), *id);
         }
         for op in &st.journal[..upto] {
             match op {
                 Op::Create { id, name, content } => {
-                    files.insert(
-                        *id,
-                        FileModel {
-                            durable: content.clone(),
-                            current: content.clone(),
-                            dirty: BTreeSet::new(),
-                        },
-                    );
+                    files.insert(*id, FileModel::clean(content));
                     dir_current.insert(name.clone(), *id);
                 }
                 Op::Write { id, off, data } => {
