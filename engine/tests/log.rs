@@ -80,6 +80,15 @@ fn appended_batches_survive_reopen_across_many_segments() {
     assert_eq!(report.cut, None);
     assert_eq!(report.end_lsn, positions.last().unwrap().lsn_end);
     assert_eq!(report.last_epoch, 3);
+    // Epoch history: epochs 1, 2, 3 began at batches 0, 100, 200.
+    assert_eq!(
+        report.epochs,
+        vec![
+            (1, positions[0].lsn_start),
+            (2, positions[100].lsn_start),
+            (3, positions[200].lsn_start)
+        ]
+    );
     assert_eq!(contents(&log), before);
     for (i, (lsn, _, recs)) in before.iter().enumerate() {
         assert_eq!(*lsn, positions[i].lsn_start);

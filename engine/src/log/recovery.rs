@@ -51,6 +51,10 @@ pub struct RecoveryReport {
     pub start_lsn: u64,
     pub end_lsn: u64,
     pub last_epoch: u64,
+    /// Epoch history of the retained log: each epoch and the LSN of its
+    /// first batch, in log order (the failover and mirroring rules use it to
+    /// find where partners' histories part).
+    pub epochs: Vec<(u64, u64)>,
     /// The torn tail that was cut, if any.
     pub cut: Option<TailCut>,
     /// Leftover temporary, spare and free files, and segments beyond the
@@ -358,6 +362,7 @@ pub(crate) fn recover<S: Storage>(
         &segment_hints,
         &mut last_epoch,
         &mut report.batches,
+        &mut report.epochs,
     );
     let end = stop.lsn;
     let seg = segments[stop.idx].clone();
@@ -489,6 +494,7 @@ fn scan<F: StorageFile>(
     segment_hints: &[u64],
     last_epoch: &mut u64,
     batches: &mut u64,
+    epochs: &mut Vec<(u64, u64)>,
 ) -> Stop {
     let mut idx = 0;
     let mut lsn = segments[0].base_lsn;
@@ -496,6 +502,9 @@ fn scan<F: StorageFile>(
         let seg = &segments[idx];
         if lsn < seg.end_lsn() {
             if let Some(h) = valid_frame_at(seg, lsn).filter(|h| h.epoch >= *last_epoch) {
+                if epochs.last().is_none_or(|&(e, _)| e != h.epoch) {
+                    epochs.push((h.epoch, lsn));
+                }
                 *last_epoch = h.epoch;
                 *batches += 1;
                 lsn = h.end_lsn();
