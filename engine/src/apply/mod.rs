@@ -62,6 +62,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Set with `State::stop`; read between batches without the lock.
+    stopping: std::sync::atomic::AtomicBool,
     /// Wakes the applier (new limit, stop) and waiters (progress, failure).
     cv: Condvar,
     applied: AtomicU64,
@@ -101,6 +103,7 @@ impl<A: Applier> ApplierThread<A> {
                 rate: 0.0,
             }),
             cv: Condvar::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             applied: AtomicU64::new(from_lsn),
         });
         let for_thread = shared.clone();
@@ -185,31 +188,36 @@ impl<A: Applier> ApplierThread<A> {
     /// Stops the thread after the batch in progress and hands the state
     /// machine back.
     pub fn shutdown(mut self) -> A {
-        self.stop_and_join()
+        match self
+            .stop_and_join()
             .expect("the applier thread runs until shutdown")
-    }
-
-    fn stop_and_join(&mut self) -> Option<A> {
-        self.shared.lock().stop = true;
-        self.shared.cv.notify_all();
-        let handle = self.handle.take()?;
-        match handle.join() {
-            Ok(applier) => Some(applier),
-            // The embedder's apply panicked: pass it on.
+        {
+            Ok(applier) => applier,
             Err(panic) => std::panic::resume_unwind(panic),
         }
+    }
+
+    fn stop_and_join(&mut self) -> Option<std::thread::Result<A>> {
+        self.shared.lock().stop = true;
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.cv.notify_all();
+        Some(self.handle.take()?.join())
     }
 }
 
 impl<A: Applier> Drop for ApplierThread<A> {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            self.stop_and_join();
-        }
+        // Panics in `apply` are caught and reported as failures; the thread
+        // itself only panics on a broken invariant, which `shutdown`
+        // re-raises. Dropping never panics.
+        let _ = self.stop_and_join();
     }
 }
 
 fn apply_loop<S: Storage, A: Applier>(shared: &Shared, log: &Log<S>, mut applier: A) -> A {
+    // The limit at which the last round applied nothing because the next
+    // batch ends beyond it: wait for a new limit instead of retrying.
+    let mut blocked_at: Option<u64> = None;
     loop {
         let limit = {
             let mut st = shared.lock();
@@ -220,10 +228,10 @@ fn apply_loop<S: Storage, A: Applier>(shared: &Shared, log: &Log<S>, mut applier
                 let applied = shared.applied.load(Ordering::Acquire);
                 // Only what is written (and below the limit) can be applied.
                 let target = st.limit.min(log.written_lsn());
-                if target > applied {
-                    break target;
+                if target > applied && blocked_at != Some(st.limit) {
+                    break (target, st.limit);
                 }
-                st = if st.limit > applied {
+                st = if st.limit > applied && blocked_at != Some(st.limit) {
                     // The limit runs ahead of the log (a mirror learns the
                     // commit LSN before the batches): re-check the log now
                     // and then rather than wiring a notification into appends.
@@ -233,15 +241,21 @@ fn apply_loop<S: Storage, A: Applier>(shared: &Shared, log: &Log<S>, mut applier
                         .expect("applier lock poisoned")
                         .0
                 } else {
+                    // Caught up to the limit, or stuck on a batch that ends
+                    // past it: only a new limit (or a stop) changes that.
                     shared.cv.wait(st).expect("applier lock poisoned")
                 };
             }
         };
+        let (limit, round_limit) = limit;
         let began = Instant::now();
         let from = shared.applied.load(Ordering::Acquire);
-        let result = apply_range(log, &mut applier, from, limit, &shared.applied);
+        let result = apply_range(shared, log, &mut applier, from, limit);
         let done = shared.applied.load(Ordering::Acquire) - from;
         let mut st = shared.lock();
+        // Nothing applied yet no error: the next batch ends past the limit
+        // (as it stood when this round began; a newer one retries at once).
+        blocked_at = (done == 0 && result.is_ok()).then_some(round_limit);
         let secs = began.elapsed().as_secs_f64();
         if done > 0 && secs > 0.0 {
             let now = done as f64 / secs;
@@ -258,28 +272,48 @@ fn apply_loop<S: Storage, A: Applier>(shared: &Shared, log: &Log<S>, mut applier
     }
 }
 
-/// Applies whole batches in `[from, limit)`; a batch that ends beyond the
-/// limit waits for a later limit.
+/// Applies whole batches in `[from, limit)`, stopping early on shutdown; a
+/// batch that ends beyond the limit waits for a later limit. A panic in the
+/// embedder's `apply` is caught and reported as the applier's failure.
 fn apply_range<S: Storage, A: Applier>(
+    shared: &Shared,
     log: &Log<S>,
     applier: &mut A,
     from: u64,
     limit: u64,
-    applied: &AtomicU64,
 ) -> Result<(), String> {
     let iter = log.read_from(from).map_err(|e| e.to_string())?;
     for view in iter {
+        if shared.stopping.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let view = view.map_err(|e| e.to_string())?;
         if view.end_lsn() > limit {
             break;
         }
         let records = view.records().map_err(|e| e.to_string())?;
-        applier.apply(view.lsn(), view.end_lsn(), &records)?;
-        let prev = applied.swap(view.end_lsn(), Ordering::AcqRel);
-        assert!(
-            prev <= view.lsn(),
-            "applied LSN went backwards or skipped a batch"
-        );
+        let (start, end) = (view.lsn(), view.end_lsn());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            applier.apply(start, end, &records)
+        }));
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(reason),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                return Err(format!(
+                    "apply panicked at the batch at LSN {start}: {what}"
+                ));
+            }
+        }
+        // Batches follow each other, or the previous one ended before a
+        // segment's padding: the applied LSN only moves forward.
+        let prev = shared.applied.swap(end, Ordering::AcqRel);
+        assert!(prev <= start, "applied LSN went backwards");
     }
     Ok(())
 }

@@ -60,6 +60,8 @@ pub enum AppendError {
          commit smaller batches or raise segment_bytes"
     )]
     TooLarge { frame_bytes: usize, capacity: u64 },
+    #[error("epoch 0 is reserved for \"no batch\"; epochs start at 1")]
+    EpochZero,
     #[error("epoch {got} is older than the log's last epoch {last}")]
     EpochRegression { last: u64, got: u64 },
     #[error("frame does not continue the log: it starts at LSN {got}, the log expects {expected}")]

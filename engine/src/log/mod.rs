@@ -302,6 +302,10 @@ impl<S: Storage> Log<S> {
         if let Some(why) = self.poisoned() {
             return Err(AppendError::Poisoned(why.to_string()));
         }
+        if epoch == 0 {
+            // 0 stands for "no batch" wherever epochs are compared.
+            return Err(AppendError::EpochZero);
+        }
         if epoch < writer.last_epoch {
             return Err(AppendError::EpochRegression {
                 last: writer.last_epoch,

@@ -81,8 +81,10 @@ pub fn plan_catch_up(
     // Where the mirror's history stops agreeing with the principal's: the
     // end of the mirror's last epoch in the principal's log.
     let agreed_end = if mirror_epoch == 0 {
-        // An empty mirror log agrees with everything, up to nothing.
-        mirror_written
+        // A mirror log without batches agrees with the principal's up to
+        // its own end, but never past the principal's (epoch 0 is no epoch:
+        // the log refuses batches of epoch 0).
+        mirror_written.min(p.written_lsn)
     } else {
         let Some(i) = p.history.iter().position(|&(e, _)| e == mirror_epoch) else {
             return Err(CatchUpError::UnknownEpoch {

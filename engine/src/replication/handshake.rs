@@ -259,12 +259,20 @@ impl Handshake {
                         format!("both nodes claim to be the {}", me.role.name()),
                     ));
                 }
-                if peer.epoch != me.epoch {
+                // The principal's epoch is never older than its mirror's:
+                // every principal incarnation starts a new epoch, and a mirror
+                // from an older one catches up (replication::catchup). A mirror
+                // from a newer epoch means this principal is stale.
+                let (principal_epoch, mirror_epoch) = match me.role {
+                    Role::Principal => (me.epoch, peer.epoch),
+                    Role::Mirror => (peer.epoch, me.epoch),
+                };
+                if mirror_epoch > principal_epoch {
                     return Err(refuse(
                         RefuseCode::EpochMismatch,
                         format!(
-                            "partner is at epoch {}, this node at epoch {}; epochs must agree (rejoin after a failover arrives with the failover work)",
-                            peer.epoch, me.epoch
+                            "the mirror is at epoch {mirror_epoch}, newer than the principal's epoch \
+                             {principal_epoch}: the principal is stale and must not serve it"
                         ),
                     ));
                 }

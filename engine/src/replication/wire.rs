@@ -225,6 +225,10 @@ impl Message {
                 truncate_to,
             } => {
                 out.push(T_START);
+                assert!(
+                    *truncate_to != Some(u64::MAX),
+                    "LSN u64::MAX encodes \"no truncation\" and is no valid cut"
+                );
                 for v in [*epoch, *from_lsn, truncate_to.unwrap_or(u64::MAX)] {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
