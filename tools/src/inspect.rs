@@ -97,7 +97,9 @@ fn inspect(dir: &Path, opts: &Options, out: &mut impl std::io::Write) -> Result<
                 out,
                 Verdict::Damaged(format!("{name}: not a valid segment file name")),
             ));
-        } else if name != mirrorlog_engine::log::storage::LOCK_FILE {
+        } else if name != mirrorlog_engine::log::storage::LOCK_FILE
+            && name != mirrorlog_engine::replication::history::HISTORY_FILE
+        {
             let _ = writeln!(out, "note: ignoring {name} (not a segment; recovery removes *.tmp, *.trunc, *.spare and *.free files)");
         }
     }
