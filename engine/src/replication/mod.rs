@@ -1,14 +1,18 @@
-//! Mirroring between partners: the wire protocol and the handshake so far.
+//! Mirroring between partners.
 //!
-//! Built: the partner wire messages (`wire`), the authenticated handshake
-//! (`handshake`) and the catch-up rule (`catchup`: where a reconnecting
-//! mirror resumes and what it must cut), all pure (no I/O, no clock) and
-//! tested; and the durable epoch history the rule reads (`history`). The
-//! session state machine (catch-up, streaming, acknowledgements, commit
-//! LSN, heartbeats, mirroring states) and the io_uring transport are the
-//! rest of the mirroring issue; the applier is in `crate::apply`.
+//! Built, all pure (no I/O, no clock) and tested: the partner wire messages
+//! (`wire`), the authenticated handshake (`handshake`), the catch-up rule
+//! (`catchup`: where a reconnecting mirror resumes and what it must cut),
+//! the durable epoch history it reads (`history`), and the session state
+//! machines of principal and mirror (`session`: position, start, shipping,
+//! acknowledgements, commit LSN, heartbeats, partner timeout, mirroring
+//! states). Still to come (mirroring issue): the transport that runs
+//! sessions over TCP (io_uring with a blocking fallback), the simulator's
+//! faults (message loss, disconnects, crashes of either side), end-to-end
+//! tests and the benchmark.
 
 pub mod catchup;
 pub mod handshake;
 pub mod history;
+pub mod session;
 pub mod wire;

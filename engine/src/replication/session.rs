@@ -1,0 +1,658 @@
+//! One mirroring session after the handshake, on each side: a deterministic
+//! state machine. Events in (a partner message, local log progress, a clock
+//! tick), commands out (send, ship log, append, sync, apply up to, advance a
+//! commit level, close). No I/O, no clock of its own: time is an argument in
+//! milliseconds, so tests and the simulator drive it exactly.
+//!
+//! ```text
+//!  principal                                   mirror
+//!      ◀── position{epoch of last batch, written, hardened, applied}
+//!  start{epoch, from, truncate_to} ──▶         (truncate, expect `from`)
+//!  ship{commit, frame} … ──▶                   append → sync → apply ≤ commit
+//!      ◀── ack{received, hardened, applied}    (after each of those)
+//!  heartbeat{commit, written} ──▶ when idle    ack when idle
+//! ```
+
+use crate::commit::Level;
+use crate::log::frame;
+use crate::replication::catchup::{plan_catch_up, CatchUpError, PrincipalLog};
+use crate::replication::wire::{Message, RefuseCode};
+
+/// Timing of a session, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Send a heartbeat (principal) or an ack (mirror) after this long
+    /// without sending anything.
+    pub heartbeat_ms: u64,
+    /// Close the session after this long without hearing from the partner.
+    pub partner_timeout_ms: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            heartbeat_ms: 100,
+            partner_timeout_ms: 1000,
+        }
+    }
+}
+
+/// The mirroring state, as SQL Server names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MirroringState {
+    /// No session.
+    Disconnected,
+    /// The mirror is catching up.
+    Synchronizing,
+    /// The mirror has hardened everything the principal has hardened.
+    Synchronized,
+    /// Shipping paused by an operator.
+    Suspended,
+}
+
+/// How far the mirror says it has got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MirrorProgress {
+    pub received: u64,
+    pub hardened: u64,
+    pub applied: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrincipalCommand {
+    Send(Message),
+    /// Ship the local log's batches in `[from, to)`, each as a `ship`
+    /// carrying `commit_lsn`.
+    Ship {
+        from: u64,
+        to: u64,
+        commit_lsn: u64,
+    },
+    /// A commit level reached `lsn` on the mirror (see `commit::Progress`).
+    Advance {
+        level: Level,
+        lsn: u64,
+    },
+    State(MirroringState),
+    /// Send nothing more and close the connection.
+    Close {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    AwaitPosition,
+    Streaming,
+    Closed,
+}
+
+/// The principal's side of a session with one mirror.
+pub struct PrincipalSession {
+    cfg: SessionConfig,
+    phase: Phase,
+    state: MirroringState,
+    suspended: bool,
+    /// Everything below was handed to the transport.
+    shipped: u64,
+    mirror: MirrorProgress,
+    written: u64,
+    hardened: u64,
+    last_heard_ms: u64,
+    last_sent_ms: u64,
+}
+
+impl PrincipalSession {
+    /// A session whose handshake just completed; the mirror speaks first.
+    pub fn new(cfg: SessionConfig, now_ms: u64, written: u64, hardened: u64) -> PrincipalSession {
+        PrincipalSession {
+            cfg,
+            phase: Phase::AwaitPosition,
+            state: MirroringState::Synchronizing,
+            suspended: false,
+            shipped: 0,
+            mirror: MirrorProgress::default(),
+            written,
+            hardened,
+            last_heard_ms: now_ms,
+            last_sent_ms: now_ms,
+        }
+    }
+
+    pub fn state(&self) -> MirroringState {
+        if self.phase == Phase::Closed {
+            MirroringState::Disconnected
+        } else if self.suspended {
+            MirroringState::Suspended
+        } else {
+            self.state
+        }
+    }
+
+    pub fn mirror(&self) -> MirrorProgress {
+        self.mirror
+    }
+
+    /// The LSN the mirror may apply up to: hardened on both sides.
+    pub fn commit_lsn(&self) -> u64 {
+        self.hardened.min(self.mirror.hardened)
+    }
+
+    /// Bytes written here and not yet handed to the transport.
+    pub fn send_queue_bytes(&self) -> u64 {
+        self.written.saturating_sub(self.shipped)
+    }
+
+    fn close(&mut self, out: &mut Vec<PrincipalCommand>, code: RefuseCode, reason: String) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        out.push(PrincipalCommand::Send(Message::Refuse {
+            code,
+            reason: reason.clone(),
+        }));
+        out.push(PrincipalCommand::Close { reason });
+        out.push(PrincipalCommand::State(MirroringState::Disconnected));
+        self.phase = Phase::Closed;
+    }
+
+    fn ship_pending(&mut self, now_ms: u64, out: &mut Vec<PrincipalCommand>) {
+        if self.phase != Phase::Streaming || self.suspended {
+            return;
+        }
+        if self.written > self.shipped {
+            out.push(PrincipalCommand::Ship {
+                from: self.shipped,
+                to: self.written,
+                commit_lsn: self.commit_lsn(),
+            });
+            self.shipped = self.written;
+            self.last_sent_ms = now_ms;
+        }
+    }
+
+    /// A message from the mirror.
+    pub fn on_message(
+        &mut self,
+        now_ms: u64,
+        msg: Message,
+        log: &PrincipalLog<'_>,
+    ) -> Vec<PrincipalCommand> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        self.last_heard_ms = now_ms;
+        match (self.phase, msg) {
+            (_, Message::Refuse { reason, .. }) => {
+                out.push(PrincipalCommand::Close {
+                    reason: format!("the mirror refused: {reason}"),
+                });
+                out.push(PrincipalCommand::State(MirroringState::Disconnected));
+                self.phase = Phase::Closed;
+            }
+            (
+                Phase::AwaitPosition,
+                Message::Position {
+                    epoch,
+                    written_lsn,
+                    hardened_lsn,
+                    applied_lsn,
+                },
+            ) => {
+                if hardened_lsn > written_lsn || applied_lsn > hardened_lsn {
+                    self.close(&mut out, RefuseCode::Protocol, format!(
+                        "inconsistent position: written {written_lsn}, hardened {hardened_lsn}, applied {applied_lsn}"
+                    ));
+                    return out;
+                }
+                match plan_catch_up(log, epoch, written_lsn) {
+                    Err(e) => {
+                        let code = match e {
+                            CatchUpError::Purged { .. } => RefuseCode::LogPurged,
+                            _ => RefuseCode::EpochMismatch,
+                        };
+                        self.close(&mut out, code, e.to_string());
+                    }
+                    Ok(plan) => {
+                        self.written = self.written.max(log.written_lsn);
+                        self.shipped = plan.from_lsn;
+                        self.mirror = MirrorProgress {
+                            received: plan.from_lsn,
+                            hardened: hardened_lsn.min(plan.from_lsn),
+                            applied: applied_lsn.min(plan.from_lsn),
+                        };
+                        self.phase = Phase::Streaming;
+                        out.push(PrincipalCommand::Send(Message::Start {
+                            epoch: log.epoch,
+                            from_lsn: plan.from_lsn,
+                            truncate_to: plan.truncate_to,
+                        }));
+                        self.last_sent_ms = now_ms;
+                        out.push(PrincipalCommand::State(self.state()));
+                        self.advance(&mut out);
+                        self.ship_pending(now_ms, &mut out);
+                    }
+                }
+            }
+            (
+                Phase::Streaming,
+                Message::Ack {
+                    received_lsn,
+                    hardened_lsn,
+                    applied_lsn,
+                },
+            ) => {
+                let m = self.mirror;
+                let sane = received_lsn >= m.received
+                    && hardened_lsn >= m.hardened
+                    && applied_lsn >= m.applied
+                    && received_lsn <= self.shipped
+                    && hardened_lsn <= received_lsn
+                    && applied_lsn <= hardened_lsn;
+                if !sane {
+                    self.close(&mut out, RefuseCode::Protocol, format!(
+                        "acknowledgement out of order: received {received_lsn}, hardened {hardened_lsn}, applied {applied_lsn} after {m:?} with {} shipped",
+                        self.shipped
+                    ));
+                    return out;
+                }
+                let commit_before = self.commit_lsn();
+                self.mirror = MirrorProgress {
+                    received: received_lsn,
+                    hardened: hardened_lsn,
+                    applied: applied_lsn,
+                };
+                self.advance(&mut out);
+                // A new commit LSN lets the mirror apply more: publish it.
+                if self.commit_lsn() > commit_before && self.written == self.shipped {
+                    out.push(self.heartbeat(now_ms));
+                }
+            }
+            (phase, m) => {
+                let expected = if phase == Phase::AwaitPosition {
+                    "position"
+                } else {
+                    "ack"
+                };
+                self.close(
+                    &mut out,
+                    RefuseCode::Protocol,
+                    format!(
+                        "unexpected {} message from the mirror (expected {expected})",
+                        m.kind()
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    fn heartbeat(&mut self, now_ms: u64) -> PrincipalCommand {
+        self.last_sent_ms = now_ms;
+        PrincipalCommand::Send(Message::Heartbeat {
+            commit_lsn: self.commit_lsn(),
+            written_lsn: self.written,
+        })
+    }
+
+    fn advance(&mut self, out: &mut Vec<PrincipalCommand>) {
+        let m = self.mirror;
+        out.push(PrincipalCommand::Advance {
+            level: Level::RemoteWrite,
+            lsn: m.received,
+        });
+        out.push(PrincipalCommand::Advance {
+            level: Level::RemoteFlush,
+            lsn: m.hardened,
+        });
+        out.push(PrincipalCommand::Advance {
+            level: Level::RemoteApply,
+            lsn: m.applied,
+        });
+        let synced = m.hardened >= self.hardened;
+        let next = if synced {
+            MirroringState::Synchronized
+        } else {
+            MirroringState::Synchronizing
+        };
+        // Once synchronized, a session stays so while the mirror keeps up
+        // with what is shipped; falling behind what is hardened here for
+        // longer than an ack round trip is normal under load, so only a
+        // mirror that loses the connection leaves the state.
+        if self.state == MirroringState::Synchronizing && next == MirroringState::Synchronized {
+            self.state = next;
+            out.push(PrincipalCommand::State(self.state()));
+        }
+    }
+
+    /// The local log moved: new batches written, or the local hardened LSN.
+    pub fn on_local_progress(
+        &mut self,
+        now_ms: u64,
+        written: u64,
+        hardened: u64,
+    ) -> Vec<PrincipalCommand> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        assert!(hardened <= written, "hardened beyond written");
+        self.written = self.written.max(written);
+        self.hardened = self.hardened.max(hardened);
+        self.ship_pending(now_ms, &mut out);
+        out
+    }
+
+    /// Time passed: heartbeat when idle, close when the mirror is silent.
+    pub fn on_tick(&mut self, now_ms: u64) -> Vec<PrincipalCommand> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        let silent = now_ms.saturating_sub(self.last_heard_ms);
+        if silent > self.cfg.partner_timeout_ms {
+            out.push(PrincipalCommand::Close {
+                reason: format!("the mirror was silent for {silent} ms"),
+            });
+            out.push(PrincipalCommand::State(MirroringState::Disconnected));
+            self.phase = Phase::Closed;
+            return out;
+        }
+        if self.phase == Phase::Streaming
+            && now_ms.saturating_sub(self.last_sent_ms) >= self.cfg.heartbeat_ms
+        {
+            out.push(self.heartbeat(now_ms));
+        }
+        out
+    }
+
+    /// Pauses shipping (heartbeats go on, so the session stays up).
+    pub fn suspend(&mut self) -> Vec<PrincipalCommand> {
+        self.suspended = true;
+        vec![PrincipalCommand::State(self.state())]
+    }
+
+    pub fn resume(&mut self, now_ms: u64) -> Vec<PrincipalCommand> {
+        self.suspended = false;
+        let mut out = vec![PrincipalCommand::State(self.state())];
+        self.ship_pending(now_ms, &mut out);
+        out
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MirrorCommand {
+    Send(Message),
+    /// Cut the local log back to this LSN.
+    Truncate(u64),
+    /// Append this frame (verifying it) to the local log.
+    Append(Vec<u8>),
+    /// Make the local log durable.
+    Sync,
+    /// The applier may apply up to here.
+    ApplyLimit(u64),
+    Close {
+        reason: String,
+    },
+}
+
+/// The mirror's side of a session.
+pub struct MirrorSession {
+    cfg: SessionConfig,
+    phase: Phase,
+    /// Next LSN a shipped frame may start at (or later, after padding).
+    expected: u64,
+    progress: MirrorProgress,
+    commit_lsn: u64,
+    sync_in_flight: bool,
+    last_heard_ms: u64,
+    last_sent_ms: u64,
+}
+
+impl MirrorSession {
+    /// A session whose handshake just completed: sends the position of the
+    /// local log (epoch of its last batch, 0 if none).
+    pub fn new(
+        cfg: SessionConfig,
+        now_ms: u64,
+        last_epoch: u64,
+        progress: MirrorProgress,
+    ) -> (MirrorSession, Vec<MirrorCommand>) {
+        assert!(progress.hardened <= progress.received && progress.applied <= progress.hardened);
+        let s = MirrorSession {
+            cfg,
+            phase: Phase::AwaitPosition,
+            expected: progress.received,
+            progress,
+            commit_lsn: progress.applied,
+            sync_in_flight: false,
+            last_heard_ms: now_ms,
+            last_sent_ms: now_ms,
+        };
+        let pos = Message::Position {
+            epoch: last_epoch,
+            written_lsn: progress.received,
+            hardened_lsn: progress.hardened,
+            applied_lsn: progress.applied,
+        };
+        (s, vec![MirrorCommand::Send(pos)])
+    }
+
+    pub fn progress(&self) -> MirrorProgress {
+        self.progress
+    }
+
+    pub fn commit_lsn(&self) -> u64 {
+        self.commit_lsn
+    }
+
+    fn close(&mut self, out: &mut Vec<MirrorCommand>, code: RefuseCode, reason: String) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        out.push(MirrorCommand::Send(Message::Refuse {
+            code,
+            reason: reason.clone(),
+        }));
+        out.push(MirrorCommand::Close { reason });
+        self.phase = Phase::Closed;
+    }
+
+    fn ack(&mut self, now_ms: u64) -> MirrorCommand {
+        self.last_sent_ms = now_ms;
+        MirrorCommand::Send(Message::Ack {
+            received_lsn: self.progress.received,
+            hardened_lsn: self.progress.hardened,
+            applied_lsn: self.progress.applied,
+        })
+    }
+
+    /// Never apply what is not hardened here, nor beyond the commit LSN.
+    fn apply_limit(&self) -> MirrorCommand {
+        MirrorCommand::ApplyLimit(self.commit_lsn.min(self.progress.hardened))
+    }
+
+    /// A message from the principal.
+    pub fn on_message(&mut self, now_ms: u64, msg: Message) -> Vec<MirrorCommand> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        self.last_heard_ms = now_ms;
+        match (self.phase, msg) {
+            (_, Message::Refuse { reason, .. }) => {
+                out.push(MirrorCommand::Close {
+                    reason: format!("the principal refused: {reason}"),
+                });
+                self.phase = Phase::Closed;
+            }
+            (
+                Phase::AwaitPosition,
+                Message::Start {
+                    from_lsn,
+                    truncate_to,
+                    ..
+                },
+            ) => {
+                if let Some(t) = truncate_to {
+                    if t != from_lsn || t > self.progress.received {
+                        self.close(
+                            &mut out,
+                            RefuseCode::Protocol,
+                            format!(
+                            "start cuts at {t} and resumes at {from_lsn}, with the local log at {}",
+                            self.progress.received
+                        ),
+                        );
+                        return out;
+                    }
+                    if t < self.progress.applied {
+                        // Applied state cannot be un-applied; rebuilding it
+                        // from a checkpoint is the failover work's.
+                        self.close(&mut out, RefuseCode::Other, format!(
+                            "the principal cuts this log at {t}, below what is applied here ({}); this mirror must be rebuilt",
+                            self.progress.applied
+                        ));
+                        return out;
+                    }
+                    out.push(MirrorCommand::Truncate(t));
+                    self.progress.received = t;
+                    self.progress.hardened = self.progress.hardened.min(t);
+                } else if from_lsn != self.progress.received {
+                    self.close(
+                        &mut out,
+                        RefuseCode::Protocol,
+                        format!(
+                            "start resumes at {from_lsn}, but the local log ends at {}",
+                            self.progress.received
+                        ),
+                    );
+                    return out;
+                }
+                self.expected = from_lsn;
+                self.phase = Phase::Streaming;
+                out.push(self.ack(now_ms));
+            }
+            (Phase::Streaming, Message::Ship { commit_lsn, frame }) => {
+                let header = match frame::decode_header(&frame) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.close(
+                            &mut out,
+                            RefuseCode::Protocol,
+                            format!("shipped frame is invalid: {e}"),
+                        );
+                        return out;
+                    }
+                };
+                // The log places a frame at the expected LSN or, when it did
+                // not fit, at the next segment's base; it verifies which.
+                if header.base_lsn < self.expected {
+                    self.close(
+                        &mut out,
+                        RefuseCode::Protocol,
+                        format!(
+                            "shipped frame starts at {}, before the expected LSN {}",
+                            header.base_lsn, self.expected
+                        ),
+                    );
+                    return out;
+                }
+                self.expected = header.end_lsn();
+                self.commit_lsn = self.commit_lsn.max(commit_lsn);
+                out.push(MirrorCommand::Append(frame));
+            }
+            (Phase::Streaming, Message::Heartbeat { commit_lsn, .. }) => {
+                self.commit_lsn = self.commit_lsn.max(commit_lsn);
+                out.push(self.apply_limit());
+                out.push(self.ack(now_ms));
+            }
+            (phase, m) => {
+                let expected = if phase == Phase::AwaitPosition {
+                    "start"
+                } else {
+                    "ship or heartbeat"
+                };
+                self.close(
+                    &mut out,
+                    RefuseCode::Protocol,
+                    format!(
+                        "unexpected {} message from the principal (expected {expected})",
+                        m.kind()
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    /// The local log accepted appended frames up to `written`.
+    pub fn on_appended(&mut self, now_ms: u64, written: u64) -> Vec<MirrorCommand> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        self.progress.received = self.progress.received.max(written);
+        if !self.sync_in_flight && self.progress.received > self.progress.hardened {
+            self.sync_in_flight = true;
+            out.push(MirrorCommand::Sync);
+        }
+        out.push(self.ack(now_ms));
+        out
+    }
+
+    /// A sync finished: everything below `hardened` is durable here.
+    pub fn on_synced(&mut self, now_ms: u64, hardened: u64) -> Vec<MirrorCommand> {
+        let mut out = Vec::new();
+        self.sync_in_flight = false;
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        self.progress.hardened = self
+            .progress
+            .hardened
+            .max(hardened.min(self.progress.received));
+        out.push(self.apply_limit());
+        if self.progress.received > self.progress.hardened {
+            self.sync_in_flight = true;
+            out.push(MirrorCommand::Sync);
+        }
+        out.push(self.ack(now_ms));
+        out
+    }
+
+    /// The applier reached `applied`.
+    pub fn on_applied(&mut self, now_ms: u64, applied: u64) -> Vec<MirrorCommand> {
+        if self.phase == Phase::Closed || applied <= self.progress.applied {
+            return Vec::new();
+        }
+        assert!(
+            applied <= self.commit_lsn.min(self.progress.hardened),
+            "applied beyond the limit"
+        );
+        self.progress.applied = applied;
+        vec![self.ack(now_ms)]
+    }
+
+    pub fn on_tick(&mut self, now_ms: u64) -> Vec<MirrorCommand> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        let silent = now_ms.saturating_sub(self.last_heard_ms);
+        if silent > self.cfg.partner_timeout_ms {
+            out.push(MirrorCommand::Close {
+                reason: format!("the principal was silent for {silent} ms"),
+            });
+            self.phase = Phase::Closed;
+            return out;
+        }
+        if self.phase == Phase::Streaming
+            && now_ms.saturating_sub(self.last_sent_ms) >= self.cfg.heartbeat_ms
+        {
+            out.push(self.ack(now_ms));
+        }
+        out
+    }
+}
