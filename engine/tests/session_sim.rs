@@ -279,6 +279,7 @@ fn connect(
     let cfg = SessionConfig {
         heartbeat_ms: 100,
         partner_timeout_ms: 100_000,
+        ..SessionConfig::default()
     };
     let p = PrincipalSession::new(cfg, 0, p_log.written_lsn(), p_log.hardened_lsn());
     let progress = MirrorProgress {
@@ -432,6 +433,7 @@ fn out_of_order_acks_silence_and_stray_messages_close_the_session() {
     let cfg = SessionConfig {
         heartbeat_ms: 100,
         partner_timeout_ms: 1000,
+        ..SessionConfig::default()
     };
     let history = [(1u64, 0u64)];
     let plog = PrincipalLog {

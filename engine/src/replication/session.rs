@@ -26,6 +26,10 @@ pub struct SessionConfig {
     pub heartbeat_ms: u64,
     /// Close the session after this long without hearing from the partner.
     pub partner_timeout_ms: u64,
+    /// A SYNCHRONIZED session drops back to SYNCHRONIZING when the mirror's
+    /// hardened LSN falls this far behind the principal's (under load the
+    /// mirror is always an ack round trip behind; that is not a state change).
+    pub synchronized_lag_max_bytes: u64,
 }
 
 impl Default for SessionConfig {
@@ -33,6 +37,7 @@ impl Default for SessionConfig {
         SessionConfig {
             heartbeat_ms: 100,
             partner_timeout_ms: 1000,
+            synchronized_lag_max_bytes: 64 << 20,
         }
     }
 }
@@ -44,7 +49,9 @@ pub enum MirroringState {
     Disconnected,
     /// The mirror is catching up.
     Synchronizing,
-    /// The mirror has hardened everything the principal has hardened.
+    /// The mirror caught up (hardened everything the principal had
+    /// hardened) and keeps up: it stays within
+    /// `SessionConfig::synchronized_lag_max_bytes` of the principal.
     Synchronized,
     /// Shipping paused by an operator.
     Suspended,
@@ -310,17 +317,24 @@ impl PrincipalSession {
             level: Level::RemoteApply,
             lsn: m.applied,
         });
-        let synced = m.hardened >= self.hardened;
-        let next = if synced {
-            MirroringState::Synchronized
-        } else {
-            MirroringState::Synchronizing
+        self.update_state(out);
+    }
+
+    /// SYNCHRONIZING -> SYNCHRONIZED once the mirror has hardened all that
+    /// is hardened here; back when it falls more than the allowed lag behind.
+    fn update_state(&mut self, out: &mut Vec<PrincipalCommand>) {
+        let m = self.mirror;
+        let lag = self.hardened.saturating_sub(m.hardened);
+        let next = match self.state {
+            MirroringState::Synchronizing if m.hardened >= self.hardened => {
+                MirroringState::Synchronized
+            }
+            MirroringState::Synchronized if lag > self.cfg.synchronized_lag_max_bytes => {
+                MirroringState::Synchronizing
+            }
+            s => s,
         };
-        // Once synchronized, a session stays so while the mirror keeps up
-        // with what is shipped; falling behind what is hardened here for
-        // longer than an ack round trip is normal under load, so only a
-        // mirror that loses the connection leaves the state.
-        if self.state == MirroringState::Synchronizing && next == MirroringState::Synchronized {
+        if next != self.state {
             self.state = next;
             out.push(PrincipalCommand::State(self.state()));
         }
@@ -340,6 +354,9 @@ impl PrincipalSession {
         assert!(hardened <= written, "hardened beyond written");
         self.written = self.written.max(written);
         self.hardened = self.hardened.max(hardened);
+        if self.phase == Phase::Streaming {
+            self.update_state(&mut out);
+        }
         self.ship_pending(now_ms, &mut out);
         out
     }
@@ -373,8 +390,13 @@ impl PrincipalSession {
         vec![PrincipalCommand::State(self.state())]
     }
 
+    /// Resumes shipping; the session is SYNCHRONIZING again until the
+    /// mirror has caught up with what queued meanwhile.
     pub fn resume(&mut self, now_ms: u64) -> Vec<PrincipalCommand> {
         self.suspended = false;
+        if self.mirror.hardened < self.hardened || self.send_queue_bytes() > 0 {
+            self.state = MirroringState::Synchronizing;
+        }
         let mut out = vec![PrincipalCommand::State(self.state())];
         self.ship_pending(now_ms, &mut out);
         out
@@ -532,6 +554,9 @@ impl MirrorSession {
                 }
                 self.expected = from_lsn;
                 self.phase = Phase::Streaming;
+                // Data received in an earlier session but never synced must
+                // not wait for the next shipped batch to become durable.
+                self.sync_if_needed(&mut out);
                 out.push(self.ack(now_ms));
             }
             (Phase::Streaming, Message::Ship { commit_lsn, frame }) => {
@@ -587,6 +612,13 @@ impl MirrorSession {
         out
     }
 
+    fn sync_if_needed(&mut self, out: &mut Vec<MirrorCommand>) {
+        if !self.sync_in_flight && self.progress.received > self.progress.hardened {
+            self.sync_in_flight = true;
+            out.push(MirrorCommand::Sync);
+        }
+    }
+
     /// The local log accepted appended frames up to `written`.
     pub fn on_appended(&mut self, now_ms: u64, written: u64) -> Vec<MirrorCommand> {
         let mut out = Vec::new();
@@ -594,10 +626,7 @@ impl MirrorSession {
             return out;
         }
         self.progress.received = self.progress.received.max(written);
-        if !self.sync_in_flight && self.progress.received > self.progress.hardened {
-            self.sync_in_flight = true;
-            out.push(MirrorCommand::Sync);
-        }
+        self.sync_if_needed(&mut out);
         out.push(self.ack(now_ms));
         out
     }
@@ -614,10 +643,7 @@ impl MirrorSession {
             .hardened
             .max(hardened.min(self.progress.received));
         out.push(self.apply_limit());
-        if self.progress.received > self.progress.hardened {
-            self.sync_in_flight = true;
-            out.push(MirrorCommand::Sync);
-        }
+        self.sync_if_needed(&mut out);
         out.push(self.ack(now_ms));
         out
     }
@@ -648,10 +674,12 @@ impl MirrorSession {
             self.phase = Phase::Closed;
             return out;
         }
-        if self.phase == Phase::Streaming
-            && now_ms.saturating_sub(self.last_sent_ms) >= self.cfg.heartbeat_ms
-        {
-            out.push(self.ack(now_ms));
+        if self.phase == Phase::Streaming {
+            // A safety net: nothing received stays unsynced for long.
+            self.sync_if_needed(&mut out);
+            if now_ms.saturating_sub(self.last_sent_ms) >= self.cfg.heartbeat_ms {
+                out.push(self.ack(now_ms));
+            }
         }
         out
     }
