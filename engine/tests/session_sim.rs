@@ -1,16 +1,19 @@
 //! The session state machines driven against real logs (SimStorage), with a
 //! seeded scheduler interleaving commits, message deliveries and the
-//! mirror's I/O in every order. Invariants checked at every step:
+//! mirror's I/O in every order, plus faults: dropped connections (messages
+//! and I/O in flight lost), and crashes of either machine (its log is a crash
+//! image; a restarted principal is a new epoch; a restarted mirror replays). Invariants checked at every step:
 //! the mirror never applies beyond the commit LSN, the commit LSN never
 //! passes what is hardened on either side, remote levels never pass the
 //! mirror's real progress; and at quiescence the logs are byte-identical
-//! and the session is SYNCHRONIZED. A failing seed is printed; rerun with
+//! and the session is SYNCHRONIZED, and every batch ever acknowledged at
+//! remote-flush is still in the log, byte for byte. A failing seed is printed; rerun with
 //! MIRRORLOG_SESSION_SEED=<seed>.
 
 use std::collections::VecDeque;
 
 use mirrorlog_engine::commit::Level;
-use mirrorlog_engine::log::sim::SimStorage;
+use mirrorlog_engine::log::sim::{CrashMode, SimStorage};
 use mirrorlog_engine::log::{Compression, Log, LogOptions, RecordsBuf};
 use mirrorlog_engine::replication::catchup::PrincipalLog;
 use mirrorlog_engine::replication::session::{
@@ -60,6 +63,8 @@ fn frames(log: &Log<SimStorage>) -> Vec<(u64, Vec<u8>)> {
 
 /// Both nodes, the sessions, and the messages in flight.
 struct World {
+    p_storage: SimStorage,
+    m_storage: SimStorage,
     p_log: Log<SimStorage>,
     m_log: Log<SimStorage>,
     history: Vec<(u64, u64)>,
@@ -76,9 +81,87 @@ struct World {
     apply_limit: u64,
     now: u64,
     closed: Option<String>,
+    /// Batches acknowledged at remote-flush (hardened on both sides), by LSN.
+    acked: std::collections::BTreeMap<u64, Vec<u8>>,
+    acked_to: u64,
+    cfg: SessionConfig,
 }
 
 impl World {
+    /// Drops the connection (messages and I/O in flight are lost) and
+    /// starts new sessions from what the logs hold now.
+    fn reconnect(&mut self) {
+        self.to_mirror.clear();
+        self.to_principal.clear();
+        self.mirror_io.clear();
+        self.closed = None;
+        self.remote = [0; 3];
+        self.p = PrincipalSession::new(
+            self.cfg,
+            self.now,
+            self.p_log.written_lsn(),
+            self.p_log.hardened_lsn(),
+        );
+        let progress = MirrorProgress {
+            received: self.m_log.written_lsn(),
+            hardened: self.m_log.hardened_lsn(),
+            applied: self.applied,
+        };
+        let (m, first) = MirrorSession::new(self.cfg, self.now, self.m_log.last_epoch(), progress);
+        self.m = m;
+        self.apply_limit = self.applied;
+        self.run_mirror(first);
+    }
+
+    /// The principal's machine crashes: its log is what the disk kept. It
+    /// comes back as a new incarnation, so in a new epoch.
+    fn crash_principal(&mut self, rng: &mut Rng) {
+        let mode = if rng.below(2) == 0 {
+            CrashMode::SyncedOnly
+        } else {
+            CrashMode::RandomPages { seed: rng.next() }
+        };
+        self.p_storage = self.p_storage.crash_image(self.p_storage.ops(), mode);
+        let (log, report) =
+            Log::open_with(self.p_storage.clone(), opts()).expect("principal recovers");
+        self.p_log = log;
+        let end = report.end_lsn;
+        for h in self.history.iter_mut() {
+            h.1 = h.1.min(end);
+        }
+        self.epoch += 1;
+        self.history.push((self.epoch, end));
+        self.reconnect();
+    }
+
+    /// The mirror's machine crashes; its applied state (in memory) is lost
+    /// and rebuilt by replay.
+    fn crash_mirror(&mut self, rng: &mut Rng) {
+        let mode = if rng.below(2) == 0 {
+            CrashMode::SyncedOnly
+        } else {
+            CrashMode::RandomPages { seed: rng.next() }
+        };
+        self.m_storage = self.m_storage.crash_image(self.m_storage.ops(), mode);
+        let (log, _) = Log::open_with(self.m_storage.clone(), opts()).expect("mirror recovers");
+        self.m_log = log;
+        self.applied = 0;
+        self.reconnect();
+    }
+
+    /// Records the batches acknowledged at remote-flush so far.
+    fn track_acked(&mut self) {
+        let acked = self.remote[1].min(self.p_log.hardened_lsn());
+        if acked > self.acked_to {
+            for (lsn, f) in frames(&self.p_log) {
+                if lsn >= self.acked_to && lsn < acked {
+                    self.acked.insert(lsn, f);
+                }
+            }
+            self.acked_to = acked;
+        }
+    }
+
     fn run_principal(&mut self, cmds: Vec<PrincipalCommand>) {
         for c in cmds {
             match c {
@@ -270,6 +353,8 @@ impl World {
 }
 
 fn connect(
+    p_storage: SimStorage,
+    m_storage: SimStorage,
     p_log: Log<SimStorage>,
     m_log: Log<SimStorage>,
     history: Vec<(u64, u64)>,
@@ -289,6 +374,8 @@ fn connect(
     };
     let (m, first) = MirrorSession::new(cfg, 0, m_epoch, progress);
     let mut w = World {
+        p_storage,
+        m_storage,
         p_log,
         m_log,
         history,
@@ -303,6 +390,9 @@ fn connect(
         apply_limit: 0,
         now: 0,
         closed: None,
+        acked: Default::default(),
+        acked_to: 0,
+        cfg,
     };
     w.run_mirror(first);
     w
@@ -310,8 +400,9 @@ fn connect(
 
 fn run_seed(seed: u64) {
     let mut rng = Rng(seed | 1);
-    let (p_log, _) = Log::open_with(SimStorage::new(), opts()).unwrap();
-    let (m_log, _) = Log::open_with(SimStorage::new(), opts()).unwrap();
+    let (p_storage, m_storage) = (SimStorage::new(), SimStorage::new());
+    let (p_log, _) = Log::open_with(p_storage.clone(), opts()).unwrap();
+    let (m_log, _) = Log::open_with(m_storage.clone(), opts()).unwrap();
     // The principal has a history before the mirror connects: epoch 1,
     // then a restart (epoch 2) that lost a tail the mirror already copied.
     let mut tag = 0;
@@ -341,25 +432,31 @@ fn run_seed(seed: u64) {
     }
     m_log.sync().unwrap();
     let m_epoch = frames(&m_log).last().map_or(0, |_| m_log.last_epoch());
-    let mut w = connect(p_log, m_log, history, epoch, m_epoch);
+    let mut w = connect(p_storage, m_storage, p_log, m_log, history, epoch, m_epoch);
     for step in 0..400 {
         w.now += rng.below(5);
-        match rng.below(6) {
-            0 => {
-                tag += 1;
-                w.commit(&mut rng, tag);
-            }
-            1 | 2 => w.deliver_to_mirror(),
-            3 => w.mirror_step(),
-            4 => w.deliver_to_principal(),
-            _ => {
-                let out = w.p.on_tick(w.now);
-                w.run_principal(out);
-                let out = w.m.on_tick(w.now);
-                w.run_mirror(out);
-            }
+        match rng.below(100) {
+            0 => w.reconnect(),
+            1 => w.crash_principal(&mut rng),
+            2 => w.crash_mirror(&mut rng),
+            r => match r % 6 {
+                0 => {
+                    tag += 1;
+                    w.commit(&mut rng, tag);
+                }
+                1 | 2 => w.deliver_to_mirror(),
+                3 => w.mirror_step(),
+                4 => w.deliver_to_principal(),
+                _ => {
+                    let out = w.p.on_tick(w.now);
+                    w.run_principal(out);
+                    let out = w.m.on_tick(w.now);
+                    w.run_mirror(out);
+                }
+            },
         }
         w.check(&format!("seed {seed}, step {step}"));
+        w.track_acked();
     }
     w.p_log.sync().unwrap();
     let out =
@@ -407,7 +504,15 @@ fn a_mirror_from_a_newer_epoch_is_refused_and_nothing_is_shipped() {
     let mut rng = Rng(7);
     p_log.append(1, &batch(&mut rng, 1)).unwrap();
     m_log.append(3, &batch(&mut rng, 2)).unwrap();
-    let mut w = connect(p_log, m_log, vec![(1, 0)], 1, 3);
+    let mut w = connect(
+        SimStorage::new(),
+        SimStorage::new(),
+        p_log,
+        m_log,
+        vec![(1, 0)],
+        1,
+        3,
+    );
     w.deliver_to_principal();
     assert!(
         w.closed.as_deref().unwrap_or("").contains("newer"),
