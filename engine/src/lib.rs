@@ -10,6 +10,7 @@
 //!   state machine, never beyond a limit (the commit LSN).
 //! * [`replication`]: partner wire messages and the authenticated handshake
 //!   (the first part of mirroring; sessions and transport are to come).
+//! * [`transport`]: partner messages over TCP (the blocking path so far).
 //!
 //! See docs/design.md for the architecture and docs/format.md for every byte.
 
@@ -18,3 +19,4 @@ pub mod apply;
 pub mod commit;
 pub mod log;
 pub mod replication;
+pub mod transport;
