@@ -8,3 +8,4 @@
 //! SendZc, and the threads that run sessions over connections.
 
 pub mod blocking;
+pub mod runner;
