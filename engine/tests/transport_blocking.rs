@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use mirrorlog_engine::log::sim::SimStorage;
 use mirrorlog_engine::log::{Compression, Log, LogOptions, RecordsBuf};
-use mirrorlog_engine::replication::handshake::{Handshake, Secret, Step};
+use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::wire::{Message, Role, WireError};
 use mirrorlog_engine::transport::blocking::{BlockingConn, TransportError};
+use mirrorlog_engine::transport::runner::{authenticate, NodeIdentity};
 
 fn opts() -> LogOptions {
     LogOptions {
@@ -28,29 +29,11 @@ fn frames(log: &Log<SimStorage>) -> Vec<Vec<u8>> {
 
 /// Runs one side's handshake to completion over `conn`.
 fn handshake(conn: &mut BlockingConn, role: Role, secret: &str, nonce: u8) -> Result<(), String> {
-    let secret = Secret::new(secret.as_bytes().to_vec()).unwrap();
-    let (mut hs, hello) = Handshake::start(role, [5; 16], 1, secret, [nonce; 32]);
-    conn.send(&hello).map_err(|e| e.to_string())?;
-    loop {
-        let msg = conn
-            .recv(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?
-            .ok_or("handshake timed out")?;
-        match hs.on_message(msg) {
-            Ok(Step::Send(out)) => {
-                for m in out {
-                    conn.send(&m).map_err(|e| e.to_string())?;
-                }
-            }
-            Ok(Step::Authenticated { .. }) => return Ok(()),
-            Err(e) => {
-                if let Some(r) = e.refuse {
-                    let _ = conn.send(&r);
-                }
-                return Err(e.reason);
-            }
-        }
-    }
+    let id = NodeIdentity {
+        database_id: [5; 16],
+        secret: Secret::new(secret.as_bytes().to_vec()).unwrap(),
+    };
+    authenticate(conn, role, &id, 1, [nonce; 32], Duration::from_secs(5))
 }
 
 #[test]

@@ -284,29 +284,8 @@ fn torn_at(space: &[u8], base: u64, lsn: u64) -> bool {
 }
 
 fn describe_end(space: &[u8], base: u64, lsn: u64, last_epoch: u64) -> String {
-    let off = (lsn - base) as usize;
-    let Some(rest) = space.get(off..).filter(|r| !r.is_empty()) else {
-        return "end of the last segment".into();
-    };
-    if rest[..rest.len().min(FRAME_HEADER_BYTES)]
-        .iter()
-        .all(|&b| b == 0)
-    {
-        return "zeroed space".into();
-    }
-    match frame::check_frame(rest) {
-        Ok((h, _)) if h.base_lsn != lsn => {
-            format!(
-                "a stale batch of LSN {} (recycled segment file)",
-                h.base_lsn
-            )
-        }
-        Ok((h, _)) if h.epoch < last_epoch => {
-            format!("a batch of epoch {} after epoch {last_epoch}", h.epoch)
-        }
-        Ok(_) => "a batch running past the segment end".into(),
-        Err(e) => format!("torn or corrupt batch: {e}"),
-    }
+    let rest = space.get((lsn - base) as usize..).unwrap_or(&[]);
+    frame::describe_non_batch(rest, lsn, last_epoch)
 }
 
 fn report(out: &mut impl std::io::Write, verdict: Verdict) -> Verdict {

@@ -533,6 +533,35 @@ impl<'a> Iterator for RecordIter<'a> {
     }
 }
 
+/// Why the log bytes starting at `lsn` (`bytes`, up to the segment end) hold
+/// no batch of the current log, in words for reports: zeros, a stale frame
+/// of another LSN (a recycled segment file), an epoch going back, or damage.
+/// Shared by recovery and `mirrorlog inspect-log`.
+pub fn describe_non_batch(bytes: &[u8], lsn: u64, last_epoch: u64) -> String {
+    if bytes.is_empty() {
+        return "end of the segment".into();
+    }
+    if bytes[..bytes.len().min(FRAME_HEADER_BYTES)]
+        .iter()
+        .all(|&b| b == 0)
+    {
+        return "zeroed space".into();
+    }
+    match check_frame(bytes) {
+        Ok((h, _)) if h.base_lsn != lsn => {
+            format!(
+                "a stale batch of LSN {} (recycled or misplaced)",
+                h.base_lsn
+            )
+        }
+        Ok((h, _)) if h.epoch < last_epoch => {
+            format!("a batch of epoch {} after epoch {last_epoch}", h.epoch)
+        }
+        Ok(_) => "a batch running past the segment end".into(),
+        Err(e) => format!("torn or corrupt batch: {e}"),
+    }
+}
+
 /// Decodes one whole frame from arbitrary bytes: the fuzz target's body.
 /// Returns the header and records, or an error; never panics.
 pub fn decode_frame(bytes: &[u8]) -> Result<(FrameHeader, Records), FrameError> {

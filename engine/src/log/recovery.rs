@@ -170,27 +170,11 @@ fn valid_frame_at<F: StorageFile>(seg: &Segment<F>, lsn: u64) -> Option<FrameHea
 
 /// Why `lsn` does not hold a batch, in words for the report.
 fn describe_non_batch<F: StorageFile>(seg: &Segment<F>, lsn: u64, last_epoch: u64) -> String {
-    let room = (seg.end_lsn() - lsn) as usize;
-    let bytes = bytes_of(seg, lsn, room);
-    if bytes[..room.min(FRAME_HEADER_BYTES)]
-        .iter()
-        .all(|&b| b == 0)
-    {
-        return "zeroed space".into();
-    }
-    match frame::check_frame(bytes) {
-        Ok((h, _)) if h.base_lsn != lsn => {
-            format!(
-                "a stale batch of LSN {} (recycled or misplaced)",
-                h.base_lsn
-            )
-        }
-        Ok((h, _)) if h.epoch < last_epoch => {
-            format!("a batch of epoch {} after epoch {last_epoch}", h.epoch)
-        }
-        Ok(_) => "a batch running past the segment end".into(),
-        Err(e) => format!("torn or corrupt batch: {e}"),
-    }
+    frame::describe_non_batch(
+        bytes_of(seg, lsn, (seg.end_lsn() - lsn) as usize),
+        lsn,
+        last_epoch,
+    )
 }
 
 /// Whether the bytes at `lsn` start a frame of this very position that did
@@ -203,18 +187,27 @@ fn torn_frame_at<F: StorageFile>(seg: &Segment<F>, lsn: u64) -> bool {
 /// Valid frames of the current log (at their own LSN) at aligned positions
 /// after `from` (exclusive) in `seg`: the end of the last one.
 fn last_current_frame_after<F: StorageFile>(seg: &Segment<F>, from: u64) -> Option<u64> {
-    let mut last = None;
-    let mut lsn = from + FRAME_ALIGN as u64;
-    while lsn + FRAME_HEADER_BYTES as u64 <= seg.end_lsn() {
-        let magic = bytes_of(seg, lsn, 4);
-        if u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) == FRAME_MAGIC {
-            if let Some(h) = valid_frame_at(seg, lsn) {
-                last = Some(h.end_lsn());
+    current_frames(seg, from + FRAME_ALIGN as u64)
+        .last()
+        .map(|h| h.end_lsn())
+}
+
+/// Valid frames of the current log (each at its own LSN) at 8-byte-aligned
+/// positions from `from` (inclusive) to the end of `seg`.
+fn current_frames<F: StorageFile>(
+    seg: &Segment<F>,
+    from: u64,
+) -> impl Iterator<Item = FrameHeader> + '_ {
+    (from..)
+        .step_by(FRAME_ALIGN)
+        .take_while(move |&lsn| lsn + FRAME_HEADER_BYTES as u64 <= seg.end_lsn())
+        .filter_map(move |lsn| {
+            let magic = bytes_of(seg, lsn, 4);
+            if u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) != FRAME_MAGIC {
+                return None;
             }
-        }
-        lsn += FRAME_ALIGN as u64;
-    }
-    last
+            valid_frame_at(seg, lsn)
+        })
 }
 
 /// First valid frame of the current log after `from` in `segments[first..]`.
@@ -223,23 +216,14 @@ fn first_current_frame_after<F: StorageFile>(
     first: usize,
     from: u64,
 ) -> Option<u64> {
-    for seg in &segments[first..] {
-        let mut lsn = if seg.contains(from) {
+    segments[first..].iter().find_map(|seg| {
+        let start = if seg.contains(from) {
             from + FRAME_ALIGN as u64
         } else {
             seg.base_lsn
         };
-        while lsn + FRAME_HEADER_BYTES as u64 <= seg.end_lsn() {
-            let magic = bytes_of(seg, lsn, 4);
-            if u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) == FRAME_MAGIC
-                && valid_frame_at(seg, lsn).is_some()
-            {
-                return Some(lsn);
-            }
-            lsn += FRAME_ALIGN as u64;
-        }
-    }
-    None
+        current_frames(seg, start).next().map(|h| h.base_lsn)
+    })
 }
 
 /// Where the scan stopped: segment index and LSN of the first position

@@ -29,7 +29,9 @@ pub struct NodeIdentity {
 /// How often a runner looks at its socket and its local log.
 const POLL: Duration = Duration::from_millis(1);
 
-fn handshake(
+/// Runs this side's handshake over `conn` until the partner is
+/// authenticated or refused (a refusal is sent to the partner too).
+pub fn authenticate(
     conn: &mut BlockingConn,
     role: Role,
     id: &NodeIdentity,
@@ -82,7 +84,7 @@ pub fn run_principal<S: Storage>(
 ) -> String {
     let log = gc.log();
     let epoch = gc.epoch();
-    if let Err(e) = handshake(
+    if let Err(e) = authenticate(
         &mut conn,
         Role::Principal,
         id,
@@ -167,7 +169,7 @@ pub fn run_mirror<S: Storage, A: Applier>(
     nonce: [u8; NONCE_BYTES],
     stop: &std::sync::atomic::AtomicBool,
 ) -> String {
-    if let Err(e) = handshake(
+    if let Err(e) = authenticate(
         &mut conn,
         Role::Mirror,
         id,
