@@ -20,3 +20,4 @@ pub mod commit;
 pub mod log;
 pub mod replication;
 pub mod transport;
+pub mod wake;

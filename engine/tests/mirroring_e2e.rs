@@ -15,7 +15,7 @@ use mirrorlog_engine::log::{Compression, Log, LogOptions, Records};
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::session::SessionConfig;
 use mirrorlog_engine::transport::blocking::BlockingConn;
-use mirrorlog_engine::transport::runner::{run_mirror, run_principal, NodeIdentity};
+use mirrorlog_engine::transport::runner::{run_mirror, run_principal, NodeIdentity, SessionStatus};
 
 fn opts() -> LogOptions {
     LogOptions {
@@ -69,15 +69,17 @@ fn commits_at_remote_levels_are_on_the_mirror_when_acknowledged() {
         let (gc, id, stop) = (gc.clone(), id.clone(), stop.clone());
         std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
-            let conn = BlockingConn::new(stream).unwrap();
-            run_principal(conn, &gc, &[(1, 0)], &id, cfg, [1; 32], &stop)
+            let mut conn = BlockingConn::new(stream).unwrap();
+            let status = SessionStatus::default();
+            run_principal(&mut conn, &gc, &[(1, 0)], &id, cfg, [1; 32], &stop, &status)
         })
     };
     let mirror = {
         let (m_log, applier, id, stop) = (m_log.clone(), applier.clone(), id.clone(), stop.clone());
         std::thread::spawn(move || {
-            let conn = BlockingConn::new(TcpStream::connect(addr).unwrap()).unwrap();
-            run_mirror(conn, &m_log, &applier, &id, cfg, [2; 32], &stop)
+            let mut conn = BlockingConn::new(TcpStream::connect(addr).unwrap()).unwrap();
+            let status = SessionStatus::default();
+            run_mirror(&mut conn, &m_log, &applier, None, &id, cfg, [2; 32], &stop, &status)
         })
     };
 

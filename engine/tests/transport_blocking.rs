@@ -11,6 +11,7 @@ use mirrorlog_engine::log::{Compression, Log, LogOptions, RecordsBuf};
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::wire::{Message, Role, WireError};
 use mirrorlog_engine::transport::blocking::{BlockingConn, TransportError};
+use mirrorlog_engine::transport::Conn;
 use mirrorlog_engine::transport::runner::{authenticate, NodeIdentity};
 
 fn opts() -> LogOptions {
@@ -63,7 +64,7 @@ fn a_log_shipped_over_loopback_arrives_byte_identical() {
         handshake(&mut conn, Role::Principal, "shared-secret-0001", 1).unwrap();
         for v in principal.read_from(0).unwrap() {
             let v = v.unwrap();
-            conn.send_ship(v.lsn(), v.frame()).unwrap();
+            conn.send_ships(v.lsn(), &[v.frame()]).unwrap();
         }
         conn.send(&Message::Heartbeat {
             commit_lsn: end,
@@ -77,7 +78,7 @@ fn a_log_shipped_over_loopback_arrives_byte_identical() {
     let (mirror, _) = Log::open_with(SimStorage::new(), opts()).unwrap();
     loop {
         match conn
-            .recv(Some(Duration::from_secs(5)))
+            .recv(Some(Duration::from_secs(5)), None)
             .unwrap()
             .expect("no stall")
         {
@@ -121,14 +122,14 @@ fn hostile_bytes_are_an_error_and_silence_is_a_timeout() {
     let mut conn = BlockingConn::new(stream).unwrap();
     // Nothing sent yet: a timeout, not an error.
     assert!(conn
-        .recv(Some(Duration::from_millis(50)))
+        .recv(Some(Duration::from_millis(50)), None)
         .unwrap()
         .is_none());
     // A length claiming 4 GiB is refused before any allocation.
     attacker
         .write_all(&[0xff, 0xff, 0xff, 0xff, 6, 1, 2, 3])
         .unwrap();
-    match conn.recv(Some(Duration::from_secs(5))) {
+    match conn.recv(Some(Duration::from_secs(5)), None) {
         Err(TransportError::Wire(WireError::TooLong(n))) => assert_eq!(n, u32::MAX as usize),
         other => panic!("expected TooLong, got {other:?}"),
     }
@@ -139,7 +140,7 @@ fn hostile_bytes_are_an_error_and_silence_is_a_timeout() {
     attacker.write_all(&[60, 0, 0, 0, 1, 1]).unwrap();
     drop(attacker);
     assert!(matches!(
-        conn.recv(Some(Duration::from_secs(5))),
+        conn.recv(Some(Duration::from_secs(5)), None),
         Err(TransportError::Closed)
     ));
 }

@@ -67,6 +67,9 @@ struct Shared {
     /// Wakes the applier (new limit, stop) and waiters (progress, failure).
     cv: Condvar,
     applied: AtomicU64,
+    /// Signalled after each round that applied something (the mirror's
+    /// session thread sleeps on it to acknowledge applied LSNs promptly).
+    watcher: Mutex<Option<Arc<crate::wake::Wakeup>>>,
 }
 
 impl Shared {
@@ -105,6 +108,7 @@ impl<A: Applier> ApplierThread<A> {
             cv: Condvar::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             applied: AtomicU64::new(from_lsn),
+            watcher: Mutex::new(None),
         });
         let for_thread = shared.clone();
         let log_for_thread = log.clone();
@@ -120,6 +124,12 @@ impl<A: Applier> ApplierThread<A> {
             written: Box::new(move || log.written_lsn()),
             handle: Some(handle),
         })
+    }
+
+    /// Registers the wake-up signalled whenever the applied LSN moves
+    /// (`None` removes it).
+    pub fn set_watcher(&self, watcher: Option<Arc<crate::wake::Wakeup>>) {
+        *self.shared.watcher.lock().expect("watcher lock poisoned") = watcher;
     }
 
     /// Allows applying every batch that ends at or below `lsn`. The limit
@@ -269,6 +279,12 @@ fn apply_loop<S: Storage, A: Applier>(shared: &Shared, log: &Log<S>, mut applier
             st.failed = Some(reason);
         }
         shared.cv.notify_all();
+        drop(st);
+        if done > 0 {
+            if let Some(w) = &*shared.watcher.lock().expect("watcher lock poisoned") {
+                w.signal();
+            }
+        }
     }
 }
 

@@ -122,6 +122,10 @@ pub struct Log<S: Storage = FsStorage> {
     /// (`GroupCommit::truncate`), which pauses the appender and rewinds the
     /// commit watermarks.
     attached: std::sync::atomic::AtomicBool,
+    /// Signalled whenever the written or hardened LSN moves (the session
+    /// thread that ships this log sleeps on it); see [`Log::set_watcher`].
+    watcher: std::sync::RwLock<Option<Arc<crate::wake::Wakeup>>>,
+    has_watcher: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -200,6 +204,8 @@ impl<S: Storage> Log<S> {
             free_serial: AtomicU64::new(0),
             truncations: AtomicU64::new(0),
             attached: std::sync::atomic::AtomicBool::new(false),
+            watcher: RwLock::new(None),
+            has_watcher: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((log, recovered.report))
     }
@@ -403,6 +409,7 @@ impl<S: Storage> Log<S> {
         let end = lsn + frame_len as u64;
         // Release: a reader that sees the new written LSN sees the bytes.
         self.written.store(end, Ordering::Release);
+        self.notify_watcher();
         Ok(BatchPos {
             lsn_start: lsn,
             lsn_end: end,
@@ -565,6 +572,23 @@ impl<S: Storage> Log<S> {
         Ok(true)
     }
 
+    /// Registers the wake-up to signal whenever the written or hardened LSN
+    /// moves (at most one; `None` removes it). Signalling is one syscall
+    /// and only happens while the watcher is armed.
+    pub fn set_watcher(&self, watcher: Option<Arc<crate::wake::Wakeup>>) {
+        let mut w = self.watcher.write().expect("watcher lock poisoned");
+        self.has_watcher.store(watcher.is_some(), Ordering::Release);
+        *w = watcher;
+    }
+
+    fn notify_watcher(&self) {
+        if self.has_watcher.load(Ordering::Acquire) {
+            if let Some(w) = &*self.watcher.read().expect("watcher lock poisoned") {
+                w.signal();
+            }
+        }
+    }
+
     /// Makes everything written so far durable and returns the new hardened
     /// LSN. Safe to call from another thread while appends continue.
     pub fn sync(&self) -> Result<u64, SyncError> {
@@ -598,6 +622,7 @@ impl<S: Storage> Log<S> {
             prev <= target,
             "hardened LSN went backwards: {prev} -> {target}"
         );
+        self.notify_watcher();
         let seg = self.last_segment();
         // SAFETY: header writers hold the sync lock, which the caller holds.
         if let Err(e) = unsafe { seg.write_durable_hint(target) } {

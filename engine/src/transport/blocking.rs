@@ -1,12 +1,16 @@
-//! Partner messages over a blocking `TcpStream`.
+//! Partner messages over a plain non-blocking `TcpStream` and `poll(2)`:
+//! the fallback path (see the module above).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use crate::replication::wire::{ship_header, Message, WireError, MESSAGE_BYTES_MAX};
+use crate::transport::{Conn, TransportPath};
+use crate::wake::Wakeup;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -17,29 +21,123 @@ pub enum TransportError {
     Closed,
     #[error("the partner sent a malformed message: {0}")]
     Wire(#[from] WireError),
+    #[error("io_uring: {0}")]
+    Uring(String),
 }
 
 /// Bytes read from the socket at a time.
-const READ_CHUNK: usize = 64 << 10;
+pub(crate) const READ_CHUNK: usize = 64 << 10;
 
-/// One partner connection.
-pub struct BlockingConn {
-    stream: TcpStream,
-    /// Received bytes not yet decoded are `buf[start..]`.
+/// Received bytes not yet decoded, bounded by one message plus a chunk.
+#[derive(Default)]
+pub(crate) struct RecvBuf {
+    /// Undecoded bytes are `buf[start..]`.
     buf: Vec<u8>,
     start: usize,
+}
+
+impl RecvBuf {
+    /// A whole message from the buffered bytes, if there is one.
+    pub(crate) fn decode(&mut self) -> Result<Option<Message>, TransportError> {
+        match Message::decode(&self.buf[self.start..])? {
+            Some((msg, used)) => {
+                self.start += used;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                Ok(Some(msg))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Room for `READ_CHUNK` more bytes at the end; commit what was read
+    /// with [`RecvBuf::filled`]. The decoder refuses any length beyond
+    /// MESSAGE_BYTES_MAX, so the buffer never grows past one message plus
+    /// a chunk.
+    pub(crate) fn spare(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        debug_assert!(self.buf.len() <= MESSAGE_BYTES_MAX + 4);
+        let old = self.buf.len();
+        self.buf.resize(old + READ_CHUNK, 0);
+        &mut self.buf[old..]
+    }
+
+    /// `n` bytes of the last [`RecvBuf::spare`] were filled.
+    pub(crate) fn filled(&mut self, n: usize) {
+        let len = self.buf.len() - READ_CHUNK + n;
+        self.buf.truncate(len);
+    }
+}
+
+/// One partner connection on the blocking path.
+pub struct BlockingConn {
+    stream: TcpStream,
+    rx: RecvBuf,
     scratch: Vec<u8>,
+    sent: u64,
+}
+
+/// Waits for `fd` to be ready for `events`, or for `wake`; returns
+/// (fd ready, woken). `None` timeout waits forever.
+fn poll2(
+    fd: i32,
+    events: i16,
+    wake: Option<&Wakeup>,
+    timeout: Option<Duration>,
+) -> io::Result<(bool, bool)> {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.map_or(-1, |w| w.fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = match timeout {
+        None => -1,
+        // Round up, so a short timeout does not become a busy loop.
+        Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
+    };
+    loop {
+        // SAFETY: two valid pollfds (a negative fd is ignored by poll).
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let ready = fds[0].revents != 0;
+        let woken = fds[1].revents != 0;
+        if woken {
+            if let Some(w) = wake {
+                w.drain();
+            }
+        }
+        return Ok((ready, woken));
+    }
 }
 
 impl BlockingConn {
     pub fn new(stream: TcpStream) -> io::Result<BlockingConn> {
         // Small control messages must not wait for Nagle.
         stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
         Ok(BlockingConn {
             stream,
-            buf: Vec::new(),
-            start: 0,
+            rx: RecvBuf::default(),
             scratch: Vec::new(),
+            sent: 0,
         })
     }
 
@@ -47,73 +145,107 @@ impl BlockingConn {
         &self.stream
     }
 
-    pub fn send(&mut self, msg: &Message) -> Result<(), TransportError> {
-        self.scratch.clear();
-        msg.encode(&mut self.scratch);
-        self.stream.write_all(&self.scratch)?;
+    fn write_all_vectored(&mut self, parts: &mut [IoSlice<'_>]) -> Result<(), TransportError> {
+        let mut slices: &mut [IoSlice<'_>] = parts;
+        while !slices.is_empty() {
+            match self.stream.write_vectored(slices) {
+                Ok(0) => return Err(TransportError::Closed),
+                Ok(n) => {
+                    self.sent += n as u64;
+                    IoSlice::advance_slices(&mut slices, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    poll2(self.stream.as_raw_fd(), libc::POLLOUT, None, None)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
+}
 
-    /// Sends a `ship` whose frame is written straight from `frame` (for
-    /// example a `BatchView::frame()` over the segment map): the kernel
-    /// copies it into the socket, this process does not.
-    pub fn send_ship(&mut self, commit_lsn: u64, frame: &[u8]) -> Result<(), TransportError> {
-        let header = ship_header(commit_lsn, frame.len());
-        let mut parts = [IoSlice::new(&header), IoSlice::new(frame)];
-        let mut slices: &mut [IoSlice<'_>] = &mut parts;
-        while !slices.is_empty() {
-            let n = self.stream.write_vectored(slices)?;
-            if n == 0 {
-                return Err(TransportError::Closed);
+/// At most this many iovecs per `writev` (IOV_MAX is 1024 on Linux).
+const IOVECS_MAX: usize = 512;
+
+impl Conn for BlockingConn {
+    fn send(&mut self, msg: &Message) -> Result<(), TransportError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        msg.encode(&mut scratch);
+        let r = self.write_all_vectored(&mut [IoSlice::new(&scratch)]);
+        self.scratch = scratch;
+        r
+    }
+
+    fn send_ships(&mut self, commit_lsn: u64, frames: &[&[u8]]) -> Result<(), TransportError> {
+        for chunk in frames.chunks(IOVECS_MAX / 2) {
+            let headers: Vec<_> = chunk
+                .iter()
+                .map(|f| ship_header(commit_lsn, f.len()))
+                .collect();
+            let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
+            for (h, f) in headers.iter().zip(chunk) {
+                parts.push(IoSlice::new(h));
+                parts.push(IoSlice::new(f));
             }
-            IoSlice::advance_slices(&mut slices, n);
+            self.write_all_vectored(&mut parts)?;
         }
         Ok(())
     }
 
-    /// Receives the next message, waiting at most `timeout` (None: forever).
-    /// `Ok(None)`: the timeout passed first.
-    pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, TransportError> {
-        self.stream.set_read_timeout(timeout)?;
+    fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+        wake: Option<&Wakeup>,
+    ) -> Result<Option<Message>, TransportError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if let Some((msg, used)) = Message::decode(&self.buf[self.start..])? {
-                self.start += used;
-                if self.start == self.buf.len() {
-                    self.buf.clear();
-                    self.start = 0;
-                }
+            if let Some(msg) = self.rx.decode()? {
                 return Ok(Some(msg));
             }
-            // Not a whole message yet: drop what was consumed, read more.
-            // The decoder refused any length beyond MESSAGE_BYTES_MAX, so
-            // the buffer never grows past one message plus a chunk.
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            debug_assert!(self.buf.len() <= MESSAGE_BYTES_MAX + 4);
-            let old = self.buf.len();
-            self.buf.resize(old + READ_CHUNK, 0);
-            match self.stream.read(&mut self.buf[old..]) {
+            let spare = self.rx.spare();
+            match self.stream.read(spare) {
                 Ok(0) => {
-                    self.buf.truncate(old);
+                    self.rx.filled(0);
                     return Err(TransportError::Closed);
                 }
-                Ok(n) => self.buf.truncate(old + n),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    self.buf.truncate(old);
-                    return Ok(None);
+                Ok(n) => {
+                    self.rx.filled(n);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.rx.filled(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.rx.filled(0);
+                    continue;
                 }
                 Err(e) => {
-                    self.buf.truncate(old);
+                    self.rx.filled(0);
                     return Err(e.into());
                 }
             }
+            let left = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    Some(left)
+                }
+                None => None,
+            };
+            let (_, woken) = poll2(self.stream.as_raw_fd(), libc::POLLIN, wake, left)?;
+            if woken {
+                return Ok(None);
+            }
         }
+    }
+
+    fn path(&self) -> TransportPath {
+        TransportPath::Blocking
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.sent
     }
 }

@@ -1,11 +1,121 @@
 //! Moving partner messages over TCP.
 //!
-//! Built: `blocking`, the plain-socket path (the fallback the io_uring
-//! sender will share its framing with): message framing over a `TcpStream`,
-//! `ship` messages written straight from a batch view (header, then the
-//! frame bytes from the segment map, no user-space copy), bounded receive
-//! buffering. Still to come (mirroring issue): the io_uring sender with
-//! SendZc, and the threads that run sessions over connections.
+//! Two paths behind one trait, [`Conn`]:
+//!
+//! * `uring`: an io_uring ring per connection (crate `io-uring`). Ships go
+//!   from the segment map to the socket with no user-space copy, as plain
+//!   sends or zero-copy sends (`SendZc`) depending on [`SendMode`]; receives
+//!   and the local-progress wake-up are waited on in one ring wait.
+//! * `blocking`: plain sockets and `poll(2)`, the fallback when io_uring
+//!   cannot be set up (disabled by sysctl or seccomp, old kernel) or when
+//!   configured. Same framing, same zero-user-space-copy vectored writes.
+//!
+//! [`connect`] picks the path from a [`TransportChoice`] and says (in the
+//! returned [`TransportPath`] and in the status) which one is in use.
 
 pub mod blocking;
 pub mod runner;
+pub mod uring;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::replication::wire::Message;
+use crate::wake::Wakeup;
+
+pub use blocking::TransportError;
+
+/// Which path a connection uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportPath {
+    IoUring,
+    Blocking,
+}
+
+impl fmt::Display for TransportPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportPath::IoUring => "io_uring",
+            TransportPath::Blocking => "blocking",
+        })
+    }
+}
+
+/// The configuration switch for the path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransportChoice {
+    /// io_uring when it can be set up, else blocking sockets (logged).
+    #[default]
+    Auto,
+    /// io_uring or an error.
+    IoUring,
+    /// Always blocking sockets.
+    Blocking,
+}
+
+impl std::str::FromStr for TransportChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(TransportChoice::Auto),
+            "io_uring" | "io-uring" | "uring" => Ok(TransportChoice::IoUring),
+            "blocking" => Ok(TransportChoice::Blocking),
+            _ => Err(format!(
+                "unknown transport {s:?}: expected auto, io_uring or blocking"
+            )),
+        }
+    }
+}
+
+/// How the io_uring path sends ship payloads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SendMode {
+    /// Zero-copy sends for large payloads to a non-loopback peer; plain
+    /// sends otherwise (on loopback the kernel copies anyway, later and
+    /// slower: see docs/design.md).
+    #[default]
+    Auto,
+    /// Always `SendZc`.
+    ZeroCopy,
+    /// Always plain sends.
+    Copy,
+}
+
+impl std::str::FromStr for SendMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(SendMode::Auto),
+            "zc" => Ok(SendMode::ZeroCopy),
+            "copy" => Ok(SendMode::Copy),
+            _ => Err(format!("unknown send mode {s:?}: expected auto, zc or copy")),
+        }
+    }
+}
+
+/// One authenticated-or-not partner connection, on either path.
+pub trait Conn: Send {
+    /// Sends one message (control messages: small, copied).
+    fn send(&mut self, msg: &Message) -> Result<(), TransportError>;
+
+    /// Sends one `ship` per frame, in order, each carrying `commit_lsn`.
+    /// Frame bytes go from `frames[i]` (the segment map) to the socket
+    /// without a user-space copy. Returns once the kernel no longer needs
+    /// the frames' memory (for zero-copy sends: after their notifications).
+    fn send_ships(&mut self, commit_lsn: u64, frames: &[&[u8]]) -> Result<(), TransportError>;
+
+    /// The next message. Waits at most `timeout` (`None`: no limit) and
+    /// returns `Ok(None)` when it passes, or earlier once `wake` is
+    /// signalled (the signal is consumed). A whole message already
+    /// buffered is returned without waiting.
+    fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+        wake: Option<&Wakeup>,
+    ) -> Result<Option<Message>, TransportError>;
+
+    fn path(&self) -> TransportPath;
+
+    /// Payload bytes handed to the kernel so far (all messages).
+    fn bytes_sent(&self) -> u64;
+}

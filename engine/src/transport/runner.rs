@@ -1,23 +1,29 @@
-//! Running one session over one blocking connection: the glue between the
-//! pure session machines, the logs, group commit and the applier.
+//! Running one session over one connection: the glue between the pure
+//! session machines, the logs, group commit and the applier.
 //!
-//! This is the simple first runner: one thread per side, which polls its
-//! socket with a short timeout so that it also notices local log progress.
-//! The io_uring sender replaces the polling on the principal's side.
+//! Each side runs its session on one thread that sleeps in a single wait on
+//! "the partner sent something" or "something local moved" (the log's
+//! written/hardened LSN on the principal, the applied LSN on the mirror),
+//! through a [`Wakeup`]; there is no polling timer on the data path. A
+//! coarse tick (`TICK`) drives heartbeats, timeouts and stop requests.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::apply::{Applier, ApplierThread};
 use crate::commit::GroupCommit;
-use crate::log::{Log, Storage};
+use crate::log::{frame, Log, Storage};
 use crate::replication::catchup::PrincipalLog;
 use crate::replication::handshake::{Handshake, Secret, Step};
+use crate::replication::history::EpochHistory;
 use crate::replication::session::{
-    MirrorCommand, MirrorProgress, MirrorSession, PrincipalCommand, PrincipalSession, SessionConfig,
+    MirrorCommand, MirrorProgress, MirrorSession, MirroringState, PrincipalCommand,
+    PrincipalSession, SessionConfig,
 };
-use crate::replication::wire::{Role, NONCE_BYTES};
-use crate::transport::blocking::{BlockingConn, TransportError};
+use crate::replication::wire::{Message, Role, NONCE_BYTES};
+use crate::transport::{Conn, TransportPath};
+use crate::wake::Wakeup;
 
 /// Identity and secrets of a node for the handshake.
 #[derive(Clone, Debug)]
@@ -26,13 +32,53 @@ pub struct NodeIdentity {
     pub secret: Secret,
 }
 
-/// How often a runner looks at its socket and its local log.
-const POLL: Duration = Duration::from_millis(1);
+/// The longest a session thread sleeps without looking at its clock.
+const TICK: Duration = Duration::from_millis(10);
+
+/// At most this many bytes of batches go to the transport per call, so
+/// acknowledgements are read in between during a long catch-up.
+const SHIP_CHUNK_BYTES: usize = 4 << 20;
+
+/// What a session runner publishes about itself, for status snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    /// A partner is authenticated and the session runs.
+    pub connected: bool,
+    pub state: Option<MirroringState>,
+    /// On the principal: what the mirror acknowledged. On the mirror: its
+    /// own received, hardened and applied LSNs.
+    pub mirror: MirrorProgress,
+    /// The commit LSN (principal: computed; mirror: as published to it).
+    pub commit_lsn: u64,
+    pub path: Option<TransportPath>,
+    /// Bytes sent over every session so far.
+    pub bytes_sent: u64,
+    /// Sessions that got past the handshake so far.
+    pub sessions: u64,
+    /// Why the last session (or attempt) ended.
+    pub last_error: Option<String>,
+}
+
+/// Shared between a runner and whoever reads its status.
+#[derive(Default)]
+pub struct SessionStatus {
+    inner: Mutex<SessionSnapshot>,
+}
+
+impl SessionStatus {
+    pub fn snapshot(&self) -> SessionSnapshot {
+        self.inner.lock().expect("status lock poisoned").clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut SessionSnapshot)) {
+        f(&mut self.inner.lock().expect("status lock poisoned"));
+    }
+}
 
 /// Runs this side's handshake over `conn` until the partner is
 /// authenticated or refused (a refusal is sent to the partner too).
 pub fn authenticate(
-    conn: &mut BlockingConn,
+    conn: &mut dyn Conn,
     role: Role,
     id: &NodeIdentity,
     epoch: u64,
@@ -47,7 +93,7 @@ pub fn authenticate(
         if left.is_zero() {
             return Err("handshake timed out".into());
         }
-        let Some(msg) = conn.recv(Some(left)).map_err(|e| e.to_string())? else {
+        let Some(msg) = conn.recv(Some(left), None).map_err(|e| e.to_string())? else {
             continue;
         };
         match hs.on_message(msg) {
@@ -73,19 +119,23 @@ fn millis(since: Instant) -> u64 {
 
 /// Runs the principal's side of one session until it closes; returns why.
 /// Remote commit levels of `gc` advance with the mirror's acknowledgements.
+#[allow(clippy::too_many_arguments)]
 pub fn run_principal<S: Storage>(
-    mut conn: BlockingConn,
+    conn: &mut dyn Conn,
     gc: &GroupCommit<S>,
     history: &[(u64, u64)],
     id: &NodeIdentity,
     cfg: SessionConfig,
     nonce: [u8; NONCE_BYTES],
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &AtomicBool,
+    status: &SessionStatus,
 ) -> String {
     let log = gc.log();
     let epoch = gc.epoch();
+    let sent_before = conn.bytes_sent();
+    let base_sent = status.snapshot().bytes_sent;
     if let Err(e) = authenticate(
-        &mut conn,
+        conn,
         Role::Principal,
         id,
         epoch,
@@ -94,59 +144,113 @@ pub fn run_principal<S: Storage>(
     ) {
         return e;
     }
+    let wake = match Wakeup::new() {
+        Ok(w) => Arc::new(w),
+        Err(e) => return format!("creating the session's eventfd: {e}"),
+    };
+    log.set_watcher(Some(wake.clone()));
     let t0 = Instant::now();
     let mut session = PrincipalSession::new(cfg, 0, log.written_lsn(), log.hardened_lsn());
+    let path = conn.path();
+    status.update(|s| {
+        s.connected = true;
+        s.sessions += 1;
+        s.path = Some(path);
+        s.state = Some(session.state());
+    });
     gc.progress().set_remote_attached(true);
     let reason = 'run: loop {
-        if stop.load(std::sync::atomic::Ordering::Acquire) {
+        if stop.load(Ordering::Acquire) {
             break "stopped".to_string();
         }
-        let mut cmds = Vec::new();
-        match conn.recv(Some(POLL)) {
-            Ok(Some(msg)) => {
-                let plog = PrincipalLog {
-                    history,
-                    start_lsn: log.start_lsn(),
-                    written_lsn: log.written_lsn(),
-                    epoch,
-                };
-                cmds.extend(session.on_message(millis(t0), msg, &plog));
-            }
-            Ok(None) => {}
-            Err(e) => break e.to_string(),
-        }
-        cmds.extend(session.on_local_progress(millis(t0), log.written_lsn(), log.hardened_lsn()));
+        // Arm before looking at the LSNs: a move after this look signals
+        // the eventfd and the wait below returns at once.
+        wake.arm();
+        let mut cmds = session.on_local_progress(millis(t0), log.written_lsn(), log.hardened_lsn());
         cmds.extend(session.on_tick(millis(t0)));
+        // Sleep only when there was nothing to do; either way, read every
+        // acknowledgement that has arrived.
+        let mut wait = if cmds.is_empty() { TICK } else { Duration::ZERO };
         for c in cmds {
-            if let Err(e) = execute_principal(&mut conn, gc, c) {
+            if let Err(e) = execute_principal(conn, gc, c) {
                 break 'run e;
             }
         }
+        loop {
+            let msg = match conn.recv(Some(wait), Some(&wake)) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => break 'run e.to_string(),
+            };
+            wait = Duration::ZERO;
+            let plog = PrincipalLog {
+                history,
+                start_lsn: log.start_lsn(),
+                written_lsn: log.written_lsn(),
+                epoch,
+            };
+            for c in session.on_message(millis(t0), msg, &plog) {
+                if let Err(e) = execute_principal(conn, gc, c) {
+                    break 'run e;
+                }
+            }
+        }
+        let (state, mirror, commit) = (session.state(), session.mirror(), session.commit_lsn());
+        let sent = base_sent + conn.bytes_sent() - sent_before;
+        status.update(|s| {
+            s.state = Some(state);
+            s.mirror = mirror;
+            s.commit_lsn = commit;
+            s.bytes_sent = sent;
+        });
     };
     gc.progress().set_remote_attached(false);
+    log.set_watcher(None);
+    status.update(|s| {
+        s.connected = false;
+        s.state = Some(MirroringState::Disconnected);
+        s.last_error = Some(reason.clone());
+    });
     reason
 }
 
 fn execute_principal<S: Storage>(
-    conn: &mut BlockingConn,
+    conn: &mut dyn Conn,
     gc: &GroupCommit<S>,
     c: PrincipalCommand,
 ) -> Result<(), String> {
-    let err = |e: TransportError| e.to_string();
     match c {
-        PrincipalCommand::Send(m) => conn.send(&m).map_err(err),
+        PrincipalCommand::Send(m) => conn.send(&m).map_err(|e| e.to_string()),
         PrincipalCommand::Ship {
             from,
             to,
             commit_lsn,
         } => {
-            let views = gc.log().read_from(from).map_err(|e| e.to_string())?;
-            for v in views {
+            let mut views = Vec::new();
+            let mut bytes = 0;
+            let mut flush = |views: &mut Vec<_>, bytes: &mut usize| {
+                let frames: Vec<&[u8]> = views
+                    .iter()
+                    .map(|v: &crate::log::BatchView<S::File>| v.frame())
+                    .collect();
+                let r = conn.send_ships(commit_lsn, &frames);
+                views.clear();
+                *bytes = 0;
+                r.map_err(|e| e.to_string())
+            };
+            for v in gc.log().read_from(from).map_err(|e| e.to_string())? {
                 let v = v.map_err(|e| e.to_string())?;
                 if v.lsn() >= to {
                     break;
                 }
-                conn.send_ship(commit_lsn, v.frame()).map_err(err)?;
+                bytes += v.frame().len();
+                views.push(v);
+                if bytes >= SHIP_CHUNK_BYTES {
+                    flush(&mut views, &mut bytes)?;
+                }
+            }
+            if !views.is_empty() {
+                flush(&mut views, &mut bytes)?;
             }
             Ok(())
         }
@@ -159,18 +263,117 @@ fn execute_principal<S: Storage>(
     }
 }
 
+/// The mirror's runner state between commands.
+struct MirrorRun<'a, S: Storage, A: Applier> {
+    log: &'a Arc<Log<S>>,
+    applier: &'a ApplierThread<A>,
+    history: Option<&'a mut EpochHistory>,
+    session: MirrorSession,
+    t0: Instant,
+    /// The latest acknowledgement not sent yet (acks are coalesced while
+    /// there are messages to read).
+    ack: Option<Message>,
+    /// A sync was asked for; it runs once the socket is drained, so one
+    /// sync covers every batch that arrived meanwhile.
+    sync: bool,
+}
+
+impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
+    fn execute(&mut self, cmds: Vec<MirrorCommand>, conn: &mut dyn Conn) -> Result<(), String> {
+        let mut pending: std::collections::VecDeque<MirrorCommand> = cmds.into();
+        while let Some(c) = pending.pop_front() {
+            let now = millis(self.t0);
+            let more = match c {
+                MirrorCommand::Send(m @ Message::Ack { .. }) => {
+                    self.ack = Some(m);
+                    Vec::new()
+                }
+                MirrorCommand::Send(m) => {
+                    conn.send(&m).map_err(|e| e.to_string())?;
+                    Vec::new()
+                }
+                MirrorCommand::Truncate(t) => {
+                    self.log
+                        .truncate(t)
+                        .map_err(|e| format!("truncating the mirror's log: {e}"))?;
+                    Vec::new()
+                }
+                MirrorCommand::Append(frame_bytes) => {
+                    self.record_epoch(&frame_bytes)?;
+                    self.log
+                        .append_frame(&frame_bytes)
+                        .map_err(|e| format!("appending a shipped batch: {e}"))?;
+                    self.session.on_appended(now, self.log.written_lsn())
+                }
+                MirrorCommand::Sync => {
+                    self.sync = true;
+                    Vec::new()
+                }
+                MirrorCommand::ApplyLimit(l) => {
+                    self.applier.set_limit(l);
+                    Vec::new()
+                }
+                MirrorCommand::Close { reason } => return Err(reason),
+            };
+            pending.extend(more);
+        }
+        Ok(())
+    }
+
+    /// A frame of an epoch this log has not seen yet: record where the
+    /// epoch starts here, durably, before its first batch (see
+    /// `replication::history`).
+    fn record_epoch(&mut self, frame_bytes: &[u8]) -> Result<(), String> {
+        let Some(h) = self.history.as_deref_mut() else {
+            return Ok(());
+        };
+        let header = frame::decode_header(frame_bytes)
+            .map_err(|e| format!("shipped frame is invalid: {e}"))?;
+        if header.epoch > h.last_epoch() {
+            h.begin(header.epoch, self.log.written_lsn())
+                .map_err(|e| format!("recording epoch {}: {e}", header.epoch))?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pending ack, then runs a pending sync (and acks it).
+    fn flush(&mut self, conn: &mut dyn Conn) -> Result<(), String> {
+        loop {
+            if let Some(m) = self.ack.take() {
+                conn.send(&m).map_err(|e| e.to_string())?;
+            }
+            if !std::mem::take(&mut self.sync) {
+                return Ok(());
+            }
+            let h = self
+                .log
+                .sync()
+                .map_err(|e| format!("syncing the mirror's log: {e}"))?;
+            let cmds = self.session.on_synced(millis(self.t0), h);
+            self.execute(cmds, conn)?;
+        }
+    }
+}
+
 /// Runs the mirror's side of one session until it closes; returns why.
+/// With `history`, every new epoch seen in the stream is recorded in it
+/// before its first batch is appended.
+#[allow(clippy::too_many_arguments)]
 pub fn run_mirror<S: Storage, A: Applier>(
-    mut conn: BlockingConn,
+    conn: &mut dyn Conn,
     log: &Arc<Log<S>>,
     applier: &ApplierThread<A>,
+    history: Option<&mut EpochHistory>,
     id: &NodeIdentity,
     cfg: SessionConfig,
     nonce: [u8; NONCE_BYTES],
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &AtomicBool,
+    status: &SessionStatus,
 ) -> String {
+    let sent_before = conn.bytes_sent();
+    let base_sent = status.snapshot().bytes_sent;
     if let Err(e) = authenticate(
-        &mut conn,
+        conn,
         Role::Mirror,
         id,
         log.last_epoch(),
@@ -179,56 +382,82 @@ pub fn run_mirror<S: Storage, A: Applier>(
     ) {
         return e;
     }
-    let t0 = Instant::now();
+    let wake = match Wakeup::new() {
+        Ok(w) => Arc::new(w),
+        Err(e) => return format!("creating the session's eventfd: {e}"),
+    };
+    applier.set_watcher(Some(wake.clone()));
     let progress = MirrorProgress {
         received: log.written_lsn(),
         hardened: log.hardened_lsn(),
         applied: applier.applied_lsn().min(log.hardened_lsn()),
     };
-    let (mut session, first) = MirrorSession::new(cfg, 0, log.last_epoch(), progress);
-    let mut pending: std::collections::VecDeque<MirrorCommand> = first.into();
+    let (session, first) = MirrorSession::new(cfg, 0, log.last_epoch(), progress);
+    let mut run = MirrorRun {
+        log,
+        applier,
+        history,
+        session,
+        t0: Instant::now(),
+        ack: None,
+        sync: false,
+    };
+    let path = conn.path();
+    status.update(|s| {
+        s.connected = true;
+        s.sessions += 1;
+        s.path = Some(path);
+        s.state = Some(MirroringState::Synchronizing);
+    });
     let mut reported_applied = progress.applied;
-    loop {
-        if stop.load(std::sync::atomic::Ordering::Acquire) {
-            return "stopped".into();
+    let result = (|| -> Result<(), String> {
+        run.execute(first, conn)?;
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return Err("stopped".into());
+            }
+            // Drain whatever already arrived, then ack once and sync once.
+            while let Some(msg) = conn
+                .recv(Some(Duration::ZERO), None)
+                .map_err(|e| e.to_string())?
+            {
+                let cmds = run.session.on_message(millis(run.t0), msg);
+                run.execute(cmds, conn)?;
+            }
+            run.flush(conn)?;
+            wake.arm();
+            let applied = applier.applied_lsn();
+            if applied > reported_applied {
+                reported_applied = applied;
+                let cmds = run.session.on_applied(millis(run.t0), applied);
+                run.execute(cmds, conn)?;
+            }
+            let cmds = run.session.on_tick(millis(run.t0));
+            run.execute(cmds, conn)?;
+            run.flush(conn)?;
+            let p = run.session.progress();
+            let commit = run.session.commit_lsn();
+            let sent = base_sent + conn.bytes_sent() - sent_before;
+            status.update(|s| {
+                s.mirror = p;
+                s.commit_lsn = commit;
+                s.bytes_sent = sent;
+            });
+            if let Some(msg) = conn
+                .recv(Some(TICK), Some(&wake))
+                .map_err(|e| e.to_string())?
+            {
+                let cmds = run.session.on_message(millis(run.t0), msg);
+                run.execute(cmds, conn)?;
+            }
         }
-        while let Some(c) = pending.pop_front() {
-            let now = millis(t0);
-            let more = match c {
-                MirrorCommand::Send(m) => match conn.send(&m) {
-                    Ok(()) => Vec::new(),
-                    Err(e) => return e.to_string(),
-                },
-                MirrorCommand::Truncate(t) => match log.truncate(t) {
-                    Ok(()) => Vec::new(),
-                    Err(e) => return format!("truncating the mirror's log: {e}"),
-                },
-                MirrorCommand::Append(frame) => match log.append_frame(&frame) {
-                    Ok(_) => session.on_appended(now, log.written_lsn()),
-                    Err(e) => return format!("appending a shipped batch: {e}"),
-                },
-                MirrorCommand::Sync => match log.sync() {
-                    Ok(h) => session.on_synced(now, h),
-                    Err(e) => return format!("syncing the mirror's log: {e}"),
-                },
-                MirrorCommand::ApplyLimit(l) => {
-                    applier.set_limit(l);
-                    Vec::new()
-                }
-                MirrorCommand::Close { reason } => return reason,
-            };
-            pending.extend(more);
-        }
-        let applied = applier.applied_lsn();
-        if applied > reported_applied {
-            reported_applied = applied;
-            pending.extend(session.on_applied(millis(t0), applied));
-        }
-        match conn.recv(Some(POLL)) {
-            Ok(Some(msg)) => pending.extend(session.on_message(millis(t0), msg)),
-            Ok(None) => {}
-            Err(e) => return e.to_string(),
-        }
-        pending.extend(session.on_tick(millis(t0)));
-    }
+    })();
+    applier.set_watcher(None);
+    let reason = result.err().unwrap_or_default();
+    status.update(|s| {
+        s.connected = false;
+        s.state = Some(MirroringState::Disconnected);
+        s.last_error = Some(reason.clone());
+    });
+    reason
 }
