@@ -18,6 +18,7 @@ mod affinity;
 pub mod apply;
 pub mod commit;
 pub mod log;
+pub mod node;
 pub mod replication;
 pub mod transport;
 pub mod wake;

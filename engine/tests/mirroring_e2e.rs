@@ -79,7 +79,9 @@ fn commits_at_remote_levels_are_on_the_mirror_when_acknowledged() {
         std::thread::spawn(move || {
             let mut conn = BlockingConn::new(TcpStream::connect(addr).unwrap()).unwrap();
             let status = SessionStatus::default();
-            run_mirror(&mut conn, &m_log, &applier, None, &id, cfg, [2; 32], &stop, &status)
+            run_mirror(
+                &mut conn, &m_log, &applier, None, &id, cfg, [2; 32], &stop, &status,
+            )
         })
     };
 

@@ -11,8 +11,8 @@ use mirrorlog_engine::log::{Compression, Log, LogOptions, RecordsBuf};
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::wire::{Message, Role, WireError};
 use mirrorlog_engine::transport::blocking::{BlockingConn, TransportError};
-use mirrorlog_engine::transport::Conn;
 use mirrorlog_engine::transport::runner::{authenticate, NodeIdentity};
+use mirrorlog_engine::transport::Conn;
 
 fn opts() -> LogOptions {
     LogOptions {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::commit::level::Level;
-use crate::commit::progress::{Progress, Waiters};
+use crate::commit::progress::{Detached, Progress, Waiters};
 use crate::commit::{CommitError, StartError};
 use crate::log::frame::{RecordsBuf, BATCH_RAW_BYTES_MAX, FRAME_HEADER_BYTES};
 use crate::log::{AppendError, BatchPos, Log, Storage};
@@ -57,8 +57,11 @@ pub struct Committed {
     /// Index of the commit's first record within the batch, and its count.
     pub first_record: u32,
     pub records: u32,
-    /// The level that was reached.
+    /// The level that was asked for.
     pub level: Level,
+    /// Acknowledged while no mirror was attached, with the detached policy
+    /// `Expose`: hardened here only, not at `level`.
+    pub exposed: bool,
 }
 
 /// Counters since start.
@@ -310,7 +313,10 @@ impl<S: Storage> GroupCommit<S> {
         if records.is_empty() {
             return Err(CommitError::Empty);
         }
-        if level.is_remote() && !shared.progress.remote_attached() {
+        if level.is_remote()
+            && !shared.progress.remote_attached()
+            && shared.progress.detached_policy() == Detached::Refuse
+        {
             return Err(CommitError::LevelUnavailable(level));
         }
         let bytes: usize = records.iter().map(|r| RecordsBuf::cost(r)).sum();
@@ -350,6 +356,7 @@ impl<S: Storage> GroupCommit<S> {
             first_record,
             records: records.len() as u32,
             level,
+            submitted: Instant::now(),
         })
     }
 
@@ -618,9 +625,25 @@ pub struct Ticket<S: Storage> {
     first_record: u32,
     records: u32,
     level: Level,
+    /// For the remote levels' latency histograms (the appender records
+    /// `local` per batch).
+    submitted: Instant,
 }
 
 impl<S: Storage> Ticket<S> {
+    /// Records a remote-level commit's latency once its outcome is known
+    /// (exposed commits did not reach their level and are not recorded).
+    fn finish(&self, r: Result<Committed, CommitError>) -> Result<Committed, CommitError> {
+        if let Ok(c) = &r {
+            if self.level.is_remote() && !c.exposed {
+                let ns = self.submitted.elapsed().as_nanos().max(1) as u64;
+                self.shared.latency_ns.lock().expect("latency lock")[self.level.index()]
+                    .saturating_record(ns);
+            }
+        }
+        r
+    }
+
     pub fn level(&self) -> Level {
         self.level
     }
@@ -631,14 +654,7 @@ impl<S: Storage> Ticket<S> {
     fn outcome(&self, failed: Option<&Arc<str>>) -> Option<Result<Committed, CommitError>> {
         match self.slot.placed.get() {
             Some(Ok(pos)) if self.reached() => {
-                return Some(Ok(Committed {
-                    lsn_start: pos.lsn_start,
-                    lsn_end: pos.lsn_end,
-                    epoch: pos.epoch,
-                    first_record: self.first_record,
-                    records: self.records,
-                    level: self.level,
-                }));
+                return Some(Ok(self.committed(pos, false)));
             }
             Some(Err(e)) => return Some(Err(e.clone())),
             Some(Ok(_)) | None => {}
@@ -650,9 +666,31 @@ impl<S: Storage> Ticket<S> {
             return Some(Err(CommitError::Poisoned(why.clone())));
         }
         if self.level.is_remote() && !self.shared.progress.remote_attached() {
-            return Some(Err(CommitError::LevelUnavailable(self.level)));
+            match self.shared.progress.detached_policy() {
+                Detached::Refuse => return Some(Err(CommitError::LevelUnavailable(self.level))),
+                Detached::Expose => {
+                    if let Some(Ok(pos)) = self.slot.placed.get() {
+                        if self.slot.hardened.load(Ordering::Acquire) {
+                            return Some(Ok(self.committed(pos, true)));
+                        }
+                    }
+                }
+                Detached::Hold => {}
+            }
         }
         None
+    }
+
+    fn committed(&self, pos: &BatchPos, exposed: bool) -> Committed {
+        Committed {
+            lsn_start: pos.lsn_start,
+            lsn_end: pos.lsn_end,
+            epoch: pos.epoch,
+            first_record: self.first_record,
+            records: self.records,
+            level: self.level,
+            exposed,
+        }
     }
 
     fn outcome_locked(&self, st: &Waiters) -> Option<Result<Committed, CommitError>> {
@@ -682,7 +720,7 @@ impl<S: Storage> Ticket<S> {
     /// Blocks until the commit reaches its level or fails.
     pub fn wait(self) -> Result<Committed, CommitError> {
         if self.reached() {
-            return self.outcome(None).expect("reached");
+            return self.finish(self.outcome(None).expect("reached"));
         }
         // One committer at a time polls instead of sleeping (see
         // CommitOptions::spin); more would only steal CPU from the appender.
@@ -697,13 +735,14 @@ impl<S: Storage> Ticket<S> {
         {
             spin_until(shared.options.spin, || {
                 self.reached()
+                    || (self.level.is_remote() && !shared.progress.remote_attached())
                     || matches!(self.slot.placed.get(), Some(Err(_)))
                     || self.slot.lost.get().is_some()
                     || shared.progress.has_failed()
             });
             shared.spinners.fetch_sub(1, Ordering::AcqRel);
             if self.reached() {
-                return self.outcome(None).expect("reached");
+                return self.finish(self.outcome(None).expect("reached"));
             }
         } else if !shared.options.spin.is_zero() && !crowded {
             shared.spinners.fetch_sub(1, Ordering::AcqRel);
@@ -718,7 +757,8 @@ impl<S: Storage> Ticket<S> {
             st = progress.wait(st);
         };
         shared.sleepers.fetch_sub(1, Ordering::AcqRel);
-        result
+        drop(st);
+        self.finish(result)
     }
 
     /// Like [`Ticket::wait`], giving up after `timeout` (the commit may
@@ -729,7 +769,8 @@ impl<S: Storage> Ticket<S> {
         let mut st = progress.lock();
         loop {
             if let Some(r) = self.outcome_locked(&st) {
-                return r;
+                drop(st);
+                return self.finish(r);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -748,11 +789,12 @@ impl<S: Storage> Future for Ticket<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.reached() {
-            return Poll::Ready(self.outcome(None).expect("reached"));
+            return Poll::Ready(self.finish(self.outcome(None).expect("reached")));
         }
         let mut st = self.shared.progress.lock();
         if let Some(r) = self.outcome_locked(&st) {
-            return Poll::Ready(r);
+            drop(st);
+            return Poll::Ready(self.finish(r));
         }
         // Registered under the lock that notify() takes, so no wake-up is lost.
         Progress::register(&mut st, cx.waker());

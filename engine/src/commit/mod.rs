@@ -18,7 +18,7 @@ pub mod progress;
 
 pub use group::{CommitOptions, CommitStats, Committed, GroupCommit, Ticket};
 pub use level::Level;
-pub use progress::Progress;
+pub use progress::{Detached, Progress};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,9 +17,45 @@ pub(crate) struct Waiters {
     wakers: Vec<Waker>,
 }
 
+/// What commits at a remote level do while no mirror is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Detached {
+    /// Refused (new ones) or failed (waiting ones) with
+    /// `CommitError::LevelUnavailable`: for an embedder that runs its own
+    /// policy.
+    #[default]
+    Refuse,
+    /// Accepted and acknowledged once hardened locally, marked `exposed`:
+    /// the principal runs *exposed* (safety full without its mirror, as a
+    /// database mirroring principal without a witness does).
+    Expose,
+    /// Accepted and held until a mirror attaches and reaches their level
+    /// (an exposure bound was reached, or the operator wants no exposure).
+    Hold,
+}
+
+impl Detached {
+    fn from_u8(v: u8) -> Detached {
+        match v {
+            1 => Detached::Expose,
+            2 => Detached::Hold,
+            _ => Detached::Refuse,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Detached::Refuse => 0,
+            Detached::Expose => 1,
+            Detached::Hold => 2,
+        }
+    }
+}
+
 pub struct Progress {
     lsn: [AtomicU64; Level::COUNT],
     remote_attached: AtomicBool,
+    detached: std::sync::atomic::AtomicU8,
     /// Mirrors `Waiters::failed.is_some()` for lock-free polling.
     failed: AtomicBool,
     state: Mutex<Waiters>,
@@ -31,6 +67,7 @@ impl Progress {
         Progress {
             lsn: std::array::from_fn(|_| AtomicU64::new(start)),
             remote_attached: AtomicBool::new(false),
+            detached: std::sync::atomic::AtomicU8::new(0),
             failed: AtomicBool::new(false),
             state: Mutex::new(Waiters {
                 failed: None,
@@ -57,6 +94,17 @@ impl Progress {
     /// Called by the replication layer when a mirror attaches or detaches.
     pub fn set_remote_attached(&self, attached: bool) {
         self.remote_attached.store(attached, Ordering::Release);
+        self.notify();
+    }
+
+    /// What remote-level commits do while no mirror is attached.
+    pub fn detached_policy(&self) -> Detached {
+        Detached::from_u8(self.detached.load(Ordering::Acquire))
+    }
+
+    /// Changes that policy; waiting commits re-check at once.
+    pub fn set_detached_policy(&self, policy: Detached) {
+        self.detached.store(policy.to_u8(), Ordering::Release);
         self.notify();
     }
 

@@ -88,7 +88,9 @@ impl std::str::FromStr for SendMode {
             "auto" => Ok(SendMode::Auto),
             "zc" => Ok(SendMode::ZeroCopy),
             "copy" => Ok(SendMode::Copy),
-            _ => Err(format!("unknown send mode {s:?}: expected auto, zc or copy")),
+            _ => Err(format!(
+                "unknown send mode {s:?}: expected auto, zc or copy"
+            )),
         }
     }
 }

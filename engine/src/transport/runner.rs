@@ -130,20 +130,40 @@ pub fn run_principal<S: Storage>(
     stop: &AtomicBool,
     status: &SessionStatus,
 ) -> String {
-    let log = gc.log();
-    let epoch = gc.epoch();
-    let sent_before = conn.bytes_sent();
-    let base_sent = status.snapshot().bytes_sent;
     if let Err(e) = authenticate(
         conn,
         Role::Principal,
         id,
-        epoch,
+        gc.epoch(),
         nonce,
         Duration::from_millis(cfg.partner_timeout_ms),
     ) {
         return e;
     }
+    serve_principal(
+        conn,
+        gc,
+        history,
+        cfg,
+        &mut || stop.load(Ordering::Acquire),
+        status,
+    )
+}
+
+/// The principal's session on an authenticated connection, until it
+/// closes or `stop()` says so (asked every loop, at least every `TICK`).
+pub fn serve_principal<S: Storage>(
+    conn: &mut dyn Conn,
+    gc: &GroupCommit<S>,
+    history: &[(u64, u64)],
+    cfg: SessionConfig,
+    stop: &mut dyn FnMut() -> bool,
+    status: &SessionStatus,
+) -> String {
+    let log = gc.log();
+    let epoch = gc.epoch();
+    let sent_before = conn.bytes_sent();
+    let base_sent = status.snapshot().bytes_sent;
     let wake = match Wakeup::new() {
         Ok(w) => Arc::new(w),
         Err(e) => return format!("creating the session's eventfd: {e}"),
@@ -160,7 +180,7 @@ pub fn run_principal<S: Storage>(
     });
     gc.progress().set_remote_attached(true);
     let reason = 'run: loop {
-        if stop.load(Ordering::Acquire) {
+        if stop() {
             break "stopped".to_string();
         }
         // Arm before looking at the LSNs: a move after this look signals
@@ -170,7 +190,11 @@ pub fn run_principal<S: Storage>(
         cmds.extend(session.on_tick(millis(t0)));
         // Sleep only when there was nothing to do; either way, read every
         // acknowledgement that has arrived.
-        let mut wait = if cmds.is_empty() { TICK } else { Duration::ZERO };
+        let mut wait = if cmds.is_empty() {
+            TICK
+        } else {
+            Duration::ZERO
+        };
         for c in cmds {
             if let Err(e) = execute_principal(conn, gc, c) {
                 break 'run e;
@@ -370,8 +394,6 @@ pub fn run_mirror<S: Storage, A: Applier>(
     stop: &AtomicBool,
     status: &SessionStatus,
 ) -> String {
-    let sent_before = conn.bytes_sent();
-    let base_sent = status.snapshot().bytes_sent;
     if let Err(e) = authenticate(
         conn,
         Role::Mirror,
@@ -382,6 +404,30 @@ pub fn run_mirror<S: Storage, A: Applier>(
     ) {
         return e;
     }
+    serve_mirror(
+        conn,
+        log,
+        applier,
+        history,
+        cfg,
+        &mut || stop.load(Ordering::Acquire),
+        status,
+    )
+}
+
+/// The mirror's session on an authenticated connection, until it closes
+/// or `stop()` says so.
+pub fn serve_mirror<S: Storage, A: Applier>(
+    conn: &mut dyn Conn,
+    log: &Arc<Log<S>>,
+    applier: &ApplierThread<A>,
+    history: Option<&mut EpochHistory>,
+    cfg: SessionConfig,
+    stop: &mut dyn FnMut() -> bool,
+    status: &SessionStatus,
+) -> String {
+    let sent_before = conn.bytes_sent();
+    let base_sent = status.snapshot().bytes_sent;
     let wake = match Wakeup::new() {
         Ok(w) => Arc::new(w),
         Err(e) => return format!("creating the session's eventfd: {e}"),
@@ -413,7 +459,7 @@ pub fn run_mirror<S: Storage, A: Applier>(
     let result = (|| -> Result<(), String> {
         run.execute(first, conn)?;
         loop {
-            if stop.load(Ordering::Acquire) {
+            if stop() {
                 return Err("stopped".into());
             }
             // Drain whatever already arrived, then ack once and sync once.

@@ -1,0 +1,211 @@
+//! Nodes: a principal or a mirror as a running service, the way an embedder
+//! (or the `mirrorlog` server) uses the engine.
+//!
+//! * [`Principal`] opens its log directory, starts a new epoch (recorded in
+//!   `EPOCHS` before the first batch: see `replication::history`), runs
+//!   group commit, listens for its mirror and runs one session at a time on
+//!   a sender thread (pinnable). A newly authenticated mirror connection
+//!   replaces a session that is still open (the old one may be half-dead).
+//!   In safety `full`, while no mirror is attached, commits are
+//!   acknowledged *exposed* (hardened here only; said in the status and on
+//!   each `Committed`) until an optional exposure bound is reached, after
+//!   which they are held until the mirror is back.
+//! * [`Mirror`] opens its log directory, runs the applier, and connects to
+//!   the principal, reconnecting with backoff for as long as it runs.
+//!
+//! Both pick the transport path from [`NodeConfig::transport`] and say which
+//! one is in use (a fallback to blocking sockets is logged once).
+
+mod mirror;
+mod principal;
+mod status;
+
+pub use mirror::Mirror;
+pub use principal::Principal;
+pub use status::{LatencySummary, NodeRole, Status};
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::apply::ApplyOptions;
+use crate::commit::{CommitOptions, Level};
+use crate::log::LogOptions;
+use crate::replication::session::SessionConfig;
+use crate::transport::blocking::BlockingConn;
+use crate::transport::runner::NodeIdentity;
+use crate::transport::{Conn, SendMode, TransportChoice};
+
+/// High-safety (synchronous) or high-performance (asynchronous) mirroring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Safety {
+    /// Commits are acknowledged once the mirror hardened them too
+    /// (`remote-flush`).
+    #[default]
+    Full,
+    /// Commits are acknowledged once hardened here (`local`); the mirror
+    /// follows.
+    Off,
+}
+
+impl Safety {
+    pub fn default_level(self) -> Level {
+        match self {
+            Safety::Full => Level::RemoteFlush,
+            Safety::Off => Level::Local,
+        }
+    }
+}
+
+impl std::str::FromStr for Safety {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Safety, String> {
+        match s {
+            "full" => Ok(Safety::Full),
+            "off" => Ok(Safety::Off),
+            _ => Err(format!("unknown safety {s:?}: expected full or off")),
+        }
+    }
+}
+
+/// How long a principal in safety `full` may run without its mirror
+/// before commits block instead of being acknowledged exposed. Unset
+/// fields do not bound; both unset: exposed for as long as it takes (what
+/// database mirroring does without a witness). Either set to zero: never
+/// exposed (commits wait for the mirror).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExposureLimit {
+    /// Log bytes hardened here since the mirror was lost (or since start
+    /// without one).
+    pub max_bytes: Option<u64>,
+    /// Time since the mirror was lost (or since start without one).
+    pub max_duration: Option<Duration>,
+}
+
+/// Everything a node needs to run.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// The log directory (segments, `EPOCHS`, `LOCK`).
+    pub dir: PathBuf,
+    pub log: LogOptions,
+    /// Group commit (principal); `default_level` is set from `safety`.
+    pub commit: CommitOptions,
+    pub apply: ApplyOptions,
+    pub session: SessionConfig,
+    pub identity: NodeIdentity,
+    pub safety: Safety,
+    pub exposure: ExposureLimit,
+    pub transport: TransportChoice,
+    pub send_mode: SendMode,
+    /// Pin the session (sender) thread to this core.
+    pub sender_core: Option<usize>,
+    /// Where log lines go (default: standard error).
+    pub logger: Logger,
+}
+
+/// A sink for the node's log lines.
+#[derive(Clone)]
+pub struct Logger(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl Logger {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Logger {
+        Logger(Arc::new(f))
+    }
+
+    pub fn line(&self, s: &str) {
+        (self.0)(s)
+    }
+}
+
+impl Default for Logger {
+    fn default() -> Logger {
+        Logger::new(|s| eprintln!("{s}"))
+    }
+}
+
+impl std::fmt::Debug for Logger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Logger")
+    }
+}
+
+impl NodeConfig {
+    /// A configuration with defaults for everything but the directory and
+    /// the identity.
+    pub fn new(dir: impl Into<PathBuf>, identity: NodeIdentity) -> NodeConfig {
+        NodeConfig {
+            dir: dir.into(),
+            log: LogOptions::default(),
+            commit: CommitOptions::default(),
+            apply: ApplyOptions::default(),
+            session: SessionConfig::default(),
+            identity,
+            safety: Safety::Full,
+            exposure: ExposureLimit::default(),
+            transport: TransportChoice::Auto,
+            send_mode: SendMode::Auto,
+            sender_core: None,
+            logger: Logger::default(),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("opening the log: {0}")]
+    Log(#[from] crate::log::OpenError),
+    #[error("epoch history: {0}")]
+    History(#[from] crate::replication::history::HistoryError),
+    #[error("starting group commit: {0}")]
+    Commit(#[from] crate::commit::StartError),
+    #[error("starting the applier: {0}")]
+    Apply(#[from] crate::apply::ApplyError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Wraps a connected stream in the configured transport. With `Auto`, an
+/// io_uring set-up failure falls back to blocking sockets, and the reason
+/// is returned for the caller to log (once).
+pub(crate) fn open_conn(
+    stream: TcpStream,
+    choice: TransportChoice,
+    mode: SendMode,
+) -> Result<(Box<dyn Conn>, Option<String>), std::io::Error> {
+    match choice {
+        TransportChoice::Blocking => Ok((Box::new(BlockingConn::new(stream)?), None)),
+        TransportChoice::IoUring => Ok((uring_conn(stream, mode)?, None)),
+        TransportChoice::Auto => {
+            if let Err(why) = uring_probe() {
+                return Ok((Box::new(BlockingConn::new(stream)?), Some(why)));
+            }
+            let fallback = stream.try_clone()?;
+            match uring_conn(stream, mode) {
+                Ok(c) => Ok((c, None)),
+                Err(e) => Ok((Box::new(BlockingConn::new(fallback)?), Some(e.to_string()))),
+            }
+        }
+    }
+}
+
+// INTERIM until transport::uring lands (being written in parallel).
+fn uring_conn(_stream: TcpStream, _mode: SendMode) -> std::io::Result<Box<dyn Conn>> {
+    Err(std::io::Error::other(
+        "the io_uring transport is not built yet",
+    ))
+}
+
+fn uring_probe() -> Result<(), String> {
+    Err("the io_uring transport is not built yet".into())
+}

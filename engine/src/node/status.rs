@@ -1,0 +1,269 @@
+//! The status snapshot a node gives embedders and the CLI.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::commit::Level;
+use crate::replication::session::{MirrorProgress, MirroringState};
+use crate::transport::TransportPath;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeRole {
+    Principal,
+    Mirror,
+}
+
+impl std::fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeRole::Principal => "principal",
+            NodeRole::Mirror => "mirror",
+        })
+    }
+}
+
+/// Commit latency at one level, from submit to acknowledgement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencySummary {
+    pub level: Level,
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl LatencySummary {
+    pub(crate) fn of(level: Level, h: &Histogram<u64>) -> LatencySummary {
+        let us = |ns: u64| ns.div_ceil(1000);
+        LatencySummary {
+            level,
+            count: h.len(),
+            p50_us: us(h.value_at_quantile(0.50)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+/// A node's state at one instant. LSNs are byte positions in the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    pub role: NodeRole,
+    /// The mirroring state of the session (DISCONNECTED without one).
+    pub state: MirroringState,
+    /// The principal's epoch (on a mirror: the epoch of its last batch).
+    pub epoch: u64,
+    /// Written and hardened in this node's own log.
+    pub written_lsn: u64,
+    pub hardened_lsn: u64,
+    /// The mirror's received, hardened and applied LSNs (on the principal:
+    /// as acknowledged; on the mirror: its own).
+    pub mirror: MirrorProgress,
+    /// Hardened on both partners (safety full) / as published to the mirror.
+    pub commit_lsn: u64,
+    /// Principal: log bytes not yet received by the mirror, and how long
+    /// the oldest of them has waited (None: nothing queued, or unknown).
+    pub send_queue_bytes: u64,
+    pub send_queue_age: Option<Duration>,
+    /// Mirror: log bytes hardened but not applied, and how long they take
+    /// to apply at the recent rate.
+    pub redo_queue_bytes: u64,
+    pub redo_queue_time: Option<Duration>,
+    /// Principal in safety full without a mirror: commits are acknowledged
+    /// hardened here only.
+    pub exposed: bool,
+    /// The exposure bound was reached: remote-level commits wait for the mirror.
+    pub commits_held: bool,
+    /// How long this principal has been running without its mirror.
+    pub exposed_for: Option<Duration>,
+    pub transport: Option<TransportPath>,
+    /// Payload bytes sent to the partner over every session.
+    pub bytes_sent: u64,
+    /// Records' bytes committed, and the log bytes they took (after zstd).
+    pub raw_bytes: u64,
+    pub log_bytes: u64,
+    /// Commit latency per level (principal).
+    pub latency: Vec<LatencySummary>,
+    /// Sessions established so far, and why the last one ended.
+    pub sessions: u64,
+    pub last_error: Option<String>,
+}
+
+impl Status {
+    /// `raw / log` bytes (1.0 before any commit).
+    pub fn compression_ratio(&self) -> f64 {
+        if self.log_bytes == 0 {
+            1.0
+        } else {
+            self.raw_bytes as f64 / self.log_bytes as f64
+        }
+    }
+
+    /// A few human-readable lines (what `mirrorlog status` prints).
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let state = format!("{:?}", self.state).to_uppercase();
+        let _ = writeln!(s, "role:        {}  (epoch {})", self.role, self.epoch);
+        let _ = writeln!(
+            s,
+            "state:       {state}{}{}",
+            if self.exposed {
+                "  EXPOSED (commits hardened on this node only)"
+            } else {
+                ""
+            },
+            if self.commits_held {
+                "  COMMITS HELD (exposure bound reached)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            s,
+            "log:         written {}  hardened {}  commit {}",
+            self.written_lsn, self.hardened_lsn, self.commit_lsn
+        );
+        let m = self.mirror;
+        let _ = writeln!(
+            s,
+            "mirror:      received {}  hardened {}  applied {}",
+            m.received, m.hardened, m.applied
+        );
+        let age = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| {
+                format!("{:.1} ms", d.as_secs_f64() * 1e3)
+            })
+        };
+        match self.role {
+            NodeRole::Principal => {
+                let _ = writeln!(
+                    s,
+                    "send queue:  {} bytes, oldest {}",
+                    self.send_queue_bytes,
+                    age(self.send_queue_age)
+                );
+            }
+            NodeRole::Mirror => {
+                let _ = writeln!(
+                    s,
+                    "redo queue:  {} bytes, {} to apply",
+                    self.redo_queue_bytes,
+                    age(self.redo_queue_time)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "transport:   {}  sent {} bytes  compression {:.2}x  sessions {}",
+            self.transport.map_or("none".to_string(), |p| p.to_string()),
+            self.bytes_sent,
+            self.compression_ratio(),
+            self.sessions
+        );
+        for l in &self.latency {
+            if l.count > 0 {
+                let _ = writeln!(
+                    s,
+                    "latency {:<13} n={} p50={}us p99={}us p99.9={}us max={}us",
+                    l.level.name(),
+                    l.count,
+                    l.p50_us,
+                    l.p99_us,
+                    l.p999_us,
+                    l.max_us
+                );
+            }
+        }
+        if let Some(e) = &self.last_error {
+            let _ = writeln!(s, "last session ended: {e}");
+        }
+        s
+    }
+}
+
+/// When each LSN was written, sampled, so a queue's age can be told:
+/// the age of the oldest byte not yet past a consumer's LSN.
+pub(crate) struct LagClock {
+    samples: VecDeque<(u64, Instant)>,
+}
+
+/// Samples kept (one per supervisor tick at most): minutes of history.
+const SAMPLES_MAX: usize = 1 << 14;
+
+impl LagClock {
+    pub(crate) fn new() -> LagClock {
+        LagClock {
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// The producer's LSN is `lsn` at `now`.
+    pub(crate) fn record(&mut self, lsn: u64, now: Instant) {
+        if self.samples.back().is_some_and(|&(l, _)| l >= lsn) {
+            return;
+        }
+        if self.samples.len() == SAMPLES_MAX {
+            // Keep the oldest (the age must not be underestimated): thin
+            // out the newest half instead.
+            let keep = SAMPLES_MAX / 2;
+            let newest: Vec<_> = self.samples.drain(keep..).step_by(2).collect();
+            self.samples.extend(newest);
+        }
+        self.samples.push_back((lsn, now));
+    }
+
+    /// The consumer reached `lsn`: how long ago the first byte beyond it
+    /// was produced (None if nothing is beyond it).
+    pub(crate) fn age(&mut self, consumer: u64, now: Instant) -> Option<Duration> {
+        // A sample (l, t) says: by t the producer was at l. Bytes up to l
+        // were produced by t. The oldest unconsumed byte is consumer+1,
+        // produced by the first sample with l > consumer; the sample before
+        // it is kept so that the age is bounded below by its time.
+        while self.samples.len() >= 2 && self.samples[1].0 <= consumer {
+            self.samples.pop_front();
+        }
+        let first_beyond = self.samples.iter().find(|&&(l, _)| l > consumer)?;
+        // The byte was produced after the previous sample (l <= consumer)
+        // and by first_beyond's time: use the later bound, so the age is
+        // never overstated by more than one sampling interval.
+        Some(now.saturating_duration_since(first_beyond.1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_clock_ages_the_oldest_unconsumed_byte() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut c = LagClock::new();
+        c.record(100, ms(0));
+        c.record(200, ms(10));
+        c.record(300, ms(20));
+        assert_eq!(c.age(50, ms(30)), Some(Duration::from_millis(30)));
+        assert_eq!(c.age(150, ms(30)), Some(Duration::from_millis(20)));
+        // Consumption is monotonic; older samples are dropped.
+        assert_eq!(c.age(250, ms(40)), Some(Duration::from_millis(20)));
+        c.record(250, ms(50)); // not newer: ignored
+        assert_eq!(c.age(300, ms(60)), None);
+    }
+
+    #[test]
+    fn lag_clock_stays_bounded_and_keeps_the_oldest_sample() {
+        let t0 = Instant::now();
+        let mut c = LagClock::new();
+        for i in 1..=(3 * SAMPLES_MAX as u64) {
+            c.record(i, t0 + Duration::from_millis(i));
+        }
+        assert!(c.samples.len() <= SAMPLES_MAX);
+        let now = t0 + Duration::from_millis(10 * SAMPLES_MAX as u64);
+        assert_eq!(c.age(0, now), Some(now - (t0 + Duration::from_millis(1))));
+    }
+}

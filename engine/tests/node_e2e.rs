@@ -1,0 +1,302 @@
+//! Nodes end to end, in process, on real log directories over loopback:
+//! the principal's default level follows the safety setting, exposure
+//! without a mirror (and its bound), reconnection after either side
+//! restarts, and byte-identical logs after quiescence. Runs on the
+//! transport named by MIRRORLOG_TRANSPORT (auto, io_uring, blocking;
+//! default auto), so CI runs it on both paths.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mirrorlog_engine::apply::Applier;
+use mirrorlog_engine::commit::Level;
+use mirrorlog_engine::log::{Log, LogOptions, Records};
+use mirrorlog_engine::node::{ExposureLimit, Logger, Mirror, NodeConfig, Principal, Safety};
+use mirrorlog_engine::replication::handshake::Secret;
+use mirrorlog_engine::replication::history::EpochHistory;
+use mirrorlog_engine::replication::session::MirroringState;
+use mirrorlog_engine::transport::runner::NodeIdentity;
+use mirrorlog_engine::transport::TransportChoice;
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mirrorlog-node-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn transport() -> TransportChoice {
+    std::env::var("MIRRORLOG_TRANSPORT")
+        .ok()
+        .map(|s| s.parse().expect("MIRRORLOG_TRANSPORT"))
+        .unwrap_or_default()
+}
+
+fn config(dir: &Path, lines: &Arc<Mutex<Vec<String>>>) -> NodeConfig {
+    let id = NodeIdentity {
+        database_id: *b"node-e2e-db-0001",
+        secret: Secret::new(b"node-e2e-shared-secret".to_vec()).unwrap(),
+    };
+    let mut c = NodeConfig::new(dir, id);
+    c.log = LogOptions {
+        segment_bytes: 256 * 1024,
+        ..LogOptions::default()
+    };
+    c.transport = transport();
+    let lines = lines.clone();
+    c.logger = Logger::new(move |s| lines.lock().unwrap().push(s.to_string()));
+    c
+}
+
+#[derive(Clone, Default)]
+struct Kv {
+    applied: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+}
+
+impl Applier for Kv {
+    fn apply(&mut self, start: u64, _end: u64, records: &Records) -> Result<(), String> {
+        let mut a = self.applied.lock().unwrap();
+        for r in records.iter() {
+            a.push((start, r.to_vec()));
+        }
+        Ok(())
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn frames(dir: &Path) -> Vec<Vec<u8>> {
+    let (log, _) = Log::open(dir, LogOptions::default()).unwrap();
+    log.read_from(log.start_lsn())
+        .unwrap()
+        .map(|v| v.unwrap().frame().to_vec())
+        .collect()
+}
+
+#[test]
+fn safety_full_commits_are_hardened_on_the_mirror_and_logs_end_identical() {
+    let (pd, md) = (tempdir("full-p"), tempdir("full-m"));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let p = Principal::start(config(&pd, &lines), any_port()).unwrap();
+    let kv = Kv::default();
+    let m = Mirror::start(config(&md, &lines), p.local_addr(), kv.clone(), None).unwrap();
+    wait_until("the mirror to attach", Duration::from_secs(10), || {
+        p.status().state != MirroringState::Disconnected
+    });
+    for i in 0..200u32 {
+        let c = p.commit_wait(&[format!("k{i}=v{i}").as_bytes()]).unwrap();
+        assert_eq!(c.level, Level::RemoteFlush);
+        assert!(
+            !c.exposed,
+            "commit {i} was exposed with the mirror attached"
+        );
+        assert!(
+            m.log().hardened_lsn() >= c.lsn_end,
+            "commit {i} acknowledged before the mirror hardened it"
+        );
+    }
+    let c = p
+        .commit_at(&[b"read-your-write"], Level::RemoteApply)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(m.applier().applied_lsn() >= c.lsn_end);
+    let end = p.log().hardened_lsn();
+    wait_until(
+        "SYNCHRONIZED with everything applied",
+        Duration::from_secs(10),
+        || {
+            let s = p.status();
+            s.state == MirroringState::Synchronized
+                && s.mirror.applied == end
+                && s.send_queue_bytes == 0
+        },
+    );
+    let st = p.status();
+    assert_eq!(st.epoch, 1);
+    assert!(!st.exposed && !st.commits_held);
+    assert_eq!(st.sessions, 1);
+    assert!(st.bytes_sent >= end, "sent {} < log {end}", st.bytes_sent);
+    let flush = st
+        .latency
+        .iter()
+        .find(|l| l.level == Level::RemoteFlush)
+        .unwrap();
+    assert_eq!(flush.count, 200);
+    assert!(st.render().contains("SYNCHRONIZED"), "{}", st.render());
+    let ms = m.status();
+    assert_eq!(ms.mirror.applied, end);
+    assert_eq!(ms.redo_queue_bytes, 0);
+    assert_eq!(kv.applied.lock().unwrap().len(), 201);
+    drop(m);
+    drop(p);
+    assert_eq!(frames(&pd), frames(&md), "logs differ");
+    // The mirror recorded the principal's epoch before its first batch.
+    assert_eq!(EpochHistory::load(&md).unwrap().entries(), &[(1, 0)]);
+}
+
+#[test]
+fn without_a_mirror_commits_are_exposed_until_the_bound_then_held_until_it_returns() {
+    let (pd, md) = (tempdir("expose-p"), tempdir("expose-m"));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = config(&pd, &lines);
+    cfg.exposure = ExposureLimit {
+        max_bytes: Some(4096),
+        max_duration: None,
+    };
+    let p = Principal::start(cfg, any_port()).unwrap();
+    let c = p.commit_wait(&[b"alone"]).unwrap();
+    assert!(
+        c.exposed,
+        "a commit without a mirror must say it is exposed"
+    );
+    assert!(p.status().exposed);
+    // Past the bound, commits are held, not acknowledged.
+    // (Incompressible: the bound counts log bytes, after zstd.)
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let big: Vec<u8> = (0..8192)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let c = p.commit_wait(&[&big]).unwrap();
+    assert!(c.exposed);
+    wait_until("commits to be held", Duration::from_secs(5), || {
+        p.status().commits_held
+    });
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("exposure bound reached")));
+    let held = p.commit(&[b"held"]).unwrap();
+    let held = std::thread::spawn(move || held.wait());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !held.is_finished(),
+        "a held commit completed without a mirror"
+    );
+    // The mirror comes: the held commit completes at its level.
+    let m = Mirror::start(config(&md, &lines), p.local_addr(), Kv::default(), None).unwrap();
+    let c = held.join().unwrap().unwrap();
+    assert!(!c.exposed);
+    assert!(m.log().hardened_lsn() >= c.lsn_end);
+    let st = p.status();
+    assert!(!st.exposed && !st.commits_held);
+}
+
+#[test]
+fn safety_off_and_per_commit_levels() {
+    let pd = tempdir("off-p");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = config(&pd, &lines);
+    cfg.safety = Safety::Off;
+    let p = Principal::start(cfg, any_port()).unwrap();
+    let c = p.commit_wait(&[b"async"]).unwrap();
+    assert_eq!(c.level, Level::Local);
+    assert!(!c.exposed, "local commits are not exposure");
+    // Asking for a remote level without a mirror, in safety off: exposed
+    // (hardened here), never silently "reached".
+    let c = p
+        .commit_at(&[b"x"], Level::RemoteFlush)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(c.exposed);
+    assert!(!p.status().exposed, "safety off is not called exposed");
+}
+
+#[test]
+fn the_mirror_catches_up_after_a_restart_and_reconnects_after_the_principal_restarts() {
+    let (pd, md) = (tempdir("restart-p"), tempdir("restart-m"));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut p = Principal::start(config(&pd, &lines), any_port()).unwrap();
+    let addr = p.local_addr();
+    let m = Mirror::start(config(&md, &lines), addr, Kv::default(), None).unwrap();
+    wait_until("the mirror to attach", Duration::from_secs(10), || {
+        p.status().state != MirroringState::Disconnected
+    });
+    let mut acked = Vec::new();
+    for i in 0..50u32 {
+        acked.push(p.commit_wait(&[&i.to_le_bytes()]).unwrap());
+    }
+    // Mirror goes away; the principal runs exposed; the mirror comes back.
+    drop(m);
+    wait_until("the principal to notice", Duration::from_secs(5), || {
+        p.status().state == MirroringState::Disconnected
+    });
+    for i in 50..100u32 {
+        let c = p.commit_wait(&[&i.to_le_bytes()]).unwrap();
+        assert!(c.exposed);
+        acked.push(c);
+    }
+    let kv = Kv::default();
+    let m = Mirror::start(config(&md, &lines), addr, kv.clone(), None).unwrap();
+    let end = p.log().hardened_lsn();
+    wait_until(
+        "SYNCHRONIZED after the mirror's restart",
+        Duration::from_secs(10),
+        || {
+            let s = p.status();
+            s.state == MirroringState::Synchronized && s.mirror.hardened == end
+        },
+    );
+    assert!(p.status().sessions >= 2);
+    // Principal restarts on the same address: a new epoch; the mirror
+    // reconnects on its own and takes the new epoch's batches.
+    drop(p);
+    p = loop {
+        match Principal::start(config(&pd, &lines), addr) {
+            Ok(p) => break p,
+            Err(e) if e.to_string().contains("in use") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(p.epoch(), 2);
+    wait_until("the mirror to reconnect", Duration::from_secs(10), || {
+        p.status().state != MirroringState::Disconnected
+    });
+    let c = p.commit_wait(&[b"after restart"]).unwrap();
+    assert!(!c.exposed);
+    assert_eq!(c.epoch, 2);
+    let end = p.log().hardened_lsn();
+    wait_until(
+        "everything applied on the mirror",
+        Duration::from_secs(10),
+        || m.applier().applied_lsn() == end,
+    );
+    // Every acknowledged commit is on the mirror, applied exactly once.
+    let applied = kv.applied.lock().unwrap().clone();
+    for c in &acked {
+        assert!(
+            applied.iter().any(|(lsn, _)| *lsn == c.lsn_start),
+            "acknowledged commit at {} missing on the mirror",
+            c.lsn_start
+        );
+    }
+    assert_eq!(applied.len(), 101);
+    drop(m);
+    drop(p);
+    assert_eq!(frames(&pd), frames(&md), "logs differ");
+    assert_eq!(
+        EpochHistory::load(&md).unwrap().entries(),
+        EpochHistory::load(&pd).unwrap().entries()
+    );
+}
