@@ -108,7 +108,7 @@ fn lat(h: &Histogram<u64>) -> Lat {
     }
 }
 
-fn lat_json(h: &Histogram<u64>) -> Value {
+pub(crate) fn lat_json(h: &Histogram<u64>) -> Value {
     let l = lat(h);
     json!({
         "samples": h.len(),
@@ -120,7 +120,7 @@ fn lat_json(h: &Histogram<u64>) -> Value {
     })
 }
 
-fn fmt_us(ns: u64) -> String {
+pub(crate) fn fmt_us(ns: u64) -> String {
     let v = us(ns);
     if v >= 10_000.0 {
         format!("{v:.0}")
@@ -129,7 +129,7 @@ fn fmt_us(ns: u64) -> String {
     }
 }
 
-fn thousands(x: f64) -> String {
+pub(crate) fn thousands(x: f64) -> String {
     let s = format!("{:.0}", x.max(0.0));
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -401,7 +401,7 @@ pub fn render(cfg: &Config, machine: &Machine, suite: &Suite) -> String {
 }
 
 /// "YYYY-MM-DDTHH:MM:SSZ" for a UNIX time in seconds.
-fn rfc3339(secs: u64) -> String {
+pub(crate) fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.
@@ -546,15 +546,9 @@ pub fn to_json(cfg: &Config, machine: &Machine, suite: &Suite) -> Value {
 }
 
 /// Writes the JSON to `path` via `path.tmp` and a rename.
-pub fn write_json(
-    path: &Path,
-    cfg: &Config,
-    machine: &Machine,
-    suite: &Suite,
-) -> Result<(), String> {
-    let value = to_json(cfg, machine, suite);
+pub fn write_json_value(path: &Path, value: &Value) -> Result<(), String> {
     let mut text =
-        serde_json::to_string_pretty(&value).map_err(|e| format!("encoding JSON: {e}"))?;
+        serde_json::to_string_pretty(value).map_err(|e| format!("encoding JSON: {e}"))?;
     text.push('\n');
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

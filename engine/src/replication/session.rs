@@ -107,6 +107,8 @@ pub struct PrincipalSession {
     hardened: u64,
     last_heard_ms: u64,
     last_sent_ms: u64,
+    /// The highest commit LSN sent to the mirror (in a ship or heartbeat).
+    published: u64,
 }
 
 impl PrincipalSession {
@@ -123,6 +125,7 @@ impl PrincipalSession {
             hardened,
             last_heard_ms: now_ms,
             last_sent_ms: now_ms,
+            published: 0,
         }
     }
 
@@ -173,8 +176,18 @@ impl PrincipalSession {
                 to: self.written,
                 commit_lsn: self.commit_lsn(),
             });
+            self.published = self.commit_lsn();
             self.shipped = self.written;
             self.last_sent_ms = now_ms;
+        }
+    }
+
+    /// The commit LSN moved (the mirror's ack, or the local sync) and no
+    /// ship carried it: tell the mirror at once, so remote-apply commits
+    /// and readers there do not wait for the next heartbeat.
+    fn publish_commit(&mut self, now_ms: u64, out: &mut Vec<PrincipalCommand>) {
+        if self.phase == Phase::Streaming && self.commit_lsn() > self.published {
+            out.push(self.heartbeat(now_ms));
         }
     }
 
@@ -272,9 +285,8 @@ impl PrincipalSession {
                 };
                 self.advance(&mut out);
                 // A new commit LSN lets the mirror apply more: publish it.
-                if self.commit_lsn() > commit_before && self.written == self.shipped {
-                    out.push(self.heartbeat(now_ms));
-                }
+                debug_assert!(self.commit_lsn() >= commit_before);
+                self.publish_commit(now_ms, &mut out);
             }
             (phase, m) => {
                 let expected = if phase == Phase::AwaitPosition {
@@ -297,6 +309,7 @@ impl PrincipalSession {
 
     fn heartbeat(&mut self, now_ms: u64) -> PrincipalCommand {
         self.last_sent_ms = now_ms;
+        self.published = self.published.max(self.commit_lsn());
         PrincipalCommand::Send(Message::Heartbeat {
             commit_lsn: self.commit_lsn(),
             written_lsn: self.written,
@@ -358,6 +371,7 @@ impl PrincipalSession {
             self.update_state(&mut out);
         }
         self.ship_pending(now_ms, &mut out);
+        self.publish_commit(now_ms, &mut out);
         out
     }
 
