@@ -50,9 +50,12 @@ fn config(dir: &Path, lines: &Arc<Mutex<Vec<String>>>) -> NodeConfig {
     c
 }
 
+/// Applied records with the LSN of their batch.
+type AppliedLog = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
 #[derive(Clone, Default)]
 struct Kv {
-    applied: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    applied: AppliedLog,
 }
 
 impl Applier for Kv {
