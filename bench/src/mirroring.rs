@@ -377,7 +377,7 @@ pub fn run(cfg: &Config) -> Result<MirrorSuite, String> {
     let mut runs = Vec::new();
     for &choice in &cfg.transports {
         if choice == TransportChoice::IoUring {
-            if let Err(why) = mirrorlog_engine::node::io_uring_available() {
+            if let Err(why) = mirrorlog_engine::transport::uring::probe() {
                 eprintln!("io_uring is unavailable here ({why}): skipping that path");
                 runs.push(PathRun {
                     choice,

@@ -18,7 +18,7 @@ use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::history::EpochHistory;
 use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
-use mirrorlog_engine::transport::TransportChoice;
+use mirrorlog_engine::transport::{TransportChoice, TransportPath};
 
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mirrorlog-node-{tag}-{}", std::process::id()));
@@ -27,14 +27,31 @@ fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
-fn transport() -> TransportChoice {
-    std::env::var("MIRRORLOG_TRANSPORT")
-        .ok()
-        .map(|s| s.parse().expect("MIRRORLOG_TRANSPORT"))
-        .unwrap_or_default()
+/// Runs a test body once per transport path, as two tests.
+macro_rules! on_both_paths {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn io_uring() {
+                if std::env::var("MIRRORLOG_NO_URING").as_deref() == Ok("1") {
+                    eprintln!("MIRRORLOG_NO_URING=1: io_uring run skipped");
+                    return;
+                }
+                super::$name(super::TransportChoice::IoUring)
+            }
+            #[test]
+            fn blocking() {
+                super::$name(super::TransportChoice::Blocking)
+            }
+        }
+    };
 }
 
-fn config(dir: &Path, lines: &Arc<Mutex<Vec<String>>>) -> NodeConfig {
+on_both_paths!(safety_full_commits_are_hardened_on_the_mirror_and_logs_end_identical);
+on_both_paths!(without_a_mirror_commits_are_exposed_until_the_bound_then_held_until_it_returns);
+on_both_paths!(the_mirror_catches_up_after_a_restart_and_reconnects_after_the_principal_restarts);
+
+fn config(dir: &Path, t: TransportChoice, lines: &Arc<Mutex<Vec<String>>>) -> NodeConfig {
     let id = NodeIdentity {
         database_id: *b"node-e2e-db-0001",
         secret: Secret::new(b"node-e2e-shared-secret".to_vec()).unwrap(),
@@ -44,7 +61,7 @@ fn config(dir: &Path, lines: &Arc<Mutex<Vec<String>>>) -> NodeConfig {
         segment_bytes: 256 * 1024,
         ..LogOptions::default()
     };
-    c.transport = transport();
+    c.transport = t;
     let lines = lines.clone();
     c.logger = Logger::new(move |s| lines.lock().unwrap().push(s.to_string()));
     c
@@ -88,13 +105,15 @@ fn frames(dir: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
-#[test]
-fn safety_full_commits_are_hardened_on_the_mirror_and_logs_end_identical() {
-    let (pd, md) = (tempdir("full-p"), tempdir("full-m"));
+fn safety_full_commits_are_hardened_on_the_mirror_and_logs_end_identical(t: TransportChoice) {
+    let (pd, md) = (
+        tempdir(&format!("full-p-{t:?}")),
+        tempdir(&format!("full-m-{t:?}")),
+    );
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let p = Principal::start(config(&pd, &lines), any_port()).unwrap();
+    let p = Principal::start(config(&pd, t, &lines), any_port()).unwrap();
     let kv = Kv::default();
-    let m = Mirror::start(config(&md, &lines), p.local_addr(), kv.clone(), None).unwrap();
+    let m = Mirror::start(config(&md, t, &lines), p.local_addr(), kv.clone(), None).unwrap();
     wait_until("the mirror to attach", Duration::from_secs(10), || {
         p.status().state != MirroringState::Disconnected
     });
@@ -128,6 +147,13 @@ fn safety_full_commits_are_hardened_on_the_mirror_and_logs_end_identical() {
         },
     );
     let st = p.status();
+    // The path asked for is the path used (auto: io_uring where it works).
+    let expected = match t {
+        TransportChoice::IoUring => TransportPath::IoUring,
+        _ => TransportPath::Blocking,
+    };
+    assert_eq!(st.transport, Some(expected));
+    assert_eq!(m.status().transport, Some(expected));
     assert_eq!(st.epoch, 1);
     assert!(!st.exposed && !st.commits_held);
     assert_eq!(st.sessions, 1);
@@ -150,11 +176,15 @@ fn safety_full_commits_are_hardened_on_the_mirror_and_logs_end_identical() {
     assert_eq!(EpochHistory::load(&md).unwrap().entries(), &[(1, 0)]);
 }
 
-#[test]
-fn without_a_mirror_commits_are_exposed_until_the_bound_then_held_until_it_returns() {
-    let (pd, md) = (tempdir("expose-p"), tempdir("expose-m"));
+fn without_a_mirror_commits_are_exposed_until_the_bound_then_held_until_it_returns(
+    t: TransportChoice,
+) {
+    let (pd, md) = (
+        tempdir(&format!("expose-p-{t:?}")),
+        tempdir(&format!("expose-m-{t:?}")),
+    );
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let mut cfg = config(&pd, &lines);
+    let mut cfg = config(&pd, t, &lines);
     cfg.exposure = ExposureLimit {
         max_bytes: Some(4096),
         max_duration: None,
@@ -195,7 +225,7 @@ fn without_a_mirror_commits_are_exposed_until_the_bound_then_held_until_it_retur
         "a held commit completed without a mirror"
     );
     // The mirror comes: the held commit completes at its level.
-    let m = Mirror::start(config(&md, &lines), p.local_addr(), Kv::default(), None).unwrap();
+    let m = Mirror::start(config(&md, t, &lines), p.local_addr(), Kv::default(), None).unwrap();
     let c = held.join().unwrap().unwrap();
     assert!(!c.exposed);
     assert!(m.log().hardened_lsn() >= c.lsn_end);
@@ -207,7 +237,7 @@ fn without_a_mirror_commits_are_exposed_until_the_bound_then_held_until_it_retur
 fn safety_off_and_per_commit_levels() {
     let pd = tempdir("off-p");
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let mut cfg = config(&pd, &lines);
+    let mut cfg = config(&pd, TransportChoice::Blocking, &lines);
     cfg.safety = Safety::Off;
     let p = Principal::start(cfg, any_port()).unwrap();
     let c = p.commit_wait(&[b"async"]).unwrap();
@@ -224,13 +254,17 @@ fn safety_off_and_per_commit_levels() {
     assert!(!p.status().exposed, "safety off is not called exposed");
 }
 
-#[test]
-fn the_mirror_catches_up_after_a_restart_and_reconnects_after_the_principal_restarts() {
-    let (pd, md) = (tempdir("restart-p"), tempdir("restart-m"));
+fn the_mirror_catches_up_after_a_restart_and_reconnects_after_the_principal_restarts(
+    t: TransportChoice,
+) {
+    let (pd, md) = (
+        tempdir(&format!("restart-p-{t:?}")),
+        tempdir(&format!("restart-m-{t:?}")),
+    );
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let mut p = Principal::start(config(&pd, &lines), any_port()).unwrap();
+    let mut p = Principal::start(config(&pd, t, &lines), any_port()).unwrap();
     let addr = p.local_addr();
-    let m = Mirror::start(config(&md, &lines), addr, Kv::default(), None).unwrap();
+    let m = Mirror::start(config(&md, t, &lines), addr, Kv::default(), None).unwrap();
     wait_until("the mirror to attach", Duration::from_secs(10), || {
         p.status().state != MirroringState::Disconnected
     });
@@ -249,7 +283,7 @@ fn the_mirror_catches_up_after_a_restart_and_reconnects_after_the_principal_rest
         acked.push(c);
     }
     let kv = Kv::default();
-    let m = Mirror::start(config(&md, &lines), addr, kv.clone(), None).unwrap();
+    let m = Mirror::start(config(&md, t, &lines), addr, kv.clone(), None).unwrap();
     let end = p.log().hardened_lsn();
     wait_until(
         "SYNCHRONIZED after the mirror's restart",
@@ -264,7 +298,7 @@ fn the_mirror_catches_up_after_a_restart_and_reconnects_after_the_principal_rest
     // reconnects on its own and takes the new epoch's batches.
     drop(p);
     p = loop {
-        match Principal::start(config(&pd, &lines), addr) {
+        match Principal::start(config(&pd, t, &lines), addr) {
             Ok(p) => break p,
             Err(e) if e.to_string().contains("in use") => {
                 std::thread::sleep(Duration::from_millis(20))

@@ -30,7 +30,11 @@ pub struct CommitOptions {
     /// busy-poll before sleeping. A futex wake-up costs 5-30 µs on a VM, and
     /// a commit pays two (committer to appender and back), which is a large
     /// share of a 50 µs fdatasync. Polling trades CPU for that latency;
-    /// `Duration::ZERO` disables it.
+    /// `Duration::ZERO` disables it. On machines with fewer than
+    /// `SPIN_REMOTE_CORES_MIN` cores nobody polls while a mirror is attached
+    /// (the idle appender) or for a remote level (committers): the session
+    /// thread and the mirror need those cores, and measured, polling there
+    /// tripled remote-flush latency on 2 cores.
     pub spin: Duration,
     /// Level a commit waits for unless it asks for another.
     pub default_level: Level,
@@ -480,7 +484,7 @@ fn appender_loop<S: Storage>(shared: Arc<Shared<S>>) {
     let mut records = RecordsBuf::with_capacity(shared.batch_bytes_max);
     let mut submitted = Vec::new();
     loop {
-        if !shared.pending.load(Ordering::Acquire) {
+        if !shared.pending.load(Ordering::Acquire) && shared.may_spin(Level::Local) {
             spin_until(shared.options.spin, || {
                 shared.pending.load(Ordering::Acquire) || shared.stopping.load(Ordering::Acquire)
             });
@@ -588,6 +592,22 @@ fn write_batch<S: Storage>(
             }
         }
         Err(e) => shared.progress.fail(&e.to_string()),
+    }
+}
+
+/// Below this many cores, polling is off while a mirror is attached (see
+/// `CommitOptions::spin`).
+pub const SPIN_REMOTE_CORES_MIN: usize = 4;
+
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+impl<S: Storage> Shared<S> {
+    /// Whether busy-polling for `level` is worth a core now.
+    fn may_spin(&self, level: Level) -> bool {
+        cores() >= SPIN_REMOTE_CORES_MIN || (!level.is_remote() && !self.progress.remote_attached())
     }
 }
 
@@ -728,7 +748,8 @@ impl<S: Storage> Ticket<S> {
         // Under heavy load (many committers already asleep) a wake-up is
         // amortised over a large batch and polling would only take a core
         // from the appender and the other committers.
-        let crowded = shared.sleepers.load(Ordering::Acquire) >= SPIN_SLEEPERS_MAX;
+        let crowded = shared.sleepers.load(Ordering::Acquire) >= SPIN_SLEEPERS_MAX
+            || !shared.may_spin(self.level);
         if !shared.options.spin.is_zero()
             && !crowded
             && shared.spinners.fetch_add(1, Ordering::AcqRel) == 0

@@ -125,6 +125,7 @@ impl<A: Applier> Mirror<A> {
             commits_held: false,
             exposed_for: None,
             transport: snap.path,
+            zero_copy: snap.zero_copy,
             bytes_sent: snap.bytes_sent,
             raw_bytes: 0,
             log_bytes: 0,

@@ -37,6 +37,7 @@ use crate::log::LogOptions;
 use crate::replication::session::SessionConfig;
 use crate::transport::blocking::BlockingConn;
 use crate::transport::runner::NodeIdentity;
+use crate::transport::uring::UringConn;
 use crate::transport::{Conn, SendMode, TransportChoice};
 
 /// High-safety (synchronous) or high-performance (asynchronous) mirroring.
@@ -178,7 +179,7 @@ pub enum NodeError {
 /// Whether the io_uring transport can be used in this process, and if
 /// not, why.
 pub fn io_uring_available() -> Result<(), String> {
-    uring_probe()
+    crate::transport::uring::probe()
 }
 
 /// Wraps a connected stream in the configured transport. With `Auto`, an
@@ -191,27 +192,16 @@ pub(crate) fn open_conn(
 ) -> Result<(Box<dyn Conn>, Option<String>), std::io::Error> {
     match choice {
         TransportChoice::Blocking => Ok((Box::new(BlockingConn::new(stream)?), None)),
-        TransportChoice::IoUring => Ok((uring_conn(stream, mode)?, None)),
+        TransportChoice::IoUring => Ok((Box::new(UringConn::new(stream, mode)?), None)),
         TransportChoice::Auto => {
-            if let Err(why) = uring_probe() {
+            if let Err(why) = crate::transport::uring::probe() {
                 return Ok((Box::new(BlockingConn::new(stream)?), Some(why)));
             }
             let fallback = stream.try_clone()?;
-            match uring_conn(stream, mode) {
-                Ok(c) => Ok((c, None)),
+            match UringConn::new(stream, mode) {
+                Ok(c) => Ok((Box::new(c), None)),
                 Err(e) => Ok((Box::new(BlockingConn::new(fallback)?), Some(e.to_string()))),
             }
         }
     }
-}
-
-// INTERIM until transport::uring lands (being written in parallel).
-fn uring_conn(_stream: TcpStream, _mode: SendMode) -> std::io::Result<Box<dyn Conn>> {
-    Err(std::io::Error::other(
-        "the io_uring transport is not built yet",
-    ))
-}
-
-fn uring_probe() -> Result<(), String> {
-    Err("the io_uring transport is not built yet".into())
 }

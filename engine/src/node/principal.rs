@@ -220,6 +220,7 @@ impl Principal {
             commits_held: !attached && held && sh.cfg.safety == Safety::Full,
             exposed_for: if attached { None } else { exposed_for },
             transport: snap.path,
+            zero_copy: snap.zero_copy,
             bytes_sent: snap.bytes_sent,
             raw_bytes: stats.raw_bytes,
             log_bytes: stats.log_bytes,

@@ -81,6 +81,8 @@ pub struct Status {
     /// How long this principal has been running without its mirror.
     pub exposed_for: Option<Duration>,
     pub transport: Option<TransportPath>,
+    /// Ship payloads go out as zero-copy sends (io_uring `SendZc`).
+    pub zero_copy: bool,
     /// Payload bytes sent to the partner over every session.
     pub bytes_sent: u64,
     /// Records' bytes committed, and the log bytes they took (after zstd).
@@ -159,8 +161,13 @@ impl Status {
         }
         let _ = writeln!(
             s,
-            "transport:   {}  sent {} bytes  compression {:.2}x  sessions {}",
+            "transport:   {}{}  sent {} bytes  compression {:.2}x  sessions {}",
             self.transport.map_or("none".to_string(), |p| p.to_string()),
+            if self.zero_copy {
+                " (zero-copy sends)"
+            } else {
+                ""
+            },
             self.bytes_sent,
             self.compression_ratio(),
             self.sessions

@@ -120,4 +120,9 @@ pub trait Conn: Send {
 
     /// Payload bytes handed to the kernel so far (all messages).
     fn bytes_sent(&self) -> u64;
+
+    /// Whether ship payloads go out as zero-copy sends (`SendZc`).
+    fn zero_copy(&self) -> bool {
+        false
+    }
 }

@@ -51,6 +51,8 @@ pub struct SessionSnapshot {
     /// The commit LSN (principal: computed; mirror: as published to it).
     pub commit_lsn: u64,
     pub path: Option<TransportPath>,
+    /// Ship payloads go out as zero-copy sends.
+    pub zero_copy: bool,
     /// Bytes sent over every session so far.
     pub bytes_sent: u64,
     /// Sessions that got past the handshake so far.
@@ -171,11 +173,12 @@ pub fn serve_principal<S: Storage>(
     log.set_watcher(Some(wake.clone()));
     let t0 = Instant::now();
     let mut session = PrincipalSession::new(cfg, 0, log.written_lsn(), log.hardened_lsn());
-    let path = conn.path();
+    let (path, zero_copy) = (conn.path(), conn.zero_copy());
     status.update(|s| {
         s.connected = true;
         s.sessions += 1;
         s.path = Some(path);
+        s.zero_copy = zero_copy;
         s.state = Some(session.state());
     });
     gc.progress().set_remote_attached(true);
@@ -448,11 +451,12 @@ pub fn serve_mirror<S: Storage, A: Applier>(
         ack: None,
         sync: false,
     };
-    let path = conn.path();
+    let (path, zero_copy) = (conn.path(), conn.zero_copy());
     status.update(|s| {
         s.connected = true;
         s.sessions += 1;
         s.path = Some(path);
+        s.zero_copy = zero_copy;
         s.state = Some(MirroringState::Synchronizing);
     });
     let mut reported_applied = progress.applied;
