@@ -14,6 +14,15 @@ fn mib(b: u64) -> String {
     format!("{:.1}", b as f64 / (1 << 20) as f64)
 }
 
+/// Queue sizes: KiB below a MiB, so small lags do not print as zero.
+fn qsize(b: u64) -> String {
+    if b < 1 << 20 {
+        format!("{} KiB", b.div_ceil(1024))
+    } else {
+        format!("{} MiB", mib(b))
+    }
+}
+
 fn find(
     run: &PathRun,
     level: Level,
@@ -218,8 +227,8 @@ pub fn render(cfg: &Config, machine: &Machine, suite: &MirrorSuite) -> String {
                 fmt_us(h.value_at_quantile(0.99)),
                 fmt_us(h.value_at_quantile(0.999)),
                 fmt_us(h.max()),
-                format!("{} MiB", mib(c.send_queue_max)),
-                format!("{} MiB", mib(c.redo_queue_end)),
+                qsize(c.send_queue_max),
+                qsize(c.redo_queue_end),
                 format!("{:.2} s", c.catch_up_seconds)
             );
         }
