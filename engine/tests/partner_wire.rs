@@ -61,9 +61,14 @@ fn arb_message() -> impl Strategy<Value = Message> {
             }),
         (
             any::<u64>(),
+            any::<u64>(),
             proptest::collection::vec(any::<u8>(), 40..600)
         )
-            .prop_map(|(commit_lsn, frame)| Message::Ship { commit_lsn, frame }),
+            .prop_map(|(commit_lsn, prev_lsn, frame)| Message::Ship {
+                commit_lsn,
+                prev_lsn,
+                frame
+            }),
         any::<[u64; 3]>().prop_map(|[a, b, c]| Message::Ack {
             received_lsn: a,
             hardened_lsn: b,
@@ -319,6 +324,7 @@ fn log_messages_before_authentication_and_reflected_macs_are_refused() {
     let err = hs
         .on_message(Message::Ship {
             commit_lsn: 0,
+            prev_lsn: 0,
             frame: vec![0; 48],
         })
         .unwrap_err();

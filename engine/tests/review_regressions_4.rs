@@ -283,6 +283,7 @@ fn regression_ship_base_lsn_near_max_is_refused() {
             1,
             Message::Ship {
                 commit_lsn: 0,
+                prev_lsn: 0,
                 frame,
             },
         )

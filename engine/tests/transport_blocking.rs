@@ -62,9 +62,11 @@ fn a_log_shipped_over_loopback_arrives_byte_identical() {
         let (stream, _) = listener.accept().unwrap();
         let mut conn = BlockingConn::new(stream).unwrap();
         handshake(&mut conn, Role::Principal, "shared-secret-0001", 1).unwrap();
+        let mut prev = 0;
         for v in principal.read_from(0).unwrap() {
             let v = v.unwrap();
-            conn.send_ships(v.lsn(), &[v.frame()]).unwrap();
+            conn.send_ships(v.lsn(), prev, &[v.frame()]).unwrap();
+            prev = v.end_lsn();
         }
         conn.send(&Message::Heartbeat {
             commit_lsn: end,

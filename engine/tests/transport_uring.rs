@@ -16,7 +16,7 @@ use mirrorlog_engine::log::sim::SimStorage;
 use mirrorlog_engine::log::{Compression, Log, LogOptions, RecordsBuf};
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::wire::{
-    Hello, Message, RefuseCode, Role, WireError, PROTOCOL_VERSION,
+    Hello, Message, RefuseCode, Role, WireError, PROTOCOL_VERSION, SHIP_HEADER_BYTES,
 };
 use mirrorlog_engine::transport::blocking::{BlockingConn, TransportError};
 use mirrorlog_engine::transport::runner::{authenticate, NodeIdentity};
@@ -134,10 +134,12 @@ fn ship_log(mode: SendMode, rx: Receiver) {
         let slices: Vec<&[u8]> = views.iter().map(|v| v.frame()).collect();
         // 700 small frames in one call (more than 256 frames = 512 iovecs
         // per send SQE), then the large ones in two calls.
-        conn.send_ships(7, &slices[..700]).unwrap();
-        conn.send_ships(8, &slices[700..702]).unwrap();
-        conn.send_ships(9, &slices[702..]).unwrap();
-        conn.send_ships(9, &[]).unwrap();
+        conn.send_ships(7, 0, &slices[..700]).unwrap();
+        conn.send_ships(8, views[699].end_lsn(), &slices[700..702])
+            .unwrap();
+        conn.send_ships(9, views[701].end_lsn(), &slices[702..])
+            .unwrap();
+        conn.send_ships(9, end, &[]).unwrap();
         let hb = Message::Heartbeat {
             commit_lsn: end,
             written_lsn: end,
@@ -145,8 +147,11 @@ fn ship_log(mode: SendMode, rx: Receiver) {
         conn.send(&hb).unwrap();
         let mut hb_bytes = Vec::new();
         hb.encode(&mut hb_bytes);
-        let expected: u64 =
-            slices.iter().map(|f| 13 + f.len() as u64).sum::<u64>() + hb_bytes.len() as u64;
+        let expected: u64 = slices
+            .iter()
+            .map(|f| SHIP_HEADER_BYTES as u64 + f.len() as u64)
+            .sum::<u64>()
+            + hb_bytes.len() as u64;
         assert_eq!(conn.bytes_sent(), expected);
         // Keep the views (the mapped frames) until here: send_ships has
         // returned, so dropping them now is allowed.
@@ -172,7 +177,13 @@ fn ship_log(mode: SendMode, rx: Receiver) {
             .unwrap()
             .expect("no stall")
         {
-            Message::Ship { commit_lsn, frame } => {
+            Message::Ship {
+                commit_lsn,
+                prev_lsn,
+                frame,
+            } => {
+                // Each ship names the end of the batch before it.
+                assert_eq!(prev_lsn, mirror.written_lsn());
                 commits.push(commit_lsn);
                 mirror.append_frame(&frame).unwrap();
             }
@@ -589,7 +600,7 @@ fn sending_to_a_peer_that_hung_up_is_an_error_not_a_signal() {
         let frame = vec![0u8; 64 << 10];
         let start = Instant::now();
         let err = loop {
-            if let Err(e) = conn.send_ships(1, &[&frame, &frame]) {
+            if let Err(e) = conn.send_ships(1, 0, &[&frame, &frame]) {
                 break e;
             }
             assert!(
@@ -650,7 +661,7 @@ fn send_ships_returns_only_when_the_kernel_is_done_with_the_frames() {
         });
         let mut conn = uring(a, mode);
         let slices: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
-        conn.send_ships(3, &slices).unwrap();
+        conn.send_ships(3, 0, &slices).unwrap();
         // The kernel no longer needs the pages: scribbling over them must
         // not change what the reader gets.
         for b in &mut bufs {

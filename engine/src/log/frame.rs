@@ -142,6 +142,13 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// The base LSN a frame's header names, without checking anything (for
+/// frames already verified, e.g. views of the log). Panics if `frame` is
+/// shorter than a header.
+pub fn frame_base_lsn(frame: &[u8]) -> u64 {
+    u64_at(frame, OFF_BASE_LSN)
+}
+
 /// Decodes and validates a header (not the checksum, which needs the payload).
 pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     if bytes.len() < FRAME_HEADER_BYTES {

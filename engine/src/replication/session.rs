@@ -573,7 +573,28 @@ impl MirrorSession {
                 self.sync_if_needed(&mut out);
                 out.push(self.ack(now_ms));
             }
-            (Phase::Streaming, Message::Ship { commit_lsn, frame }) => {
+            (
+                Phase::Streaming,
+                Message::Ship {
+                    commit_lsn,
+                    prev_lsn,
+                    frame,
+                },
+            ) => {
+                // The ship must follow exactly what this log holds: a batch
+                // lost or reordered on the way is caught here, even where
+                // the frame's own position looks valid (after padding).
+                if prev_lsn != self.expected {
+                    self.close(
+                        &mut out,
+                        RefuseCode::Protocol,
+                        format!(
+                            "shipped frame follows LSN {prev_lsn}, but this log ends at {}: a batch is missing or out of order",
+                            self.expected
+                        ),
+                    );
+                    return out;
+                }
                 let header = match frame::decode_header(&frame) {
                     Ok(h) => h,
                     Err(e) => {

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::log::frame::{BATCH_RAW_BYTES_MAX, FRAME_ALIGN, FRAME_HEADER_BYTES};
 
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes before the body: length (4) and type (1).
 pub const MESSAGE_HEADER_BYTES: usize = 5;
 /// The largest frame a log can hold (a stored payload never exceeds the raw
@@ -25,7 +25,10 @@ pub const MAC_BYTES: usize = 32;
 pub const DATABASE_ID_BYTES: usize = 16;
 
 const HELLO_BYTES: usize = 2 + 1 + 1 + DATABASE_ID_BYTES + 8 + NONCE_BYTES;
-const SHIP_FIXED_BYTES: usize = 8;
+const SHIP_FIXED_BYTES: usize = 16;
+/// A `ship` message's bytes before its frame: length, type, commit LSN,
+/// previous LSN.
+pub const SHIP_HEADER_BYTES: usize = MESSAGE_HEADER_BYTES + SHIP_FIXED_BYTES;
 
 const T_HELLO: u8 = 1;
 const T_AUTH: u8 = 2;
@@ -126,9 +129,14 @@ pub enum Message {
         truncate_to: Option<u64>,
     },
     /// One batch frame, byte for byte as in the principal's log, with the
-    /// commit LSN the mirror may apply up to.
+    /// commit LSN the mirror may apply up to, and the end of the batch
+    /// before it in the principal's log (`prev_lsn`: where the principal's
+    /// log was when it wrote this frame, before any padding). The mirror
+    /// checks that its own log ends there, so a lost batch is caught even
+    /// where the frame's own base LSN looks valid (after segment padding).
     Ship {
         commit_lsn: u64,
+        prev_lsn: u64,
         frame: Vec<u8>,
     },
     /// Mirror → principal: how far it has received, hardened and applied.
@@ -233,9 +241,14 @@ impl Message {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
             }
-            Message::Ship { commit_lsn, frame } => {
+            Message::Ship {
+                commit_lsn,
+                prev_lsn,
+                frame,
+            } => {
                 out.push(T_SHIP);
                 out.extend_from_slice(&commit_lsn.to_le_bytes());
+                out.extend_from_slice(&prev_lsn.to_le_bytes());
                 out.extend_from_slice(frame);
             }
             Message::Ack {
@@ -341,6 +354,7 @@ impl Message {
                 }
                 Message::Ship {
                     commit_lsn: u64_at(body, 0),
+                    prev_lsn: u64_at(body, 8),
                     frame: body[SHIP_FIXED_BYTES..].to_vec(),
                 }
             }
@@ -367,10 +381,7 @@ impl Message {
 
 /// The header of a `Ship` message carrying a frame of `frame_len` bytes, so
 /// a sender can write it and then the frame straight from the log's map.
-pub fn ship_header(
-    commit_lsn: u64,
-    frame_len: usize,
-) -> [u8; MESSAGE_HEADER_BYTES + SHIP_FIXED_BYTES] {
+pub fn ship_header(commit_lsn: u64, prev_lsn: u64, frame_len: usize) -> [u8; SHIP_HEADER_BYTES] {
     assert!(
         frame_len <= FRAME_BYTES_MAX,
         "frame exceeds FRAME_BYTES_MAX"
@@ -380,7 +391,26 @@ pub fn ship_header(
     h[0..4].copy_from_slice(&len.to_le_bytes());
     h[4] = T_SHIP;
     h[5..13].copy_from_slice(&commit_lsn.to_le_bytes());
+    h[13..21].copy_from_slice(&prev_lsn.to_le_bytes());
     h
+}
+
+/// The `ship` headers for consecutive frames of a log, the first following
+/// `prev_lsn`, each next one following the end of the frame before it.
+pub fn ship_headers(
+    commit_lsn: u64,
+    prev_lsn: u64,
+    frames: &[&[u8]],
+) -> Vec<[u8; SHIP_HEADER_BYTES]> {
+    let mut prev = prev_lsn;
+    frames
+        .iter()
+        .map(|f| {
+            let h = ship_header(commit_lsn, prev, f.len());
+            prev = crate::log::frame::frame_base_lsn(f).saturating_add(f.len() as u64);
+            h
+        })
+        .collect()
 }
 
 pub(crate) fn encode_hello(h: &Hello, out: &mut Vec<u8>) {
@@ -420,10 +450,11 @@ mod tests {
         let mut full = Vec::new();
         Message::Ship {
             commit_lsn: 99,
+            prev_lsn: 1234,
             frame: frame.clone(),
         }
         .encode(&mut full);
-        let mut split = ship_header(99, frame.len()).to_vec();
+        let mut split = ship_header(99, 1234, frame.len()).to_vec();
         split.extend_from_slice(&frame);
         assert_eq!(full, split);
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::replication::wire::{ship_header, Message, WireError, MESSAGE_BYTES_MAX};
+use crate::replication::wire::{ship_headers, Message, WireError, MESSAGE_BYTES_MAX};
 use crate::transport::{Conn, TransportPath};
 use crate::wake::Wakeup;
 
@@ -178,12 +178,17 @@ impl Conn for BlockingConn {
         r
     }
 
-    fn send_ships(&mut self, commit_lsn: u64, frames: &[&[u8]]) -> Result<(), TransportError> {
-        for chunk in frames.chunks(IOVECS_MAX / 2) {
-            let headers: Vec<_> = chunk
-                .iter()
-                .map(|f| ship_header(commit_lsn, f.len()))
-                .collect();
+    fn send_ships(
+        &mut self,
+        commit_lsn: u64,
+        prev_lsn: u64,
+        frames: &[&[u8]],
+    ) -> Result<(), TransportError> {
+        let all = ship_headers(commit_lsn, prev_lsn, frames);
+        for (chunk, headers) in frames
+            .chunks(IOVECS_MAX / 2)
+            .zip(all.chunks(IOVECS_MAX / 2))
+        {
             let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
             for (h, f) in headers.iter().zip(chunk) {
                 parts.push(IoSlice::new(h));

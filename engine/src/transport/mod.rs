@@ -100,11 +100,19 @@ pub trait Conn: Send {
     /// Sends one message (control messages: small, copied).
     fn send(&mut self, msg: &Message) -> Result<(), TransportError>;
 
-    /// Sends one `ship` per frame, in order, each carrying `commit_lsn`.
-    /// Frame bytes go from `frames[i]` (the segment map) to the socket
-    /// without a user-space copy. Returns once the kernel no longer needs
-    /// the frames' memory (for zero-copy sends: after their notifications).
-    fn send_ships(&mut self, commit_lsn: u64, frames: &[&[u8]]) -> Result<(), TransportError>;
+    /// Sends one `ship` per frame, in order, each carrying `commit_lsn`;
+    /// the first follows `prev_lsn` (the end of the batch before it in the
+    /// log), each next one the frame before it. Frames are consecutive
+    /// batches of one log. Frame bytes go from `frames[i]` (the segment
+    /// map) to the socket without a user-space copy. Returns once the
+    /// kernel no longer needs the frames' memory (for zero-copy sends:
+    /// after their notifications).
+    fn send_ships(
+        &mut self,
+        commit_lsn: u64,
+        prev_lsn: u64,
+        frames: &[&[u8]],
+    ) -> Result<(), TransportError>;
 
     /// The next message. Waits at most `timeout` (`None`: no limit) and
     /// returns `Ok(None)` when it passes, or earlier once `wake` is

@@ -253,14 +253,19 @@ fn execute_principal<S: Storage>(
             to,
             commit_lsn,
         } => {
+            // Each chunk's first frame follows the end of the one before
+            // it (`from` for the very first: the log's end before it).
+            let mut prev = from;
             let mut views = Vec::new();
             let mut bytes = 0;
-            let mut flush = |views: &mut Vec<_>, bytes: &mut usize| {
-                let frames: Vec<&[u8]> = views
-                    .iter()
-                    .map(|v: &crate::log::BatchView<S::File>| v.frame())
-                    .collect();
-                let r = conn.send_ships(commit_lsn, &frames);
+            let mut flush = |views: &mut Vec<crate::log::BatchView<S::File>>,
+                             bytes: &mut usize,
+                             prev: &mut u64| {
+                let frames: Vec<&[u8]> = views.iter().map(|v| v.frame()).collect();
+                let r = conn.send_ships(commit_lsn, *prev, &frames);
+                if let Some(last) = views.last() {
+                    *prev = last.end_lsn();
+                }
                 views.clear();
                 *bytes = 0;
                 r.map_err(|e| e.to_string())
@@ -273,11 +278,11 @@ fn execute_principal<S: Storage>(
                 bytes += v.frame().len();
                 views.push(v);
                 if bytes >= SHIP_CHUNK_BYTES {
-                    flush(&mut views, &mut bytes)?;
+                    flush(&mut views, &mut bytes, &mut prev)?;
                 }
             }
             if !views.is_empty() {
-                flush(&mut views, &mut bytes)?;
+                flush(&mut views, &mut bytes, &mut prev)?;
             }
             Ok(())
         }

@@ -7,7 +7,7 @@
 //! `TcpStream`. Besides one NOP at set-up (to check that `io_uring_enter`
 //! is allowed), four kinds of request ever go into it:
 //!
-//! * **Sends.** `send_ships` builds the 13-byte `ship` headers in a `Vec` it
+//! * **Sends.** `send_ships` builds the 21-byte `ship` headers in a `Vec` it
 //!   owns and one `iovec` list alternating header / frame, where each frame
 //!   iovec points straight into the caller's slice (the segment map): no
 //!   user-space copy of frame bytes. Up to 512 iovecs (256 frames) go into
@@ -102,7 +102,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
-use crate::replication::wire::{ship_header, Message, MESSAGE_HEADER_BYTES};
+use crate::replication::wire::{ship_headers, Message, SHIP_HEADER_BYTES};
 use crate::transport::blocking::{RecvBuf, TransportError};
 use crate::transport::{Conn, SendMode, TransportPath};
 use crate::wake::Wakeup;
@@ -119,9 +119,6 @@ const IOVECS_MAX: usize = 512;
 /// With [`SendMode::Auto`] to a remote peer, a send SQE carrying at least
 /// this many bytes goes out as a zero-copy send.
 pub const ZC_BYTES_MIN: usize = 64 << 10;
-/// Bytes of a `ship` header (length, type, commit LSN).
-const SHIP_HEADER_BYTES: usize = MESSAGE_HEADER_BYTES + 8;
-
 /// `user_data` layout: a tag in the top byte, a sequence number below.
 const TAG_MASK: u64 = 0xff << 56;
 const SEQ_MASK: u64 = !TAG_MASK;
@@ -744,11 +741,16 @@ impl Conn for UringConn {
         r
     }
 
-    fn send_ships(&mut self, commit_lsn: u64, frames: &[&[u8]]) -> Result<(), TransportError> {
+    fn send_ships(
+        &mut self,
+        commit_lsn: u64,
+        prev_lsn: u64,
+        frames: &[&[u8]],
+    ) -> Result<(), TransportError> {
         self.check_broken()?;
         let mut headers = std::mem::take(&mut self.headers);
         headers.clear();
-        headers.extend(frames.iter().map(|f| ship_header(commit_lsn, f.len())));
+        headers.extend(ship_headers(commit_lsn, prev_lsn, frames));
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(IOVECS_MAX.min(frames.len() * 2));
         let mut result = Ok(());
         for (hs, fs) in headers
