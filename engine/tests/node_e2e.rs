@@ -337,3 +337,47 @@ fn the_mirror_catches_up_after_a_restart_and_reconnects_after_the_principal_rest
         EpochHistory::load(&pd).unwrap().entries()
     );
 }
+
+#[test]
+fn garbage_and_a_wrong_secret_on_the_partner_port_get_nothing_and_change_nothing() {
+    use std::io::{Read, Write};
+    let (pd, md) = (tempdir("hostile-p"), tempdir("hostile-m"));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let p = Principal::start(config(&pd, TransportChoice::Blocking, &lines), any_port()).unwrap();
+    for i in 0..20u32 {
+        p.commit_wait(&[&i.to_le_bytes()]).unwrap();
+    }
+    let written = p.log().written_lsn();
+    // Garbage: the principal hangs up, having sent nothing but its hello.
+    let mut s = std::net::TcpStream::connect(p.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0xde; 4096]).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        got.len() < 200,
+        "the principal sent {} bytes to garbage",
+        got.len()
+    );
+    // A mirror with the wrong secret: refused, its log stays empty.
+    let mut bad = config(&md, TransportChoice::Blocking, &lines);
+    bad.identity.secret = Secret::new(b"not-the-shared-secret".to_vec()).unwrap();
+    let m = Mirror::start(bad, p.local_addr(), Kv::default(), None).unwrap();
+    wait_until("the refusal", Duration::from_secs(10), || {
+        m.status().last_error.is_some_and(|e| e.contains("secret"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(m.log().written_lsn(), 0, "a refused mirror received log");
+    assert_eq!(p.status().sessions, 0);
+    assert_eq!(p.status().state, MirroringState::Disconnected);
+    assert_eq!(
+        p.log().written_lsn(),
+        written,
+        "hostile peers changed the log"
+    );
+    let said = lines.lock().unwrap().join("\n");
+    assert!(
+        said.contains("refused"),
+        "the principal did not log the refusals: {said}"
+    );
+}
