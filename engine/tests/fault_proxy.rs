@@ -156,23 +156,23 @@ fn pump(
         };
         match mode.load(Ordering::Acquire) {
             DELAY => std::thread::sleep(Duration::from_millis(3)),
-            DROP if to_mirror && n > 64 => {
-                // Lose bytes from the middle of the chunk, once.
-                if mode
+            // Lose bytes from the middle of the chunk, once.
+            DROP if to_mirror
+                && n > 64
+                && mode
                     .compare_exchange(DROP, PASS, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
+                    .is_ok() =>
+            {
+                dropped.fetch_add(1, Ordering::AcqRel);
+                let keep_head = n / 3;
+                let skip = n / 3;
+                if to.write_all(&buf[..keep_head]).is_err()
+                    || to.write_all(&buf[keep_head + skip..n]).is_err()
                 {
-                    dropped.fetch_add(1, Ordering::AcqRel);
-                    let keep_head = n / 3;
-                    let skip = n / 3;
-                    if to.write_all(&buf[..keep_head]).is_err()
-                        || to.write_all(&buf[keep_head + skip..n]).is_err()
-                    {
-                        close(&from, &to);
-                        return;
-                    }
-                    continue;
+                    close(&from, &to);
+                    return;
                 }
+                continue;
             }
             _ => {}
         }
@@ -242,6 +242,9 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Acknowledged commits: (LSN of the batch, record, exposed).
+type Acks = Arc<Mutex<Vec<(u64, Vec<u8>, bool)>>>;
+
 macro_rules! on_both_paths {
     ($name:ident) => {
         mod $name {
@@ -272,7 +275,7 @@ fn delays_stalls_cuts_and_dropped_bytes_lose_and_corrupt_nothing(t: TransportCho
     wait_until("SYNCHRONIZED", Duration::from_secs(10), || {
         p.status().state == MirroringState::Synchronized
     });
-    let acks: Arc<Mutex<Vec<(u64, Vec<u8>, bool)>>> = Arc::default();
+    let acks: Acks = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let committers: Vec<_> = (0..3)
         .map(|th| {
