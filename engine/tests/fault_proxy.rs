@@ -221,7 +221,10 @@ impl Applier for Nothing {
     }
 }
 
-fn batches(dir: &Path) -> Vec<(u64, Vec<u8>, Vec<Vec<u8>>)> {
+/// A log's batches: (LSN, frame bytes, records).
+type Batches = Vec<(u64, Vec<u8>, Vec<Vec<u8>>)>;
+
+fn batches(dir: &Path) -> Batches {
     // Opening recovers the log: damage anywhere would be an error here.
     let (log, _) = Log::open(dir, log_opts()).unwrap();
     log.read_from(log.start_lsn())
@@ -373,7 +376,6 @@ fn delays_stalls_cuts_and_dropped_bytes_lose_and_corrupt_nothing(t: TransportCho
             );
         }
     }
-    let frames =
-        |l: &[(u64, Vec<u8>, Vec<Vec<u8>>)]| l.iter().map(|b| b.1.clone()).collect::<Vec<_>>();
+    let frames = |l: &Batches| l.iter().map(|b| b.1.clone()).collect::<Vec<_>>();
     assert!(frames(&pl) == frames(&ml), "logs differ after quiescence");
 }
