@@ -3,7 +3,13 @@
 //! Today it inspects logs; the server, witness and admin commands arrive with
 //! the mirrored-database issue (see docs/design.md).
 
+mod client;
+mod demo;
 mod inspect;
+mod kv;
+mod resp;
+mod serve;
+mod server;
 
 use std::process::ExitCode;
 
@@ -22,6 +28,15 @@ USAGE:
         recovery would cut; 1 if it holds damage recovery would refuse
         (corruption below the durable point, gaps, bad headers); 2 on bad usage.
 
+    mirrorlog demo [--seconds N] [--clients N] [--keep]
+        Starts a principal and a mirror on 127.0.0.1, writes from several
+        clients, kills the principal, fails over to the mirror and checks
+        that every acknowledged write is there.
+
+    mirrorlog serve --role principal|mirror --dir DIR --secret-file FILE [OPTIONS]
+        A Redis-protocol (RESP2) key-value server on a mirrored log; see
+        `mirrorlog serve --help`.
+
     mirrorlog --help | --version
 ";
 
@@ -36,6 +51,41 @@ fn main() -> ExitCode {
             println!("mirrorlog {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Some("demo") => match demo::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mirrorlog demo: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("serve") => match serve::parse(&args[1..]) {
+            Ok(o) => match serve::start(&o, mirrorlog_engine::node::Logger::default()) {
+                Ok(r) => {
+                    eprintln!(
+                        "mirrorlog: serving {} clients on {} (RESP; try redis-cli -p {}), partner {}",
+                        if o.principal { "principal" } else { "mirror" },
+                        r.client_addr,
+                        r.client_addr.port(),
+                        r.partner_addr
+                    );
+                    match r.serve() {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("mirrorlog serve: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("mirrorlog serve: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("mirrorlog serve: {e}\n\n{}", serve::SERVE_USAGE);
+                ExitCode::from(2)
+            }
+        },
         Some("inspect-log") => match inspect::parse_args(&args[1..]) {
             Ok(opts) => inspect::run(&opts),
             Err(e) => {

@@ -305,6 +305,11 @@ impl<S: Storage> GroupCommit<S> {
         Ok(())
     }
 
+    /// The level [`GroupCommit::commit`] waits for.
+    pub fn default_level(&self) -> Level {
+        self.shared.options.default_level
+    }
+
     /// Commits `records` as one unit at the default level.
     pub fn commit(&self, records: &[&[u8]]) -> Result<Ticket<S>, CommitError> {
         self.commit_at(records, self.shared.options.default_level)

@@ -1,0 +1,225 @@
+//! The key-value state machine: what a log record means, and the store it
+//! builds. Principal and mirror run the same `apply`; the principal computes
+//! each write's effect (INCR's new value, APPEND's result) when it runs the
+//! command and logs the effect, so replay is deterministic.
+//!
+//! Record layout (little-endian), one effect per record; a command's
+//! records go in one commit, so one batch, so they apply atomically:
+//!
+//! ```text
+//! op u8 = 1 SET       key_len u32 · key · value (the rest)
+//! op u8 = 2 DEL       key (the rest)
+//! op u8 = 3 FLUSHALL  (nothing)
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use mirrorlog_engine::apply::Applier;
+use mirrorlog_engine::log::Records;
+
+pub const OP_SET: u8 = 1;
+pub const OP_DEL: u8 = 2;
+pub const OP_FLUSHALL: u8 = 3;
+
+/// One effect on the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    Set(Vec<u8>, Vec<u8>),
+    Del(Vec<u8>),
+    FlushAll,
+}
+
+impl Effect {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Effect::Set(k, v) => {
+                let mut r = Vec::with_capacity(5 + k.len() + v.len());
+                r.push(OP_SET);
+                r.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                r.extend_from_slice(k);
+                r.extend_from_slice(v);
+                r
+            }
+            Effect::Del(k) => {
+                let mut r = Vec::with_capacity(1 + k.len());
+                r.push(OP_DEL);
+                r.extend_from_slice(k);
+                r
+            }
+            Effect::FlushAll => vec![OP_FLUSHALL],
+        }
+    }
+
+    pub fn decode(r: &[u8]) -> Result<Effect, String> {
+        match r.first() {
+            Some(&OP_SET) => {
+                if r.len() < 5 {
+                    return Err("SET record shorter than its header".into());
+                }
+                let kl = u32::from_le_bytes(r[1..5].try_into().expect("4 bytes")) as usize;
+                if r.len() < 5 + kl {
+                    return Err(format!("SET record key of {kl} bytes exceeds the record"));
+                }
+                Ok(Effect::Set(r[5..5 + kl].to_vec(), r[5 + kl..].to_vec()))
+            }
+            Some(&OP_DEL) => Ok(Effect::Del(r[1..].to_vec())),
+            Some(&OP_FLUSHALL) if r.len() == 1 => Ok(Effect::FlushAll),
+            Some(op) => Err(format!("unknown record op {op}")),
+            None => Err("empty record".into()),
+        }
+    }
+}
+
+/// The store: keys, values, and the LSN it reflects.
+#[derive(Default, Debug)]
+pub struct Store {
+    pub map: HashMap<Vec<u8>, Vec<u8>>,
+    /// End of the last batch applied (mirror) or logged (principal).
+    pub lsn: u64,
+}
+
+impl Store {
+    pub fn apply(&mut self, e: &Effect) {
+        match e {
+            Effect::Set(k, v) => {
+                self.map.insert(k.clone(), v.clone());
+            }
+            Effect::Del(k) => {
+                self.map.remove(k);
+            }
+            Effect::FlushAll => self.map.clear(),
+        }
+    }
+}
+
+pub type Shared = Arc<RwLock<Store>>;
+
+/// The `Applier` over a shared store (the mirror's, and the principal's
+/// replay at start).
+#[derive(Clone, Default)]
+pub struct KvApplier {
+    pub store: Shared,
+}
+
+impl Applier for KvApplier {
+    fn apply(&mut self, _start: u64, end: u64, records: &Records) -> Result<(), String> {
+        // Decode the whole batch first: a damaged record applies nothing.
+        let effects: Result<Vec<Effect>, String> = records.iter().map(Effect::decode).collect();
+        let effects = effects?;
+        let mut s = self.store.write().map_err(|_| "store lock poisoned")?;
+        for e in &effects {
+            s.apply(e);
+        }
+        s.lsn = end;
+        Ok(())
+    }
+}
+
+/// Redis's glob matching for KEYS and SCAN MATCH: `*`, `?`, `[abc]`,
+/// `[^a]`, `[a-z]`, `\x`.
+pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    fn m(p: &[u8], s: &[u8], depth: usize) -> bool {
+        if depth > 1000 {
+            return false;
+        }
+        let (mut pi, mut si) = (0, 0);
+        while pi < p.len() {
+            match p[pi] {
+                b'*' => {
+                    while pi + 1 < p.len() && p[pi + 1] == b'*' {
+                        pi += 1;
+                    }
+                    if pi + 1 == p.len() {
+                        return true;
+                    }
+                    return (si..=s.len()).any(|k| m(&p[pi + 1..], &s[k..], depth + 1));
+                }
+                b'?' => {
+                    if si >= s.len() {
+                        return false;
+                    }
+                    si += 1;
+                    pi += 1;
+                }
+                b'[' => {
+                    if si >= s.len() {
+                        return false;
+                    }
+                    let mut j = pi + 1;
+                    let not = j < p.len() && p[j] == b'^';
+                    if not {
+                        j += 1;
+                    }
+                    let mut matched = false;
+                    while j < p.len() && p[j] != b']' {
+                        if p[j] == b'\\' && j + 1 < p.len() {
+                            matched |= p[j + 1] == s[si];
+                            j += 2;
+                        } else if j + 2 < p.len() && p[j + 1] == b'-' && p[j + 2] != b']' {
+                            let (a, b) = (p[j].min(p[j + 2]), p[j].max(p[j + 2]));
+                            matched |= (a..=b).contains(&s[si]);
+                            j += 3;
+                        } else {
+                            matched |= p[j] == s[si];
+                            j += 1;
+                        }
+                    }
+                    if matched == not {
+                        return false;
+                    }
+                    pi = (j + 1).min(p.len());
+                    si += 1;
+                }
+                c => {
+                    let c = if c == b'\\' && pi + 1 < p.len() {
+                        pi += 1;
+                        p[pi]
+                    } else {
+                        c
+                    };
+                    if si >= s.len() || s[si] != c {
+                        return false;
+                    }
+                    si += 1;
+                    pi += 1;
+                }
+            }
+        }
+        si == s.len()
+    }
+    m(pattern, s, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effects_round_trip_and_damage_is_an_error() {
+        for e in [
+            Effect::Set(b"k".to_vec(), b"v".to_vec()),
+            Effect::Set(Vec::new(), Vec::new()),
+            Effect::Del(b"key".to_vec()),
+            Effect::FlushAll,
+        ] {
+            assert_eq!(Effect::decode(&e.encode()).unwrap(), e);
+        }
+        assert!(Effect::decode(&[OP_SET, 9, 0, 0, 0, b'a']).is_err());
+        assert!(Effect::decode(&[9]).is_err());
+        assert!(Effect::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"*", b"anything"));
+        assert!(glob_match(b"user:*", b"user:42"));
+        assert!(!glob_match(b"user:*", b"order:42"));
+        assert!(glob_match(b"h?llo", b"hello"));
+        assert!(glob_match(b"h[ae]llo", b"hallo"));
+        assert!(!glob_match(b"h[^e]llo", b"hello"));
+        assert!(glob_match(b"h[a-c]llo", b"hbllo"));
+        assert!(glob_match(b"a\\*b", b"a*b"));
+        assert!(!glob_match(b"a\\*b", b"axb"));
+    }
+}

@@ -1,0 +1,405 @@
+//! RESP2, the Redis serialization protocol: parsing client commands (with
+//! limits, so a hostile client gets an error and is disconnected, never an
+//! allocation bomb) and encoding replies.
+//!
+//! A request is an array of bulk strings (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`)
+//! or an inline command (`GET k\r\n`, as typed into telnet). Replies are any
+//! RESP2 value.
+
+use std::fmt;
+
+/// Bounds on what one client may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest bulk string (Redis: proto-max-bulk-len, 512 MB).
+    pub max_bulk: usize,
+    /// Most arguments in one command.
+    pub max_args: usize,
+    /// Longest inline command line.
+    pub max_inline: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_bulk: 512 << 20,
+            max_args: 1 << 20,
+            max_inline: 64 << 10,
+        }
+    }
+}
+
+/// A protocol error: the connection is answered with it and closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Protocol error: {}", self.0)
+    }
+}
+
+fn err<T>(s: impl Into<String>) -> Result<T, ProtocolError> {
+    Err(ProtocolError(s.into()))
+}
+
+/// Finds `\r\n` in `buf` from `from`; the index of `\r`.
+fn line_end(buf: &[u8], from: usize) -> Option<usize> {
+    buf[from..]
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|i| from + i)
+}
+
+/// Parses a decimal integer as RESP writes it (optional '-', digits).
+fn parse_int(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || b.len() > 20 {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// One parsed command: its arguments and the bytes it took.
+pub type Parsed = (Vec<Vec<u8>>, usize);
+
+/// Parses the next command in `buf`. `Ok(None)`: incomplete, read more.
+/// An empty inline line parses as a command of no arguments (ignored by
+/// the caller, as Redis does).
+pub fn parse_command(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, ProtocolError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] != b'*' {
+        return parse_inline(buf, limits);
+    }
+    let Some(end) = line_end(buf, 1) else {
+        if buf.len() > 32 {
+            return err("invalid multibulk length");
+        }
+        return Ok(None);
+    };
+    let n = match parse_int(&buf[1..end]) {
+        Some(n) if n <= limits.max_args as i64 => n,
+        Some(_) => return err("invalid multibulk length"),
+        None => return err("invalid multibulk length"),
+    };
+    let mut pos = end + 2;
+    if n <= 0 {
+        return Ok(Some((Vec::new(), pos)));
+    }
+    // The count is bounded by max_args; still, reserve only what arrived.
+    let mut args = Vec::with_capacity((n as usize).min(1024));
+    for _ in 0..n {
+        if pos >= buf.len() {
+            return Ok(None);
+        }
+        if buf[pos] != b'$' {
+            return err(format!(
+                "expected '$', got '{}'",
+                char::from(buf[pos]).escape_default()
+            ));
+        }
+        let Some(end) = line_end(buf, pos + 1) else {
+            if buf.len() - pos > 32 {
+                return err("invalid bulk length");
+            }
+            return Ok(None);
+        };
+        let len = match parse_int(&buf[pos + 1..end]) {
+            Some(l) if l >= 0 && l as u64 <= limits.max_bulk as u64 => l as usize,
+            _ => return err("invalid bulk length"),
+        };
+        let start = end + 2;
+        if buf.len() < start + len + 2 {
+            return Ok(None);
+        }
+        if &buf[start + len..start + len + 2] != b"\r\n" {
+            return err("bulk string not terminated by CRLF");
+        }
+        args.push(buf[start..start + len].to_vec());
+        pos = start + len + 2;
+    }
+    Ok(Some((args, pos)))
+}
+
+fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, ProtocolError> {
+    let nl = buf.iter().position(|&b| b == b'\n');
+    let Some(nl) = nl else {
+        if buf.len() > limits.max_inline {
+            return err("too big inline request");
+        }
+        return Ok(None);
+    };
+    if nl > limits.max_inline {
+        return err("too big inline request");
+    }
+    let line = &buf[..nl];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut args = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= line.len() {
+            break;
+        }
+        let mut arg = Vec::new();
+        if line[i] == b'"' || line[i] == b'\'' {
+            let q = line[i];
+            i += 1;
+            let mut closed = false;
+            while i < line.len() {
+                if line[i] == b'\\' && q == b'"' && i + 1 < line.len() {
+                    arg.push(match line[i + 1] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        c => c,
+                    });
+                    i += 2;
+                } else if line[i] == q {
+                    closed = true;
+                    i += 1;
+                    break;
+                } else {
+                    arg.push(line[i]);
+                    i += 1;
+                }
+            }
+            if !closed {
+                return err("unbalanced quotes in request");
+            }
+        } else {
+            while i < line.len() && !line[i].is_ascii_whitespace() {
+                arg.push(line[i]);
+                i += 1;
+            }
+        }
+        args.push(arg);
+        if args.len() > limits.max_args {
+            return err("invalid multibulk length");
+        }
+    }
+    Ok(Some((args, nl + 1)))
+}
+
+/// A reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Simple(String),
+    /// An error line, without the leading '-' (e.g. "ERR wrong number of
+    /// arguments for 'get' command").
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Array(Vec<Reply>),
+    NilArray,
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::Simple("OK".into())
+    }
+
+    pub fn err(s: impl Into<String>) -> Reply {
+        Reply::Error(s.into())
+    }
+
+    pub fn bulk(b: impl Into<Vec<u8>>) -> Reply {
+        Reply::Bulk(b.into())
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Simple(s) => {
+                out.push(b'+');
+                // A simple string cannot hold CR or LF.
+                out.extend(s.bytes().filter(|&b| b != b'\r' && b != b'\n'));
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Error(s) => {
+                out.push(b'-');
+                out.extend(s.bytes().filter(|&b| b != b'\r' && b != b'\n'));
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Int(i) => {
+                out.push(b':');
+                out.extend_from_slice(i.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Bulk(b) => {
+                out.push(b'$');
+                out.extend_from_slice(b.len().to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
+            Reply::Array(items) => {
+                out.push(b'*');
+                out.extend_from_slice(items.len().to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                for i in items {
+                    i.encode(out);
+                }
+            }
+            Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
+        }
+    }
+}
+
+/// Encodes a command as a client sends it (for our own client: the demo
+/// and the load generator).
+pub fn encode_command(args: &[&[u8]], out: &mut Vec<u8>) {
+    out.push(b'*');
+    out.extend_from_slice(args.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        out.push(b'$');
+        out.extend_from_slice(a.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Parses one reply (for our own client). `Ok(None)`: incomplete.
+pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    parse_reply_at(buf, 0, 0)
+}
+
+fn parse_reply_at(
+    buf: &[u8],
+    pos: usize,
+    depth: usize,
+) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    if depth > 64 {
+        return err("reply nested too deep");
+    }
+    if pos >= buf.len() {
+        return Ok(None);
+    }
+    let Some(end) = line_end(buf, pos + 1) else {
+        return Ok(None);
+    };
+    let line = &buf[pos + 1..end];
+    let next = end + 2;
+    let text = || String::from_utf8_lossy(line).into_owned();
+    match buf[pos] {
+        b'+' => Ok(Some((Reply::Simple(text()), next))),
+        b'-' => Ok(Some((Reply::Error(text()), next))),
+        b':' => match parse_int(line) {
+            Some(i) => Ok(Some((Reply::Int(i), next))),
+            None => err("bad integer reply"),
+        },
+        b'$' => match parse_int(line) {
+            Some(-1) => Ok(Some((Reply::Nil, next))),
+            Some(l) if l >= 0 => {
+                let l = l as usize;
+                if buf.len() < next + l + 2 {
+                    return Ok(None);
+                }
+                Ok(Some((
+                    Reply::Bulk(buf[next..next + l].to_vec()),
+                    next + l + 2,
+                )))
+            }
+            _ => err("bad bulk reply"),
+        },
+        b'*' => match parse_int(line) {
+            Some(-1) => Ok(Some((Reply::NilArray, next))),
+            Some(n) if n >= 0 => {
+                let mut items = Vec::new();
+                let mut p = next;
+                for _ in 0..n {
+                    match parse_reply_at(buf, p, depth + 1)? {
+                        Some((r, q)) => {
+                            items.push(r);
+                            p = q;
+                        }
+                        None => return Ok(None),
+                    }
+                }
+                Ok(Some((Reply::Array(items), p)))
+            }
+            _ => err("bad array reply"),
+        },
+        c => err(format!("unknown reply type {:?}", char::from(c))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(b: &[u8]) -> Result<Option<Parsed>, ProtocolError> {
+        parse_command(b, &Limits::default())
+    }
+
+    #[test]
+    fn multibulk_and_inline_commands() {
+        let (args, used) = parse(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nextra")
+            .unwrap()
+            .unwrap();
+        assert_eq!(args, vec![b"GET".to_vec(), b"k".to_vec()]);
+        assert_eq!(used, 20);
+        let (args, used) = parse(b"SET k \"a b\\n\"\r\n").unwrap().unwrap();
+        assert_eq!(
+            args,
+            vec![b"SET".to_vec(), b"k".to_vec(), b"a b\n".to_vec()]
+        );
+        assert_eq!(used, 15);
+        // Every proper prefix is incomplete, never an error.
+        let full = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n";
+        for i in 0..full.len() {
+            assert_eq!(parse(&full[..i]).unwrap(), None, "prefix {i}");
+        }
+        assert!(parse(full).unwrap().is_some());
+    }
+
+    #[test]
+    fn hostile_inputs_are_errors_without_allocation() {
+        let limits = Limits {
+            max_bulk: 1024,
+            max_args: 16,
+            max_inline: 64,
+        };
+        let p = |b: &[u8]| parse_command(b, &limits);
+        assert!(p(b"*17\r\n").is_err(), "too many args");
+        assert!(p(b"*99999999999999999999999\r\n").is_err());
+        assert!(p(b"*1\r\n$1025\r\n").is_err(), "bulk beyond the limit");
+        assert!(p(b"*1\r\n$-5\r\n").is_err());
+        assert!(p(b"*1\r\n:5\r\n").is_err(), "not a bulk");
+        assert!(p(b"*1\r\n$1\r\nabc\r\n").is_err(), "bad terminator");
+        assert!(p(&[b'x'; 100]).is_err(), "inline line too long");
+        assert!(p(b"GET \"unterminated\r\n").is_err());
+        assert!(p(b"*1x\r\n").is_err());
+        assert!(
+            p(b"*123456789012345678901234567890123").is_err(),
+            "endless header"
+        );
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let r = Reply::Array(vec![
+            Reply::ok(),
+            Reply::err("ERR x"),
+            Reply::Int(-7),
+            Reply::bulk(&b"a\r\nb"[..]),
+            Reply::Nil,
+            Reply::Array(vec![]),
+            Reply::NilArray,
+        ]);
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        let (back, used) = parse_reply(&out).unwrap().unwrap();
+        assert_eq!(back, r);
+        assert_eq!(used, out.len());
+        for i in 0..out.len() {
+            assert_eq!(parse_reply(&out[..i]).unwrap(), None);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `mirrorlog serve`: options, start-up of a principal or a mirror node, and
+//! the client server on top of it.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, Principal, Safety};
+use mirrorlog_engine::replication::handshake::Secret;
+use mirrorlog_engine::transport::runner::NodeIdentity;
+use mirrorlog_engine::transport::TransportChoice;
+
+use crate::kv::{Effect, KvApplier};
+use crate::server::{Node, Server, ServerOptions};
+
+pub const SERVE_USAGE: &str = "\
+mirrorlog serve --role principal|mirror --dir DIR --secret-file FILE [OPTIONS]
+
+    --role principal|mirror   what this node is
+    --dir DIR                 its log directory (created if missing)
+    --secret-file FILE        the partners' shared secret (>= 16 bytes, mode 0600)
+    --database-id ID          names the database (up to 16 bytes; both partners
+                              must agree; default \"mirrorlog\")
+    --port N                  client (RESP) port (default 6379)
+    --bind ADDR               client address to bind (default 127.0.0.1)
+    --partner ADDR:PORT       principal: where to listen for the mirror (default
+                              127.0.0.1:7400); mirror: the principal's partner
+                              address to connect to (required)
+    --principal-clients H:P   mirror: the principal's client address, told to
+                              clients that try to write here
+    --safety full|off         full: commits wait for the mirror's fsync
+                              (remote-flush); off: local fsync only (default full)
+    --transport auto|io_uring|blocking   partner transport (default auto)
+    --password P              require AUTH P from clients
+    --max-clients N           default 10000
+    --idle-timeout-secs N     close idle clients (default: never)
+";
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub principal: bool,
+    pub dir: PathBuf,
+    pub secret_file: PathBuf,
+    pub database_id: [u8; 16],
+    pub client: SocketAddr,
+    pub partner: SocketAddr,
+    pub principal_clients: Option<String>,
+    pub safety: Safety,
+    pub transport: TransportChoice,
+    pub password: Option<String>,
+    pub max_clients: usize,
+    pub idle_timeout: Option<Duration>,
+}
+
+fn resolve(flag: &str, v: &str) -> Result<SocketAddr, String> {
+    v.to_socket_addrs()
+        .map_err(|e| format!("{flag} {v:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{flag} {v:?}: no address"))
+}
+
+pub fn database_id(s: &str) -> Result<[u8; 16], String> {
+    if s.is_empty() || s.len() > 16 {
+        return Err(format!(
+            "--database-id {s:?}: must be 1 to 16 bytes (it names the database; both partners use the same)"
+        ));
+    }
+    let mut id = [0u8; 16];
+    id[..s.len()].copy_from_slice(s.as_bytes());
+    Ok(id)
+}
+
+pub fn parse(args: &[String]) -> Result<ServeOptions, String> {
+    let mut role = None;
+    let mut dir = None;
+    let mut secret = None;
+    let mut db = database_id("mirrorlog")?;
+    let mut port = 6379u16;
+    let mut bind = "127.0.0.1".to_string();
+    let mut partner = None;
+    let mut principal_clients = None;
+    let mut safety = Safety::Full;
+    let mut transport = TransportChoice::Auto;
+    let mut password = None;
+    let mut max_clients = 10_000;
+    let mut idle = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--role" => {
+                role = Some(match value()?.as_str() {
+                    "principal" => true,
+                    "mirror" => false,
+                    v => return Err(format!("--role {v:?}: expected principal or mirror")),
+                })
+            }
+            "--dir" => dir = Some(PathBuf::from(value()?)),
+            "--secret-file" => secret = Some(PathBuf::from(value()?)),
+            "--database-id" => db = database_id(&value()?)?,
+            "--port" => {
+                let v = value()?;
+                port = v
+                    .parse()
+                    .map_err(|_| format!("--port {v:?}: expected a port number"))?
+            }
+            "--bind" => bind = value()?,
+            "--partner" => partner = Some(value()?),
+            "--principal-clients" => principal_clients = Some(value()?),
+            "--safety" => safety = value()?.parse().map_err(|e| format!("--safety: {e}"))?,
+            "--transport" => {
+                transport = value()?.parse().map_err(|e| format!("--transport: {e}"))?
+            }
+            "--password" => password = Some(value()?),
+            "--max-clients" => {
+                let v = value()?;
+                max_clients = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--max-clients {v:?}: expected a positive number"))?
+            }
+            "--idle-timeout-secs" => {
+                let v = value()?;
+                idle = Some(Duration::from_secs(v.parse().map_err(|_| {
+                    format!("--idle-timeout-secs {v:?}: expected seconds")
+                })?))
+            }
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    let principal = role.ok_or("--role is required (principal or mirror)")?;
+    let partner = match (principal, partner) {
+        (true, p) => resolve("--partner", p.as_deref().unwrap_or("127.0.0.1:7400"))?,
+        (false, Some(p)) => resolve("--partner", &p)?,
+        (false, None) => {
+            return Err(
+                "a mirror needs --partner ADDR:PORT (the principal's partner address)".into(),
+            )
+        }
+    };
+    Ok(ServeOptions {
+        principal,
+        dir: dir.ok_or("--dir is required")?,
+        secret_file: secret.ok_or("--secret-file is required")?,
+        database_id: db,
+        client: resolve("--bind/--port", &format!("{bind}:{port}"))?,
+        partner,
+        principal_clients,
+        safety,
+        transport,
+        password,
+        max_clients,
+        idle_timeout: idle,
+    })
+}
+
+/// A started server: the node, the client listener's address.
+pub struct Running {
+    pub server: Arc<Server>,
+    pub client_addr: SocketAddr,
+    pub partner_addr: SocketAddr,
+    listener: Option<std::net::TcpListener>,
+}
+
+impl Running {
+    /// Serves clients on this thread until stopped.
+    pub fn serve(mut self) -> std::io::Result<()> {
+        let l = self.listener.take().expect("not served yet");
+        self.server.serve(l)
+    }
+}
+
+/// Starts the node and binds the client port.
+pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
+    std::fs::create_dir_all(&o.dir).map_err(|e| format!("creating {}: {e}", o.dir.display()))?;
+    let secret = Secret::load(&o.secret_file)
+        .map_err(|e| format!("--secret-file {}: {e}", o.secret_file.display()))?;
+    let id = NodeIdentity {
+        database_id: o.database_id,
+        secret,
+    };
+    let mut cfg = NodeConfig::new(&o.dir, id);
+    cfg.safety = o.safety;
+    cfg.transport = o.transport;
+    cfg.logger = logger;
+    let listener = std::net::TcpListener::bind(o.client)
+        .map_err(|e| format!("listening for clients on {}: {e}", o.client))?;
+    let client_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let opts = ServerOptions {
+        max_clients: o.max_clients,
+        idle_timeout: o.idle_timeout,
+        password: o.password.clone(),
+        principal_hint: o.principal_clients.clone(),
+        ..ServerOptions::default()
+    };
+    let (node, store, partner_addr) = if o.principal {
+        let p = Principal::start(cfg, o.partner).map_err(|e| e.to_string())?;
+        // Rebuild the store from the log (no checkpoints yet: the whole log).
+        let store = crate::kv::Shared::default();
+        {
+            let mut st = store.write().expect("store");
+            let log = p.log();
+            let iter = log.read_from(log.start_lsn()).map_err(|e| e.to_string())?;
+            for v in iter {
+                let v = v.map_err(|e| format!("replaying the log: {e}"))?;
+                let records = v.records().map_err(|e| format!("replaying the log: {e}"))?;
+                for r in records.iter() {
+                    let e = Effect::decode(r)
+                        .map_err(|e| format!("replaying the batch at LSN {}: {e}", v.lsn()))?;
+                    st.apply(&e);
+                }
+                st.lsn = v.end_lsn();
+            }
+        }
+        let addr = p.local_addr();
+        (Node::Principal(p), store, addr)
+    } else {
+        let applier = KvApplier::default();
+        let store = applier.store.clone();
+        let m = Mirror::start(cfg, o.partner, applier, None).map_err(|e| e.to_string())?;
+        (Node::Mirror(m), store, o.partner)
+    };
+    Ok(Running {
+        server: Server::new(node, store, opts),
+        client_addr,
+        partner_addr,
+        listener: Some(listener),
+    })
+}

@@ -1,0 +1,873 @@
+//! `mirrorlog serve`: the RESP key-value server on a principal or a mirror.
+//!
+//! One thread per client (bounded by `max_clients`). A client's pipelined
+//! commands are parsed together; writes go to group commit in arrival order
+//! and their replies are sent, in order, once each reached the connection's
+//! commit level, so a pipeline becomes a few batches, not one per command.
+//!
+//! On the principal a write takes the store's write lock, computes its
+//! effects, hands them to group commit and applies them to the store before
+//! releasing the lock, so the log order is the store's order. (Readers on
+//! the principal can therefore see a write before it is acknowledged, as
+//! in Redis.) On the mirror the applier builds the same store from the log,
+//! never beyond the commit LSN; writes are refused with `-READONLY`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mirrorlog_engine::commit::{CommitError, Level, Ticket};
+use mirrorlog_engine::log::FsStorage;
+use mirrorlog_engine::node::{Mirror, Principal, Status};
+use mirrorlog_engine::replication::session::MirroringState;
+
+use crate::kv::{glob_match, Effect, KvApplier, Shared, Store};
+use crate::resp::{parse_command, Limits, Reply};
+
+pub enum Node {
+    Principal(Principal),
+    Mirror(Mirror<KvApplier>),
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub limits: Limits,
+    pub max_clients: usize,
+    /// Close clients idle this long (None: never).
+    pub idle_timeout: Option<Duration>,
+    pub password: Option<String>,
+    /// Where clients reach the principal (told to clients that write to a
+    /// mirror).
+    pub principal_hint: Option<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> ServerOptions {
+        ServerOptions {
+            limits: Limits::default(),
+            max_clients: 10_000,
+            idle_timeout: None,
+            password: None,
+            principal_hint: None,
+        }
+    }
+}
+
+pub struct Server {
+    node: Node,
+    store: Shared,
+    opts: ServerOptions,
+    clients: AtomicUsize,
+    stop: AtomicBool,
+    /// A commit failed after its effects reached the store (the log is
+    /// poisoned): the store may be ahead of the log; refuse everything.
+    broken: Mutex<Option<String>>,
+    stats: Stats,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Stats {
+    connections: AtomicU64,
+    commands: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// A command's outcome: a reply now, or one once a commit is acknowledged.
+enum Outcome {
+    Now(Reply),
+    After(Ticket<FsStorage>, Reply),
+}
+
+impl Server {
+    /// A server over a started node whose store is `store` (for a mirror:
+    /// the store its applier fills).
+    pub fn new(node: Node, store: Shared, opts: ServerOptions) -> Arc<Server> {
+        Arc::new(Server {
+            node,
+            store,
+            opts,
+            clients: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            broken: Mutex::new(None),
+            stats: Stats::default(),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        match &self.node {
+            Node::Principal(p) => p.status(),
+            Node::Mirror(m) => m.status(),
+        }
+    }
+
+    /// Serves clients on `listener` until [`Server::stop`].
+    pub fn serve(self: &Arc<Server>, listener: TcpListener) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        while !self.stop.load(Ordering::Acquire) {
+            let (stream, _) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if self.clients.load(Ordering::Acquire) >= self.opts.max_clients {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                let mut s = stream;
+                let _ = s.write_all(b"-ERR max number of clients reached\r\n");
+                continue;
+            }
+            self.clients.fetch_add(1, Ordering::AcqRel);
+            self.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let me = self.clone();
+            std::thread::spawn(move || {
+                let _ = me.client(stream);
+                me.clients.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        Ok(())
+    }
+
+    #[allow(dead_code)] // for embedders and tests that stop a server in process
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn client(&self, mut s: TcpStream) -> std::io::Result<()> {
+        s.set_nonblocking(false)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut conn = Conn {
+            level: None,
+            authed: self.opts.password.is_none(),
+            multi: None,
+            last_write_end: 0,
+            name: None,
+        };
+        let cap = self.opts.limits.max_bulk + self.opts.limits.max_inline + 1024;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut out = Vec::new();
+        let mut idle_since = Instant::now();
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let n = match s.read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self
+                        .opts
+                        .idle_timeout
+                        .is_some_and(|t| idle_since.elapsed() >= t)
+                    {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            idle_since = Instant::now();
+            buf.extend_from_slice(&chunk[..n]);
+            let mut used = 0;
+            let mut outcomes = Vec::new();
+            let mut quit = false;
+            loop {
+                match parse_command(&buf[used..], &self.opts.limits) {
+                    Ok(Some((args, n))) => {
+                        used += n;
+                        if args.is_empty() {
+                            continue;
+                        }
+                        self.stats.commands.fetch_add(1, Ordering::Relaxed);
+                        if args[0].eq_ignore_ascii_case(b"QUIT") {
+                            outcomes.push(Outcome::Now(Reply::ok()));
+                            quit = true;
+                            break;
+                        }
+                        outcomes.push(self.command(&mut conn, &args));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        outcomes.push(Outcome::Now(Reply::err(format!("ERR {e}"))));
+                        quit = true;
+                        break;
+                    }
+                }
+            }
+            buf.drain(..used);
+            if buf.len() > cap {
+                outcomes.push(Outcome::Now(Reply::err(
+                    "ERR Protocol error: client query buffer exceeds the limit",
+                )));
+                quit = true;
+            }
+            out.clear();
+            for o in outcomes {
+                self.resolve(o, &mut conn).encode(&mut out);
+            }
+            s.write_all(&out)?;
+            if quit {
+                return Ok(());
+            }
+        }
+    }
+
+    fn resolve(&self, o: Outcome, conn: &mut Conn) -> Reply {
+        match o {
+            Outcome::Now(r) => r,
+            Outcome::After(ticket, r) => match ticket.wait() {
+                Ok(c) => {
+                    conn.last_write_end = conn.last_write_end.max(c.lsn_end);
+                    r
+                }
+                Err(e) => {
+                    if matches!(
+                        e,
+                        CommitError::Poisoned(_) | CommitError::Lost(_) | CommitError::Append(_)
+                    ) {
+                        *self.broken.lock().expect("broken lock") = Some(e.to_string());
+                    }
+                    Reply::err(format!("ERR the write was not committed: {e}"))
+                }
+            },
+        }
+    }
+
+    fn command(&self, conn: &mut Conn, args: &[Vec<u8>]) -> Outcome {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        let now = Outcome::Now;
+        if !conn.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+            return now(Reply::err("NOAUTH Authentication required."));
+        }
+        if let Some(why) = self.broken.lock().expect("broken lock").clone() {
+            return now(Reply::err(format!(
+                "ERR this server's log failed ({why}); restart it"
+            )));
+        }
+        if let Some(q) = &mut conn.multi {
+            match name.as_str() {
+                "EXEC" => {
+                    let queued = conn.multi.take().expect("in multi");
+                    return self.exec_multi(conn, queued);
+                }
+                "DISCARD" => {
+                    conn.multi = None;
+                    return now(Reply::ok());
+                }
+                "MULTI" => return now(Reply::err("ERR MULTI calls can not be nested")),
+                "WATCH" => return now(Reply::err("ERR WATCH inside MULTI is not allowed")),
+                _ => {
+                    if let Err(e) = check_arity(&name, args.len()) {
+                        conn.multi = None;
+                        return now(Reply::err(format!(
+                            "EXECABORT Transaction discarded because of previous errors: {e}"
+                        )));
+                    }
+                    q.push(args.to_vec());
+                    return now(Reply::Simple("QUEUED".into()));
+                }
+            }
+        }
+        if let Err(e) = check_arity(&name, args.len()) {
+            return now(Reply::err(e));
+        }
+        match name.as_str() {
+            "PING" => now(match args.get(1) {
+                Some(m) => Reply::bulk(m.clone()),
+                None => Reply::Simple("PONG".into()),
+            }),
+            "ECHO" => now(Reply::bulk(args[1].clone())),
+            "AUTH" => {
+                let given = args.last().expect("arity");
+                match &self.opts.password {
+                    None => now(Reply::err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
+                    Some(p) if p.as_bytes() == given.as_slice() => {
+                        conn.authed = true;
+                        now(Reply::ok())
+                    }
+                    Some(_) => now(Reply::err("WRONGPASS invalid username-password pair or user is disabled.")),
+                }
+            }
+            "HELLO" => now(match args.get(1).map(|v| v.as_slice()) {
+                None | Some(b"2") => Reply::Array(vec![
+                    Reply::bulk("server"),
+                    Reply::bulk("mirrorlog"),
+                    Reply::bulk("version"),
+                    Reply::bulk(env!("CARGO_PKG_VERSION")),
+                    Reply::bulk("proto"),
+                    Reply::Int(2),
+                    Reply::bulk("role"),
+                    Reply::bulk(self.redis_role()),
+                ]),
+                Some(_) => Reply::err("NOPROTO unsupported protocol version"),
+            }),
+            "SELECT" => now(if args[1] == b"0" {
+                Reply::ok()
+            } else {
+                Reply::err("ERR DB index is out of range")
+            }),
+            "CLIENT" => now(self.client_cmd(conn, args)),
+            "COMMAND" => now(Reply::Array(Vec::new())),
+            "MULTI" => {
+                conn.multi = Some(Vec::new());
+                now(Reply::ok())
+            }
+            "EXEC" => now(Reply::err("ERR EXEC without MULTI")),
+            "DISCARD" => now(Reply::err("ERR DISCARD without MULTI")),
+            "INFO" => now(Reply::bulk(self.info(args.get(1)))),
+            "ROLE" => now(self.role()),
+            "WAIT" => now(self.wait(conn, args)),
+            "MIRROR" => now(self.mirror_cmd(conn, args)),
+            "DBSIZE" => now(Reply::Int(
+                self.store.read().expect("store").map.len() as i64
+            )),
+            _ if is_write(&name) => self.write_one(conn, &name, args),
+            _ => {
+                let st = self.store.read().expect("store");
+                now(read_cmd(&st, &name, args).unwrap_or_else(|| unknown(&name, args)))
+            }
+        }
+    }
+
+    fn redis_role(&self) -> &'static str {
+        match self.node {
+            Node::Principal(_) => "master",
+            Node::Mirror(_) => "replica",
+        }
+    }
+
+    fn readonly(&self) -> Reply {
+        let hint = self
+            .opts
+            .principal_hint
+            .as_deref()
+            .map(|h| format!(" The principal is at {h}."))
+            .unwrap_or_default();
+        Reply::err(format!(
+            "READONLY You can't write against a read only replica.{hint}"
+        ))
+    }
+
+    fn write_one(&self, conn: &mut Conn, name: &str, args: &[Vec<u8>]) -> Outcome {
+        let Node::Principal(p) = &self.node else {
+            return Outcome::Now(self.readonly());
+        };
+        let mut st = self.store.write().expect("store");
+        let mut effects = Vec::new();
+        let reply = write_cmd(&mut st, name, args, &mut effects);
+        self.commit(p, conn, &mut st, effects, reply)
+    }
+
+    /// Logs `effects` (already applied to `st`) in one commit, under the
+    /// store lock so the log order is the store's order.
+    fn commit(
+        &self,
+        p: &Principal,
+        conn: &Conn,
+        st: &mut Store,
+        effects: Vec<Effect>,
+        reply: Reply,
+    ) -> Outcome {
+        if effects.is_empty() {
+            return Outcome::Now(reply);
+        }
+        let records: Vec<Vec<u8>> = effects.iter().map(Effect::encode).collect();
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+        let level = conn.level.unwrap_or(p.group_commit().default_level());
+        match p.commit_at(&refs, level) {
+            Ok(t) => {
+                st.lsn = st.lsn.max(p.log().written_lsn());
+                Outcome::After(t, reply)
+            }
+            Err(e) => {
+                // Not logged: undo by replaying? The effects were applied
+                // while computing; refuse further service rather than serve
+                // a store the log does not match.
+                *self.broken.lock().expect("broken lock") = Some(format!(
+                    "a commit was refused after its effects were applied: {e}"
+                ));
+                Outcome::Now(Reply::err(format!("ERR the write was not committed: {e}")))
+            }
+        }
+    }
+
+    fn exec_multi(&self, conn: &mut Conn, queued: Vec<Vec<Vec<u8>>>) -> Outcome {
+        let any_write = queued
+            .iter()
+            .any(|a| is_write(&String::from_utf8_lossy(&a[0]).to_ascii_uppercase()));
+        if any_write {
+            let Node::Principal(p) = &self.node else {
+                return Outcome::Now(Reply::err(
+                    "EXECABORT Transaction discarded because of previous errors: READONLY You can't write against a read only replica.",
+                ));
+            };
+            let mut st = self.store.write().expect("store");
+            let mut effects = Vec::new();
+            let mut replies = Vec::new();
+            for a in &queued {
+                let n = String::from_utf8_lossy(&a[0]).to_ascii_uppercase();
+                let r = if is_write(&n) {
+                    write_cmd(&mut st, &n, a, &mut effects)
+                } else {
+                    read_cmd(&st, &n, a).unwrap_or_else(|| unknown(&n, a))
+                };
+                replies.push(r);
+            }
+            self.commit(p, conn, &mut st, effects, Reply::Array(replies))
+        } else {
+            let st = self.store.read().expect("store");
+            let replies = queued
+                .iter()
+                .map(|a| {
+                    let n = String::from_utf8_lossy(&a[0]).to_ascii_uppercase();
+                    read_cmd(&st, &n, a).unwrap_or_else(|| unknown(&n, a))
+                })
+                .collect();
+            Outcome::Now(Reply::Array(replies))
+        }
+    }
+
+    fn client_cmd(&self, conn: &mut Conn, args: &[Vec<u8>]) -> Reply {
+        let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+        match (sub.as_str(), args.len()) {
+            ("SETNAME", 3) => {
+                conn.name = Some(args[2].clone());
+                Reply::ok()
+            }
+            ("GETNAME", 2) => conn.name.clone().map_or(Reply::Nil, Reply::Bulk),
+            ("SETINFO", 4) => Reply::ok(),
+            ("ID", 2) => Reply::Int(1),
+            _ => Reply::err(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(&args[1])
+            )),
+        }
+    }
+
+    fn mirror_cmd(&self, conn: &mut Conn, args: &[Vec<u8>]) -> Reply {
+        let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+        match (sub.as_str(), args.len()) {
+            ("STATUS", 2) => Reply::bulk(self.status().render()),
+            ("LEVEL", 3) => match String::from_utf8_lossy(&args[2]).parse::<Level>() {
+                Ok(l) => {
+                    conn.level = Some(l);
+                    Reply::ok()
+                }
+                Err(e) => Reply::err(format!("ERR {e}")),
+            },
+            ("LEVEL", 2) => {
+                let l = match (&self.node, conn.level) {
+                    (_, Some(l)) => l,
+                    (Node::Principal(p), None) => p.group_commit().default_level(),
+                    (Node::Mirror(_), None) => Level::Local,
+                };
+                Reply::bulk(l.name())
+            }
+            _ => Reply::err("ERR unknown MIRROR subcommand; try MIRROR STATUS or MIRROR LEVEL [local|remote-write|remote-flush|remote-apply]"),
+        }
+    }
+
+    /// WAIT numreplicas timeout: how many mirrors received every write
+    /// this connection made (0 or 1), waiting up to `timeout` ms (0: no
+    /// limit) for `numreplicas` of them.
+    fn wait(&self, conn: &Conn, args: &[Vec<u8>]) -> Reply {
+        let Node::Principal(p) = &self.node else {
+            return Reply::err("ERR WAIT cannot be used with replica instances. Please also note that since Redis 4.0 if a replica is configured to be writable (which is not the default) writes to replicas are just local and are not propagated.");
+        };
+        let (Some(want), Some(timeout)) = (int_arg(&args[1]), int_arg(&args[2])) else {
+            return Reply::err("ERR value is not an integer or out of range");
+        };
+        if timeout < 0 {
+            return Reply::err("ERR timeout is negative");
+        }
+        let reached = || {
+            let s = p.status();
+            s.state != MirroringState::Disconnected && s.mirror.received >= conn.last_write_end
+        };
+        let deadline =
+            (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
+        while want > 0 && !reached() {
+            if deadline.is_some_and(|d| Instant::now() >= d) || self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Reply::Int(i64::from(reached()))
+    }
+
+    fn role(&self) -> Reply {
+        let s = self.status();
+        match &self.node {
+            Node::Principal(p) => {
+                let mirrors = if s.state == MirroringState::Disconnected {
+                    Vec::new()
+                } else {
+                    vec![Reply::Array(vec![
+                        Reply::bulk("mirror"),
+                        Reply::bulk(p.local_addr().port().to_string()),
+                        Reply::bulk(s.mirror.received.to_string()),
+                    ])]
+                };
+                Reply::Array(vec![
+                    Reply::bulk("master"),
+                    Reply::Int(s.written_lsn as i64),
+                    Reply::Array(mirrors),
+                ])
+            }
+            Node::Mirror(_) => {
+                let (host, port) = self
+                    .opts
+                    .principal_hint
+                    .as_deref()
+                    .and_then(|h| h.rsplit_once(':'))
+                    .map(|(h, p)| (h.to_string(), p.parse::<i64>().unwrap_or(0)))
+                    .unwrap_or_default();
+                Reply::Array(vec![
+                    Reply::bulk("slave"),
+                    Reply::bulk(host),
+                    Reply::Int(port),
+                    Reply::bulk(if s.state == MirroringState::Disconnected {
+                        "connect"
+                    } else {
+                        "connected"
+                    }),
+                    Reply::Int(s.mirror.applied as i64),
+                ])
+            }
+        }
+    }
+
+    fn info(&self, section: Option<&Vec<u8>>) -> String {
+        let want = section.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+        let show = |name: &str| {
+            want.as_deref()
+                .is_none_or(|w| w == "all" || w == "everything" || w == "default" || w == name)
+        };
+        let s = self.status();
+        let mut out = String::new();
+        if show("server") {
+            out.push_str(&format!(
+                "# Server\r\nredis_version:7.0.0\r\nmirrorlog_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                self.started.elapsed().as_secs()
+            ));
+        }
+        if show("clients") {
+            out.push_str(&format!(
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+                self.clients.load(Ordering::Relaxed),
+                self.opts.max_clients
+            ));
+        }
+        if show("persistence") {
+            out.push_str(&format!(
+                "# Persistence\r\nloading:0\r\naof_enabled:1\r\nmirrorlog_written_lsn:{}\r\nmirrorlog_hardened_lsn:{}\r\n\r\n",
+                s.written_lsn, s.hardened_lsn
+            ));
+        }
+        if show("stats") {
+            out.push_str(&format!(
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
+                self.stats.connections.load(Ordering::Relaxed),
+                self.stats.commands.load(Ordering::Relaxed),
+                self.stats.rejected.load(Ordering::Relaxed)
+            ));
+        }
+        if show("replication") {
+            let state = format!("{:?}", s.state).to_lowercase();
+            match &self.node {
+                Node::Principal(_) => out.push_str(&format!(
+                    "# Replication\r\nrole:master\r\nconnected_slaves:{}\r\nmaster_repl_offset:{}\r\nmirroring_state:{state}\r\nmirroring_epoch:{}\r\nmirroring_exposed:{}\r\nmirror_received_lsn:{}\r\nmirror_hardened_lsn:{}\r\nmirror_applied_lsn:{}\r\ncommit_lsn:{}\r\nsend_queue_bytes:{}\r\ntransport:{}\r\n\r\n",
+                    u8::from(s.state != MirroringState::Disconnected),
+                    s.written_lsn,
+                    s.epoch,
+                    u8::from(s.exposed),
+                    s.mirror.received,
+                    s.mirror.hardened,
+                    s.mirror.applied,
+                    s.commit_lsn,
+                    s.send_queue_bytes,
+                    s.transport.map_or("none".to_string(), |t| t.to_string()),
+                )),
+                Node::Mirror(_) => out.push_str(&format!(
+                    "# Replication\r\nrole:slave\r\nmaster_link_status:{}\r\nslave_repl_offset:{}\r\nmirroring_state:{state}\r\nmirroring_epoch:{}\r\ncommit_lsn:{}\r\nredo_queue_bytes:{}\r\n\r\n",
+                    if s.state == MirroringState::Disconnected { "down" } else { "up" },
+                    s.mirror.applied,
+                    s.epoch,
+                    s.commit_lsn,
+                    s.redo_queue_bytes,
+                )),
+            }
+        }
+        out
+    }
+}
+
+struct Conn {
+    level: Option<Level>,
+    authed: bool,
+    multi: Option<Vec<Vec<Vec<u8>>>>,
+    /// End LSN of this connection's last acknowledged write (for WAIT).
+    last_write_end: u64,
+    name: Option<Vec<u8>>,
+}
+
+fn is_write(name: &str) -> bool {
+    matches!(
+        name,
+        "SET"
+            | "SETNX"
+            | "GETSET"
+            | "DEL"
+            | "UNLINK"
+            | "MSET"
+            | "INCR"
+            | "INCRBY"
+            | "DECR"
+            | "DECRBY"
+            | "APPEND"
+            | "GETDEL"
+            | "FLUSHALL"
+            | "FLUSHDB"
+    )
+}
+
+/// Arity as Redis declares it: exact (positive) or at least (negative).
+fn arity(name: &str) -> Option<i32> {
+    Some(match name {
+        "PING" => -1,
+        "ECHO" | "GET" | "INCR" | "DECR" | "STRLEN" | "GETDEL" | "SELECT" => 2,
+        "SET" => -3,
+        "SETNX" | "GETSET" | "INCRBY" | "DECRBY" | "APPEND" => 3,
+        "DEL" | "UNLINK" | "EXISTS" | "MGET" => -2,
+        "MSET" => -3,
+        "KEYS" => 2,
+        "SCAN" => -2,
+        "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "ROLE" | "QUIT" => 1,
+        "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "HELLO" => -1,
+        "AUTH" => -2,
+        "WAIT" => 3,
+        "CLIENT" | "MIRROR" => -2,
+        _ => return None,
+    })
+}
+
+fn check_arity(name: &str, n: usize) -> Result<(), String> {
+    let Some(a) = arity(name) else {
+        return Ok(()); // unknown: reported when run
+    };
+    let ok = if a > 0 {
+        n == a as usize
+    } else {
+        n >= (-a) as usize
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "ERR wrong number of arguments for '{}' command",
+            name.to_ascii_lowercase()
+        ))
+    }
+}
+
+fn unknown(name: &str, args: &[Vec<u8>]) -> Reply {
+    let rest: Vec<String> = args[1..]
+        .iter()
+        .take(3)
+        .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
+        .collect();
+    Reply::err(format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        name.to_ascii_lowercase(),
+        rest.join(" ")
+    ))
+}
+
+fn int_arg(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// A read command over the store; None if `name` is not one.
+fn read_cmd(st: &Store, name: &str, args: &[Vec<u8>]) -> Option<Reply> {
+    let get = |k: &[u8]| st.map.get(k).cloned().map_or(Reply::Nil, Reply::Bulk);
+    Some(match name {
+        "GET" => get(&args[1]),
+        "MGET" => Reply::Array(args[1..].iter().map(|k| get(k)).collect()),
+        "EXISTS" => Reply::Int(args[1..].iter().filter(|k| st.map.contains_key(*k)).count() as i64),
+        "STRLEN" => Reply::Int(st.map.get(&args[1]).map_or(0, |v| v.len()) as i64),
+        "DBSIZE" => Reply::Int(st.map.len() as i64),
+        "KEYS" => {
+            let mut keys: Vec<&Vec<u8>> =
+                st.map.keys().filter(|k| glob_match(&args[1], k)).collect();
+            keys.sort();
+            Reply::Array(keys.into_iter().map(|k| Reply::Bulk(k.clone())).collect())
+        }
+        "SCAN" => scan(st, args),
+        "PING" => Reply::Simple("PONG".into()),
+        _ => return None,
+    })
+}
+
+/// SCAN cursor [MATCH pattern] [COUNT n]: keys in sorted order; the cursor
+/// is the index of the next key in that order (keys added or removed
+/// meanwhile may be missed or repeated, as Redis allows).
+fn scan(st: &Store, args: &[Vec<u8>]) -> Reply {
+    let Some(cursor) = int_arg(&args[1]).filter(|c| *c >= 0) else {
+        return Reply::err("ERR invalid cursor");
+    };
+    let mut pattern: Option<&[u8]> = None;
+    let mut count = 10usize;
+    let mut i = 2;
+    while i < args.len() {
+        let opt = String::from_utf8_lossy(&args[i]).to_ascii_uppercase();
+        match (opt.as_str(), args.get(i + 1)) {
+            ("MATCH", Some(p)) => pattern = Some(p),
+            ("COUNT", Some(c)) => match int_arg(c) {
+                Some(c) if c >= 1 => count = c as usize,
+                _ => return Reply::err("ERR value is not an integer or out of range"),
+            },
+            _ => return Reply::err("ERR syntax error"),
+        }
+        i += 2;
+    }
+    let mut keys: Vec<&Vec<u8>> = st.map.keys().collect();
+    keys.sort();
+    let start = (cursor as usize).min(keys.len());
+    let end = (start + count).min(keys.len());
+    let page = keys[start..end]
+        .iter()
+        .filter(|k| pattern.is_none_or(|p| glob_match(p, k)))
+        .map(|k| Reply::Bulk((*k).clone()))
+        .collect();
+    let next = if end >= keys.len() { 0 } else { end };
+    Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(page)])
+}
+
+/// A write command: computes its effects, applies them to `st` (so later
+/// commands of a MULTI see them) and records them in `effects`.
+fn write_cmd(st: &mut Store, name: &str, args: &[Vec<u8>], effects: &mut Vec<Effect>) -> Reply {
+    let mut put = |st: &mut Store, e: Effect| {
+        st.apply(&e);
+        effects.push(e);
+    };
+    match name {
+        "SET" => {
+            let (mut nx, mut xx, mut get) = (false, false, false);
+            for o in &args[3..] {
+                match String::from_utf8_lossy(o).to_ascii_uppercase().as_str() {
+                    "NX" => nx = true,
+                    "XX" => xx = true,
+                    "GET" => get = true,
+                    "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => {
+                        return Reply::err("ERR expiry is not supported by mirrorlog")
+                    }
+                    _ => return Reply::err("ERR syntax error"),
+                }
+            }
+            if nx && xx {
+                return Reply::err("ERR syntax error");
+            }
+            let old = st.map.get(&args[1]).cloned();
+            let ok = !(nx && old.is_some() || xx && old.is_none());
+            if ok {
+                put(st, Effect::Set(args[1].clone(), args[2].clone()));
+            }
+            match (get, ok) {
+                (true, _) => old.map_or(Reply::Nil, Reply::Bulk),
+                (false, true) => Reply::ok(),
+                (false, false) => Reply::Nil,
+            }
+        }
+        "SETNX" => {
+            if st.map.contains_key(&args[1]) {
+                Reply::Int(0)
+            } else {
+                put(st, Effect::Set(args[1].clone(), args[2].clone()));
+                Reply::Int(1)
+            }
+        }
+        "GETSET" => {
+            let old = st.map.get(&args[1]).cloned();
+            put(st, Effect::Set(args[1].clone(), args[2].clone()));
+            old.map_or(Reply::Nil, Reply::Bulk)
+        }
+        "MSET" => {
+            if args.len().is_multiple_of(2) {
+                return Reply::err("ERR wrong number of arguments for 'mset' command");
+            }
+            for kv in args[1..].chunks(2) {
+                put(st, Effect::Set(kv[0].clone(), kv[1].clone()));
+            }
+            Reply::ok()
+        }
+        "DEL" | "UNLINK" => {
+            let mut n = 0;
+            for k in &args[1..] {
+                if st.map.contains_key(k) {
+                    put(st, Effect::Del(k.clone()));
+                    n += 1;
+                }
+            }
+            Reply::Int(n)
+        }
+        "GETDEL" => match st.map.get(&args[1]).cloned() {
+            Some(v) => {
+                put(st, Effect::Del(args[1].clone()));
+                Reply::Bulk(v)
+            }
+            None => Reply::Nil,
+        },
+        "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
+            let by = match name {
+                "INCR" => Some(1),
+                "DECR" => Some(-1),
+                "INCRBY" => int_arg(&args[2]),
+                _ => int_arg(&args[2]).and_then(|v| v.checked_neg()),
+            };
+            let Some(by) = by else {
+                return Reply::err("ERR value is not an integer or out of range");
+            };
+            let cur = match st.map.get(&args[1]) {
+                None => 0,
+                Some(v) => match int_arg(v) {
+                    Some(i) => i,
+                    None => return Reply::err("ERR value is not an integer or out of range"),
+                },
+            };
+            let Some(next) = cur.checked_add(by) else {
+                return Reply::err("ERR increment or decrement would overflow");
+            };
+            put(
+                st,
+                Effect::Set(args[1].clone(), next.to_string().into_bytes()),
+            );
+            Reply::Int(next)
+        }
+        "APPEND" => {
+            let mut v = st.map.get(&args[1]).cloned().unwrap_or_default();
+            v.extend_from_slice(&args[2]);
+            let n = v.len();
+            put(st, Effect::Set(args[1].clone(), v));
+            Reply::Int(n as i64)
+        }
+        "FLUSHALL" | "FLUSHDB" => {
+            put(st, Effect::FlushAll);
+            Reply::ok()
+        }
+        _ => unknown(name, args),
+    }
+}
