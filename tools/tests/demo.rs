@@ -1,0 +1,37 @@
+//! The README's main command, `mirrorlog demo`, end to end (shortened):
+//! it must kill the principal, fail over and find every acknowledged write.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_fails_over_and_loses_nothing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["demo", "--seconds", "1", "--clients", "3"])
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("nothing lost"), "{stdout}");
+    // It really wrote something before the kill.
+    let acked: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_suffix(" writes had been acknowledged"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the demo reports its acknowledged writes");
+    assert!(acked > 100, "only {acked} writes acknowledged");
+    assert!(
+        stdout.contains("epoch 2"),
+        "the new principal runs a new epoch:\n{stdout}"
+    );
+}
+
+#[test]
+fn bad_demo_options_are_refused_with_the_usage() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["demo", "--clients", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--clients"));
+}

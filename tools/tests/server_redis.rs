@@ -1,0 +1,362 @@
+//! `mirrorlog serve` driven by a real Redis client library (the `redis`
+//! crate): a principal and a mirror as separate processes on 127.0.0.1.
+//! Every supported command, pipelining, MULTI/EXEC, READONLY on the mirror,
+//! reads on the mirror after a remote-apply write, WAIT, the state rebuilt
+//! from the log after a restart, and hostile input.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::{Commands, Connection, RedisResult, Value};
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mirrorlog-serve-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn secret(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = dir.join("secret");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&p)
+        .unwrap()
+        .write_all(b"server-test-shared-secret")
+        .unwrap();
+    p
+}
+
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(args: &[String]) -> Served {
+    Served(
+        Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn connect(port: u16) -> Connection {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        match c.get_connection() {
+            Ok(mut conn) => {
+                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    return conn;
+                }
+            }
+            Err(e) => assert!(Instant::now() < deadline, "no server on {port}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn info(conn: &mut Connection, field: &str) -> Option<String> {
+    let text: String = redis::cmd("INFO").arg("replication").query(conn).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+struct Pair {
+    dir: PathBuf,
+    secret: PathBuf,
+    p_port: u16,
+    m_port: u16,
+    partner: u16,
+    principal: Option<Served>,
+    _mirror: Served,
+}
+
+fn args(pair: &Pair, role: &str, port: u16) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--role",
+        role,
+        "--dir",
+        &pair.dir.join(role).display().to_string(),
+        "--secret-file",
+        &pair.secret.display().to_string(),
+        "--port",
+        &port.to_string(),
+        "--partner",
+        &format!("127.0.0.1:{}", pair.partner),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if role == "mirror" {
+        a.extend([
+            "--principal-clients".to_string(),
+            format!("127.0.0.1:{}", pair.p_port),
+        ]);
+    }
+    a
+}
+
+fn pair(tag: &str) -> Pair {
+    let dir = tempdir(tag);
+    let secret = secret(&dir);
+    let (p_port, m_port, partner) = (free_port(), free_port(), free_port());
+    let mut pair = Pair {
+        dir,
+        secret,
+        p_port,
+        m_port,
+        partner,
+        principal: None,
+        _mirror: Served(Command::new("true").spawn().unwrap()),
+    };
+    pair.principal = Some(serve(&args(&pair, "principal", p_port)));
+    pair._mirror = serve(&args(&pair, "mirror", m_port));
+    let mut c = connect(p_port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while info(&mut c, "mirroring_state").as_deref() != Some("synchronized") {
+        assert!(Instant::now() < deadline, "the mirror never synchronized");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pair
+}
+
+#[test]
+fn the_commands_behave_as_redis_documents_them() {
+    let pair = pair("commands");
+    let mut c = connect(pair.p_port);
+    let _: () = c.set("k", "v").unwrap();
+    assert_eq!(c.get::<_, String>("k").unwrap(), "v");
+    // SET options.
+    let r: Option<String> = redis::cmd("SET")
+        .arg("k")
+        .arg("w")
+        .arg("NX")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(r, None);
+    let r: Option<String> = redis::cmd("SET")
+        .arg("new")
+        .arg("1")
+        .arg("XX")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(r, None);
+    let r: Option<String> = redis::cmd("SET")
+        .arg("k")
+        .arg("w")
+        .arg("GET")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(r.as_deref(), Some("v"));
+    assert_eq!(c.get::<_, String>("k").unwrap(), "w");
+    let r: RedisResult<()> = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .arg("EX")
+        .arg("10")
+        .query(&mut c);
+    assert!(r.is_err(), "expiry is refused, not ignored");
+    // Counters.
+    assert_eq!(c.incr::<_, _, i64>("n", 1).unwrap(), 1);
+    assert_eq!(c.incr::<_, _, i64>("n", 41).unwrap(), 42);
+    assert_eq!(c.decr::<_, _, i64>("n", 2).unwrap(), 40);
+    assert_eq!(
+        redis::cmd("INCR").arg("n").query::<i64>(&mut c).unwrap(),
+        41
+    );
+    assert!(c.incr::<_, _, i64>("k", 1).is_err(), "not an integer");
+    // Strings.
+    assert_eq!(c.append::<_, _, i64>("s", "ab").unwrap(), 2);
+    assert_eq!(c.append::<_, _, i64>("s", "cd").unwrap(), 4);
+    assert_eq!(c.strlen::<_, i64>("s").unwrap(), 4);
+    assert_eq!(c.get_del::<_, String>("s").unwrap(), "abcd");
+    assert!(!c.exists::<_, bool>("s").unwrap());
+    // Many keys.
+    let _: () = c.mset(&[("a", "1"), ("b", "2"), ("c", "3")]).unwrap();
+    let got: Vec<Option<String>> = c.mget(&["a", "b", "zz", "c"]).unwrap();
+    assert_eq!(
+        got,
+        vec![Some("1".into()), Some("2".into()), None, Some("3".into())]
+    );
+    assert_eq!(c.exists::<_, i64>(&["a", "b", "zz"]).unwrap(), 2);
+    assert_eq!(c.del::<_, i64>(&["a", "zz"]).unwrap(), 1);
+    let mut keys: Vec<String> = c.keys("*").unwrap();
+    keys.sort();
+    assert_eq!(keys, vec!["b", "c", "k", "n"]);
+    let scanned: Vec<String> = c.scan_match("[bc]").unwrap().collect();
+    assert_eq!(scanned.len(), 2);
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut c).unwrap(), 4);
+    // Connection and server commands.
+    assert_eq!(
+        redis::cmd("ECHO")
+            .arg("hi")
+            .query::<String>(&mut c)
+            .unwrap(),
+        "hi"
+    );
+    let _: () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
+    assert!(redis::cmd("SELECT").arg(1).query::<()>(&mut c).is_err());
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("tester")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        redis::cmd("CLIENT")
+            .arg("GETNAME")
+            .query::<String>(&mut c)
+            .unwrap(),
+        "tester"
+    );
+    let info_all: String = redis::cmd("INFO").query(&mut c).unwrap();
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Persistence",
+        "# Stats",
+        "# Replication",
+    ] {
+        assert!(info_all.contains(section), "INFO lacks {section}");
+    }
+    let role: Value = redis::cmd("ROLE").query(&mut c).unwrap();
+    assert!(format!("{role:?}").contains("master"), "{role:?}");
+    let e = redis::cmd("NOSUCH")
+        .arg("x")
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert!(e.to_string().contains("unknown command"), "{e}");
+    let e = redis::cmd("GET").query::<()>(&mut c).unwrap_err();
+    assert!(e.to_string().contains("wrong number of arguments"), "{e}");
+    // FLUSHALL empties it, on the mirror too.
+    let _: () = redis::cmd("MIRROR")
+        .arg("LEVEL")
+        .arg("remote-apply")
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    let mut m = connect(pair.m_port);
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut m).unwrap(), 0);
+}
+
+#[test]
+fn pipelines_transactions_the_mirror_and_wait() {
+    let pair = pair("pipeline");
+    let mut c = connect(pair.p_port);
+    // A pipeline of 2,000 writes: every reply, in order.
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+    }
+    pipe.cmd("GET").arg("p1999");
+    let (last,): (i64,) = pipe.query(&mut c).unwrap();
+    assert_eq!(last, 1999);
+    // MULTI/EXEC: all or nothing, one batch.
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("acct:a", -30)
+        .incr("acct:b", 30)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!((a, b), (-30, 30));
+    // The mirror refuses writes and names the principal.
+    let mut m = connect(pair.m_port);
+    let e = m.set::<_, _, ()>("x", 1).unwrap_err();
+    assert_eq!(e.kind(), redis::ErrorKind::ReadOnly, "{e}");
+    assert!(e.to_string().contains(&pair.p_port.to_string()), "{e}");
+    // remote-apply: once acknowledged, a read on the mirror sees it.
+    let _: () = redis::cmd("MIRROR")
+        .arg("LEVEL")
+        .arg("remote-apply")
+        .query(&mut c)
+        .unwrap();
+    for i in 0..50 {
+        let _: () = c.set("ryw", i).unwrap();
+        assert_eq!(
+            m.get::<_, i64>("ryw").unwrap(),
+            i,
+            "write {i} not visible on the mirror"
+        );
+    }
+    assert_eq!(m.get::<_, i64>("acct:b").unwrap(), 30);
+    // WAIT: the mirror has every write of this connection.
+    let n: i64 = redis::cmd("WAIT").arg(1).arg(1000).query(&mut c).unwrap();
+    assert_eq!(n, 1);
+    assert!(redis::cmd("WAIT")
+        .arg(1)
+        .arg(10)
+        .query::<i64>(&mut m)
+        .is_err());
+    let role: Value = redis::cmd("ROLE").query(&mut m).unwrap();
+    assert!(format!("{role:?}").contains("slave"), "{role:?}");
+}
+
+#[test]
+fn a_restarted_principal_rebuilds_its_state_from_the_log() {
+    let mut pair = pair("restart");
+    let mut c = connect(pair.p_port);
+    for i in 0..300 {
+        let _: () = c.set(format!("r{i}"), i * 3).unwrap();
+    }
+    let _: () = c.del("r7").unwrap();
+    drop(c);
+    drop(pair.principal.take()); // SIGKILL
+    pair.principal = Some(serve(&args(&pair, "principal", pair.p_port)));
+    let mut c = connect(pair.p_port);
+    assert_eq!(c.get::<_, Option<i64>>("r7").unwrap(), None);
+    for i in (0..300).filter(|&i| i != 7) {
+        assert_eq!(c.get::<_, i64>(format!("r{i}")).unwrap(), i * 3);
+    }
+    let epoch = info(&mut c, "mirroring_epoch").unwrap();
+    assert_eq!(epoch, "2", "a restarted principal runs a new epoch");
+}
+
+#[test]
+fn hostile_clients_get_an_error_and_the_server_stays_up() {
+    let pair = pair("hostile");
+    for garbage in [
+        &b"*99999999999\r\n"[..],
+        b"*1\r\n$999999999999\r\n",
+        b"*2\r\n:1\r\n",
+        &[b'x'; 70_000][..],
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", pair.p_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(garbage).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        assert!(
+            reply.starts_with(b"-ERR Protocol error"),
+            "{:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    let mut c = connect(pair.p_port);
+    let _: () = c.set("still", "up").unwrap();
+    assert_eq!(c.get::<_, String>("still").unwrap(), "up");
+}
