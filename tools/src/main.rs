@@ -10,6 +10,7 @@ mod kv;
 mod resp;
 mod serve;
 mod server;
+mod status;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,10 @@ USAGE:
         A Redis-protocol (RESP2) key-value server on a mirrored log; see
         `mirrorlog serve --help`.
 
+    mirrorlog status [--host H] [--port N] [--json] [--watch [SECS]]
+        A node's mirroring status: role, state, epoch, LSNs, send and redo
+        queues, transport, commit latency per level.
+
     mirrorlog --help | --version
 ";
 
@@ -55,6 +60,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mirrorlog demo: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("status") => match status::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mirrorlog status: {e}");
                 ExitCode::FAILURE
             }
         },

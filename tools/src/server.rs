@@ -460,6 +460,9 @@ impl Server {
         let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
         match (sub.as_str(), args.len()) {
             ("STATUS", 2) => Reply::bulk(self.status().render()),
+            ("STATUS", 3) if args[2].eq_ignore_ascii_case(b"JSON") => {
+                Reply::bulk(status_json(&self.status()))
+            }
             ("LEVEL", 3) => match String::from_utf8_lossy(&args[2]).parse::<Level>() {
                 Ok(l) => {
                     conn.level = Some(l);
@@ -870,4 +873,69 @@ fn write_cmd(st: &mut Store, name: &str, args: &[Vec<u8>], effects: &mut Vec<Eff
         }
         _ => unknown(name, args),
     }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// The status snapshot as one JSON object (`MIRROR STATUS JSON`,
+/// `mirrorlog status --json`).
+pub fn status_json(s: &Status) -> String {
+    let opt = |d: Option<Duration>| {
+        d.map_or("null".to_string(), |d| {
+            format!("{:.3}", d.as_secs_f64() * 1e3)
+        })
+    };
+    let latency: Vec<String> = s
+        .latency
+        .iter()
+        .map(|l| {
+            format!(
+                "{{\"level\":{},\"count\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+                json_str(l.level.name()),
+                l.count,
+                l.p50_us,
+                l.p99_us,
+                l.p999_us,
+                l.max_us
+            )
+        })
+        .collect();
+    format!(
+        "{{\"role\":{},\"state\":{},\"epoch\":{},\"written_lsn\":{},\"hardened_lsn\":{},\"commit_lsn\":{},\"mirror\":{{\"received_lsn\":{},\"hardened_lsn\":{},\"applied_lsn\":{}}},\"send_queue_bytes\":{},\"send_queue_age_ms\":{},\"redo_queue_bytes\":{},\"redo_queue_ms\":{},\"exposed\":{},\"commits_held\":{},\"transport\":{},\"zero_copy\":{},\"bytes_sent\":{},\"compression_ratio\":{:.3},\"sessions\":{},\"last_error\":{},\"latency\":[{}]}}",
+        json_str(&s.role.to_string()),
+        json_str(&format!("{:?}", s.state).to_uppercase()),
+        s.epoch,
+        s.written_lsn,
+        s.hardened_lsn,
+        s.commit_lsn,
+        s.mirror.received,
+        s.mirror.hardened,
+        s.mirror.applied,
+        s.send_queue_bytes,
+        opt(s.send_queue_age),
+        s.redo_queue_bytes,
+        opt(s.redo_queue_time),
+        s.exposed,
+        s.commits_held,
+        s.transport.map_or("null".to_string(), |t| json_str(&t.to_string())),
+        s.zero_copy,
+        s.bytes_sent,
+        s.compression_ratio(),
+        s.sessions,
+        s.last_error.as_deref().map_or("null".to_string(), json_str),
+        latency.join(",")
+    )
 }

@@ -360,3 +360,50 @@ fn hostile_clients_get_an_error_and_the_server_stays_up() {
     let _: () = c.set("still", "up").unwrap();
     assert_eq!(c.get::<_, String>("still").unwrap(), "up");
 }
+
+#[test]
+fn mirrorlog_status_reports_both_nodes_as_text_and_json() {
+    let pair = pair("status");
+    let mut c = connect(pair.p_port);
+    for i in 0..20 {
+        let _: () = c.set(format!("s{i}"), i).unwrap();
+    }
+    let run = |port: u16, json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mirrorlog"));
+        cmd.args(["status", "--port", &port.to_string()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run(pair.p_port, false);
+    assert!(text.contains("role:        principal"), "{text}");
+    assert!(text.contains("SYNCHRONIZED"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&run(pair.p_port, true)).unwrap();
+    assert_eq!(v["role"], "principal");
+    assert_eq!(v["state"], "SYNCHRONIZED");
+    assert!(v["written_lsn"].as_u64().unwrap() > 0);
+    let flush = v["latency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["level"] == "remote-flush")
+        .unwrap();
+    assert_eq!(flush["count"], 20, "one remote-flush commit per SET");
+    let m: serde_json::Value = serde_json::from_str(&run(pair.m_port, true)).unwrap();
+    assert_eq!(m["role"], "mirror");
+    assert!(m["mirror"]["applied_lsn"].as_u64().unwrap() > 0);
+    // A node that is not there: a clear error, not a hang.
+    let out = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["status", "--port", &free_port().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting"));
+}
