@@ -10,6 +10,7 @@
 //! op u8 = 1 SET       key_len u32 · key · value (the rest)
 //! op u8 = 2 DEL       key (the rest)
 //! op u8 = 3 FLUSHALL  (nothing)
+//! op u8 = 4 NOOP      (nothing; marks a checkpoint)
 //! ```
 
 use std::collections::HashMap;
@@ -21,6 +22,8 @@ use mirrorlog_engine::log::Records;
 pub const OP_SET: u8 = 1;
 pub const OP_DEL: u8 = 2;
 pub const OP_FLUSHALL: u8 = 3;
+/// Changes nothing: marks where a checkpoint was taken.
+pub const OP_NOOP: u8 = 4;
 
 /// One effect on the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +31,7 @@ pub enum Effect {
     Set(Vec<u8>, Vec<u8>),
     Del(Vec<u8>),
     FlushAll,
+    Noop,
 }
 
 impl Effect {
@@ -48,6 +52,7 @@ impl Effect {
                 r
             }
             Effect::FlushAll => vec![OP_FLUSHALL],
+            Effect::Noop => vec![OP_NOOP],
         }
     }
 
@@ -65,6 +70,7 @@ impl Effect {
             }
             Some(&OP_DEL) => Ok(Effect::Del(r[1..].to_vec())),
             Some(&OP_FLUSHALL) if r.len() == 1 => Ok(Effect::FlushAll),
+            Some(&OP_NOOP) if r.len() == 1 => Ok(Effect::Noop),
             Some(op) => Err(format!("unknown record op {op}")),
             None => Err("empty record".into()),
         }
@@ -89,6 +95,7 @@ impl Store {
                 self.map.remove(k);
             }
             Effect::FlushAll => self.map.clear(),
+            Effect::Noop => {}
         }
     }
 }
@@ -202,6 +209,7 @@ mod tests {
             Effect::Set(Vec::new(), Vec::new()),
             Effect::Del(b"key".to_vec()),
             Effect::FlushAll,
+            Effect::Noop,
         ] {
             assert_eq!(Effect::decode(&e.encode()).unwrap(), e);
         }

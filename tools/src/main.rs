@@ -3,6 +3,7 @@
 //! Today it inspects logs; the server, witness and admin commands arrive with
 //! the mirrored-database issue (see docs/design.md).
 
+mod checkpoint;
 mod client;
 mod demo;
 mod inspect;
@@ -80,7 +81,10 @@ fn main() -> ExitCode {
                         r.client_addr.port(),
                         r.partner_addr
                     );
-                    match r.serve() {
+                    match r.serve(
+                        o.checkpoint_every,
+                        mirrorlog_engine::node::Logger::default(),
+                    ) {
                         Ok(()) => ExitCode::SUCCESS,
                         Err(e) => {
                             eprintln!("mirrorlog serve: {e}");

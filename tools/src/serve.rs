@@ -35,6 +35,10 @@ mirrorlog serve --role principal|mirror --dir DIR --secret-file FILE [OPTIONS]
     --password P              require AUTH P from clients
     --max-clients N           default 10000
     --idle-timeout-secs N     close idle clients (default: never)
+    --segment-bytes N         size of new log segment files (default 64 MiB;
+                              a multiple of 4096 from 8 KiB to 4 GiB)
+    --checkpoint-secs N       checkpoint the store every N seconds when the log
+                              grew (default 60; 0: only on MIRROR CHECKPOINT)
 ";
 
 #[derive(Debug, Clone)]
@@ -51,6 +55,8 @@ pub struct ServeOptions {
     pub password: Option<String>,
     pub max_clients: usize,
     pub idle_timeout: Option<Duration>,
+    pub checkpoint_every: Option<Duration>,
+    pub segment_bytes: Option<usize>,
 }
 
 fn resolve(flag: &str, v: &str) -> Result<SocketAddr, String> {
@@ -85,6 +91,8 @@ pub fn parse(args: &[String]) -> Result<ServeOptions, String> {
     let mut password = None;
     let mut max_clients = 10_000;
     let mut idle = None;
+    let mut checkpoint_every = Some(Duration::from_secs(60));
+    let mut segment_bytes = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -131,6 +139,20 @@ pub fn parse(args: &[String]) -> Result<ServeOptions, String> {
                     format!("--idle-timeout-secs {v:?}: expected seconds")
                 })?))
             }
+            "--segment-bytes" => {
+                let v = value()?;
+                segment_bytes = Some(
+                    v.parse()
+                        .map_err(|_| format!("--segment-bytes {v:?}: expected a byte count"))?,
+                );
+            }
+            "--checkpoint-secs" => {
+                let v = value()?;
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--checkpoint-secs {v:?}: expected seconds"))?;
+                checkpoint_every = (n > 0).then(|| Duration::from_secs(n));
+            }
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -157,6 +179,8 @@ pub fn parse(args: &[String]) -> Result<ServeOptions, String> {
         password,
         max_clients,
         idle_timeout: idle,
+        checkpoint_every,
+        segment_bytes,
     })
 }
 
@@ -169,9 +193,37 @@ pub struct Running {
 }
 
 impl Running {
-    /// Serves clients on this thread until stopped.
-    pub fn serve(mut self) -> std::io::Result<()> {
+    /// Serves clients on this thread until stopped; checkpoints every
+    /// `checkpoint_every` on another.
+    pub fn serve(
+        mut self,
+        checkpoint_every: Option<Duration>,
+        logger: Logger,
+    ) -> std::io::Result<()> {
         let l = self.listener.take().expect("not served yet");
+        if let Some(every) = checkpoint_every {
+            let server = self.server.clone();
+            std::thread::spawn(move || {
+                let mut last = None;
+                loop {
+                    std::thread::sleep(every);
+                    let written = server.status().written_lsn;
+                    if last == Some(written) {
+                        continue;
+                    }
+                    match server.checkpoint() {
+                        Ok((lsn, path)) => {
+                            last = Some(server.status().written_lsn);
+                            logger.line(&format!(
+                                "mirrorlog: checkpoint at LSN {lsn}: {}",
+                                path.display()
+                            ));
+                        }
+                        Err(e) => logger.line(&format!("mirrorlog: checkpoint failed: {e}")),
+                    }
+                }
+            });
+        }
         self.server.serve(l)
     }
 }
@@ -187,6 +239,12 @@ pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
     };
     let mut cfg = NodeConfig::new(&o.dir, id);
     cfg.safety = o.safety;
+    if let Some(b) = o.segment_bytes {
+        cfg.log.segment_bytes = b;
+        cfg.log
+            .validate()
+            .map_err(|e| format!("--segment-bytes {b}: {e}"))?;
+    }
     cfg.transport = o.transport;
     cfg.logger = logger;
     let listener = std::net::TcpListener::bind(o.client)
@@ -197,16 +255,36 @@ pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
         idle_timeout: o.idle_timeout,
         password: o.password.clone(),
         principal_hint: o.principal_clients.clone(),
+        node_dir: Some(o.dir.clone()),
         ..ServerOptions::default()
     };
+    let warn_logger = cfg.logger.clone();
+    let checkpoint =
+        crate::checkpoint::load_newest(&o.dir, |w| warn_logger.line(&format!("mirrorlog: {w}")));
     let (node, store, partner_addr) = if o.principal {
         let p = Principal::start(cfg, o.partner).map_err(|e| e.to_string())?;
-        // Rebuild the store from the log (no checkpoints yet: the whole log).
+        // The store: the newest checkpoint, then the log after it.
         let store = crate::kv::Shared::default();
         {
             let mut st = store.write().expect("store");
             let log = p.log();
-            let iter = log.read_from(log.start_lsn()).map_err(|e| e.to_string())?;
+            let from = match checkpoint {
+                Some(c) => {
+                    st.map = c.map;
+                    st.lsn = c.lsn;
+                    c.lsn
+                }
+                None => log.start_lsn(),
+            };
+            if from < log.start_lsn() || from > log.written_lsn() {
+                return Err(format!(
+                    "the checkpoint at LSN {from} does not fit the log ({}..{}); restore the log or remove {}",
+                    log.start_lsn(),
+                    log.written_lsn(),
+                    crate::checkpoint::dir(&o.dir).display()
+                ));
+            }
+            let iter = log.read_from(from).map_err(|e| e.to_string())?;
             for v in iter {
                 let v = v.map_err(|e| format!("replaying the log: {e}"))?;
                 let records = v.records().map_err(|e| format!("replaying the log: {e}"))?;
@@ -223,7 +301,13 @@ pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
     } else {
         let applier = KvApplier::default();
         let store = applier.store.clone();
-        let m = Mirror::start(cfg, o.partner, applier, None).map_err(|e| e.to_string())?;
+        let from = checkpoint.map(|c| {
+            let mut st = store.write().expect("store");
+            st.map = c.map;
+            st.lsn = c.lsn;
+            c.lsn
+        });
+        let m = Mirror::start(cfg, o.partner, applier, from).map_err(|e| e.to_string())?;
         (Node::Mirror(m), store, o.partner)
     };
     Ok(Running {

@@ -41,6 +41,8 @@ pub struct ServerOptions {
     /// Where clients reach the principal (told to clients that write to a
     /// mirror).
     pub principal_hint: Option<String>,
+    /// The node's directory (checkpoints go in its `checkpoints/`).
+    pub node_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -51,6 +53,7 @@ impl Default for ServerOptions {
             idle_timeout: None,
             password: None,
             principal_hint: None,
+            node_dir: None,
         }
     }
 }
@@ -341,6 +344,60 @@ impl Server {
         }
     }
 
+    /// Writes a checkpoint of the store and deletes the log below what is
+    /// still needed: below the older of the two kept checkpoints, and on a
+    /// principal also never beyond what its mirror has hardened (nothing is
+    /// deleted while no mirror is attached: it may need that log).
+    pub fn checkpoint(&self) -> Result<(u64, std::path::PathBuf), String> {
+        let dir = self
+            .opts
+            .node_dir
+            .as_deref()
+            .ok_or("this server has no directory")?;
+        let (lsn, map) = match &self.node {
+            Node::Principal(p) => {
+                // Under the write lock no write can join the marker's batch
+                // after it: the store is exactly the log up to its end.
+                let st = self.store.write().expect("store");
+                let t = p
+                    .commit_at(&[&Effect::Noop.encode()], Level::Local)
+                    .map_err(|e| e.to_string())?;
+                let c = t.wait().map_err(|e| e.to_string())?;
+                (c.lsn_end, st.map.clone())
+            }
+            Node::Mirror(_) => {
+                let st = self.store.read().expect("store");
+                (st.lsn, st.map.clone())
+            }
+        };
+        let path = crate::checkpoint::write(dir, lsn, &map)?;
+        let oldest = crate::checkpoint::list(dir).into_iter().min().unwrap_or(0);
+        let (log, limit) = match &self.node {
+            Node::Principal(p) => {
+                let s = p.status();
+                let mirror = if s.state == MirroringState::Disconnected {
+                    0
+                } else {
+                    s.mirror.hardened
+                };
+                (p.log().clone(), oldest.min(mirror))
+            }
+            Node::Mirror(m) => (m.log().clone(), oldest),
+        };
+        if limit > log.start_lsn() {
+            log.delete_below(limit)
+                .map_err(|e| format!("deleting the log below {limit}: {e}"))?;
+        }
+        Ok((lsn, path))
+    }
+
+    fn log_start(&self) -> u64 {
+        match &self.node {
+            Node::Principal(p) => p.log().start_lsn(),
+            Node::Mirror(m) => m.log().start_lsn(),
+        }
+    }
+
     fn redis_role(&self) -> &'static str {
         match self.node {
             Node::Principal(_) => "master",
@@ -463,6 +520,10 @@ impl Server {
             ("STATUS", 3) if args[2].eq_ignore_ascii_case(b"JSON") => {
                 Reply::bulk(status_json(&self.status()))
             }
+            ("CHECKPOINT", 2) => match self.checkpoint() {
+                Ok((lsn, path)) => Reply::bulk(format!("checkpoint at LSN {lsn}: {}", path.display())),
+                Err(e) => Reply::err(format!("ERR checkpoint failed: {e}")),
+            },
             ("LEVEL", 3) => match String::from_utf8_lossy(&args[2]).parse::<Level>() {
                 Ok(l) => {
                     conn.level = Some(l);
@@ -577,8 +638,11 @@ impl Server {
         }
         if show("persistence") {
             out.push_str(&format!(
-                "# Persistence\r\nloading:0\r\naof_enabled:1\r\nmirrorlog_written_lsn:{}\r\nmirrorlog_hardened_lsn:{}\r\n\r\n",
-                s.written_lsn, s.hardened_lsn
+                "# Persistence\r\nloading:0\r\naof_enabled:1\r\nmirrorlog_log_start_lsn:{}\r\nmirrorlog_written_lsn:{}\r\nmirrorlog_hardened_lsn:{}\r\nmirrorlog_checkpoints:{}\r\n\r\n",
+                self.log_start(),
+                s.written_lsn,
+                s.hardened_lsn,
+                self.opts.node_dir.as_deref().map_or(0, |d| crate::checkpoint::list(d).len())
             ));
         }
         if show("stats") {

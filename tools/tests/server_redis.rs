@@ -109,6 +109,10 @@ fn args(pair: &Pair, role: &str, port: u16) -> Vec<String> {
         &port.to_string(),
         "--partner",
         &format!("127.0.0.1:{}", pair.partner),
+        "--segment-bytes",
+        "65536",
+        "--checkpoint-secs",
+        "0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -406,4 +410,103 @@ fn mirrorlog_status_reports_both_nodes_as_text_and_json() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connecting"));
+}
+
+fn dump(c: &mut Connection) -> std::collections::BTreeMap<String, String> {
+    let keys: Vec<String> = c.keys("*").unwrap();
+    let mut m = std::collections::BTreeMap::new();
+    for k in keys {
+        let v: String = c.get(&k).unwrap();
+        m.insert(k, v);
+    }
+    m
+}
+
+fn persistence(c: &mut Connection, field: &str) -> u64 {
+    let text: String = redis::cmd("INFO").arg("persistence").query(c).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn restart_from_a_checkpoint_gives_the_same_state_and_a_corrupt_one_falls_back() {
+    let mut pair = pair("checkpoint");
+    let mut c = connect(pair.p_port);
+    // Values zstd cannot shrink, so the log spans several 64 KiB segments.
+    let mut x = 0x2545f4914f6cdd1du64;
+    let mut noise = || {
+        (0..25)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{:08x}", x as u32)
+            })
+            .collect::<String>()
+    };
+    for i in 0..600 {
+        let _: () = c.set(format!("c{i}"), format!("{i}-{}", noise())).unwrap();
+    }
+    let r: String = redis::cmd("MIRROR")
+        .arg("CHECKPOINT")
+        .query(&mut c)
+        .unwrap();
+    assert!(r.contains("checkpoint at LSN"), "{r}");
+    for i in 0..300 {
+        let _: () = c.set(format!("c{i}"), format!("second-{i}")).unwrap();
+    }
+    let _: () = c.del(&["c5", "c6"]).unwrap();
+    let _: i64 = c.incr("counter", 9).unwrap();
+    let _: String = redis::cmd("MIRROR")
+        .arg("CHECKPOINT")
+        .query(&mut c)
+        .unwrap();
+    let _: () = c.set("after", "both").unwrap();
+    assert_eq!(persistence(&mut c, "mirrorlog_checkpoints"), 2);
+    // The log below the older checkpoint was deleted (the mirror had it).
+    assert!(
+        persistence(&mut c, "mirrorlog_log_start_lsn") > 0,
+        "nothing was deleted"
+    );
+    let before = dump(&mut c);
+    assert_eq!(before.len(), 600 - 2 + 2);
+    // Restart: the newest checkpoint plus the log after it.
+    drop(c);
+    drop(pair.principal.take());
+    pair.principal = Some(serve(&args(&pair, "principal", pair.p_port)));
+    let mut c = connect(pair.p_port);
+    assert_eq!(dump(&mut c), before, "state after restart differs");
+    // Damage the newest checkpoint: the older one and a longer replay give
+    // the same state.
+    drop(c);
+    drop(pair.principal.take());
+    let ckdir = pair.dir.join("principal").join("checkpoints");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&ckdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let newest = files.last().unwrap();
+    let mut b = std::fs::read(newest).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    std::fs::write(newest, &b).unwrap();
+    pair.principal = Some(serve(&args(&pair, "principal", pair.p_port)));
+    let mut c = connect(pair.p_port);
+    assert_eq!(dump(&mut c), before, "state after falling back differs");
+    // The mirror checkpoints and restarts to the same state too.
+    let mut m = connect(pair.m_port);
+    let _: String = redis::cmd("MIRROR")
+        .arg("CHECKPOINT")
+        .query(&mut m)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dump(&mut m) != before {
+        assert!(Instant::now() < deadline, "the mirror never matched");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
