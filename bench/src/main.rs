@@ -13,6 +13,7 @@ mod local_commit;
 mod mirroring;
 mod mirroring_report;
 mod report;
+mod resp_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,6 +63,15 @@ SCENARIOS:
                     local (async) pipelined 100 B >= 1,000,000 commits/s
                     with the send queue <= 64 MiB; io_uring as fast as
                     blocking in every case.
+    resp            The key-value server (a principal and a mirror on
+                    loopback, in this process) driven by our own RESP load
+                    generator: SET and GET of 100 B values from 1, 8 and 32
+                    connections one command at a time, and 8 connections
+                    pipelining 32 deep, in safety full and off, next to the
+                    fdatasync and loopback round-trip floors. Target: safety
+                    full, SET, 32 connections >= 50,000 ops/s (5x PostgreSQL
+                    synchronous_commit=on, 3x Redis SET+WAIT as measured on
+                    this machine before).
     help            Print this help.
 
 OPTIONS:
@@ -96,6 +106,9 @@ OPTIONS:
     --compression C        zstd:LEVEL or off (default zstd:1).
     --levels LIST          mirroring: commit levels (default
                            local,remote-write,remote-flush,remote-apply).
+    --connections LIST     resp: client connections (default 1,8,32).
+    --pipeline N           resp: depth of the pipelined mode (default 32;
+                           1 skips it).
     --transports LIST      mirroring: io_uring,blocking (default both; an
                            unavailable io_uring is reported and skipped).
     -h, --help             Print this help.
@@ -135,6 +148,7 @@ impl Data {
 pub enum Scenario {
     LocalCommit,
     Mirroring,
+    Resp,
 }
 
 /// Everything the command line decides.
@@ -144,6 +158,9 @@ pub struct Config {
     /// mirroring: levels and transport paths to run.
     pub levels: Vec<Level>,
     pub transports: Vec<TransportChoice>,
+    /// resp: client connection counts, and the pipelined mode's depth.
+    pub connections: Vec<usize>,
+    pub pipeline: usize,
     /// Scratch directory for this run (created by main, removed at the end).
     pub scratch: PathBuf,
     /// The directory the user pointed at (or the temp dir).
@@ -295,16 +312,18 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut levels = Level::ALL.to_vec();
     let mut transports = vec![TransportChoice::IoUring, TransportChoice::Blocking];
     let mut data_given = false;
+    let mut connections = vec![1, 8, 32];
+    let mut pipeline = 32;
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         if !arg.starts_with('-') {
             match (arg.as_str(), &scenario) {
                 ("help", None) => return Ok(Parsed::Help),
-                ("local-commit" | "mirroring", None) => scenario = Some(arg),
+                ("local-commit" | "mirroring" | "resp", None) => scenario = Some(arg),
                 (_, None) => {
                     return Err(format!(
-                        "unknown scenario {arg:?}; the scenarios are: local-commit, mirroring"
+                        "unknown scenario {arg:?}; the scenarios are: local-commit, mirroring, resp"
                     ))
                 }
                 (_, Some(_)) => return Err(format!("unexpected argument {arg:?}")),
@@ -357,6 +376,13 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
                 data = parse_list(&flag, &value()?, parse_data)?;
                 data_given = true;
             }
+            "--connections" => {
+                connections = parse_list(&flag, &value()?, |s| parse_usize(&flag, s, 1))?;
+                if connections.iter().any(|&c| c > 1000) {
+                    return Err("--connections: at most 1000".into());
+                }
+            }
+            "--pipeline" => pipeline = parse_usize(&flag, &value()?, 1)?,
             "--levels" => levels = parse_list(&flag, &value()?, |s| s.parse::<Level>())?,
             "--transports" => {
                 transports = parse_list(&flag, &value()?, |s| match s {
@@ -395,6 +421,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     dedup(&mut sizes);
     let scenario = match scenario.as_deref() {
         Some("mirroring") => Scenario::Mirroring,
+        Some("resp") => Scenario::Resp,
         _ => Scenario::LocalCommit,
     };
     if scenario == Scenario::Mirroring && !data_given {
@@ -422,6 +449,8 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         scenario,
         levels,
         transports,
+        connections,
+        pipeline,
         scratch,
         base_dir,
         seconds,
@@ -513,6 +542,14 @@ fn run(cfg: &Config) -> Result<(), String> {
             print!("{}", report::render(cfg, &machine, &suite));
             if let Some(path) = &cfg.json {
                 report::write_json_value(path, &report::to_json(cfg, &machine, &suite))?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Scenario::Resp => {
+            let suite = resp_bench::run(cfg)?;
+            print!("{}", resp_bench::render(cfg, &suite));
+            if let Some(path) = &cfg.json {
+                report::write_json_value(path, &resp_bench::to_json(cfg, &suite))?;
                 eprintln!("wrote {}", path.display());
             }
         }

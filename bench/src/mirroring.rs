@@ -176,7 +176,7 @@ fn identity(secret_file: &Path) -> Result<NodeIdentity, String> {
     })
 }
 
-fn write_secret(path: &Path) -> Result<(), String> {
+pub fn write_secret(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut rng = crate::local_commit::XorShift::new(
         std::time::SystemTime::now()

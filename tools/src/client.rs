@@ -32,6 +32,16 @@ impl Client {
         self.read_reply()
     }
 
+    /// Sends every command in one write, then reads their replies in order.
+    pub fn pipeline(&mut self, cmds: &[Vec<&[u8]>]) -> std::io::Result<Vec<Reply>> {
+        self.out.clear();
+        for c in cmds {
+            encode_command(c, &mut self.out);
+        }
+        self.s.write_all(&self.out)?;
+        (0..cmds.len()).map(|_| self.read_reply()).collect()
+    }
+
     fn read_reply(&mut self) -> std::io::Result<Reply> {
         let mut chunk = [0u8; 16 << 10];
         loop {

@@ -1,17 +1,7 @@
-//! `mirrorlog`: the command-line face of mirrorlog.
-//!
-//! Today it inspects logs; the server, witness and admin commands arrive with
-//! the mirrored-database issue (see docs/design.md).
+//! `mirrorlog`: the command-line face of mirrorlog (the code lives in the
+//! library, `tools/src/lib.rs`, so the benchmark can run servers too).
 
-mod checkpoint;
-mod client;
-mod demo;
-mod inspect;
-mod kv;
-mod resp;
-mod serve;
-mod server;
-mod status;
+use mirrorlog::{demo, inspect, serve, status};
 
 use std::process::ExitCode;
 

@@ -1,0 +1,14 @@
+//! The `mirrorlog` tools as a library: the RESP key-value server on the
+//! engine (`serve`, `server`, `kv`, `resp`, `checkpoint`), a small RESP
+//! client, the demo, `status` and `inspect-log`. The `mirrorlog` binary is
+//! a thin command-line front; the benchmark runs servers in process.
+
+pub mod checkpoint;
+pub mod client;
+pub mod demo;
+pub mod inspect;
+pub mod kv;
+pub mod resp;
+pub mod serve;
+pub mod server;
+pub mod status;
