@@ -323,6 +323,7 @@ impl Server {
             }),
             "CLIENT" => now(self.client_cmd(conn, args)),
             "COMMAND" => now(Reply::Array(Vec::new())),
+            "CONFIG" => now(config_cmd(args)),
             "MULTI" => {
                 conn.multi = Some(Vec::new());
                 now(Reply::ok())
@@ -727,7 +728,7 @@ fn arity(name: &str) -> Option<i32> {
         "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "HELLO" => -1,
         "AUTH" => -2,
         "WAIT" => 3,
-        "CLIENT" | "MIRROR" => -2,
+        "CLIENT" | "MIRROR" | "CONFIG" => -2,
         _ => return None,
     })
 }
@@ -748,6 +749,36 @@ fn check_arity(name: &str, n: usize) -> Result<(), String> {
             "ERR wrong number of arguments for '{}' command",
             name.to_ascii_lowercase()
         ))
+    }
+}
+
+/// CONFIG GET for the parameters clients and redis-benchmark probe (the
+/// values describe mirrorlog truthfully: no RDB snapshots, the log is
+/// always on); CONFIG SET is refused.
+fn config_cmd(args: &[Vec<u8>]) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+    match (sub.as_str(), args.len()) {
+        ("GET", 3) => {
+            let known = [
+                ("save", ""),
+                ("appendonly", "yes"),
+                ("appendfsync", "always"),
+                ("databases", "1"),
+                ("maxmemory", "0"),
+            ];
+            let pat = &args[2];
+            Reply::Array(
+                known
+                    .iter()
+                    .filter(|(k, _)| glob_match(&pat.to_ascii_lowercase(), k.as_bytes()))
+                    .flat_map(|(k, v)| [Reply::bulk(*k), Reply::bulk(*v)])
+                    .collect(),
+            )
+        }
+        ("SET", _) => {
+            Reply::err("ERR CONFIG SET is not supported by mirrorlog; use mirrorlog serve flags")
+        }
+        _ => Reply::err("ERR unknown CONFIG subcommand; only CONFIG GET is supported"),
     }
 }
 
