@@ -207,11 +207,17 @@ fn without_a_mirror_commits_are_exposed_until_the_bound_then_held_until_it_retur
             x as u8
         })
         .collect();
-    let c = p.commit_wait(&[&big]).unwrap();
-    assert!(c.exposed);
+    // The commit that crosses the bound is itself held (every ticket checks
+    // the bound), and the status says commits are held.
+    let crossing = p.commit(&[&big]).unwrap();
+    let crossing = std::thread::spawn(move || crossing.wait());
     wait_until("commits to be held", Duration::from_secs(5), || {
         p.status().commits_held
     });
+    assert!(
+        !crossing.is_finished(),
+        "the commit past the bound was acknowledged"
+    );
     assert!(lines
         .lock()
         .unwrap()
@@ -228,6 +234,11 @@ fn without_a_mirror_commits_are_exposed_until_the_bound_then_held_until_it_retur
     let m = Mirror::start(config(&md, t, &lines), p.local_addr(), Kv::default(), None).unwrap();
     let c = held.join().unwrap().unwrap();
     assert!(!c.exposed);
+    let c = crossing.join().unwrap().unwrap();
+    assert!(
+        !c.exposed,
+        "the held commit completed at its level, not exposed"
+    );
     assert!(m.log().hardened_lsn() >= c.lsn_end);
     let st = p.status();
     assert!(!st.exposed && !st.commits_held);

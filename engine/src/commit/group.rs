@@ -366,6 +366,7 @@ impl<S: Storage> GroupCommit<S> {
             records: records.len() as u32,
             level,
             submitted: Instant::now(),
+            recorded: AtomicBool::new(false),
         })
     }
 
@@ -653,6 +654,8 @@ pub struct Ticket<S: Storage> {
     /// For the remote levels' latency histograms (the appender records
     /// `local` per batch).
     submitted: Instant,
+    /// Its latency was recorded (once, however often it is looked at).
+    recorded: AtomicBool,
 }
 
 impl<S: Storage> Ticket<S> {
@@ -660,7 +663,7 @@ impl<S: Storage> Ticket<S> {
     /// (exposed commits did not reach their level and are not recorded).
     fn finish(&self, r: Result<Committed, CommitError>) -> Result<Committed, CommitError> {
         if let Ok(c) = &r {
-            if self.level.is_remote() && !c.exposed {
+            if self.level.is_remote() && !c.exposed && !self.recorded.swap(true, Ordering::AcqRel) {
                 let ns = self.submitted.elapsed().as_nanos().max(1) as u64;
                 self.shared.latency_ns.lock().expect("latency lock")[self.level.index()]
                     .saturating_record(ns);
@@ -695,7 +698,9 @@ impl<S: Storage> Ticket<S> {
                 Detached::Refuse => return Some(Err(CommitError::LevelUnavailable(self.level))),
                 Detached::Expose => {
                     if let Some(Ok(pos)) = self.slot.placed.get() {
-                        if self.slot.hardened.load(Ordering::Acquire) {
+                        if self.slot.hardened.load(Ordering::Acquire)
+                            && self.shared.progress.may_expose(pos.lsn_end)
+                        {
                             return Some(Ok(self.committed(pos, true)));
                         }
                     }
@@ -727,10 +732,12 @@ impl<S: Storage> Ticket<S> {
         // Fast path without the lock: most tickets of a pipelined client are
         // complete by the time it looks.
         if self.reached() {
-            return self.outcome(None);
+            return self.outcome(None).map(|r| self.finish(r));
         }
         let st = self.shared.progress.lock();
-        self.outcome_locked(&st)
+        let r = self.outcome_locked(&st);
+        drop(st);
+        r.map(|r| self.finish(r))
     }
 
     /// Whether the commit reached its level, judged from atomics only:

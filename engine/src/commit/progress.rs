@@ -56,6 +56,14 @@ pub struct Progress {
     lsn: [AtomicU64; Level::COUNT],
     remote_attached: AtomicBool,
     detached: std::sync::atomic::AtomicU8,
+    /// Under `Detached::Expose`, only batches ending at most this many
+    /// bytes past the mirror's hardened LSN (the `remote-flush` watermark)
+    /// are acknowledged exposed; later ones are held (u64::MAX: no bound).
+    expose_max_bytes: AtomicU64,
+    /// Bumped by every rewind (a truncation): acknowledgements a session
+    /// received about the bytes before the cut must not advance the levels
+    /// of the bytes written after it (see [`Progress::advance_in`]).
+    generation: AtomicU64,
     /// Mirrors `Waiters::failed.is_some()` for lock-free polling.
     failed: AtomicBool,
     state: Mutex<Waiters>,
@@ -68,6 +76,8 @@ impl Progress {
             lsn: std::array::from_fn(|_| AtomicU64::new(start)),
             remote_attached: AtomicBool::new(false),
             detached: std::sync::atomic::AtomicU8::new(0),
+            expose_max_bytes: AtomicU64::new(u64::MAX),
+            generation: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             state: Mutex::new(Waiters {
                 failed: None,
@@ -106,6 +116,23 @@ impl Progress {
     pub fn set_detached_policy(&self, policy: Detached) {
         self.detached.store(policy.to_u8(), Ordering::Release);
         self.notify();
+    }
+
+    /// Bounds exposure in bytes: under `Detached::Expose`, a remote-level
+    /// commit is acknowledged exposed only if its batch ends within
+    /// `max_bytes` of the mirror's hardened LSN; otherwise it is held until a
+    /// mirror reaches its level. Checked by every ticket, so no commit beyond
+    /// the bound is ever acknowledged, however fast they come.
+    pub fn set_exposure_max_bytes(&self, max_bytes: Option<u64>) {
+        self.expose_max_bytes
+            .store(max_bytes.unwrap_or(u64::MAX), Ordering::Release);
+        self.notify();
+    }
+
+    /// Whether a batch ending at `lsn_end` may be acknowledged exposed.
+    pub(crate) fn may_expose(&self, lsn_end: u64) -> bool {
+        let max = self.expose_max_bytes.load(Ordering::Acquire);
+        lsn_end <= self.reached(Level::RemoteFlush).saturating_add(max)
     }
 
     /// Moves `level` forward to `lsn` (never backwards) and wakes waiters.
@@ -147,12 +174,40 @@ impl Progress {
     }
 
     /// Moves every level back to at most `lsn` (after a truncation cut the
-    /// log there: nothing beyond it has reached any level any more).
+    /// log there: nothing beyond it has reached any level any more), and
+    /// starts a new generation.
     pub fn rewind(&self, lsn: u64) {
-        for l in &self.lsn {
-            l.fetch_min(lsn, Ordering::AcqRel);
+        {
+            let _st = self.lock();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            for l in &self.lsn {
+                l.fetch_min(lsn, Ordering::AcqRel);
+            }
         }
         self.notify();
+    }
+
+    /// The current generation (see [`Progress::rewind`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// [`Progress::advance`], only if no rewind happened since `generation`
+    /// was read: a session's acknowledgements describe the log as it was
+    /// when the session began. Returns whether it moved.
+    pub fn advance_in(&self, generation: u64, level: Level, lsn: u64) -> bool {
+        let moved = {
+            let _st = self.lock();
+            if self.generation.load(Ordering::Acquire) != generation {
+                return false;
+            }
+            let prev = self.lsn[level.index()].fetch_max(lsn, Ordering::AcqRel);
+            lsn > prev
+        };
+        if moved {
+            self.notify();
+        }
+        moved
     }
 
     pub fn failure(&self) -> Option<Arc<str>> {

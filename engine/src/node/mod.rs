@@ -79,8 +79,9 @@ impl std::str::FromStr for Safety {
 /// exposed (commits wait for the mirror).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExposureLimit {
-    /// Log bytes hardened here since the mirror was lost (or since start
-    /// without one).
+    /// Log bytes hardened here beyond what the mirror last hardened (since
+    /// start, without one). Enforced by every commit: none beyond the bound
+    /// is ever acknowledged exposed.
     pub max_bytes: Option<u64>,
     /// Time since the mirror was lost (or since start without one).
     pub max_duration: Option<Duration>,

@@ -80,6 +80,7 @@ impl Principal {
         } else {
             Detached::Hold
         });
+        gc.progress().set_exposure_max_bytes(cfg.exposure.max_bytes);
         let listener = TcpListener::bind(listen).map_err(|source| NodeError::Io {
             context: format!("listening for the mirror on {listen}"),
             source,
@@ -243,6 +244,11 @@ impl Principal {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // No mirror will come: commits held for one fail now (with
+        // LevelUnavailable) instead of waiting for ever.
+        let progress = self.shared.gc.progress();
+        progress.set_remote_attached(false);
+        progress.set_detached_policy(Detached::Refuse);
     }
 }
 
@@ -254,7 +260,8 @@ impl Drop for Principal {
 
 /// Accepts mirror connections, authenticates them and hands each to the
 /// sender thread (which drops the session it had, if any).
-fn accept_loop(sh: &Shared, listener: TcpListener, tx: mpsc::Sender<Box<dyn Conn>>) {
+fn accept_loop(sh: &Arc<Shared>, listener: TcpListener, tx: mpsc::Sender<Box<dyn Conn>>) {
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let log = &sh.cfg.logger;
     let mut fallback_logged = false;
     while !sh.stop.load(Ordering::Acquire) {
@@ -276,7 +283,7 @@ fn accept_loop(sh: &Shared, listener: TcpListener, tx: mpsc::Sender<Box<dyn Conn
             ));
             continue;
         }
-        let (mut conn, why) = match open_conn(stream, sh.cfg.transport, sh.cfg.send_mode) {
+        let (conn, why) = match open_conn(stream, sh.cfg.transport, sh.cfg.send_mode) {
             Ok(c) => c,
             Err(e) => {
                 log.line(&format!(
@@ -292,33 +299,63 @@ fn accept_loop(sh: &Shared, listener: TcpListener, tx: mpsc::Sender<Box<dyn Conn
                 "mirrorlog[principal]: io_uring is unavailable ({why}); using blocking sockets"
             ));
         }
-        let nonce = match random_nonce() {
-            Ok(n) => n,
-            Err(e) => {
-                log.line(&format!(
-                    "mirrorlog[principal]: no randomness for a nonce: {e}"
-                ));
-                continue;
-            }
-        };
-        match authenticate(
-            conn.as_mut(),
-            Role::Principal,
-            &sh.cfg.identity,
-            sh.epoch,
-            nonce,
-            Duration::from_millis(sh.cfg.session.partner_timeout_ms),
-        ) {
-            Ok(()) => {
-                if tx.send(conn).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                log.line(&format!("mirrorlog[principal]: refused {peer}: {e}"));
-                sh.session
-                    .update(|s| s.last_error = Some(format!("refused {peer}: {e}")));
-            }
+        // Each handshake on its own thread, so a peer that connects and
+        // says nothing cannot keep the real mirror waiting behind it.
+        if handshakes.load(Ordering::Acquire) >= HANDSHAKES_MAX {
+            log.line(&format!(
+                "mirrorlog[principal]: refused {peer}: {HANDSHAKES_MAX} handshakes already in progress"
+            ));
+            continue;
+        }
+        handshakes.fetch_add(1, Ordering::AcqRel);
+        let (sh, tx, handshakes) = (sh.clone(), tx.clone(), handshakes.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mirrorlog-handshake".into())
+            .spawn(move || {
+                handshake(&sh, conn, peer, &tx);
+                handshakes.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            log.line("mirrorlog[principal]: could not start a handshake thread");
+        }
+    }
+}
+
+/// At most this many partner handshakes run at once; more connections are
+/// closed at once.
+const HANDSHAKES_MAX: usize = 16;
+
+fn handshake(
+    sh: &Shared,
+    mut conn: Box<dyn Conn>,
+    peer: std::net::SocketAddr,
+    tx: &mpsc::Sender<Box<dyn Conn>>,
+) {
+    let log = &sh.cfg.logger;
+    let nonce = match random_nonce() {
+        Ok(n) => n,
+        Err(e) => {
+            log.line(&format!(
+                "mirrorlog[principal]: no randomness for a nonce: {e}"
+            ));
+            return;
+        }
+    };
+    match authenticate(
+        conn.as_mut(),
+        Role::Principal,
+        &sh.cfg.identity,
+        sh.epoch,
+        nonce,
+        Duration::from_millis(sh.cfg.session.partner_timeout_ms),
+    ) {
+        Ok(()) => {
+            let _ = tx.send(conn);
+        }
+        Err(e) => {
+            log.line(&format!("mirrorlog[principal]: refused {peer}: {e}"));
+            sh.session
+                .update(|s| s.last_error = Some(format!("refused {peer}: {e}")));
         }
     }
 }
@@ -386,6 +423,13 @@ fn supervise(sh: &Shared) {
         let mut w = sh.watch.lock().expect("watch lock");
         w.lag.record(gc.log().written_lsn(), now);
         w.send_queue_age = w.lag.age(snap.mirror.received, now);
+        // Leave the held state only for a mirror that caught up: one that
+        // attaches for a moment and hardens nothing must not start a new
+        // exposure window.
+        let caught_up = attached && snap.state == Some(MirroringState::Synchronized);
+        if attached && !caught_up {
+            continue;
+        }
         if attached {
             if w.detached_since.take().is_some() && w.held {
                 let bounded =
@@ -397,13 +441,17 @@ fn supervise(sh: &Shared) {
             }
             continue;
         }
-        let (since, hardened_then) = *w
+        let (since, _) = *w
             .detached_since
             .get_or_insert((now, gc.log().hardened_lsn()));
         if sh.cfg.safety != Safety::Full || w.held {
             continue;
         }
-        let bytes = gc.log().hardened_lsn().saturating_sub(hardened_then);
+        // The same measure the tickets check (`Progress::may_expose`).
+        let bytes = gc
+            .log()
+            .hardened_lsn()
+            .saturating_sub(gc.progress().reached(Level::RemoteFlush));
         let over_bytes = limit.max_bytes.is_some_and(|m| bytes >= m);
         let over_time = limit.max_duration.is_some_and(|m| now - since >= m);
         if over_bytes || over_time {

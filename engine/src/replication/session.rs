@@ -444,6 +444,8 @@ pub struct MirrorSession {
     sync_in_flight: bool,
     last_heard_ms: u64,
     last_sent_ms: u64,
+    /// The principal's written LSN as its last heartbeat said.
+    principal_written: Option<u64>,
 }
 
 impl MirrorSession {
@@ -463,6 +465,7 @@ impl MirrorSession {
             progress,
             commit_lsn: progress.applied,
             sync_in_flight: false,
+            principal_written: None,
             last_heard_ms: now_ms,
             last_sent_ms: now_ms,
         };
@@ -481,6 +484,22 @@ impl MirrorSession {
 
     pub fn commit_lsn(&self) -> u64 {
         self.commit_lsn
+    }
+
+    /// The state as far as the mirror can tell: SYNCHRONIZED once it has
+    /// hardened everything the principal said (in its last heartbeat) it
+    /// had written, and nothing it received is waiting for a sync.
+    pub fn state(&self) -> MirroringState {
+        match (self.phase, self.principal_written) {
+            (Phase::Closed, _) => MirroringState::Disconnected,
+            (Phase::Streaming, Some(w))
+                if self.progress.hardened >= w
+                    && self.progress.received == self.progress.hardened =>
+            {
+                MirroringState::Synchronized
+            }
+            _ => MirroringState::Synchronizing,
+        }
     }
 
     fn close(&mut self, out: &mut Vec<MirrorCommand>, code: RefuseCode, reason: String) {
@@ -623,7 +642,14 @@ impl MirrorSession {
                 self.commit_lsn = self.commit_lsn.max(commit_lsn);
                 out.push(MirrorCommand::Append(frame));
             }
-            (Phase::Streaming, Message::Heartbeat { commit_lsn, .. }) => {
+            (
+                Phase::Streaming,
+                Message::Heartbeat {
+                    commit_lsn,
+                    written_lsn,
+                },
+            ) => {
+                self.principal_written = Some(written_lsn);
                 self.commit_lsn = self.commit_lsn.max(commit_lsn);
                 out.push(self.apply_limit());
                 out.push(self.ack(now_ms));
@@ -688,10 +714,25 @@ impl MirrorSession {
         if self.phase == Phase::Closed || applied <= self.progress.applied {
             return Vec::new();
         }
-        assert!(
-            applied <= self.commit_lsn.min(self.progress.hardened),
-            "applied beyond the limit"
-        );
+        if applied > self.progress.hardened {
+            // The applier only ever gets limits at or below what this log
+            // hardened; anything else is a bug elsewhere: stop shipping to a
+            // mirror in that state rather than acknowledge it.
+            let mut out = Vec::new();
+            self.close(
+                &mut out,
+                RefuseCode::Other,
+                format!(
+                    "the applier reached LSN {applied}, beyond this log's hardened LSN {}",
+                    self.progress.hardened
+                ),
+            );
+            return out;
+        }
+        // The applier may still be working to the limit an earlier session
+        // set: that limit was a commit LSN the principal published, so what
+        // it applies is committed. It raises this session's commit LSN.
+        self.commit_lsn = self.commit_lsn.max(applied);
         self.progress.applied = applied;
         vec![self.ack(now_ms)]
     }

@@ -80,6 +80,7 @@ pub struct BlockingConn {
     rx: RecvBuf,
     scratch: Vec<u8>,
     sent: u64,
+    send_timeout: Option<Duration>,
 }
 
 /// Waits for `fd` to be ready for `events`, or for `wake`; returns
@@ -138,6 +139,7 @@ impl BlockingConn {
             rx: RecvBuf::default(),
             scratch: Vec::new(),
             sent: 0,
+            send_timeout: None,
         })
     }
 
@@ -146,6 +148,7 @@ impl BlockingConn {
     }
 
     fn write_all_vectored(&mut self, parts: &mut [IoSlice<'_>]) -> Result<(), TransportError> {
+        let deadline = self.send_timeout.map(|t| Instant::now() + t);
         let mut slices: &mut [IoSlice<'_>] = parts;
         while !slices.is_empty() {
             match self.stream.write_vectored(slices) {
@@ -155,7 +158,17 @@ impl BlockingConn {
                     IoSlice::advance_slices(&mut slices, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    poll2(self.stream.as_raw_fd(), libc::POLLOUT, None, None)?;
+                    let left = match deadline {
+                        Some(d) => {
+                            let left = d.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                return Err(send_timed_out(self.send_timeout));
+                            }
+                            Some(left)
+                        }
+                        None => None,
+                    };
+                    poll2(self.stream.as_raw_fd(), libc::POLLOUT, None, left)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
@@ -253,4 +266,19 @@ impl Conn for BlockingConn {
     fn bytes_sent(&self) -> u64 {
         self.sent
     }
+
+    fn set_send_timeout(&mut self, timeout: Option<Duration>) {
+        self.send_timeout = timeout;
+    }
+}
+
+/// The error of a send that waited past its deadline for the partner.
+pub(crate) fn send_timed_out(t: Option<Duration>) -> TransportError {
+    TransportError::Io(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "the partner stopped reading: a send waited {} ms for room",
+            t.unwrap_or_default().as_millis()
+        ),
+    ))
 }

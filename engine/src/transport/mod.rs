@@ -129,6 +129,12 @@ pub trait Conn: Send {
     /// Payload bytes handed to the kernel so far (all messages).
     fn bytes_sent(&self) -> u64;
 
+    /// The longest a send may wait for the partner to make room (it stopped
+    /// reading): past it the send fails with `TimedOut` and the connection
+    /// is unusable. `None`: no limit. The session runners set the partner
+    /// timeout, so a stalled partner cannot wedge a sender thread.
+    fn set_send_timeout(&mut self, timeout: Option<Duration>);
+
     /// Whether ship payloads go out as zero-copy sends (`SendZc`).
     fn zero_copy(&self) -> bool {
         false

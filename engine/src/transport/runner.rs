@@ -164,6 +164,7 @@ pub fn serve_principal<S: Storage>(
 ) -> String {
     let log = gc.log();
     let epoch = gc.epoch();
+    conn.set_send_timeout(Some(Duration::from_millis(cfg.partner_timeout_ms)));
     let sent_before = conn.bytes_sent();
     let base_sent = status.snapshot().bytes_sent;
     let wake = match Wakeup::new() {
@@ -182,14 +183,24 @@ pub fn serve_principal<S: Storage>(
         s.state = Some(session.state());
     });
     gc.progress().set_remote_attached(true);
+    // Acknowledgements only count for the log as it is now: a truncation
+    // (a new generation) ends the session, and the next one catches up.
+    let generation = gc.progress().generation();
     let reason = 'run: loop {
         if stop() {
             break "stopped".to_string();
         }
+        if gc.progress().generation() != generation {
+            break "the log was truncated under the session; reconnecting to catch up".to_string();
+        }
         // Arm before looking at the LSNs: a move after this look signals
         // the eventfd and the wait below returns at once.
         wake.arm();
-        let mut cmds = session.on_local_progress(millis(t0), log.written_lsn(), log.hardened_lsn());
+        // Hardened first: it never passes what was written before it (a
+        // truncation in between can, hence the min).
+        let hardened = log.hardened_lsn();
+        let written = log.written_lsn();
+        let mut cmds = session.on_local_progress(millis(t0), written, hardened.min(written));
         cmds.extend(session.on_tick(millis(t0)));
         // Sleep only when there was nothing to do; either way, read every
         // acknowledgement that has arrived.
@@ -199,7 +210,7 @@ pub fn serve_principal<S: Storage>(
             Duration::ZERO
         };
         for c in cmds {
-            if let Err(e) = execute_principal(conn, gc, c) {
+            if let Err(e) = execute_principal(conn, gc, c, generation) {
                 break 'run e;
             }
         }
@@ -217,7 +228,7 @@ pub fn serve_principal<S: Storage>(
                 epoch,
             };
             for c in session.on_message(millis(t0), msg, &plog) {
-                if let Err(e) = execute_principal(conn, gc, c) {
+                if let Err(e) = execute_principal(conn, gc, c, generation) {
                     break 'run e;
                 }
             }
@@ -245,6 +256,7 @@ fn execute_principal<S: Storage>(
     conn: &mut dyn Conn,
     gc: &GroupCommit<S>,
     c: PrincipalCommand,
+    generation: u64,
 ) -> Result<(), String> {
     match c {
         PrincipalCommand::Send(m) => conn.send(&m).map_err(|e| e.to_string()),
@@ -287,7 +299,13 @@ fn execute_principal<S: Storage>(
             Ok(())
         }
         PrincipalCommand::Advance { level, lsn } => {
-            gc.progress().advance(level, lsn);
+            if !gc.progress().advance_in(generation, level, lsn)
+                && gc.progress().generation() != generation
+            {
+                return Err(
+                    "the log was truncated under the session; reconnecting to catch up".into(),
+                );
+            }
             Ok(())
         }
         PrincipalCommand::State(_) => Ok(()),
@@ -434,6 +452,7 @@ pub fn serve_mirror<S: Storage, A: Applier>(
     stop: &mut dyn FnMut() -> bool,
     status: &SessionStatus,
 ) -> String {
+    conn.set_send_timeout(Some(Duration::from_millis(cfg.partner_timeout_ms)));
     let sent_before = conn.bytes_sent();
     let base_sent = status.snapshot().bytes_sent;
     let wake = match Wakeup::new() {
@@ -492,8 +511,10 @@ pub fn serve_mirror<S: Storage, A: Applier>(
             run.flush(conn)?;
             let p = run.session.progress();
             let commit = run.session.commit_lsn();
+            let state = run.session.state();
             let sent = base_sent + conn.bytes_sent() - sent_before;
             status.update(|s| {
+                s.state = Some(state);
                 s.mirror = p;
                 s.commit_lsn = commit;
                 s.bytes_sent = sent;

@@ -374,6 +374,7 @@ pub struct UringConn {
     /// `ship` headers of the current `send_ships` call (reused allocation).
     headers: Vec<[u8; SHIP_HEADER_BYTES]>,
     sent: u64,
+    send_timeout: Option<Duration>,
     st: RingState,
     /// Set when the ring failed in a way that leaves requests unaccounted
     /// for: nothing is submitted any more.
@@ -434,6 +435,7 @@ impl UringConn {
             scratch: Vec::new(),
             headers: Vec::new(),
             sent: 0,
+            send_timeout: None,
             st: RingState::default(),
             broken: None,
         })
@@ -566,8 +568,27 @@ impl UringConn {
             // `send_ships`/`send` call, which also waits for zero-copy
             // notifications before returning. The kernel only reads them.
             unsafe { self.push(&entry)? };
+            let deadline = self.send_timeout.map(|t| Instant::now() + t);
             while self.st.send_result.is_none() {
-                self.enter(1, None)?;
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if left.is_some_and(|l| l.is_zero()) {
+                    // The partner stopped reading. Shut the socket down so
+                    // the send completes (with an error) at once, reap it
+                    // (the kernel is then done with `msg` and the bytes),
+                    // and give up on this connection.
+                    // SAFETY: shutdown on our own socket.
+                    unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+                    while self.st.send_result.is_none() {
+                        self.enter(1, None)?;
+                    }
+                    self.st.send_result = None;
+                    self.wait_notifs()?;
+                    self.broken = Some("a send timed out".into());
+                    return Err(crate::transport::blocking::send_timed_out(
+                        self.send_timeout,
+                    ));
+                }
+                self.enter(1, left)?;
             }
             let res = self.st.send_result.take().unwrap_or(0);
             if res < 0 {
@@ -811,6 +832,10 @@ impl Conn for UringConn {
 
     fn bytes_sent(&self) -> u64 {
         self.sent
+    }
+
+    fn set_send_timeout(&mut self, timeout: Option<Duration>) {
+        self.send_timeout = timeout;
     }
 
     fn zero_copy(&self) -> bool {
