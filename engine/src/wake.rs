@@ -15,7 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Wakeup {
     fd: OwnedFd,
     armed: AtomicBool,
+    /// Unique for the life of the process (fd numbers are reused).
+    id: u64,
 }
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Wakeup {
     pub fn new() -> io::Result<Wakeup> {
@@ -28,6 +32,7 @@ impl Wakeup {
             // SAFETY: fd is a fresh descriptor we own.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             armed: AtomicBool::new(false),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -72,6 +77,11 @@ impl Wakeup {
 
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// An identity no other `Wakeup` of this process has.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 }
 

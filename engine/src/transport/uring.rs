@@ -312,6 +312,8 @@ struct RingState {
     wake_armed: bool,
     /// The wake-up poll `wake_seq` fired.
     wake_fired: bool,
+    /// Which `Wakeup` (by `Wakeup::id`) the wake-up poll watches.
+    wake_id: u64,
     /// A wake-up poll failed with this (negative) result.
     wake_poll_error: Option<i32>,
     /// Cancels submitted and not yet completed.
@@ -672,11 +674,11 @@ impl UringConn {
             }
             self.reap();
             self.poll_errors()?;
-            if self.st.wake_fired {
+            // (A call without a wake-up leaves a fired one for the next
+            // call that has it.)
+            if let (true, Some(w)) = (self.st.wake_fired, wake) {
                 self.st.wake_fired = false;
-                if let Some(w) = wake {
-                    w.drain();
-                }
+                w.drain();
                 return Ok(None);
             }
             // An armed poll that has not fired means no data arrived since
@@ -709,12 +711,16 @@ impl UringConn {
             }
             if let (Some(w), false) = (wake, self.st.wake_armed) {
                 self.st.wake_seq += 1;
+                self.st.wake_id = w.id();
                 let e = opcode::PollAdd::new(types::Fd(w.fd()), libc::POLLIN as u32)
                     .build()
                     .user_data(TAG_WAKE_POLL | (self.st.wake_seq & SEQ_MASK));
-                // SAFETY: a poll references no memory; it is completed or
-                // cancelled and reaped before this `recv` returns, while
-                // `wake` (and so its eventfd) is still borrowed.
+                // SAFETY: a poll references no memory. It may stay armed
+                // after this `recv` returns (the next one with the same
+                // wake-up reuses it, saving a cancel per wait): the kernel
+                // holds its own reference to the eventfd's file, so a
+                // closed or reused fd number cannot confuse it, and a recv
+                // with another wake-up cancels it first (`wake_id`).
                 unsafe { self.push(&e)? };
                 self.st.wake_armed = true;
             }
@@ -815,15 +821,16 @@ impl Conn for UringConn {
         self.check_broken()?;
         // A timeout too large to represent is no limit.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let r = self.recv_inner(deadline, wake);
-        if self.broken.is_some() {
-            return r;
+        // A poll armed for another wake-up (an earlier session's) goes
+        // first; one for this wake-up stays armed across calls.
+        if let Some(w) = wake {
+            if self.st.wake_armed && self.st.wake_id != w.id() {
+                self.disarm_wake()?;
+            } else if !self.st.wake_armed && self.st.wake_id != w.id() {
+                self.st.wake_fired = false;
+            }
         }
-        let d = self.disarm_wake();
-        match r {
-            Ok(v) => d.map(|()| v),
-            Err(e) => Err(e),
-        }
+        self.recv_inner(deadline, wake)
     }
 
     fn path(&self) -> TransportPath {
