@@ -16,6 +16,12 @@ use crate::server::{Node, Server, ServerOptions};
 
 pub const SERVE_USAGE: &str = "\
 mirrorlog serve --role principal|mirror --dir DIR --secret-file FILE [OPTIONS]
+mirrorlog serve --config FILE [OPTIONS]
+
+    --config FILE             a TOML file of these options, keys spelled as the
+                              flags without the dashes (secret_file = \"...\",
+                              port = 6380, safety = \"full\"); flags given on
+                              the command line win over the file
 
     --role principal|mirror   what this node is
     --dir DIR                 its log directory (created if missing)
@@ -77,7 +83,103 @@ pub fn database_id(s: &str) -> Result<[u8; 16], String> {
     Ok(id)
 }
 
+/// The options a config file may hold: exactly the flags.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    role: Option<String>,
+    dir: Option<String>,
+    secret_file: Option<String>,
+    database_id: Option<String>,
+    port: Option<u16>,
+    bind: Option<String>,
+    partner: Option<String>,
+    principal_clients: Option<String>,
+    safety: Option<String>,
+    transport: Option<String>,
+    password: Option<String>,
+    max_clients: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    segment_bytes: Option<u64>,
+    checkpoint_secs: Option<u64>,
+}
+
+/// Reads a config file into the flags it stands for.
+fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--config {path}: {e}"))?;
+    let c: FileConfig = toml::from_str(&text)
+        .map_err(|e| format!("config file {path}: {}", e.to_string().trim()))?;
+    let mut v = Vec::new();
+    let mut put = |k: &str, val: Option<String>| {
+        if let Some(val) = val {
+            v.push((format!("--{}", k.replace('_', "-")), val));
+        }
+    };
+    put("role", c.role);
+    put("dir", c.dir);
+    put("secret_file", c.secret_file);
+    put("database_id", c.database_id);
+    put("port", c.port.map(|p| p.to_string()));
+    put("bind", c.bind);
+    put("partner", c.partner);
+    put("principal_clients", c.principal_clients);
+    put("safety", c.safety);
+    put("transport", c.transport);
+    put("password", c.password);
+    put("max_clients", c.max_clients.map(|n| n.to_string()));
+    put(
+        "idle_timeout_secs",
+        c.idle_timeout_secs.map(|n| n.to_string()),
+    );
+    put("segment_bytes", c.segment_bytes.map(|n| n.to_string()));
+    put("checkpoint_secs", c.checkpoint_secs.map(|n| n.to_string()));
+    Ok(v)
+}
+
+/// Parses `serve`'s arguments; a `--config FILE` supplies defaults the
+/// other flags override. An error names the flag, or the file and its key.
 pub fn parse(args: &[String]) -> Result<ServeOptions, String> {
+    let mut from_file = Vec::new();
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            let path = it.next().ok_or("--config needs a value")?;
+            from_file.extend(file_flags(path)?.into_iter().map(|f| (f, path.clone())));
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    // Check each file value alone first, so its error can name the key.
+    for ((flag, value), path) in &from_file {
+        let mut probe = vec![flag.clone(), value.clone()];
+        probe.extend([
+            "--role".into(),
+            "principal".into(),
+            "--dir".into(),
+            "x".into(),
+            "--secret-file".into(),
+            "x".into(),
+        ]);
+        if flag == "--role" && value == "mirror" {
+            probe.extend(["--partner".into(), "127.0.0.1:1".into()]);
+        }
+        if let Err(e) = parse_flags(&probe) {
+            return Err(format!(
+                "config file {path}, key `{}`: {e}",
+                flag.trim_start_matches("--").replace('-', "_")
+            ));
+        }
+    }
+    let mut all: Vec<String> = from_file
+        .into_iter()
+        .flat_map(|((f, v), _)| [f, v])
+        .collect();
+    all.extend(rest);
+    parse_flags(&all)
+}
+
+fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
     let mut role = None;
     let mut dir = None;
     let mut secret = None;

@@ -1,0 +1,120 @@
+//! `mirrorlog serve --config FILE`: a TOML file of the flags; command-line
+//! flags win; a bad file is refused with its path and the key named, and
+//! nothing starts.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mirrorlog-config-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn secret(d: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = d.join("secret");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&p)
+        .unwrap()
+        .write_all(b"config-test-shared-secret")
+        .unwrap();
+    p
+}
+
+fn serve_err(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .arg("serve")
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a bad config is a usage error");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_config_file_starts_a_node_and_flags_override_it() {
+    let d = dir("ok");
+    let s = secret(&d);
+    let (file_port, flag_port) = (free_port(), free_port());
+    let cfg = d.join("principal.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "role = \"principal\"\ndir = \"{}\"\nsecret_file = \"{}\"\nport = {file_port}\npartner = \"127.0.0.1:{}\"\nsafety = \"off\"\ncheckpoint_secs = 0\n",
+            d.join("p").display(),
+            s.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--port", &flag_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+            .args(["status", "--json", "--port", &flag_port.to_string()])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never came up on the flag's port"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(status.contains("\"role\":\"principal\""), "{status}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", file_port)).is_err(),
+        "the file's port was used although the flag overrode it"
+    );
+}
+
+#[test]
+fn bad_config_files_name_the_file_and_the_key() {
+    let d = dir("bad");
+    let write = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let unknown = write("unknown.toml", "role = \"principal\"\nprot = 6379\n");
+    let e = serve_err(&["--config", &unknown]);
+    assert!(e.contains("unknown.toml") && e.contains("prot"), "{e}");
+    let bad_value = write("value.toml", "safety = \"sometimes\"\n");
+    let e = serve_err(&["--config", &bad_value]);
+    assert!(
+        e.contains("value.toml") && e.contains("`safety`") && e.contains("full or off"),
+        "{e}"
+    );
+    let bad_type = write("type.toml", "port = \"sixty\"\n");
+    let e = serve_err(&["--config", &bad_type]);
+    assert!(e.contains("type.toml") && e.contains("port"), "{e}");
+    let e = serve_err(&["--config", "/nonexistent/mirrorlog.toml"]);
+    assert!(e.contains("/nonexistent/mirrorlog.toml"), "{e}");
+}
