@@ -134,6 +134,7 @@ fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair, String> {
         idle_timeout: None,
         checkpoint_every: None,
         segment_bytes: None,
+        log_level: "info".into(),
     };
     let quiet = Logger::new(|_| {});
     let p = serve::start(&base(true, "principal"), quiet.clone())?;

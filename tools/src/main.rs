@@ -62,31 +62,32 @@ fn main() -> ExitCode {
             }
         },
         Some("serve") => match serve::parse(&args[1..]) {
-            Ok(o) => match serve::start(&o, mirrorlog_engine::node::Logger::default()) {
-                Ok(r) => {
-                    eprintln!(
-                        "mirrorlog: serving {} clients on {} (RESP; try redis-cli -p {}), partner {}",
-                        if o.principal { "principal" } else { "mirror" },
-                        r.client_addr,
-                        r.client_addr.port(),
-                        r.partner_addr
-                    );
-                    match r.serve(
-                        o.checkpoint_every,
-                        mirrorlog_engine::node::Logger::default(),
-                    ) {
-                        Ok(()) => ExitCode::SUCCESS,
-                        Err(e) => {
-                            eprintln!("mirrorlog serve: {e}");
-                            ExitCode::FAILURE
+            Ok(o) => {
+                serve::init_logging(&o.log_level);
+                let logger = serve::tracing_logger();
+                match serve::start(&o, logger.clone()) {
+                    Ok(r) => {
+                        tracing::info!(
+                            "serving {} clients on {} (RESP; try redis-cli -p {}), partner {}",
+                            if o.principal { "principal" } else { "mirror" },
+                            r.client_addr,
+                            r.client_addr.port(),
+                            r.partner_addr
+                        );
+                        match r.serve(o.checkpoint_every, logger) {
+                            Ok(()) => ExitCode::SUCCESS,
+                            Err(e) => {
+                                tracing::error!("serving clients failed: {e}");
+                                ExitCode::FAILURE
+                            }
                         }
                     }
+                    Err(e) => {
+                        tracing::error!("could not start: {e}");
+                        ExitCode::FAILURE
+                    }
                 }
-                Err(e) => {
-                    eprintln!("mirrorlog serve: {e}");
-                    ExitCode::FAILURE
-                }
-            },
+            }
             Err(e) => {
                 eprintln!("mirrorlog serve: {e}\n\n{}", serve::SERVE_USAGE);
                 ExitCode::from(2)

@@ -43,6 +43,8 @@ mirrorlog serve --config FILE [OPTIONS]
     --idle-timeout-secs N     close idle clients (default: never)
     --segment-bytes N         size of new log segment files (default 64 MiB;
                               a multiple of 4096 from 8 KiB to 4 GiB)
+    --log-level L             error, warn, info (default) or debug; RUST_LOG,
+                              when set, takes precedence
     --checkpoint-secs N       checkpoint the store every N seconds when the log
                               grew (default 60; 0: only on MIRROR CHECKPOINT)
 ";
@@ -63,6 +65,7 @@ pub struct ServeOptions {
     pub idle_timeout: Option<Duration>,
     pub checkpoint_every: Option<Duration>,
     pub segment_bytes: Option<usize>,
+    pub log_level: String,
 }
 
 fn resolve(flag: &str, v: &str) -> Result<SocketAddr, String> {
@@ -102,6 +105,7 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
     segment_bytes: Option<u64>,
     checkpoint_secs: Option<u64>,
+    log_level: Option<String>,
 }
 
 /// Reads a config file into the flags it stands for.
@@ -133,6 +137,7 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
     );
     put("segment_bytes", c.segment_bytes.map(|n| n.to_string()));
     put("checkpoint_secs", c.checkpoint_secs.map(|n| n.to_string()));
+    put("log_level", c.log_level);
     Ok(v)
 }
 
@@ -195,6 +200,7 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
     let mut idle = None;
     let mut checkpoint_every = Some(Duration::from_secs(60));
     let mut segment_bytes = None;
+    let mut log_level = "info".to_string();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -241,6 +247,15 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
                     format!("--idle-timeout-secs {v:?}: expected seconds")
                 })?))
             }
+            "--log-level" => {
+                let v = value()?;
+                if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "--log-level {v:?}: expected error, warn, info or debug"
+                    ));
+                }
+                log_level = v;
+            }
             "--segment-bytes" => {
                 let v = value()?;
                 segment_bytes = Some(
@@ -283,6 +298,7 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
         idle_timeout: idle,
         checkpoint_every,
         segment_bytes,
+        log_level,
     })
 }
 
@@ -417,5 +433,42 @@ pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
         client_addr,
         partner_addr,
         listener: Some(listener),
+    })
+}
+
+/// Log lines with a time, a level and the message, on standard error.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// The engine's log lines as tracing events: problems as warnings, the
+/// rest as information.
+pub fn tracing_logger() -> Logger {
+    Logger::new(|s| {
+        let s = s.strip_prefix("mirrorlog").unwrap_or(s);
+        let lower = s.to_ascii_lowercase();
+        if [
+            "refused",
+            "failed",
+            "unavailable",
+            "torn tail",
+            "bound reached",
+            "unusable",
+            "error",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
+        {
+            tracing::warn!("{s}");
+        } else {
+            tracing::info!("{s}");
+        }
     })
 }
