@@ -521,6 +521,29 @@ impl Server {
             ("STATUS", 3) if args[2].eq_ignore_ascii_case(b"JSON") => {
                 Reply::bulk(status_json(&self.status()))
             }
+            ("SAFETY", 3) => {
+                let Node::Principal(p) = &self.node else {
+                    return Reply::err("ERR MIRROR SAFETY is set on the principal");
+                };
+                match String::from_utf8_lossy(&args[2]).parse::<mirrorlog_engine::node::Safety>() {
+                    Ok(s) => {
+                        p.set_safety(s);
+                        Reply::ok()
+                    }
+                    Err(e) => Reply::err(format!("ERR {e}")),
+                }
+            }
+            ("SUSPEND" | "RESUME", 2) => {
+                let Node::Principal(p) = &self.node else {
+                    return Reply::err("ERR MIRROR SUSPEND and RESUME are for the principal");
+                };
+                if sub == "SUSPEND" {
+                    p.suspend();
+                } else {
+                    p.resume();
+                }
+                Reply::ok()
+            }
             ("CHECKPOINT", 2) => match self.checkpoint() {
                 Ok((lsn, path)) => Reply::bulk(format!("checkpoint at LSN {lsn}: {}", path.display())),
                 Err(e) => Reply::err(format!("ERR checkpoint failed: {e}")),
@@ -540,7 +563,7 @@ impl Server {
                 };
                 Reply::bulk(l.name())
             }
-            _ => Reply::err("ERR unknown MIRROR subcommand; try MIRROR STATUS or MIRROR LEVEL [local|remote-write|remote-flush|remote-apply]"),
+            _ => Reply::err("ERR unknown MIRROR subcommand; try MIRROR STATUS [JSON], LEVEL [local|remote-write|remote-flush|remote-apply], SAFETY full|off, SUSPEND, RESUME or CHECKPOINT"),
         }
     }
 
@@ -658,9 +681,13 @@ impl Server {
             let state = format!("{:?}", s.state).to_lowercase();
             match &self.node {
                 Node::Principal(_) => out.push_str(&format!(
-                    "# Replication\r\nrole:master\r\nconnected_slaves:{}\r\nmaster_repl_offset:{}\r\nmirroring_state:{state}\r\nmirroring_epoch:{}\r\nmirroring_exposed:{}\r\nmirror_received_lsn:{}\r\nmirror_hardened_lsn:{}\r\nmirror_applied_lsn:{}\r\ncommit_lsn:{}\r\nsend_queue_bytes:{}\r\ntransport:{}\r\n\r\n",
+                    "# Replication\r\nrole:master\r\nconnected_slaves:{}\r\nmaster_repl_offset:{}\r\nmirroring_state:{state}\r\nmirroring_safety:{}\r\nmirroring_epoch:{}\r\nmirroring_exposed:{}\r\nmirror_received_lsn:{}\r\nmirror_hardened_lsn:{}\r\nmirror_applied_lsn:{}\r\ncommit_lsn:{}\r\nsend_queue_bytes:{}\r\ntransport:{}\r\n\r\n",
                     u8::from(s.state != MirroringState::Disconnected),
                     s.written_lsn,
+                    match &self.node {
+                        Node::Principal(p) if p.safety() == mirrorlog_engine::node::Safety::Off => "off",
+                        _ => "full",
+                    },
                     s.epoch,
                     u8::from(s.exposed),
                     s.mirror.received,

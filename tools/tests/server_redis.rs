@@ -510,3 +510,76 @@ fn restart_from_a_checkpoint_gives_the_same_state_and_a_corrupt_one_falls_back()
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn safety_and_shipping_can_be_switched_at_run_time() {
+    let pair = pair("switch");
+    let mut c = connect(pair.p_port);
+    let mut m = connect(pair.m_port);
+    // Suspend: the state says so, local commits go on, nothing ships.
+    let _: () = redis::cmd("MIRROR").arg("SUSPEND").query(&mut c).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while info(&mut c, "mirroring_state").as_deref() != Some("suspended") {
+        assert!(Instant::now() < deadline, "never SUSPENDED");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _: () = redis::cmd("MIRROR")
+        .arg("LEVEL")
+        .arg("local")
+        .query(&mut c)
+        .unwrap();
+    for i in 0..20 {
+        let _: () = c.set(format!("sus{i}"), i).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        redis::cmd("DBSIZE").query::<i64>(&mut m).unwrap(),
+        0,
+        "shipped while suspended"
+    );
+    // Resume: the mirror catches up and is SYNCHRONIZED again.
+    let _: () = redis::cmd("MIRROR").arg("RESUME").query(&mut c).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis::cmd("DBSIZE").query::<i64>(&mut m).unwrap() != 20
+        || info(&mut c, "mirroring_state").as_deref() != Some("synchronized")
+    {
+        assert!(Instant::now() < deadline, "never caught up after RESUME");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Safety off: plain writes wait for the local sync only.
+    let mut d = connect(pair.p_port);
+    let _: () = redis::cmd("MIRROR")
+        .arg("SAFETY")
+        .arg("off")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(info(&mut c, "mirroring_safety").as_deref(), Some("off"));
+    assert_eq!(
+        redis::cmd("MIRROR")
+            .arg("LEVEL")
+            .query::<String>(&mut d)
+            .unwrap(),
+        "local"
+    );
+    let _: () = redis::cmd("MIRROR")
+        .arg("SAFETY")
+        .arg("full")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        redis::cmd("MIRROR")
+            .arg("LEVEL")
+            .query::<String>(&mut d)
+            .unwrap(),
+        "remote-flush"
+    );
+    assert!(redis::cmd("MIRROR")
+        .arg("SAFETY")
+        .arg("maybe")
+        .query::<()>(&mut c)
+        .is_err());
+    assert!(redis::cmd("MIRROR")
+        .arg("SUSPEND")
+        .query::<()>(&mut m)
+        .is_err());
+}

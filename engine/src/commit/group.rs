@@ -107,6 +107,9 @@ struct Queue {
 struct Shared<S: Storage> {
     log: Arc<Log<S>>,
     options: CommitOptions,
+    /// The level `commit` waits for (index into `Level::ALL`); starts as
+    /// `options.default_level`, changed by `set_default_level`.
+    default_level: std::sync::atomic::AtomicUsize,
     batch_bytes_max: usize,
     epoch: AtomicU64,
     queue: Mutex<Queue>,
@@ -207,6 +210,7 @@ impl<S: Storage> GroupCommit<S> {
             ));
         }
         let hardened = log.hardened_lsn();
+        let options_default_index = options.default_level.index();
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(log.last_epoch().max(1)),
             batch_bytes_max,
@@ -238,6 +242,7 @@ impl<S: Storage> GroupCommit<S> {
             log_bytes: AtomicU64::new(0),
             log,
             options,
+            default_level: std::sync::atomic::AtomicUsize::new(options_default_index),
         });
         if let Some(why) = shared.log.poisoned() {
             shared.progress.fail(why);
@@ -307,12 +312,20 @@ impl<S: Storage> GroupCommit<S> {
 
     /// The level [`GroupCommit::commit`] waits for.
     pub fn default_level(&self) -> Level {
-        self.shared.options.default_level
+        Level::ALL[self.shared.default_level.load(Ordering::Acquire)]
+    }
+
+    /// Changes the level [`GroupCommit::commit`] waits for (switching
+    /// safety at run time); commits already made keep theirs.
+    pub fn set_default_level(&self, level: Level) {
+        self.shared
+            .default_level
+            .store(level.index(), Ordering::Release);
     }
 
     /// Commits `records` as one unit at the default level.
     pub fn commit(&self, records: &[&[u8]]) -> Result<Ticket<S>, CommitError> {
-        self.commit_at(records, self.shared.options.default_level)
+        self.commit_at(records, self.default_level())
     }
 
     /// Commits `records` as one unit (they land in the same batch, in order)

@@ -23,6 +23,8 @@ const SUPERVISE: Duration = Duration::from_millis(10);
 
 struct Shared {
     gc: Arc<GroupCommit<FsStorage>>,
+    /// The safety setting now (`Safety::Full` = 0, `Off` = 1): switchable.
+    safety: std::sync::atomic::AtomicU8,
     cfg: NodeConfig,
     epoch: u64,
     history: Vec<(u64, u64)>,
@@ -40,6 +42,16 @@ struct Watch {
     detached_since: Option<(Instant, u64)>,
     held: bool,
     send_queue_age: Option<Duration>,
+}
+
+impl Shared {
+    fn safety(&self) -> Safety {
+        if self.safety.load(Ordering::Acquire) == 1 {
+            Safety::Off
+        } else {
+            Safety::Full
+        }
+    }
 }
 
 /// A running principal. Dropping it stops it (see [`Principal::shutdown`]).
@@ -98,6 +110,7 @@ impl Principal {
         let hardened = gc.log().hardened_lsn();
         let shared = Arc::new(Shared {
             gc: Arc::new(gc),
+            safety: std::sync::atomic::AtomicU8::new(u8::from(cfg.safety == Safety::Off)),
             epoch,
             history: history.entries().to_vec(),
             session: SessionStatus::default(),
@@ -146,6 +159,38 @@ impl Principal {
             local_addr,
             threads,
         })
+    }
+
+    /// Switches safety at run time: the level plain `commit`s wait for
+    /// (full: remote-flush, off: local). Commits in flight keep theirs.
+    pub fn set_safety(&self, safety: Safety) {
+        self.shared
+            .safety
+            .store(u8::from(safety == Safety::Off), Ordering::Release);
+        self.shared.gc.set_default_level(safety.default_level());
+        self.shared.cfg.logger.line(&format!(
+            "mirrorlog[principal]: safety is now {}",
+            if safety == Safety::Full {
+                "full"
+            } else {
+                "off"
+            }
+        ));
+    }
+
+    pub fn safety(&self) -> Safety {
+        self.shared.safety()
+    }
+
+    /// Pauses shipping to the mirror (the session stays up, heartbeats go
+    /// on; the state is SUSPENDED) until [`Principal::resume`]. Commits at
+    /// remote levels wait meanwhile.
+    pub fn suspend(&self) {
+        self.shared.session.set_suspended(true);
+    }
+
+    pub fn resume(&self) {
+        self.shared.session.set_suspended(false);
     }
 
     /// The address the mirror connects to.
@@ -199,7 +244,7 @@ impl Principal {
             )
         };
         let attached = gc.progress().remote_attached();
-        let exposed = !attached && sh.cfg.safety == Safety::Full && !held;
+        let exposed = !attached && sh.safety() == Safety::Full && !held;
         let written = log.written_lsn();
         Status {
             role: NodeRole::Principal,
@@ -218,7 +263,7 @@ impl Principal {
             redo_queue_bytes: snap.mirror.hardened.saturating_sub(snap.mirror.applied),
             redo_queue_time: None,
             exposed,
-            commits_held: !attached && held && sh.cfg.safety == Safety::Full,
+            commits_held: !attached && held && sh.safety() == Safety::Full,
             exposed_for: if attached { None } else { exposed_for },
             transport: snap.path,
             zero_copy: snap.zero_copy,
@@ -444,7 +489,7 @@ fn supervise(sh: &Shared) {
         let (since, _) = *w
             .detached_since
             .get_or_insert((now, gc.log().hardened_lsn()));
-        if sh.cfg.safety != Safety::Full || w.held {
+        if sh.safety() != Safety::Full || w.held {
             continue;
         }
         // The same measure the tickets check (`Progress::may_expose`).

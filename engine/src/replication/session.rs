@@ -398,6 +398,10 @@ impl PrincipalSession {
         out
     }
 
+    pub fn is_suspended(&self) -> bool {
+        self.suspended
+    }
+
     /// Pauses shipping (heartbeats go on, so the session stays up).
     pub fn suspend(&mut self) -> Vec<PrincipalCommand> {
         self.suspended = true;

@@ -65,9 +65,20 @@ pub struct SessionSnapshot {
 #[derive(Default)]
 pub struct SessionStatus {
     inner: Mutex<SessionSnapshot>,
+    /// An operator asked to pause shipping (the principal's runner acts
+    /// on it within a tick).
+    suspend: AtomicBool,
 }
 
 impl SessionStatus {
+    pub fn set_suspended(&self, suspended: bool) {
+        self.suspend.store(suspended, Ordering::Release);
+    }
+
+    pub fn suspend_requested(&self) -> bool {
+        self.suspend.load(Ordering::Acquire)
+    }
+
     pub fn snapshot(&self) -> SessionSnapshot {
         self.inner.lock().expect("status lock poisoned").clone()
     }
@@ -201,6 +212,14 @@ pub fn serve_principal<S: Storage>(
         let hardened = log.hardened_lsn();
         let written = log.written_lsn();
         let mut cmds = session.on_local_progress(millis(t0), written, hardened.min(written));
+        let want = status.suspend_requested();
+        if want != session.is_suspended() {
+            cmds.extend(if want {
+                session.suspend()
+            } else {
+                session.resume(millis(t0))
+            });
+        }
         cmds.extend(session.on_tick(millis(t0)));
         // Sleep only when there was nothing to do; either way, read every
         // acknowledgement that has arrived.
