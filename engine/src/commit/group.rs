@@ -800,7 +800,7 @@ impl<S: Storage> Ticket<S> {
             if let Some(r) = self.outcome_locked(&st) {
                 break r;
             }
-            st = progress.wait(st);
+            st = progress.wait(st, self.level);
         };
         shared.sleepers.fetch_sub(1, Ordering::AcqRel);
         drop(st);
@@ -825,7 +825,7 @@ impl<S: Storage> Ticket<S> {
                     timeout,
                 });
             }
-            st = progress.wait_timeout(st, deadline - now);
+            st = progress.wait_timeout(st, self.level, deadline - now);
         }
     }
 }

@@ -67,7 +67,10 @@ pub struct Progress {
     /// Mirrors `Waiters::failed.is_some()` for lock-free polling.
     failed: AtomicBool,
     state: Mutex<Waiters>,
-    cv: Condvar,
+    /// One per level: a remote level's advance wakes only the commits
+    /// waiting for that level (with 32 clients waiting at remote-flush, a
+    /// single condvar woke all of them four times per batch).
+    cvs: [Condvar; Level::COUNT],
 }
 
 impl Progress {
@@ -83,7 +86,7 @@ impl Progress {
                 failed: None,
                 wakers: Vec::new(),
             }),
-            cv: Condvar::new(),
+            cvs: std::array::from_fn(|_| Condvar::new()),
         }
     }
 
@@ -140,9 +143,23 @@ impl Progress {
     pub fn advance(&self, level: Level, lsn: u64) -> bool {
         let prev = self.lsn[level.index()].fetch_max(lsn, Ordering::AcqRel);
         if lsn > prev {
-            self.notify();
+            self.notify_advance(level);
         }
         lsn > prev
+    }
+
+    /// Wakes the waiters an advance of `level` may complete: for `local`
+    /// everyone (every commit needs its local sync), for a remote level
+    /// those waiting for it.
+    fn notify_advance(&self, level: Level) {
+        if level == Level::Local {
+            return self.notify();
+        }
+        let wakers = std::mem::take(&mut self.lock().wakers);
+        self.cvs[level.index()].notify_all();
+        for w in wakers {
+            w.wake();
+        }
     }
 
     /// Wakes every waiter to re-check its condition.
@@ -150,7 +167,9 @@ impl Progress {
         // Taking the lock orders this wake-up after any waiter's check, so a
         // waiter that saw the old value is already waiting on the condvar.
         let wakers = std::mem::take(&mut self.lock().wakers);
-        self.cv.notify_all();
+        for cv in &self.cvs {
+            cv.notify_all();
+        }
         for w in wakers {
             w.wake();
         }
@@ -205,7 +224,7 @@ impl Progress {
             lsn > prev
         };
         if moved {
-            self.notify();
+            self.notify_advance(level);
         }
         moved
     }
@@ -214,16 +233,23 @@ impl Progress {
         self.lock().failed.clone()
     }
 
-    pub(crate) fn wait<'a>(&self, guard: MutexGuard<'a, Waiters>) -> MutexGuard<'a, Waiters> {
-        self.cv.wait(guard).expect("progress lock poisoned")
+    pub(crate) fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, Waiters>,
+        level: Level,
+    ) -> MutexGuard<'a, Waiters> {
+        self.cvs[level.index()]
+            .wait(guard)
+            .expect("progress lock poisoned")
     }
 
     pub(crate) fn wait_timeout<'a>(
         &self,
         guard: MutexGuard<'a, Waiters>,
+        level: Level,
         dur: std::time::Duration,
     ) -> MutexGuard<'a, Waiters> {
-        self.cv
+        self.cvs[level.index()]
             .wait_timeout(guard, dur)
             .expect("progress lock poisoned")
             .0
