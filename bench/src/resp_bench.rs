@@ -135,6 +135,7 @@ fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair, String> {
         checkpoint_every: None,
         segment_bytes: None,
         log_level: "info".into(),
+        limits: mirrorlog::resp::Limits::default(),
     };
     let quiet = Logger::new(|_| {});
     let p = serve::start(&base(true, "principal"), quiet.clone())?;

@@ -40,6 +40,10 @@ mirrorlog serve --config FILE [OPTIONS]
     --transport auto|io_uring|blocking   partner transport (default auto)
     --password P              require AUTH P from clients
     --max-clients N           default 10000
+    --max-bulk-bytes N        largest value or argument a client may send
+                              (default 512 MiB, as Redis)
+    --max-args N              most arguments in one command (default 1048576)
+    --max-inline-bytes N      longest inline (telnet-style) command (default 64 KiB)
     --idle-timeout-secs N     close idle clients (default: never)
     --segment-bytes N         size of new log segment files (default 64 MiB;
                               a multiple of 4096 from 8 KiB to 4 GiB)
@@ -66,6 +70,7 @@ pub struct ServeOptions {
     pub checkpoint_every: Option<Duration>,
     pub segment_bytes: Option<usize>,
     pub log_level: String,
+    pub limits: crate::resp::Limits,
 }
 
 fn resolve(flag: &str, v: &str) -> Result<SocketAddr, String> {
@@ -106,6 +111,9 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     checkpoint_secs: Option<u64>,
     log_level: Option<String>,
+    max_bulk_bytes: Option<u64>,
+    max_args: Option<u64>,
+    max_inline_bytes: Option<u64>,
 }
 
 /// Reads a config file into the flags it stands for.
@@ -138,6 +146,12 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
     put("segment_bytes", c.segment_bytes.map(|n| n.to_string()));
     put("checkpoint_secs", c.checkpoint_secs.map(|n| n.to_string()));
     put("log_level", c.log_level);
+    put("max_bulk_bytes", c.max_bulk_bytes.map(|n| n.to_string()));
+    put("max_args", c.max_args.map(|n| n.to_string()));
+    put(
+        "max_inline_bytes",
+        c.max_inline_bytes.map(|n| n.to_string()),
+    );
     Ok(v)
 }
 
@@ -201,6 +215,7 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
     let mut checkpoint_every = Some(Duration::from_secs(60));
     let mut segment_bytes = None;
     let mut log_level = "info".to_string();
+    let mut limits = crate::resp::Limits::default();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -246,6 +261,19 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
                 idle = Some(Duration::from_secs(v.parse().map_err(|_| {
                     format!("--idle-timeout-secs {v:?}: expected seconds")
                 })?))
+            }
+            "--max-bulk-bytes" | "--max-args" | "--max-inline-bytes" => {
+                let v = value()?;
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("{flag} {v:?}: expected a positive number"))?;
+                match flag.as_str() {
+                    "--max-bulk-bytes" => limits.max_bulk = n,
+                    "--max-args" => limits.max_args = n,
+                    _ => limits.max_inline = n,
+                }
             }
             "--log-level" => {
                 let v = value()?;
@@ -299,6 +327,7 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
         checkpoint_every,
         segment_bytes,
         log_level,
+        limits,
     })
 }
 
@@ -374,7 +403,7 @@ pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
         password: o.password.clone(),
         principal_hint: o.principal_clients.clone(),
         node_dir: Some(o.dir.clone()),
-        ..ServerOptions::default()
+        limits: o.limits,
     };
     let warn_logger = cfg.logger.clone();
     let checkpoint =

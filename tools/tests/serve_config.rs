@@ -118,3 +118,57 @@ fn bad_config_files_name_the_file_and_the_key() {
     let e = serve_err(&["--config", "/nonexistent/mirrorlog.toml"]);
     assert!(e.contains("/nonexistent/mirrorlog.toml"), "{e}");
 }
+
+#[test]
+fn client_limits_are_configurable_and_enforced() {
+    let d = dir("limits");
+    let s = secret(&d);
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["serve", "--role", "principal", "--dir"])
+        .arg(d.join("p"))
+        .arg("--secret-file")
+        .arg(&s)
+        .args(["--port", &port.to_string()])
+        .args(["--partner", &format!("127.0.0.1:{}", free_port())])
+        .args(["--max-bulk-bytes", "64", "--max-args", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let connect = || loop {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            return c;
+        }
+        assert!(Instant::now() < deadline, "the server never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let talk = |bytes: &[u8]| {
+        use std::io::Read;
+        let mut c = connect();
+        c.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let big = format!(
+        "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$65\r\n{}\r\n",
+        "x".repeat(65)
+    );
+    assert!(
+        talk(big.as_bytes()).starts_with("-ERR Protocol error"),
+        "a 65-byte value passed a 64-byte limit"
+    );
+    let many = "*5\r\n$4\r\nMGET\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$1\r\nd\r\n";
+    assert!(talk(many.as_bytes()).starts_with("-ERR Protocol error"));
+    // Within the limits: served.
+    let ok = format!(
+        "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$64\r\n{}\r\n*1\r\n$4\r\nQUIT\r\n",
+        "x".repeat(64)
+    );
+    assert!(talk(ok.as_bytes()).starts_with("+OK"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
