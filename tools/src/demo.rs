@@ -149,8 +149,24 @@ fn wait_for(
     Ok(())
 }
 
+/// The demo's client password (the servers require AUTH, as a real
+/// deployment should).
+static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Connects and authenticates.
+fn connect(port: u16, timeout: Duration) -> std::io::Result<Client> {
+    let mut c = Client::connect(addr(port), timeout)?;
+    if let Some(p) = PASSWORD.get() {
+        match c.call(&[b"AUTH", p.as_bytes()])? {
+            Reply::Simple(_) => {}
+            other => return Err(std::io::Error::other(format!("AUTH: {other:?}"))),
+        }
+    }
+    Ok(c)
+}
+
 fn info_field(port: u16, field: &str) -> Option<String> {
-    let mut c = Client::connect(addr(port), Duration::from_secs(2)).ok()?;
+    let mut c = connect(port, Duration::from_secs(2)).ok()?;
     let Reply::Bulk(b) = c.call(&[b"INFO", b"replication"]).ok()? else {
         return None;
     };
@@ -160,9 +176,7 @@ fn info_field(port: u16, field: &str) -> Option<String> {
 }
 
 fn status_text(port: u16) -> String {
-    match Client::connect(addr(port), Duration::from_secs(2))
-        .and_then(|mut c| c.call(&[b"MIRROR", b"STATUS"]))
-    {
+    match connect(port, Duration::from_secs(2)).and_then(|mut c| c.call(&[b"MIRROR", b"STATUS"])) {
         Ok(Reply::Bulk(b)) => String::from_utf8_lossy(&b).into_owned(),
         other => format!("(no status: {other:?})"),
     }
@@ -209,6 +223,13 @@ fn secret_file(dir: &Path) -> Result<PathBuf, String> {
 
 fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
     let secret = secret_file(dir)?;
+    // A client password of its own (not derived from the partner secret).
+    let mut pw = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut pw))
+        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    let password = pw.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let password = PASSWORD.get_or_init(|| password).clone();
     let (p_port, m_port, partner) = (free_port()?, free_port()?, free_port()?);
     let common = |role: &str, sub: &str, port: u16| -> Vec<String> {
         vec![
@@ -222,6 +243,8 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
             port.to_string(),
             "--database-id".into(),
             "demo".into(),
+            "--password".into(),
+            password.clone(),
         ]
     };
     println!("mirrorlog demo: a principal and a mirror on 127.0.0.1, safety full (a write is acknowledged once both have it on disk)");
@@ -242,7 +265,9 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
         &principal,
         || info_field(p_port, "mirroring_state").as_deref() == Some("synchronized"),
     )?;
-    println!("  principal: redis-cli -p {p_port}      mirror (read-only): redis-cli -p {m_port}");
+    println!(
+        "  principal: redis-cli -p {p_port} -a {password}      mirror (read-only): redis-cli -p {m_port} -a {password}"
+    );
     println!(
         "\n1. {} clients write for {} s; every acknowledged write is recorded",
         o.clients, o.seconds
@@ -256,7 +281,7 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
             let (acked, count, stop, errors) =
                 (acked.clone(), count.clone(), stop.clone(), errors.clone());
             std::thread::spawn(move || {
-                let mut client = match Client::connect(addr(p_port), Duration::from_secs(5)) {
+                let mut client = match connect(p_port, Duration::from_secs(5)) {
                     Ok(cl) => cl,
                     Err(e) => {
                         errors.lock().expect("errors").push(e.to_string());
@@ -330,8 +355,7 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
         || info_field(new_port, "role").as_deref() == Some("master"),
     )?;
     println!("\n4. every acknowledged write is read back from the new principal (port {new_port})");
-    let mut c =
-        Client::connect(addr(new_port), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let mut c = connect(new_port, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let mut missing = 0;
     for (k, v) in &acked {
         interrupted()?;

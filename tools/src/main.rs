@@ -33,6 +33,9 @@ USAGE:
         A node's mirroring status: role, state, epoch, LSNs, send and redo
         queues, transport, commit latency per level.
 
+    mirrorlog checkpoint [--host H] [--port N] [--password P]
+        Asks a node for a checkpoint now (MIRROR CHECKPOINT) and prints where.
+
     mirrorlog --help | --version
 ";
 
@@ -51,6 +54,16 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mirrorlog demo: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("checkpoint") => match status::checkpoint(&args[1..]) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mirrorlog checkpoint: {e}");
                 ExitCode::FAILURE
             }
         },

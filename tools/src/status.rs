@@ -124,3 +124,31 @@ pub fn run(args: &[String]) -> Result<(), String> {
         },
     }
 }
+
+/// `mirrorlog checkpoint`: asks the node for a checkpoint now.
+pub fn checkpoint(args: &[String]) -> Result<String, String> {
+    let o = parse(args).map_err(|e| format!("{e}\n\n{STATUS_USAGE}"))?;
+    if o.json || o.watch.is_some() {
+        return Err("checkpoint takes --host, --port and --password only".into());
+    }
+    let mut c = Client::connect(o.addr, Duration::from_secs(3))
+        .map_err(|e| format!("connecting to {}: {e}", o.addr))?;
+    if let Some(p) = &o.password {
+        match c
+            .call(&[b"AUTH", p.as_bytes()])
+            .map_err(|e| e.to_string())?
+        {
+            Reply::Simple(_) => {}
+            other => return Err(format!("AUTH: {other:?}")),
+        }
+    }
+    // A checkpoint copies the whole store: allow it time.
+    match c
+        .call(&[b"MIRROR", b"CHECKPOINT"])
+        .map_err(|e| e.to_string())?
+    {
+        Reply::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Reply::Error(e) => Err(e),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}

@@ -403,6 +403,17 @@ fn mirrorlog_status_reports_both_nodes_as_text_and_json() {
     let m: serde_json::Value = serde_json::from_str(&run(pair.m_port, true)).unwrap();
     assert_eq!(m["role"], "mirror");
     assert!(m["mirror"]["applied_lsn"].as_u64().unwrap() > 0);
+    // `mirrorlog checkpoint` asks for one and says where it went.
+    let out = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["checkpoint", "--port", &pair.p_port.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("checkpoint at LSN"));
     // A node that is not there: a clear error, not a hang.
     let out = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
         .args(["status", "--port", &free_port().to_string()])
