@@ -594,3 +594,48 @@ fn safety_and_shipping_can_be_switched_at_run_time() {
         .query::<()>(&mut m)
         .is_err());
 }
+
+#[test]
+fn log_the_mirror_still_needs_is_not_deleted_by_a_checkpoint() {
+    let mut pair = pair("retention");
+    let mut c = connect(pair.p_port);
+    // The mirror goes away; the principal writes on (exposed) and
+    // checkpoints twice: the log the mirror lacks must stay.
+    pair._mirror = Served(Command::new("true").spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while info(&mut c, "mirroring_state").as_deref() != Some("disconnected") {
+        assert!(Instant::now() < deadline, "the principal never noticed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut x = 0x9e3779b97f4a7c15u64;
+    for i in 0..400 {
+        let v: String = (0..25)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{:08x}", x as u32)
+            })
+            .collect();
+        let _: () = c.set(format!("r{i}"), v).unwrap();
+    }
+    for _ in 0..2 {
+        let _: String = redis::cmd("MIRROR")
+            .arg("CHECKPOINT")
+            .query(&mut c)
+            .unwrap();
+    }
+    assert_eq!(
+        persistence(&mut c, "mirrorlog_log_start_lsn"),
+        0,
+        "a checkpoint deleted log that the absent mirror still needs"
+    );
+    // The mirror returns and catches up from that log.
+    pair._mirror = serve(&args(&pair, "mirror", pair.m_port));
+    let mut m = connect(pair.m_port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis::cmd("DBSIZE").query::<i64>(&mut m).unwrap() != 400 {
+        assert!(Instant::now() < deadline, "the mirror never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
