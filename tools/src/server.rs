@@ -149,6 +149,8 @@ impl Server {
             level: None,
             authed: self.opts.password.is_none(),
             multi: None,
+            multi_dirty: false,
+            multi_bytes: 0,
             last_write_end: 0,
             name: None,
         };
@@ -198,6 +200,16 @@ impl Server {
                             outcomes.push(Outcome::Now(Reply::ok()));
                             quit = true;
                             break;
+                        }
+                        if args[0].eq_ignore_ascii_case(b"WAIT") && conn.multi.is_none() {
+                            // WAIT counts the writes before it in this
+                            // pipeline: resolve them first.
+                            for o in outcomes.iter_mut() {
+                                if matches!(o, Outcome::After(..)) {
+                                    let done = std::mem::replace(o, Outcome::Now(Reply::Nil));
+                                    *o = Outcome::Now(self.resolve(done, &mut conn));
+                                }
+                            }
                         }
                         outcomes.push(self.command(&mut conn, &args));
                     }
@@ -263,20 +275,42 @@ impl Server {
             match name.as_str() {
                 "EXEC" => {
                     let queued = conn.multi.take().expect("in multi");
+                    let dirty = std::mem::take(&mut conn.multi_dirty);
+                    conn.multi_bytes = 0;
+                    if dirty {
+                        return now(Reply::err(
+                            "EXECABORT Transaction discarded because of previous errors.",
+                        ));
+                    }
                     return self.exec_multi(conn, queued);
                 }
                 "DISCARD" => {
                     conn.multi = None;
+                    conn.multi_dirty = false;
+                    conn.multi_bytes = 0;
                     return now(Reply::ok());
                 }
                 "MULTI" => return now(Reply::err("ERR MULTI calls can not be nested")),
                 "WATCH" => return now(Reply::err("ERR WATCH inside MULTI is not allowed")),
                 _ => {
-                    if let Err(e) = check_arity(&name, args.len()) {
-                        conn.multi = None;
-                        return now(Reply::err(format!(
-                            "EXECABORT Transaction discarded because of previous errors: {e}"
-                        )));
+                    // As Redis: a command refused while queuing gets its
+                    // error, the transaction stays open and EXEC discards
+                    // it whole; the rest keep answering QUEUED.
+                    let refused = if !queueable(&name) {
+                        Some(unknown_or_unqueueable(&name, args))
+                    } else if let Err(e) = check_arity(&name, args.len()) {
+                        Some(e)
+                    } else {
+                        let bytes: usize = args.iter().map(|a| a.len() + 16).sum();
+                        conn.multi_bytes += bytes;
+                        (conn.multi_bytes > self.opts.limits.max_bulk).then(|| {
+                            "ERR the transaction's queued commands exceed the size limit"
+                                .to_string()
+                        })
+                    };
+                    if let Some(e) = refused {
+                        conn.multi_dirty = true;
+                        return now(Reply::err(e));
                     }
                     q.push(args.to_vec());
                     return now(Reply::Simple("QUEUED".into()));
@@ -423,25 +457,27 @@ impl Server {
             return Outcome::Now(self.readonly());
         };
         let mut st = self.store.write().expect("store");
-        let mut effects = Vec::new();
-        let reply = write_cmd(&mut st, name, args, &mut effects);
-        self.commit(p, conn, &mut st, effects, reply)
+        let mut journal = Journal::default();
+        let reply = write_cmd(&mut st, name, args, &mut journal);
+        self.commit(p, conn, &mut st, journal, reply)
     }
 
-    /// Logs `effects` (already applied to `st`) in one commit, under the
-    /// store lock so the log order is the store's order.
+    /// Logs the journal's effects (already applied to `st`) in one commit,
+    /// under the store lock so the log order is the store's order. A
+    /// commit refused outright (too large, no mirror for its level) takes
+    /// the effects back out of the store.
     fn commit(
         &self,
         p: &Principal,
         conn: &Conn,
         st: &mut Store,
-        effects: Vec<Effect>,
+        journal: Journal,
         reply: Reply,
     ) -> Outcome {
-        if effects.is_empty() {
+        if journal.effects.is_empty() {
             return Outcome::Now(reply);
         }
-        let records: Vec<Vec<u8>> = effects.iter().map(Effect::encode).collect();
+        let records: Vec<Vec<u8>> = journal.effects.iter().map(Effect::encode).collect();
         let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
         let level = conn.level.unwrap_or(p.group_commit().default_level());
         match p.commit_at(&refs, level) {
@@ -450,12 +486,11 @@ impl Server {
                 Outcome::After(t, reply)
             }
             Err(e) => {
-                // Not logged: undo by replaying? The effects were applied
-                // while computing; refuse further service rather than serve
-                // a store the log does not match.
-                *self.broken.lock().expect("broken lock") = Some(format!(
-                    "a commit was refused after its effects were applied: {e}"
-                ));
+                // Nothing was logged: nothing may stay in the store.
+                journal.roll_back(st);
+                if matches!(e, CommitError::Poisoned(_)) {
+                    *self.broken.lock().expect("broken lock") = Some(e.to_string());
+                }
                 Outcome::Now(Reply::err(format!("ERR the write was not committed: {e}")))
             }
         }
@@ -472,18 +507,18 @@ impl Server {
                 ));
             };
             let mut st = self.store.write().expect("store");
-            let mut effects = Vec::new();
+            let mut journal = Journal::default();
             let mut replies = Vec::new();
             for a in &queued {
                 let n = String::from_utf8_lossy(&a[0]).to_ascii_uppercase();
                 let r = if is_write(&n) {
-                    write_cmd(&mut st, &n, a, &mut effects)
+                    write_cmd(&mut st, &n, a, &mut journal)
                 } else {
                     read_cmd(&st, &n, a).unwrap_or_else(|| unknown(&n, a))
                 };
                 replies.push(r);
             }
-            self.commit(p, conn, &mut st, effects, Reply::Array(replies))
+            self.commit(p, conn, &mut st, journal, Reply::Array(replies))
         } else {
             let st = self.store.read().expect("store");
             let replies = queued
@@ -715,6 +750,10 @@ struct Conn {
     level: Option<Level>,
     authed: bool,
     multi: Option<Vec<Vec<Vec<u8>>>>,
+    /// A command queued in this MULTI was refused: EXEC discards it all.
+    multi_dirty: bool,
+    /// Bytes of the queued commands (bounded like one command's bulk).
+    multi_bytes: usize,
     /// End LSN of this connection's last acknowledged write (for WAIT).
     last_write_end: u64,
     name: Option<Vec<u8>>,
@@ -758,6 +797,29 @@ fn arity(name: &str) -> Option<i32> {
         "CLIENT" | "MIRROR" | "CONFIG" => -2,
         _ => return None,
     })
+}
+
+/// Commands that may run inside MULTI/EXEC (the data commands).
+fn queueable(name: &str) -> bool {
+    is_write(name)
+        || matches!(
+            name,
+            "GET" | "MGET" | "EXISTS" | "STRLEN" | "DBSIZE" | "KEYS" | "SCAN" | "PING"
+        )
+}
+
+fn unknown_or_unqueueable(name: &str, args: &[Vec<u8>]) -> String {
+    if arity(name).is_some() {
+        format!(
+            "ERR {} is not allowed inside MULTI",
+            name.to_ascii_lowercase()
+        )
+    } else {
+        match unknown(name, args) {
+            Reply::Error(e) => e,
+            _ => unreachable!("unknown() is an error"),
+        }
+    }
 }
 
 fn check_arity(name: &str, n: usize) -> Result<(), String> {
@@ -882,12 +944,50 @@ fn scan(st: &Store, args: &[Vec<u8>]) -> Reply {
     Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(page)])
 }
 
+/// Effects applied to the store but not yet committed, and how to take
+/// them back if the commit is refused (a batch too large, say).
+#[derive(Default)]
+struct Journal {
+    effects: Vec<Effect>,
+    undo: Vec<Undo>,
+}
+
+enum Undo {
+    /// The key's value before (None: absent).
+    Key(Vec<u8>, Option<Vec<u8>>),
+    /// The whole map before a FLUSHALL.
+    All(std::collections::HashMap<Vec<u8>, Vec<u8>>),
+}
+
+impl Journal {
+    /// Takes every effect back, newest first.
+    fn roll_back(self, st: &mut Store) {
+        for u in self.undo.into_iter().rev() {
+            match u {
+                Undo::Key(k, Some(v)) => {
+                    st.map.insert(k, v);
+                }
+                Undo::Key(k, None) => {
+                    st.map.remove(&k);
+                }
+                Undo::All(m) => st.map = m,
+            }
+        }
+    }
+}
+
 /// A write command: computes its effects, applies them to `st` (so later
-/// commands of a MULTI see them) and records them in `effects`.
-fn write_cmd(st: &mut Store, name: &str, args: &[Vec<u8>], effects: &mut Vec<Effect>) -> Reply {
+/// commands of a MULTI see them) and records them, with their undo, in
+/// `journal`.
+fn write_cmd(st: &mut Store, name: &str, args: &[Vec<u8>], journal: &mut Journal) -> Reply {
     let mut put = |st: &mut Store, e: Effect| {
+        journal.undo.push(match &e {
+            Effect::Set(k, _) | Effect::Del(k) => Undo::Key(k.clone(), st.map.get(k).cloned()),
+            Effect::FlushAll => Undo::All(st.map.clone()),
+            Effect::Noop => return,
+        });
         st.apply(&e);
-        effects.push(e);
+        journal.effects.push(e);
     };
     match name {
         "SET" => {

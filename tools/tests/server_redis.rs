@@ -639,3 +639,34 @@ fn log_the_mirror_still_needs_is_not_deleted_by_a_checkpoint() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Found while fixing the review's findings: a write whose records did not
+/// fit one batch (group commit's limit, 4 MiB by default) was refused by
+/// group commit after its effects had reached the store, and the server
+/// then refused every later command ("restart it"): one large SET took the
+/// database down. Refused commits now take their effects back.
+#[test]
+fn regression_a_write_larger_than_a_batch_is_refused_and_changes_nothing() {
+    let pair = pair("toolarge");
+    let mut c = connect(pair.p_port);
+    let _: () = c.set("k", "small").unwrap();
+    let huge = vec![b'x'; 5 << 20];
+    let e = c.set::<_, _, ()>("k", &huge[..]).unwrap_err();
+    assert!(e.to_string().contains("batch limit"), "{e}");
+    assert_eq!(
+        c.get::<_, String>("k").unwrap(),
+        "small",
+        "the refused write stayed in the store"
+    );
+    // The same inside a transaction: all or nothing.
+    let r: RedisResult<()> = redis::pipe()
+        .atomic()
+        .set("a", "1")
+        .set("k", &huge[..])
+        .query(&mut c);
+    assert!(r.is_err());
+    assert_eq!(c.get::<_, Option<String>>("a").unwrap(), None);
+    // And the server still serves.
+    let _: () = c.set("after", "ok").unwrap();
+    assert_eq!(c.get::<_, String>("after").unwrap(), "ok");
+}
