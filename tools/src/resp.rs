@@ -196,6 +196,8 @@ pub enum Reply {
     Nil,
     Array(Vec<Reply>),
     NilArray,
+    /// Key-value pairs: a RESP3 map, or a flat array in RESP2.
+    Map(Vec<(Reply, Reply)>),
 }
 
 impl Reply {
@@ -211,7 +213,46 @@ impl Reply {
         Reply::Bulk(b.into())
     }
 
+    /// Encodes as RESP2.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_proto(out, 2)
+    }
+
+    /// Encodes as RESP2 or RESP3 (`proto` 3: nulls are `_`, maps `%`).
+    pub fn encode_proto(&self, out: &mut Vec<u8>, proto: u8) {
+        match self {
+            Reply::Nil | Reply::NilArray if proto >= 3 => out.extend_from_slice(b"_\r\n"),
+            Reply::Map(pairs) if proto >= 3 => {
+                out.push(b'%');
+                out.extend_from_slice(pairs.len().to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                for (k, v) in pairs {
+                    k.encode_proto(out, proto);
+                    v.encode_proto(out, proto);
+                }
+            }
+            Reply::Map(pairs) => {
+                out.push(b'*');
+                out.extend_from_slice((pairs.len() * 2).to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                for (k, v) in pairs {
+                    k.encode_proto(out, proto);
+                    v.encode_proto(out, proto);
+                }
+            }
+            Reply::Array(items) => {
+                out.push(b'*');
+                out.extend_from_slice(items.len().to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                for i in items {
+                    i.encode_proto(out, proto);
+                }
+            }
+            _ => self.encode_scalar(out),
+        }
+    }
+
+    fn encode_scalar(&self, out: &mut Vec<u8>) {
         match self {
             Reply::Simple(s) => {
                 out.push(b'+');
@@ -237,15 +278,8 @@ impl Reply {
                 out.extend_from_slice(b"\r\n");
             }
             Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
-            Reply::Array(items) => {
-                out.push(b'*');
-                out.extend_from_slice(items.len().to_string().as_bytes());
-                out.extend_from_slice(b"\r\n");
-                for i in items {
-                    i.encode(out);
-                }
-            }
             Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
+            Reply::Array(_) | Reply::Map(_) => unreachable!("encoded by encode_proto"),
         }
     }
 }
@@ -325,6 +359,25 @@ fn parse_reply_at(
                 Ok(Some((Reply::Array(items), p)))
             }
             _ => err("bad array reply"),
+        },
+        b'_' => Ok(Some((Reply::Nil, next))),
+        b'%' => match parse_int(line) {
+            Some(n) if n >= 0 => {
+                let mut pairs = Vec::new();
+                let mut p = next;
+                for _ in 0..n {
+                    let Some((k, q)) = parse_reply_at(buf, p, depth + 1)? else {
+                        return Ok(None);
+                    };
+                    let Some((v, q)) = parse_reply_at(buf, q, depth + 1)? else {
+                        return Ok(None);
+                    };
+                    pairs.push((k, v));
+                    p = q;
+                }
+                Ok(Some((Reply::Map(pairs), p)))
+            }
+            _ => err("bad map reply"),
         },
         c => err(format!("unknown reply type {:?}", char::from(c))),
     }

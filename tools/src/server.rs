@@ -150,6 +150,7 @@ impl Server {
             authed: self.opts.password.is_none(),
             multi: None,
             multi_dirty: false,
+            proto: 2,
             multi_bytes: 0,
             last_write_end: 0,
             name: None,
@@ -230,7 +231,8 @@ impl Server {
             }
             out.clear();
             for o in outcomes {
-                self.resolve(o, &mut conn).encode(&mut out);
+                self.resolve(o, &mut conn)
+                    .encode_proto(&mut out, conn.proto);
             }
             s.write_all(&out)?;
             if quit {
@@ -337,19 +339,7 @@ impl Server {
                     Some(_) => now(Reply::err("WRONGPASS invalid username-password pair or user is disabled.")),
                 }
             }
-            "HELLO" => now(match args.get(1).map(|v| v.as_slice()) {
-                None | Some(b"2") => Reply::Array(vec![
-                    Reply::bulk("server"),
-                    Reply::bulk("mirrorlog"),
-                    Reply::bulk("version"),
-                    Reply::bulk(env!("CARGO_PKG_VERSION")),
-                    Reply::bulk("proto"),
-                    Reply::Int(2),
-                    Reply::bulk("role"),
-                    Reply::bulk(self.redis_role()),
-                ]),
-                Some(_) => Reply::err("NOPROTO unsupported protocol version"),
-            }),
+            "HELLO" => now(self.hello(conn, args)),
             "SELECT" => now(if args[1] == b"0" {
                 Reply::ok()
             } else {
@@ -431,6 +421,55 @@ impl Server {
             Node::Principal(p) => p.log().start_lsn(),
             Node::Mirror(m) => m.log().start_lsn(),
         }
+    }
+
+    /// HELLO [protover [AUTH username password] [SETNAME name]].
+    fn hello(&self, conn: &mut Conn, args: &[Vec<u8>]) -> Reply {
+        let proto = match args.get(1).map(|v| v.as_slice()) {
+            None => conn.proto,
+            Some(b"2") => 2,
+            Some(b"3") => 3,
+            Some(_) => return Reply::err("NOPROTO unsupported protocol version"),
+        };
+        let mut i = 2;
+        while i < args.len() {
+            let opt = String::from_utf8_lossy(&args[i]).to_ascii_uppercase();
+            match (opt.as_str(), args.get(i + 1), args.get(i + 2)) {
+                ("AUTH", Some(_user), Some(pass)) => {
+                    match &self.opts.password {
+                        Some(p) if p.as_bytes() == pass.as_slice() => conn.authed = true,
+                        Some(_) => {
+                            return Reply::err(
+                                "WRONGPASS invalid username-password pair or user is disabled.",
+                            )
+                        }
+                        None => conn.authed = true,
+                    }
+                    i += 3;
+                }
+                ("SETNAME", Some(name), _) => {
+                    conn.name = Some(name.clone());
+                    i += 2;
+                }
+                _ => return Reply::err("ERR syntax error in HELLO option"),
+            }
+        }
+        if !conn.authed {
+            return Reply::err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        conn.proto = proto;
+        Reply::Map(vec![
+            (Reply::bulk("server"), Reply::bulk("mirrorlog")),
+            (
+                Reply::bulk("version"),
+                Reply::bulk(env!("CARGO_PKG_VERSION")),
+            ),
+            (Reply::bulk("proto"), Reply::Int(i64::from(proto))),
+            (Reply::bulk("id"), Reply::Int(1)),
+            (Reply::bulk("mode"), Reply::bulk("standalone")),
+            (Reply::bulk("role"), Reply::bulk(self.redis_role())),
+            (Reply::bulk("modules"), Reply::Array(Vec::new())),
+        ])
     }
 
     fn redis_role(&self) -> &'static str {
@@ -752,6 +791,8 @@ struct Conn {
     multi: Option<Vec<Vec<Vec<u8>>>>,
     /// A command queued in this MULTI was refused: EXEC discards it all.
     multi_dirty: bool,
+    /// RESP version the client chose with HELLO (2 or 3).
+    proto: u8,
     /// Bytes of the queued commands (bounded like one command's bulk).
     multi_bytes: usize,
     /// End LSN of this connection's last acknowledged write (for WAIT).

@@ -670,3 +670,29 @@ fn regression_a_write_larger_than_a_batch_is_refused_and_changes_nothing() {
     let _: () = c.set("after", "ok").unwrap();
     assert_eq!(c.get::<_, String>("after").unwrap(), "ok");
 }
+
+#[test]
+fn resp3_after_hello_3() {
+    let pair = pair("resp3");
+    // Raw: HELLO 3 answers a map; a missing key is RESP3's null.
+    let mut s = TcpStream::connect(("127.0.0.1", pair.p_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*2\r\n$3\r\nGET\r\n$7\r\nmissing\r\n*1\r\n$4\r\nQUIT\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("%7\r\n"), "{text}");
+    assert!(text.contains("proto\r\n:3\r\n"), "{text}");
+    assert!(text.contains("\r\n_\r\n+OK\r\n"), "{text}");
+    // The redis crate speaking RESP3.
+    let c =
+        redis::Client::open(format!("redis://127.0.0.1:{}/?protocol=resp3", pair.p_port)).unwrap();
+    let mut c = c.get_connection().unwrap();
+    let _: () = c.set("r3", "v").unwrap();
+    assert_eq!(c.get::<_, String>("r3").unwrap(), "v");
+    assert_eq!(c.get::<_, Option<String>>("nope").unwrap(), None);
+    assert!(redis::cmd("HELLO").arg(4).query::<Value>(&mut c).is_err());
+}
