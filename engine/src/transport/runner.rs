@@ -35,6 +35,10 @@ pub struct NodeIdentity {
 /// The longest a session thread sleeps without looking at its clock.
 const TICK: Duration = Duration::from_millis(10);
 
+/// The mirror acknowledges (and syncs) at least every this many bytes
+/// received.
+const DRAIN_BYTES_MAX: u64 = 8 << 20;
+
 /// At most this many bytes of batches go to the transport per call, so
 /// acknowledgements are read in between during a long catch-up.
 const SHIP_CHUNK_BYTES: usize = 4 << 20;
@@ -197,6 +201,7 @@ pub fn serve_principal<S: Storage>(
     // Acknowledgements only count for the log as it is now: a truncation
     // (a new generation) ends the session, and the next one catches up.
     let generation = gc.progress().generation();
+    let mut backlog = std::collections::VecDeque::new();
     let reason = 'run: loop {
         if stop() {
             break "stopped".to_string();
@@ -229,9 +234,16 @@ pub fn serve_principal<S: Storage>(
             Duration::ZERO
         };
         for c in cmds {
-            if let Err(e) = execute_principal(conn, gc, c, generation) {
+            if let Err(e) = execute_principal(conn, gc, c, generation, &mut backlog) {
                 break 'run e;
             }
+        }
+        // One chunk of log per round, then the acknowledgements.
+        if let Err(e) = ship_some(conn, gc, &mut backlog) {
+            break 'run e;
+        }
+        if !backlog.is_empty() {
+            wait = Duration::ZERO;
         }
         loop {
             let msg = match conn.recv(Some(wait), Some(&wake)) {
@@ -247,7 +259,7 @@ pub fn serve_principal<S: Storage>(
                 epoch,
             };
             for c in session.on_message(millis(t0), msg, &plog) {
-                if let Err(e) = execute_principal(conn, gc, c, generation) {
+                if let Err(e) = execute_principal(conn, gc, c, generation, &mut backlog) {
                     break 'run e;
                 }
             }
@@ -271,11 +283,55 @@ pub fn serve_principal<S: Storage>(
     reason
 }
 
+/// Log to ship: batches in `[from, to)`, the first following `prev`.
+struct ShipRange {
+    from: u64,
+    to: u64,
+    prev: u64,
+    commit_lsn: u64,
+}
+
+/// Sends up to `SHIP_CHUNK_BYTES` of the backlog.
+fn ship_some<S: Storage>(
+    conn: &mut dyn Conn,
+    gc: &GroupCommit<S>,
+    backlog: &mut std::collections::VecDeque<ShipRange>,
+) -> Result<(), String> {
+    let Some(r) = backlog.front_mut() else {
+        return Ok(());
+    };
+    let mut views = Vec::new();
+    let mut bytes = 0;
+    for v in gc.log().read_from(r.from).map_err(|e| e.to_string())? {
+        let v = v.map_err(|e| e.to_string())?;
+        if v.lsn() >= r.to {
+            break;
+        }
+        bytes += v.frame().len();
+        views.push(v);
+        if bytes >= SHIP_CHUNK_BYTES {
+            break;
+        }
+    }
+    if let Some(last) = views.last() {
+        let frames: Vec<&[u8]> = views.iter().map(|v| v.frame()).collect();
+        conn.send_ships(r.commit_lsn, r.prev, &frames)
+            .map_err(|e| e.to_string())?;
+        r.prev = last.end_lsn();
+        r.from = last.end_lsn();
+    }
+    if views.is_empty() || r.from >= r.to {
+        backlog.pop_front();
+    }
+    Ok(())
+}
+
 fn execute_principal<S: Storage>(
     conn: &mut dyn Conn,
     gc: &GroupCommit<S>,
     c: PrincipalCommand,
     generation: u64,
+    backlog: &mut std::collections::VecDeque<ShipRange>,
 ) -> Result<(), String> {
     match c {
         PrincipalCommand::Send(m) => conn.send(&m).map_err(|e| e.to_string()),
@@ -284,36 +340,19 @@ fn execute_principal<S: Storage>(
             to,
             commit_lsn,
         } => {
-            // Each chunk's first frame follows the end of the one before
-            // it (`from` for the very first: the log's end before it).
-            let mut prev = from;
-            let mut views = Vec::new();
-            let mut bytes = 0;
-            let mut flush = |views: &mut Vec<crate::log::BatchView<S::File>>,
-                             bytes: &mut usize,
-                             prev: &mut u64| {
-                let frames: Vec<&[u8]> = views.iter().map(|v| v.frame()).collect();
-                let r = conn.send_ships(commit_lsn, *prev, &frames);
-                if let Some(last) = views.last() {
-                    *prev = last.end_lsn();
+            // Queued, and sent a chunk at a time by `ship_some` between
+            // reads of the mirror's acknowledgements.
+            match backlog.back_mut() {
+                Some(last) if last.to == from => {
+                    last.to = to;
+                    last.commit_lsn = last.commit_lsn.max(commit_lsn);
                 }
-                views.clear();
-                *bytes = 0;
-                r.map_err(|e| e.to_string())
-            };
-            for v in gc.log().read_from(from).map_err(|e| e.to_string())? {
-                let v = v.map_err(|e| e.to_string())?;
-                if v.lsn() >= to {
-                    break;
-                }
-                bytes += v.frame().len();
-                views.push(v);
-                if bytes >= SHIP_CHUNK_BYTES {
-                    flush(&mut views, &mut bytes, &mut prev)?;
-                }
-            }
-            if !views.is_empty() {
-                flush(&mut views, &mut bytes, &mut prev)?;
+                _ => backlog.push_back(ShipRange {
+                    from,
+                    to,
+                    prev: from,
+                    commit_lsn,
+                }),
             }
             Ok(())
         }
@@ -509,11 +548,18 @@ pub fn serve_mirror<S: Storage, A: Applier>(
             if stop() {
                 return Err("stopped".into());
             }
-            // Drain whatever already arrived, then ack once and sync once.
-            while let Some(msg) = conn
-                .recv(Some(Duration::ZERO), None)
-                .map_err(|e| e.to_string())?
-            {
+            // Drain what already arrived, then ack once and sync once; but
+            // never more than DRAIN_BYTES_MAX between acks, or a catch-up
+            // that keeps the socket full would leave the principal without
+            // an ack past its partner timeout.
+            let drained_from = run.log.written_lsn();
+            while run.log.written_lsn() - drained_from < DRAIN_BYTES_MAX {
+                let Some(msg) = conn
+                    .recv(Some(Duration::ZERO), None)
+                    .map_err(|e| e.to_string())?
+                else {
+                    break;
+                };
                 let cmds = run.session.on_message(millis(run.t0), msg);
                 run.execute(cmds, conn)?;
             }
