@@ -332,7 +332,7 @@ impl Server {
                 let given = args.last().expect("arity");
                 match &self.opts.password {
                     None => now(Reply::err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
-                    Some(p) if p.as_bytes() == given.as_slice() => {
+                    Some(p) if same_secret(p.as_bytes(), given) => {
                         conn.authed = true;
                         now(Reply::ok())
                     }
@@ -437,7 +437,7 @@ impl Server {
             match (opt.as_str(), args.get(i + 1), args.get(i + 2)) {
                 ("AUTH", Some(_user), Some(pass)) => {
                     match &self.opts.password {
-                        Some(p) if p.as_bytes() == pass.as_slice() => conn.authed = true,
+                        Some(p) if same_secret(p.as_bytes(), pass) => conn.authed = true,
                         Some(_) => {
                             return Reply::err(
                                 "WRONGPASS invalid username-password pair or user is disabled.",
@@ -840,6 +840,13 @@ fn arity(name: &str) -> Option<i32> {
     })
 }
 
+/// Compares a password in time that does not depend on where it differs
+/// (it still depends on the length, which a client learns nothing useful
+/// from).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Commands that may run inside MULTI/EXEC (the data commands).
 fn queueable(name: &str) -> bool {
     is_write(name)
@@ -1201,4 +1208,18 @@ pub fn status_json(s: &Status) -> String {
         s.last_error.as_deref().map_or("null".to_string(), json_str),
         latency.join(",")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content_and_length() {
+        assert!(same_secret(b"hunter22", b"hunter22"));
+        assert!(!same_secret(b"hunter22", b"hunter23"));
+        assert!(!same_secret(b"hunter22", b"hunter2"));
+        assert!(!same_secret(b"", b"x"));
+        assert!(same_secret(b"", b""));
+    }
 }
