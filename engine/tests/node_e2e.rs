@@ -447,3 +447,31 @@ fn regression_a_long_catch_up_is_acknowledged_as_it_goes() {
         p.status().last_error
     );
 }
+
+/// Found while answering the review: before authentication a peer could
+/// announce a 64 MiB message and the principal would buffer it while it
+/// arrived (16 such handshakes at once: a gigabyte). Until a partner is
+/// authenticated only handshake-sized messages are accepted; a longer
+/// length is refused as soon as it arrives.
+#[test]
+fn regression_an_unauthenticated_peer_cannot_announce_a_huge_message() {
+    use std::io::{Read, Write};
+    let pd = tempdir("huge-hello-p");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = config(&pd, TransportChoice::Blocking, &lines);
+    cfg.session.partner_timeout_ms = 10_000;
+    let p = Principal::start(cfg, any_port()).unwrap();
+    let mut s = std::net::TcpStream::connect(p.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    // A message header claiming 64 MiB, then silence.
+    s.write_all(&(64u32 << 20).to_le_bytes()).unwrap();
+    s.write_all(&[1]).unwrap();
+    let t = std::time::Instant::now();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the principal waited {:?} for the announced body instead of refusing it",
+        t.elapsed()
+    );
+}

@@ -34,11 +34,25 @@ pub(crate) struct RecvBuf {
     /// Undecoded bytes are `buf[start..]`.
     buf: Vec<u8>,
     start: usize,
+    /// Messages longer than this are refused as soon as their length
+    /// arrives (0: the protocol's own bound, `MESSAGE_BYTES_MAX`).
+    limit: usize,
 }
 
 impl RecvBuf {
+    pub(crate) fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     /// A whole message from the buffered bytes, if there is one.
     pub(crate) fn decode(&mut self) -> Result<Option<Message>, TransportError> {
+        let pending = &self.buf[self.start..];
+        if self.limit > 0 && pending.len() >= 4 {
+            let len = u32::from_le_bytes(pending[..4].try_into().expect("4 bytes")) as usize;
+            if len > self.limit {
+                return Err(TransportError::Wire(WireError::TooLong(len)));
+            }
+        }
         match Message::decode(&self.buf[self.start..])? {
             Some((msg, used)) => {
                 self.start += used;
@@ -269,6 +283,10 @@ impl Conn for BlockingConn {
 
     fn set_send_timeout(&mut self, timeout: Option<Duration>) {
         self.send_timeout = timeout;
+    }
+
+    fn set_recv_limit(&mut self, max_message_bytes: usize) {
+        self.rx.set_limit(max_message_bytes);
     }
 }
 

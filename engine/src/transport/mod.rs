@@ -135,6 +135,12 @@ pub trait Conn: Send {
     /// timeout, so a stalled partner cannot wedge a sender thread.
     fn set_send_timeout(&mut self, timeout: Option<Duration>);
 
+    /// Refuses any message longer than `max_message_bytes` as soon as its
+    /// length arrives (0: only the protocol's bound). The handshake sets a
+    /// small limit, so an unauthenticated peer cannot make a node buffer a
+    /// 64 MiB message.
+    fn set_recv_limit(&mut self, max_message_bytes: usize);
+
     /// Whether ship payloads go out as zero-copy sends (`SendZc`).
     fn zero_copy(&self) -> bool {
         false

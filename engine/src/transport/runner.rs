@@ -103,6 +103,23 @@ pub fn authenticate(
     timeout: Duration,
 ) -> Result<(), String> {
     let (mut hs, hello) = Handshake::start(role, id.database_id, epoch, id.secret.clone(), nonce);
+    // Until the partner is authenticated, only handshake-sized messages.
+    conn.set_recv_limit(HANDSHAKE_MESSAGE_BYTES_MAX);
+    let r = handshake_loop(conn, &mut hs, hello, timeout);
+    conn.set_recv_limit(0);
+    r
+}
+
+/// The largest message accepted before authentication (a hello is 61
+/// bytes, an auth 33, a refusal at most about 1 KiB).
+const HANDSHAKE_MESSAGE_BYTES_MAX: usize = 4096;
+
+fn handshake_loop(
+    conn: &mut dyn Conn,
+    hs: &mut Handshake,
+    hello: Message,
+    timeout: Duration,
+) -> Result<(), String> {
     conn.send(&hello).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + timeout;
     loop {

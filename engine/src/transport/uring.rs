@@ -845,6 +845,10 @@ impl Conn for UringConn {
         self.send_timeout = timeout;
     }
 
+    fn set_recv_limit(&mut self, max_message_bytes: usize) {
+        self.rx.set_limit(max_message_bytes);
+    }
+
     fn zero_copy(&self) -> bool {
         UringConn::zero_copy(self)
     }
