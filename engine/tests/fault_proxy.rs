@@ -6,12 +6,15 @@
 //! notice, close and reconnect; every acknowledged commit ends on both
 //! logs; the logs end byte-identical. Runs on both transport paths.
 
+#[macro_use]
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mirrorlog_engine::apply::Applier;
 use mirrorlog_engine::commit::Level;
@@ -21,6 +24,12 @@ use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
 use mirrorlog_engine::transport::TransportChoice;
+
+use common::nodes::wait_until;
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    common::nodes::tempdir("proxy", tag)
+}
 
 const PASS: u8 = 0;
 const DELAY: u8 = 1;
@@ -183,13 +192,6 @@ fn pump(
     }
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-proxy-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn log_opts() -> LogOptions {
     LogOptions {
         segment_bytes: 256 * 1024,
@@ -237,35 +239,8 @@ fn batches(dir: &Path) -> Batches {
         .collect()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// Acknowledged commits: (LSN of the batch, record, exposed).
 type Acks = Arc<Mutex<Vec<(u64, Vec<u8>, bool)>>>;
-
-macro_rules! on_both_paths {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn io_uring() {
-                if std::env::var("MIRRORLOG_NO_URING").as_deref() == Ok("1") {
-                    eprintln!("MIRRORLOG_NO_URING=1: io_uring run skipped");
-                    return;
-                }
-                super::$name(super::TransportChoice::IoUring)
-            }
-            #[test]
-            fn blocking() {
-                super::$name(super::TransportChoice::Blocking)
-            }
-        }
-    };
-}
 
 on_both_paths!(delays_stalls_cuts_and_dropped_bytes_lose_and_corrupt_nothing);
 

@@ -18,6 +18,9 @@
 //! `child_node` (ignored in normal runs). Each scenario runs on both
 //! transport paths.
 
+#[macro_use]
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -36,19 +39,18 @@ use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
 use mirrorlog_engine::transport::TransportChoice;
 
+use common::nodes::wait_until;
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    common::nodes::tempdir("proc", tag)
+}
+
 const ROLE_ENV: &str = "MIRRORLOG_NODE_CHILD_ROLE";
 const DIR_ENV: &str = "MIRRORLOG_NODE_CHILD_DIR";
 const ADDR_ENV: &str = "MIRRORLOG_NODE_CHILD_ADDR";
 const TRANSPORT_ENV: &str = "MIRRORLOG_NODE_CHILD_TRANSPORT";
 const TAG_ENV: &str = "MIRRORLOG_NODE_CHILD_TAG";
 const COMMITTERS: usize = 4;
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-proc-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn log_opts() -> LogOptions {
     LogOptions {
@@ -282,14 +284,6 @@ impl Drop for ChildNode {
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// Every batch of a log directory: LSN → (frame bytes, records).
 fn batches(dir: &Path) -> BTreeMap<u64, (Vec<u8>, Vec<Vec<u8>>)> {
     let (log, _) = Log::open(dir, log_opts()).unwrap();
@@ -320,25 +314,6 @@ fn assert_holds(
 
 fn frames_only(b: &BTreeMap<u64, (Vec<u8>, Vec<Vec<u8>>)>) -> Vec<&Vec<u8>> {
     b.values().map(|(f, _)| f).collect()
-}
-
-macro_rules! on_both_paths {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn io_uring() {
-                if std::env::var("MIRRORLOG_NO_URING").as_deref() == Ok("1") {
-                    eprintln!("MIRRORLOG_NO_URING=1: io_uring run skipped");
-                    return;
-                }
-                super::$name(super::TransportChoice::IoUring)
-            }
-            #[test]
-            fn blocking() {
-                super::$name(super::TransportChoice::Blocking)
-            }
-        }
-    };
 }
 
 on_both_paths!(a_mirror_killed_under_load_keeps_every_acknowledged_commit_and_catches_up);

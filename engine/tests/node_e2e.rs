@@ -5,10 +5,13 @@
 //! transport named by MIRRORLOG_TRANSPORT (auto, io_uring, blocking;
 //! default auto), so CI runs it on both paths.
 
+#[macro_use]
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mirrorlog_engine::apply::Applier;
 use mirrorlog_engine::commit::Level;
@@ -20,31 +23,10 @@ use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
 use mirrorlog_engine::transport::{TransportChoice, TransportPath};
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-node-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::nodes::wait_until;
 
-/// Runs a test body once per transport path, as two tests.
-macro_rules! on_both_paths {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn io_uring() {
-                if std::env::var("MIRRORLOG_NO_URING").as_deref() == Ok("1") {
-                    eprintln!("MIRRORLOG_NO_URING=1: io_uring run skipped");
-                    return;
-                }
-                super::$name(super::TransportChoice::IoUring)
-            }
-            #[test]
-            fn blocking() {
-                super::$name(super::TransportChoice::Blocking)
-            }
-        }
-    };
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    common::nodes::tempdir("node", tag)
 }
 
 on_both_paths!(safety_full_commits_are_hardened_on_the_mirror_and_logs_end_identical);
@@ -82,14 +64,6 @@ impl Applier for Kv {
             a.push((start, r.to_vec()));
         }
         Ok(())
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -1,6 +1,8 @@
 //! Test helpers shared by several integration tests.
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod nodes;
+
 use std::io;
 use std::sync::{Arc, Mutex};
 
