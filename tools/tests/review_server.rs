@@ -1,49 +1,18 @@
 //! Adversarial review of `mirrorlog serve`: each test demonstrates a bug
 //! and fails against the code as reviewed.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-review-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{free_port, secret, Served};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn secret(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::OpenOptionsExt;
-    let p = dir.join("secret");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&p)
-        .unwrap()
-        .write_all(b"server-test-shared-secret")
-        .unwrap();
-    p
-}
-
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    common::tempdir("review", tag)
 }
 
 fn serve(dir: &Path, secret: &Path, role: &str, port: u16, partner: u16) -> Served {

@@ -2,39 +2,16 @@
 //! flags win; a bad file is refused with its path and the key named, and
 //! nothing starts.
 
+mod common;
+
 use std::io::Write;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{free_port, secret};
 
 fn dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-config-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn secret(d: &std::path::Path) -> std::path::PathBuf {
-    use std::os::unix::fs::OpenOptionsExt;
-    let p = d.join("secret");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&p)
-        .unwrap()
-        .write_all(b"config-test-shared-secret")
-        .unwrap();
-    p
+    common::tempdir("config", tag)
 }
 
 fn serve_err(args: &[&str]) -> String {

@@ -4,51 +4,20 @@
 //! reads on the mirror after a remote-apply write, WAIT, the state rebuilt
 //! from the log after a restart, and hostile input.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::{Commands, Connection, RedisResult, Value};
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-serve-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{free_port, secret, Served};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn secret(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::OpenOptionsExt;
-    let p = dir.join("secret");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&p)
-        .unwrap()
-        .write_all(b"server-test-shared-secret")
-        .unwrap();
-    p
-}
-
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    common::tempdir("serve", tag)
 }
 
 fn serve(args: &[String]) -> Served {
