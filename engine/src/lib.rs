@@ -22,3 +22,4 @@ pub mod node;
 pub mod replication;
 pub mod transport;
 pub mod wake;
+pub mod witness;
