@@ -17,6 +17,7 @@
 mod affinity;
 pub mod apply;
 pub mod commit;
+mod durable;
 pub mod log;
 pub mod node;
 pub mod replication;

@@ -22,11 +22,11 @@
 //!      .    4 crc32c  of every byte before it
 //! ```
 //!
-//! It is replaced atomically: written to `EPOCHS.tmp`, synced, renamed over
-//! `EPOCHS`, and the directory synced.
+//! It is replaced atomically (`durable::replace_file`): written to
+//! `EPOCHS.tmp`, synced, renamed over `EPOCHS`, and the directory synced.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -115,23 +115,8 @@ impl EpochHistory {
     }
 
     fn write(&self, entries: &[(u64, u64)]) -> Result<(), HistoryError> {
-        let io = |context: String| move |source| HistoryError::Io { context, source };
-        let path = self.dir.join(HISTORY_FILE);
-        let tmp = self.dir.join(format!("{HISTORY_FILE}.tmp"));
-        let bytes = encode(entries);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io(format!("creating {}", tmp.display())))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(io(format!("writing {}", tmp.display())))?;
-        fs::rename(&tmp, &path).map_err(io(format!("replacing {}", path.display())))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(format!("syncing {}", self.dir.display())))
+        crate::durable::replace_file(&self.dir, HISTORY_FILE, &encode(entries))
+            .map_err(|(context, source)| HistoryError::Io { context, source })
     }
 }
 

@@ -2,7 +2,10 @@
 //! machines (time is an argument), as docs/design.md ("Witness protocol")
 //! specifies them. Not wired to the network or to nodes yet (failover
 //! issue); the rules and the argument that two nodes never accept commits
-//! at once are checked here against drifting clocks.
+//! at once are checked here against drifting clocks. `state` is the
+//! witness's durable state file.
+
+pub mod state;
 
 /// Clock-rate bound and lease length.
 #[derive(Clone, Copy, Debug, PartialEq)]
