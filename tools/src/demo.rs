@@ -119,9 +119,19 @@ impl Drop for Node {
     }
 }
 
+/// A free port, never one this process handed out before (the kernel may
+/// give a just-released port again, and the demo's nodes must not share).
 fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().map_err(|_| "port list lock poisoned")?;
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let port = l.local_addr().map_err(|e| e.to_string())?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 fn addr(port: u16) -> SocketAddr {

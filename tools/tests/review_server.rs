@@ -53,7 +53,8 @@ impl Raw {
                 s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 let mut r = Raw(s);
                 r.send(&[&["PING"]]);
-                if r.reply() == "+PONG" {
+                // A server still starting (or a reset) is retried, not a failure.
+                if r.try_line().is_ok_and(|l| l == "+PONG") {
                     return r;
                 }
             }
@@ -72,6 +73,22 @@ impl Raw {
             }
         }
         self.0.write_all(&out).unwrap();
+    }
+
+    fn try_line(&mut self) -> std::io::Result<String> {
+        let mut l = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            self.0.read_exact(&mut b)?;
+            if b[0] == b'\n' {
+                break;
+            }
+            l.push(b[0]);
+        }
+        if l.pop() != Some(b'\r') {
+            return Err(std::io::Error::other("reply line without CR"));
+        }
+        String::from_utf8(l).map_err(std::io::Error::other)
     }
 
     fn line(&mut self) -> String {

@@ -14,13 +14,24 @@ pub fn tempdir(prefix: &str, tag: &str) -> PathBuf {
     d
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and never handed out before in
+/// this process: tests run in parallel, and the kernel may give a port just
+/// released by one `free_port` call to the next, so two servers of two
+/// tests would collide (one of them then exits at start).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A partner secret file in `dir` (mode 0600, as the server requires).
