@@ -236,7 +236,9 @@ impl Suite {
     }
 }
 
-pub fn cases(cfg: &Config) -> Vec<CaseSpec> {
+/// The client modes the command line asks for: each blocking committer
+/// count, then the pipelined client if any.
+pub fn modes(cfg: &Config) -> Vec<Mode> {
     let mut modes: Vec<Mode> = cfg
         .committers
         .iter()
@@ -248,6 +250,11 @@ pub fn cases(cfg: &Config) -> Vec<CaseSpec> {
             window: cfg.window,
         });
     }
+    modes
+}
+
+pub fn cases(cfg: &Config) -> Vec<CaseSpec> {
+    let modes = modes(cfg);
     let mut out = Vec::new();
     for &mode in &modes {
         for &record_bytes in &cfg.sizes {

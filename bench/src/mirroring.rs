@@ -103,17 +103,7 @@ impl MirrorSuite {
 }
 
 pub fn cases(cfg: &Config) -> Vec<MirrorCaseSpec> {
-    let mut modes: Vec<Mode> = cfg
-        .committers
-        .iter()
-        .map(|&threads| Mode::Blocking { threads })
-        .collect();
-    if cfg.pipelined_threads > 0 {
-        modes.push(Mode::Pipelined {
-            threads: cfg.pipelined_threads,
-            window: cfg.window,
-        });
-    }
+    let modes = crate::local_commit::modes(cfg);
     let mut out = Vec::new();
     for &level in &cfg.levels {
         for &mode in &modes {

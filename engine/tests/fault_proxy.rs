@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use mirrorlog_engine::apply::Applier;
 use mirrorlog_engine::commit::Level;
-use mirrorlog_engine::log::{Log, LogOptions, Records};
+use mirrorlog_engine::log::{Log, Records};
 use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, Principal};
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
 use mirrorlog_engine::transport::TransportChoice;
 
-use common::nodes::wait_until;
+use common::nodes::{log_opts, wait_until};
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
     common::nodes::tempdir("proxy", tag)
@@ -189,13 +189,6 @@ fn pump(
             close(&from, &to);
             return;
         }
-    }
-}
-
-fn log_opts() -> LogOptions {
-    LogOptions {
-        segment_bytes: 256 * 1024,
-        ..LogOptions::default()
     }
 }
 

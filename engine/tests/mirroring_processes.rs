@@ -32,14 +32,14 @@ use std::time::{Duration, Instant};
 
 use mirrorlog_engine::apply::Applier;
 use mirrorlog_engine::commit::Level;
-use mirrorlog_engine::log::{Log, LogOptions, Records};
+use mirrorlog_engine::log::{Log, Records};
 use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, Principal};
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
 use mirrorlog_engine::transport::TransportChoice;
 
-use common::nodes::wait_until;
+use common::nodes::{log_opts, wait_until};
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
     common::nodes::tempdir("proc", tag)
@@ -51,13 +51,6 @@ const ADDR_ENV: &str = "MIRRORLOG_NODE_CHILD_ADDR";
 const TRANSPORT_ENV: &str = "MIRRORLOG_NODE_CHILD_TRANSPORT";
 const TAG_ENV: &str = "MIRRORLOG_NODE_CHILD_TAG";
 const COMMITTERS: usize = 4;
-
-fn log_opts() -> LogOptions {
-    LogOptions {
-        segment_bytes: 256 * 1024,
-        ..LogOptions::default()
-    }
-}
 
 fn config(dir: &Path, t: TransportChoice) -> NodeConfig {
     let id = NodeIdentity {

@@ -12,6 +12,14 @@ pub fn tempdir(prefix: &str, tag: &str) -> PathBuf {
     d
 }
 
+/// Small segments, so a test's log spans several of them.
+pub fn log_opts() -> mirrorlog_engine::log::LogOptions {
+    mirrorlog_engine::log::LogOptions {
+        segment_bytes: 256 * 1024,
+        ..Default::default()
+    }
+}
+
 /// Waits for `f`, failing the test after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
