@@ -110,7 +110,18 @@ fn cases(cfg: &Config) -> Vec<Case> {
 
 struct Pair {
     principal: SocketAddr,
-    _servers: Vec<Arc<mirrorlog::server::Server>>,
+    servers: Vec<Arc<mirrorlog::server::Server>>,
+}
+
+impl Drop for Pair {
+    /// Stops both servers, so one safety setting's pair does not keep
+    /// running (heartbeats, threads) through the next one's cases; their
+    /// nodes shut down when the serving threads let go of them.
+    fn drop(&mut self) {
+        for s in &self.servers {
+            s.stop();
+        }
+    }
 }
 
 fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair, String> {
@@ -154,7 +165,7 @@ fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair, String> {
     }
     Ok(Pair {
         principal: paddr,
-        _servers: vec![ps, ms],
+        servers: vec![ps, ms],
     })
 }
 

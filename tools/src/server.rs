@@ -136,7 +136,8 @@ impl Server {
         Ok(())
     }
 
-    #[allow(dead_code)] // for embedders and tests that stop a server in process
+    /// Stops accepting clients and closes every client connection (within
+    /// its 200 ms read timeout); `serve` returns.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
     }
