@@ -76,7 +76,7 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 fn uring_ok() -> bool {
     std::env::var("MIRRORLOG_NO_URING").as_deref() != Ok("1")
-        && mirrorlog_engine::node::io_uring_available().is_ok()
+        && mirrorlog_engine::transport::uring::probe().is_ok()
 }
 
 /// Runs a test body once per transport path, as two tests.

@@ -177,12 +177,6 @@ pub enum NodeError {
     Config(String),
 }
 
-/// Whether the io_uring transport can be used in this process, and if
-/// not, why.
-pub fn io_uring_available() -> Result<(), String> {
-    crate::transport::uring::probe()
-}
-
 /// Wraps a connected stream in the configured transport. With `Auto`, an
 /// io_uring set-up failure falls back to blocking sockets, and the reason
 /// is returned for the caller to log (once).
