@@ -21,6 +21,18 @@ pub trait Applier: Send + 'static {
     /// Batches arrive in LSN order, each exactly once per applier run. An
     /// error stops the applier; the batch counts as not applied.
     fn apply(&mut self, lsn_start: u64, lsn_end: u64, records: &Records) -> Result<(), String>;
+
+    /// The log is about to be cut at `lsn`, below what this state machine
+    /// reflects (a node that was principal rejoins as mirror and its
+    /// divergent tail goes). Put the state back to what it was at some
+    /// batch boundary at or below `lsn` (a checkpoint, say) and return
+    /// that LSN; batches from there are applied again. The default cannot,
+    /// and the mirror is then refused (it needs a reseed).
+    fn rewind(&mut self, lsn: u64) -> Result<u64, String> {
+        Err(format!(
+            "this state machine cannot be put back to LSN {lsn} (its Applier has no rewind)"
+        ))
+    }
 }
 
 /// Options for [`ApplierThread::start`].
@@ -55,6 +67,9 @@ pub struct RedoQueue {
 struct State {
     limit: u64,
     stop: bool,
+    /// A rewind asked for, and its outcome (see [`ApplierThread::rewind`]).
+    rewind: Option<u64>,
+    rewound: Option<Result<u64, String>>,
     failed: Option<String>,
     /// Exponentially weighted apply rate (bytes/s).
     rate: f64,
@@ -102,6 +117,8 @@ impl<A: Applier> ApplierThread<A> {
             state: Mutex::new(State {
                 limit: from_lsn,
                 stop: false,
+                rewind: None,
+                rewound: None,
                 failed: None,
                 rate: 0.0,
             }),
@@ -195,6 +212,28 @@ impl<A: Applier> ApplierThread<A> {
         }
     }
 
+    /// Has the state machine put back to at most `lsn` ([`Applier::rewind`]),
+    /// on the applier thread between batches; the limit drops to what it
+    /// returns, and applying resumes from there once the limit rises.
+    pub fn rewind(&self, lsn: u64) -> Result<u64, String> {
+        let mut st = self.shared.lock();
+        st.rewind = Some(lsn);
+        st.rewound = None;
+        self.shared.cv.notify_all();
+        loop {
+            if let Some(r) = st.rewound.take() {
+                return r;
+            }
+            if let Some(f) = &st.failed {
+                return Err(format!("the applier stopped: {f}"));
+            }
+            if st.stop {
+                return Err("the applier is stopping".into());
+            }
+            st = self.shared.cv.wait(st).expect("applier lock poisoned");
+        }
+    }
+
     /// Stops the thread after the batch in progress and hands the state
     /// machine back.
     pub fn shutdown(mut self) -> A {
@@ -234,6 +273,28 @@ fn apply_loop<S: Storage, A: Applier>(shared: &Shared, log: &Log<S>, mut applier
             loop {
                 if st.stop || st.failed.is_some() {
                     return applier;
+                }
+                if let Some(lsn) = st.rewind.take() {
+                    let applied = shared.applied.load(Ordering::Acquire);
+                    let r = if lsn >= applied {
+                        Ok(applied)
+                    } else {
+                        applier.rewind(lsn).and_then(|to| {
+                            if to > lsn {
+                                Err(format!("rewind to {lsn} returned LSN {to}, beyond it"))
+                            } else {
+                                Ok(to)
+                            }
+                        })
+                    };
+                    if let Ok(to) = r {
+                        shared.applied.store(to, Ordering::Release);
+                        st.limit = st.limit.min(to);
+                        blocked_at = None;
+                    }
+                    st.rewound = Some(r);
+                    shared.cv.notify_all();
+                    continue;
                 }
                 let applied = shared.applied.load(Ordering::Acquire);
                 // Only what is written (and below the limit) can be applied.

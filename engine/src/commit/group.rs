@@ -341,6 +341,13 @@ impl<S: Storage> GroupCommit<S> {
         {
             return Err(CommitError::LevelUnavailable(level));
         }
+        // Refused before it is written, where that is knowable now.
+        if shared.progress.no_quorum()
+            && !shared.progress.exposure_lease_live()
+            && (level < Level::RemoteFlush || !shared.progress.remote_attached())
+        {
+            return Err(CommitError::NoQuorum);
+        }
         let bytes: usize = records.iter().map(|r| RecordsBuf::cost(r)).sum();
         let max = shared.batch_bytes_max;
         if bytes > max {
@@ -706,22 +713,40 @@ impl<S: Storage> Ticket<S> {
         if let Some(why) = failed {
             return Some(Err(CommitError::Poisoned(why.clone())));
         }
-        if self.level.is_remote() && !self.shared.progress.remote_attached() {
-            match self.shared.progress.detached_policy() {
+        let progress = &self.shared.progress;
+        let detached = self.level.is_remote() && !progress.remote_attached();
+        if progress.no_quorum() && (self.uncovered() || detached) && !progress.exposure_lease_live()
+        {
+            return Some(Err(CommitError::NoQuorum));
+        }
+        if detached {
+            match progress.detached_policy() {
                 Detached::Refuse => return Some(Err(CommitError::LevelUnavailable(self.level))),
                 Detached::Expose => {
                     if let Some(Ok(pos)) = self.slot.placed.get() {
                         if self.slot.hardened.load(Ordering::Acquire)
-                            && self.shared.progress.may_expose(pos.lsn_end)
+                            && progress.may_expose(pos.lsn_end)
                         {
-                            return Some(Ok(self.committed(pos, true)));
+                            if !progress.lease_gated() || progress.exposure_lease_live() {
+                                return Some(Ok(self.committed(pos, true)));
+                            }
+                            progress.want_exposure();
                         }
                     }
                 }
                 Detached::Hold => {}
             }
+        } else if self.uncovered() && self.slot.hardened.load(Ordering::Acquire) {
+            // Reached its level but not acknowledgeable without a lease.
+            progress.want_exposure();
         }
         None
+    }
+
+    /// Rule P applies to this commit: its level does not wait for the
+    /// mirror's hardened ack, and a witness is configured.
+    fn uncovered(&self) -> bool {
+        self.level < Level::RemoteFlush && self.shared.progress.lease_gated()
     }
 
     fn committed(&self, pos: &BatchPos, exposed: bool) -> Committed {
@@ -760,6 +785,7 @@ impl<S: Storage> Ticket<S> {
         self.slot.hardened.load(Ordering::Acquire)
             && (self.level == Level::Local
                 || matches!(self.slot.placed.get(), Some(Ok(pos)) if self.shared.progress.reached(self.level) >= pos.lsn_end))
+            && (!self.uncovered() || self.shared.progress.exposure_lease_live())
     }
 
     /// Blocks until the commit reaches its level or fails.

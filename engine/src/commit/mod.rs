@@ -45,6 +45,8 @@ pub enum CommitError {
     Lost(Arc<str>),
     #[error("epoch {requested} is older than the current epoch {current}; epochs never go back")]
     EpochRegression { current: u64, requested: u64 },
+    #[error("no quorum: this principal has lost its mirror and its witness (or was deposed) and may not acknowledge commits; the commit may or may not be durable")]
+    NoQuorum,
     #[error("not acknowledged at level {level} within {timeout:?}; the commit may still complete")]
     Timeout { level: Level, timeout: Duration },
 }

@@ -64,6 +64,15 @@ pub struct Progress {
     /// received about the bytes before the cut must not advance the levels
     /// of the bytes written after it (see [`Progress::advance_in`]).
     generation: AtomicU64,
+    /// Rule P (docs/design.md, "Witness protocol"), on when a witness is
+    /// configured: see [`Progress::set_lease_gated`].
+    gated: AtomicBool,
+    /// Until when (ns on [`monotonic_ns`]) the exposure lease is live.
+    lease_until_ns: AtomicU64,
+    /// A commit waits for an exposure lease it does not have.
+    exposure_wanted: AtomicBool,
+    /// Neither a lease nor the prospect of one: commits that need one fail.
+    no_quorum: AtomicBool,
     /// Mirrors `Waiters::failed.is_some()` for lock-free polling.
     failed: AtomicBool,
     state: Mutex<Waiters>,
@@ -81,6 +90,10 @@ impl Progress {
             detached: std::sync::atomic::AtomicU8::new(0),
             expose_max_bytes: AtomicU64::new(u64::MAX),
             generation: AtomicU64::new(0),
+            gated: AtomicBool::new(false),
+            lease_until_ns: AtomicU64::new(0),
+            exposure_wanted: AtomicBool::new(false),
+            no_quorum: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             state: Mutex::new(Waiters {
                 failed: None,
@@ -136,6 +149,56 @@ impl Progress {
     pub(crate) fn may_expose(&self, lsn_end: u64) -> bool {
         let max = self.expose_max_bytes.load(Ordering::Acquire);
         lsn_end <= self.reached(Level::RemoteFlush).saturating_add(max)
+    }
+
+    /// Turns Rule P on: from now, a commit whose acknowledgement does not
+    /// rest on the mirror's hardened ack (a level below `remote-flush`, or
+    /// acknowledged exposed) is acknowledged only while an *exposure lease*
+    /// is live ([`Progress::set_exposure_lease`]); without one it waits,
+    /// asks for one ([`Progress::take_exposure_wanted`]), and fails with
+    /// `CommitError::NoQuorum` once [`Progress::set_no_quorum`] says none
+    /// is coming. Commits the mirror hardened need no lease.
+    pub fn set_lease_gated(&self, gated: bool) {
+        self.gated.store(gated, Ordering::Release);
+        self.notify();
+    }
+
+    pub fn lease_gated(&self) -> bool {
+        self.gated.load(Ordering::Acquire)
+    }
+
+    /// The witness granted a lease that covers exposed acknowledgements,
+    /// live until `until_ns` on [`monotonic_ns`] (never shortened).
+    pub fn set_exposure_lease(&self, until_ns: u64) {
+        self.lease_until_ns.fetch_max(until_ns, Ordering::AcqRel);
+        self.notify();
+    }
+
+    /// Whether an exposure lease is live now.
+    pub fn exposure_lease_live(&self) -> bool {
+        monotonic_ns() < self.lease_until_ns.load(Ordering::Acquire)
+    }
+
+    /// Whether a commit asked for an exposure lease since the last call.
+    pub fn take_exposure_wanted(&self) -> bool {
+        self.exposure_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    pub(crate) fn want_exposure(&self) {
+        self.exposure_wanted.store(true, Ordering::Release);
+    }
+
+    /// The principal has no quorum (neither its lease nor, for remote
+    /// levels, its mirror): commits that need either fail now.
+    pub fn set_no_quorum(&self, no_quorum: bool) {
+        let was = self.no_quorum.swap(no_quorum, Ordering::AcqRel);
+        if no_quorum && !was {
+            self.notify();
+        }
+    }
+
+    pub fn no_quorum(&self) -> bool {
+        self.no_quorum.load(Ordering::Acquire)
     }
 
     /// Moves `level` forward to `lsn` (never backwards) and wakes waiters.
@@ -260,4 +323,12 @@ impl Progress {
             guard.wakers.push(waker.clone());
         }
     }
+}
+
+/// Nanoseconds on a process-wide monotonic clock (from its first use);
+/// exposure leases are expressed on it.
+pub fn monotonic_ns() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    // Start at 1 s so that 0 means "never".
+    BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64 + 1_000_000_000
 }

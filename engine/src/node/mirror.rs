@@ -1,15 +1,17 @@
 //! The mirror as a service: see the module above.
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::apply::{Applier, ApplierThread};
 use crate::log::{FsStorage, Log};
-use crate::node::status::{NodeRole, Status};
+use crate::node::status::{NodeRole, Status, WitnessView};
 use crate::node::{open_conn, NodeConfig, NodeError};
+use crate::witness::client::WitnessClient;
+use crate::witness::proto::{Reply, Request};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
@@ -27,6 +29,33 @@ struct Shared<A: Applier> {
     principal: SocketAddr,
     session: SessionStatus,
     stop: AtomicBool,
+    /// The principal's epoch, as its last handshake said (0: never met).
+    principal_epoch: AtomicU64,
+    witness: Option<Mutex<WitnessView>>,
+    /// Set once this mirror was made principal; the receiver has stopped.
+    promoted: Mutex<Option<Promotion>>,
+    force: Mutex<Force>,
+}
+
+/// This mirror became principal of `epoch`: shut it down and start a
+/// [`crate::node::Principal`] on the same directory with
+/// [`crate::node::Principal::start_in_epoch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Promotion {
+    pub epoch: u64,
+    /// Forced service: commits the old principal acknowledged may be lost.
+    pub forced: bool,
+    /// Forced service: log bytes the old principal had written beyond what
+    /// this mirror hardened, as far as its last heartbeat told (None: it
+    /// never told). Automatic failover loses nothing acknowledged.
+    pub loss_bound_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Force {
+    None,
+    Asked,
+    Refused(String),
 }
 
 /// A running mirror. Dropping it stops it.
@@ -66,6 +95,7 @@ impl<A: Applier> Mirror<A> {
             )));
         }
         let applier = ApplierThread::start(log.clone(), applier, from, cfg.apply.clone())?;
+        let cfg_for_view = cfg.witness.clone();
         let shared = Arc::new(Shared {
             log,
             applier,
@@ -73,7 +103,12 @@ impl<A: Applier> Mirror<A> {
             principal,
             session: SessionStatus::default(),
             stop: AtomicBool::new(false),
+            principal_epoch: AtomicU64::new(0),
+            witness: cfg_witness_view(&cfg_for_view),
+            promoted: Mutex::new(None),
+            force: Mutex::new(Force::None),
         });
+        shared.session.set_logger(shared.cfg.logger.clone());
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("mirrorlog-receiver".into())
@@ -132,6 +167,49 @@ impl<A: Applier> Mirror<A> {
             latency: Vec::new(),
             sessions: snap.sessions,
             last_error: snap.last_error,
+            witness: sh
+                .witness
+                .as_ref()
+                .map(|w| w.lock().expect("witness view").clone()),
+        }
+    }
+
+    /// Set once the witness (or forced service) made this mirror
+    /// principal: it no longer receives; see [`Promotion`].
+    pub fn promoted(&self) -> Option<Promotion> {
+        self.sh().promoted.lock().expect("promoted").clone()
+    }
+
+    /// Forced service: makes this mirror principal of a new epoch while
+    /// its principal is gone, accepting the loss of whatever the principal
+    /// acknowledged that this mirror lacks (the returned promotion says
+    /// how much that may be). With a witness the new epoch is its grant
+    /// (it still waits out the old principal's lease, so the two never
+    /// accept commits at once); without one it is this node's own word,
+    /// and the operator answers for the old principal being down.
+    /// Refused while the principal is connected (use a manual failover).
+    pub fn force_service(&self, timeout: Duration) -> Result<Promotion, String> {
+        let sh = self.sh();
+        if sh.session.snapshot().connected {
+            return Err(
+                "the principal is connected: forced service is for when it is gone (a manual failover loses nothing)"
+                    .into(),
+            );
+        }
+        *sh.force.lock().expect("force") = Force::Asked;
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.promoted() {
+                return Ok(p);
+            }
+            if let Force::Refused(why) = &*sh.force.lock().expect("force") {
+                return Err(why.clone());
+            }
+            if Instant::now() >= until {
+                *sh.force.lock().expect("force") = Force::None;
+                return Err(format!("no grant within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -173,6 +251,7 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
     let mut backoff = BACKOFF_FIRST;
     let mut fallback_logged = false;
     let mut last_said = String::new();
+    let mut promote = Promoter::new(sh);
     while !sh.stop.load(Ordering::Acquire) {
         let began = Instant::now();
         let why = (|| -> String {
@@ -195,7 +274,7 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 Ok(n) => n,
                 Err(e) => return format!("no randomness for a nonce: {e}"),
             };
-            if let Err(e) = authenticate(
+            match authenticate(
                 conn.as_mut(),
                 Role::Mirror,
                 &sh.cfg.identity,
@@ -203,7 +282,13 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 nonce,
                 Duration::from_millis(sh.cfg.session.partner_timeout_ms),
             ) {
-                return format!("handshake with the principal failed: {e}");
+                Ok(epoch) => sh.principal_epoch.store(epoch, Ordering::Release),
+                Err(e) => return format!("handshake with the principal failed: {e}"),
+            }
+            if matches!(*sh.force.lock().expect("force"), Force::Asked) {
+                *sh.force.lock().expect("force") = Force::Refused(
+                    "the principal came back: forced service was not needed".into(),
+                );
             }
             log.line(&format!(
                 "mirrorlog[mirror]: connected to the principal at {} over {}",
@@ -235,9 +320,170 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
         }
         let until = Instant::now() + backoff;
         while Instant::now() < until && !sh.stop.load(Ordering::Acquire) {
+            if promote.due(sh) {
+                if let Some(p) = promote.attempt(sh, &history) {
+                    log.line(&format!(
+                        "mirrorlog[mirror]: this node is now principal of epoch {} ({})",
+                        p.epoch,
+                        if p.forced {
+                            match p.loss_bound_bytes {
+                                Some(b) => format!("forced service: up to {b} bytes the old principal wrote may be lost"),
+                                None => "forced service: the old principal never said how far it wrote; what it acknowledged beyond this node's log is lost".into(),
+                            }
+                        } else {
+                            "automatic failover: nothing acknowledged is lost".into()
+                        }
+                    ));
+                    *sh.promoted.lock().expect("promoted") = Some(p);
+                    return history;
+                }
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     history
+}
+
+fn cfg_witness_view(link: &Option<crate::node::WitnessLink>) -> Option<Mutex<WitnessView>> {
+    link.as_ref().map(|w| {
+        Mutex::new(WitnessView {
+            addr: w.addr.to_string(),
+            ..WitnessView::default()
+        })
+    })
+}
+
+/// How often a mirror that may take over asks the witness.
+const PROMOTE_EVERY: Duration = Duration::from_millis(50);
+
+/// The mirror's failover attempts while its principal is gone.
+struct Promoter {
+    client: Option<WitnessClient>,
+    /// When the last session ended (None: connected, or never was).
+    lost_since: Option<Instant>,
+    last_try: Option<Instant>,
+    last_said: String,
+}
+
+impl Promoter {
+    fn new<A: Applier>(sh: &Shared<A>) -> Promoter {
+        Promoter {
+            client: sh
+                .cfg
+                .witness
+                .as_ref()
+                .map(|w| WitnessClient::new(w.addr, sh.cfg.identity.secret.clone())),
+            lost_since: None,
+            last_try: None,
+            last_said: String::new(),
+        }
+    }
+
+    /// Whether to ask now: forced service was asked for, or automatic
+    /// failover applies (a witness, the last session ended SYNCHRONIZED,
+    /// and the principal has been gone for the partner timeout).
+    fn due<A: Applier>(&mut self, sh: &Shared<A>) -> bool {
+        let snap = sh.session.snapshot();
+        if snap.connected {
+            self.lost_since = None;
+            return false;
+        }
+        if snap.sessions > 0 && self.lost_since.is_none() {
+            self.lost_since = Some(Instant::now());
+        }
+        if self.last_try.is_some_and(|t| t.elapsed() < PROMOTE_EVERY) {
+            return false;
+        }
+        if matches!(*sh.force.lock().expect("force"), Force::Asked) {
+            return true;
+        }
+        let auto = sh.cfg.witness.as_ref().is_some_and(|w| w.auto_failover);
+        let timeout = Duration::from_millis(sh.cfg.session.partner_timeout_ms);
+        auto && snap.ended_synchronized
+            && self.lost_since.is_some_and(|t| t.elapsed() >= timeout)
+    }
+
+    fn attempt<A: Applier>(&mut self, sh: &Shared<A>, history: &EpochHistory) -> Option<Promotion> {
+        self.last_try = Some(Instant::now());
+        let forced = matches!(*sh.force.lock().expect("force"), Force::Asked);
+        let snap = sh.session.snapshot();
+        let loss = (snap.principal_written > 0)
+            .then(|| snap.principal_written.saturating_sub(sh.log.hardened_lsn()));
+        let promotion = |epoch| Promotion {
+            epoch,
+            forced,
+            loss_bound_bytes: if forced { loss } else { Some(0) },
+        };
+        let last_local = history.last_epoch().max(sh.log.last_epoch());
+        let principal_epoch = sh.principal_epoch.load(Ordering::Acquire).max(last_local);
+        let (Some(client), Some(link)) = (self.client.as_mut(), sh.cfg.witness.as_ref()) else {
+            // No witness: forced service is this node's own word.
+            return forced.then(|| promotion(principal_epoch + 1));
+        };
+        let db = sh.cfg.identity.database_id;
+        let timeout = Duration::from_millis(sh.cfg.session.partner_timeout_ms);
+        // A grant whose reply was lost shows as this node being principal.
+        let current = match client.call(&Request::Query { database_id: db }, timeout) {
+            Ok(Reply::State {
+                epoch, principal, ..
+            }) => {
+                if principal.as_deref() == Some(link.name.as_str()) && epoch > last_local {
+                    return Some(promotion(epoch));
+                }
+                epoch
+            }
+            Ok(other) => {
+                self.say(sh, format!("the witness answered a query with {other:?}"));
+                return None;
+            }
+            Err(e) => {
+                self.say(sh, e);
+                return None;
+            }
+        };
+        // Automatic failover is for the epoch this mirror followed; forced
+        // service takes over whatever epoch is current.
+        let epoch = if forced { current } else { principal_epoch };
+        let req = Request::Promote {
+            database_id: db,
+            name: link.name.clone(),
+            epoch,
+            synchronized: snap.ended_synchronized,
+            forced,
+        };
+        match client.call(&req, timeout) {
+            Ok(Reply::Granted { epoch }) => Some(promotion(epoch)),
+            Ok(Reply::Refused { why }) => {
+                if forced && !why.contains("lease may still be live") {
+                    *sh.force.lock().expect("force") = Force::Refused(why.clone());
+                }
+                self.say(sh, format!("the witness refused the failover: {why}"));
+                None
+            }
+            Ok(other) => {
+                self.say(sh, format!("the witness answered a promotion with {other:?}"));
+                None
+            }
+            Err(e) => {
+                self.say(sh, e);
+                None
+            }
+        }
+    }
+
+    fn say<A: Applier>(&mut self, sh: &Shared<A>, what: String) {
+        if let Some(v) = &sh.witness {
+            let mut v = v.lock().expect("witness view");
+            v.connected = !what.contains("witness at") && !what.contains("reading from the witness");
+            v.failover = Some(what.clone());
+        }
+        // The lease countdown changes every attempt; say each new reason
+        // once, not every 50 ms.
+        let key: String = what.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if key != self.last_said {
+            sh.cfg.logger.line(&format!("mirrorlog[mirror]: {what}"));
+            self.last_said = key;
+        }
+    }
 }

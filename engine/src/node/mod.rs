@@ -22,9 +22,9 @@ mod status;
 
 pub use mirror::Mirror;
 pub use principal::Principal;
-pub use status::{LatencySummary, NodeRole, Status};
+pub use status::{LatencySummary, NodeRole, Status, WitnessView};
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +106,21 @@ pub struct NodeConfig {
     pub sender_core: Option<usize>,
     /// Where log lines go (default: standard error).
     pub logger: Logger,
+    /// The witness, if there is one: the principal takes its epochs and
+    /// leases from it, the mirror asks it for automatic failover.
+    pub witness: Option<WitnessLink>,
+}
+
+/// How a node reaches its witness, and the name it is known by there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WitnessLink {
+    pub addr: SocketAddr,
+    /// This node's name at the witness: the address its partner reaches
+    /// it on when it is principal (so a deposed node knows whom to
+    /// follow).
+    pub name: String,
+    /// Mirror: ask for automatic failover (safety full only).
+    pub auto_failover: bool,
 }
 
 /// A sink for the node's log lines.
@@ -151,6 +166,7 @@ impl NodeConfig {
             send_mode: SendMode::Auto,
             sender_core: None,
             logger: Logger::default(),
+            witness: None,
         }
     }
 }
@@ -175,6 +191,8 @@ pub enum NodeError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("the witness did not make this node principal: {0}")]
+    NotPrincipal(String),
 }
 
 /// Wraps a connected stream in the configured transport. With `Auto`, an

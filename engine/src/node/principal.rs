@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 
 use crate::commit::{CommitError, Committed, Detached, GroupCommit, Level, Ticket};
 use crate::log::{FsStorage, Log};
-use crate::node::status::{LagClock, LatencySummary, NodeRole, Status};
-use crate::node::{open_conn, NodeConfig, NodeError, Safety};
+use crate::commit::progress::monotonic_ns;
+use crate::node::status::{LagClock, LatencySummary, NodeRole, Status, WitnessView};
+use crate::node::{open_conn, NodeConfig, NodeError, Safety, WitnessLink};
+use crate::witness::client::WitnessClient;
+use crate::witness::proto::{Reply, Request};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
@@ -33,6 +36,8 @@ struct Shared {
     /// The newest authenticated connection, handed to the sender thread.
     /// Supervisor state, read by `status`.
     watch: Mutex<Watch>,
+    /// The lease keeper's view (None: no witness).
+    witness: Option<Mutex<WitnessView>>,
 }
 
 struct Watch {
@@ -64,7 +69,29 @@ pub struct Principal {
 impl Principal {
     /// Opens (recovering) the log in `cfg.dir`, begins a new epoch, starts
     /// group commit and listens for the mirror on `listen`.
-    pub fn start(mut cfg: NodeConfig, listen: SocketAddr) -> Result<Principal, NodeError> {
+    ///
+    /// With a witness, the epoch is the witness's grant (`claim`): refused
+    /// with [`NodeError::NotPrincipal`] when another node is principal.
+    pub fn start(cfg: NodeConfig, listen: SocketAddr) -> Result<Principal, NodeError> {
+        Principal::open(cfg, listen, None)
+    }
+
+    /// Starts as principal of `epoch`, which the witness granted this node
+    /// (a failover or forced service); it must be above every epoch in
+    /// this node's log.
+    pub fn start_in_epoch(
+        cfg: NodeConfig,
+        listen: SocketAddr,
+        epoch: u64,
+    ) -> Result<Principal, NodeError> {
+        Principal::open(cfg, listen, Some(epoch))
+    }
+
+    fn open(
+        mut cfg: NodeConfig,
+        listen: SocketAddr,
+        granted: Option<u64>,
+    ) -> Result<Principal, NodeError> {
         if let Some(core) = cfg.sender_core {
             crate::affinity::check_core("sender core", core).map_err(NodeError::Config)?;
         }
@@ -79,7 +106,17 @@ impl Principal {
         let mut history = EpochHistory::load(&cfg.dir)?;
         // Every incarnation is a new epoch (docs/design.md): recorded before
         // the first batch of it is written.
-        let epoch = history.last_epoch().max(log.last_epoch()) + 1;
+        let last = history.last_epoch().max(log.last_epoch());
+        let epoch = match (granted, &cfg.witness) {
+            (Some(e), _) if e <= last => {
+                return Err(NodeError::Config(format!(
+                    "epoch {e} was granted, but this log already went through epoch {last}"
+                )))
+            }
+            (Some(e), _) => e,
+            (None, Some(link)) => claim(&cfg, link, last)?,
+            (None, None) => last + 1,
+        };
         history.begin(epoch, log.written_lsn())?;
         cfg.commit.default_level = cfg.safety.default_level();
         let gc = GroupCommit::start(Arc::new(log), cfg.commit.clone())?;
@@ -93,6 +130,9 @@ impl Principal {
             Detached::Hold
         });
         gc.progress().set_exposure_max_bytes(cfg.exposure.max_bytes);
+        // Rule P: with a witness, nothing is acknowledged without either the
+        // mirror's hardened ack or a live exposure lease.
+        gc.progress().set_lease_gated(cfg.witness.is_some());
         let listener = TcpListener::bind(listen).map_err(|source| NodeError::Io {
             context: format!("listening for the mirror on {listen}"),
             source,
@@ -120,6 +160,12 @@ impl Principal {
                 detached_since: Some((Instant::now(), hardened)),
                 held: !exposed_ok,
                 send_queue_age: None,
+            }),
+            witness: cfg.witness.as_ref().map(|w| {
+                Mutex::new(WitnessView {
+                    addr: w.addr.to_string(),
+                    ..WitnessView::default()
+                })
             }),
             cfg,
         });
@@ -154,6 +200,13 @@ impl Principal {
             "mirrorlog-supervisor",
             Box::new(move || supervise(&s)),
         )?);
+        if shared.witness.is_some() {
+            let s = shared.clone();
+            threads.push(spawn(
+                "mirrorlog-lease",
+                Box::new(move || lease_keeper(&s)),
+            )?);
+        }
         Ok(Principal {
             shared,
             local_addr,
@@ -276,7 +329,20 @@ impl Principal {
                 .collect(),
             sessions: snap.sessions,
             last_error: snap.last_error,
+            witness: sh
+                .witness
+                .as_ref()
+                .map(|w| w.lock().expect("witness view").clone()),
         }
+    }
+
+    /// Who deposed this principal, if the witness said it was: it then
+    /// accepts no commits and should restart as mirror of that node.
+    pub fn deposed(&self) -> Option<String> {
+        self.shared
+            .witness
+            .as_ref()
+            .and_then(|w| w.lock().expect("witness view").deposed.clone())
     }
 
     /// Stops the threads and group commit; the log is closed cleanly.
@@ -394,7 +460,7 @@ fn handshake(
         nonce,
         Duration::from_millis(sh.cfg.session.partner_timeout_ms),
     ) {
-        Ok(()) => {
+        Ok(_) => {
             let _ = tx.send(conn);
         }
         Err(e) => {
@@ -506,6 +572,162 @@ fn supervise(sh: &Shared) {
                 "mirrorlog[principal]: exposure bound reached ({bytes} bytes, {:.1} s without the mirror): commits now wait for the mirror",
                 (now - since).as_secs_f64()
             ));
+        }
+    }
+}
+
+/// How long a starting principal keeps asking an unreachable witness for
+/// its epoch before it gives up.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks the witness for this node's epoch as principal.
+fn claim(cfg: &NodeConfig, link: &WitnessLink, last_epoch: u64) -> Result<u64, NodeError> {
+    let mut c = WitnessClient::new(link.addr, cfg.identity.secret.clone());
+    let deadline = Instant::now() + CLAIM_TIMEOUT;
+    let mut said = false;
+    loop {
+        let req = Request::Claim {
+            database_id: cfg.identity.database_id,
+            name: link.name.clone(),
+            last_epoch,
+        };
+        match c.call(&req, Duration::from_secs(1)) {
+            Ok(Reply::Granted { epoch }) => return Ok(epoch),
+            Ok(Reply::Refused { why }) => return Err(NodeError::NotPrincipal(why)),
+            Ok(other) => {
+                return Err(NodeError::NotPrincipal(format!(
+                    "the witness answered a claim with {other:?}"
+                )))
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(NodeError::NotPrincipal(format!(
+                    "no answer from the witness for {CLAIM_TIMEOUT:?}: {e}"
+                )))
+            }
+            Err(e) => {
+                if !said {
+                    said = true;
+                    cfg.logger.line(&format!(
+                        "mirrorlog[principal]: waiting for the witness to grant an epoch: {e}"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Rule P's principal side: renews the lease every quarter lease; asks for
+/// an exposure lease as soon as a commit needs one (and from then on, the
+/// witness keeps the epoch exposed); says there is no quorum once the last
+/// lease ran out; stops every commit if the witness says another node
+/// holds a newer epoch.
+fn lease_keeper(sh: &Shared) {
+    let link = sh.cfg.witness.clone().expect("a witness");
+    let view = sh.witness.as_ref().expect("a witness view");
+    let log = &sh.cfg.logger;
+    let progress = sh.gc.progress();
+    let mut client = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone());
+    // Until a lease says otherwise, renew four times per partner timeout.
+    let mut every = Duration::from_millis(sh.cfg.session.partner_timeout_ms / 4).max(Duration::from_millis(10));
+    let mut exposed = false;
+    // End (monotonic ns) of the last lease of any kind; before the first,
+    // a grace of one partner timeout (the claim just reached the witness).
+    let mut lease_end_ns = monotonic_ns() + sh.cfg.session.partner_timeout_ms * 1_000_000;
+    let mut next = Instant::now();
+    let mut last_err = String::new();
+    while !sh.stop.load(Ordering::Acquire) {
+        let wanted = progress.take_exposure_wanted() && !exposed;
+        if !wanted && Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(2));
+            if monotonic_ns() >= lease_end_ns && !progress.no_quorum() {
+                progress.set_no_quorum(true);
+                log.line("mirrorlog[principal]: the witness lease ran out: commits the mirror does not harden are refused (no quorum)");
+            }
+            continue;
+        }
+        let ask_exposed = exposed || wanted;
+        let sent = Instant::now();
+        let sent_ns = monotonic_ns();
+        let req = Request::Renew {
+            database_id: sh.cfg.identity.database_id,
+            name: link.name.clone(),
+            epoch: sh.epoch,
+            exposed: ask_exposed,
+        };
+        let r = client.call(&req, every);
+        next = sent + every;
+        let mut v = view.lock().expect("witness view");
+        match r {
+            Ok(Reply::Lease {
+                epoch,
+                lease_ms,
+                rho_ppm,
+            }) if epoch == sh.epoch => {
+                let rho = f64::from(rho_ppm) / 1e6;
+                let live_ns = (lease_ms as f64 * 1e6 * (1.0 - rho)) as u64;
+                lease_end_ns = lease_end_ns.max(sent_ns + live_ns);
+                every = Duration::from_millis((lease_ms / 4).max(1));
+                next = sent + every;
+                if ask_exposed {
+                    if !exposed {
+                        log.line(&format!(
+                            "mirrorlog[principal]: told the witness this principal runs exposed in epoch {}: automatic failover is off until the next epoch",
+                            sh.epoch
+                        ));
+                    }
+                    exposed = true;
+                    progress.set_exposure_lease(sent_ns + live_ns);
+                }
+                progress.set_no_quorum(false);
+                v.connected = true;
+                v.exposed = exposed;
+                v.last_error = None;
+                last_err.clear();
+            }
+            Ok(Reply::Deposed { current, principal }) => {
+                let who = format!(
+                    "epoch {current} belongs to {}; this node (epoch {}) must rejoin as its mirror",
+                    principal.as_deref().unwrap_or("another node"),
+                    sh.epoch
+                );
+                log.line(&format!("mirrorlog[principal]: deposed by the witness: {who}"));
+                v.connected = true;
+                v.deposed = Some(principal.unwrap_or_default());
+                drop(v);
+                // Nothing more is acknowledged here, by any path.
+                progress.set_detached_policy(Detached::Refuse);
+                progress.set_no_quorum(true);
+                sh.session.set_suspended(true);
+                return;
+            }
+            Ok(other) => {
+                let e = format!("the witness answered a renewal with {other:?}");
+                v.connected = true;
+                if e != last_err {
+                    log.line(&format!("mirrorlog[principal]: {e}"));
+                }
+                v.last_error = Some(e.clone());
+                last_err = e;
+            }
+            Err(e) => {
+                v.connected = false;
+                if e != last_err {
+                    log.line(&format!("mirrorlog[principal]: renewing the lease: {e}"));
+                }
+                v.last_error = Some(e.clone());
+                last_err = e;
+                // Retry soon, not only a quarter lease later.
+                next = Instant::now() + Duration::from_millis(50).min(every);
+            }
+        }
+        v.lease_left_ms = lease_end_ns
+            .checked_sub(monotonic_ns())
+            .map(|ns| ns / 1_000_000);
+        drop(v);
+        if monotonic_ns() >= lease_end_ns && !progress.no_quorum() {
+            progress.set_no_quorum(true);
+            log.line("mirrorlog[principal]: the witness lease ran out: commits the mirror does not harden are refused (no quorum)");
         }
     }
 }

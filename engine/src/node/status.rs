@@ -93,6 +93,28 @@ pub struct Status {
     /// Sessions established so far, and why the last one ended.
     pub sessions: u64,
     pub last_error: Option<String>,
+    /// The node's view of its witness (None: no witness configured).
+    pub witness: Option<WitnessView>,
+}
+
+/// What a node knows of its witness.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WitnessView {
+    pub addr: String,
+    /// The last request was answered.
+    pub connected: bool,
+    /// Principal: how long its lease has left (None: none live).
+    pub lease_left_ms: Option<u64>,
+    /// Principal: it told the witness it runs exposed in this epoch
+    /// (automatic failover is off until the next epoch).
+    pub exposed: bool,
+    /// The witness says another node holds a newer epoch: this principal
+    /// was deposed and accepts no commits.
+    pub deposed: Option<String>,
+    /// Mirror: what its failover attempts came to (the witness's reason
+    /// for a refusal, say).
+    pub failover: Option<String>,
+    pub last_error: Option<String>,
 }
 
 impl Status {
@@ -188,6 +210,30 @@ impl Status {
         }
         if let Some(e) = &self.last_error {
             let _ = writeln!(s, "last session ended: {e}");
+        }
+        if let Some(w) = &self.witness {
+            let _ = writeln!(
+                s,
+                "witness:     {} {}{}{}",
+                w.addr,
+                if w.connected { "connected" } else { "UNREACHABLE" },
+                w.lease_left_ms
+                    .map_or(String::new(), |l| format!("  lease {l} ms left")),
+                if w.exposed {
+                    "  (told: exposed this epoch, no automatic failover)"
+                } else {
+                    ""
+                }
+            );
+            if let Some(d) = &w.deposed {
+                let _ = writeln!(s, "DEPOSED:     {d}");
+            }
+            if let Some(f) = &w.failover {
+                let _ = writeln!(s, "failover:    {f}");
+            }
+            if let Some(e) = &w.last_error {
+                let _ = writeln!(s, "witness err: {e}");
+            }
         }
         s
     }

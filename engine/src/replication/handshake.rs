@@ -64,6 +64,10 @@ impl Secret {
         Ok(Secret(bytes))
     }
 
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Reads a secret file: private to its owner, at least 16 bytes, one
     /// trailing newline ignored (so `echo`-made files work).
     pub fn load(path: impl AsRef<Path>) -> Result<Secret, SecretError> {

@@ -86,6 +86,11 @@ impl EpochHistory {
         Ok(EpochHistory { dir, entries })
     }
 
+    /// The log directory this history belongs to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn entries(&self) -> &[(u64, u64)] {
         &self.entries
     }

@@ -424,6 +424,9 @@ impl PrincipalSession {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MirrorCommand {
     Send(Message),
+    /// Put the state machine back to at most this LSN (before a
+    /// `Truncate` below what it applied); report with `on_rewound`.
+    Rewind(u64),
     /// Cut the local log back to this LSN.
     Truncate(u64),
     /// Append this frame (verifying it) to the local log.
@@ -567,13 +570,10 @@ impl MirrorSession {
                         return out;
                     }
                     if t < self.progress.applied {
-                        // Applied state cannot be un-applied; rebuilding it
-                        // from a checkpoint is the failover work's.
-                        self.close(&mut out, RefuseCode::Other, format!(
-                            "the principal cuts this log at {t}, below what is applied here ({}); this mirror must be rebuilt",
-                            self.progress.applied
-                        ));
-                        return out;
+                        // The state machine goes back first (to a
+                        // checkpoint at or below the cut); the runner
+                        // reports where with `on_rewound`.
+                        out.push(MirrorCommand::Rewind(t));
                     }
                     out.push(MirrorCommand::Truncate(t));
                     self.progress.received = t;
@@ -682,6 +682,16 @@ impl MirrorSession {
             self.sync_in_flight = true;
             out.push(MirrorCommand::Sync);
         }
+    }
+
+    /// The state machine was put back to `applied` (a `Rewind`).
+    pub fn on_rewound(&mut self, applied: u64) {
+        self.progress.applied = applied;
+    }
+
+    /// The principal's written LSN as its last heartbeat said.
+    pub fn principal_written(&self) -> Option<u64> {
+        self.principal_written
     }
 
     /// The local log accepted appended frames up to `written`.

@@ -63,6 +63,10 @@ pub struct SessionSnapshot {
     pub sessions: u64,
     /// Why the last session (or attempt) ended.
     pub last_error: Option<String>,
+    /// Mirror: the principal's written LSN as its last heartbeat said.
+    pub principal_written: u64,
+    /// Mirror: the last session was SYNCHRONIZED when it ended.
+    pub ended_synchronized: bool,
 }
 
 /// Shared between a runner and whoever reads its status.
@@ -72,6 +76,8 @@ pub struct SessionStatus {
     /// An operator asked to pause shipping (the principal's runner acts
     /// on it within a tick).
     suspend: AtomicBool,
+    /// Where the runner's notable events go (a salvaged tail, say).
+    logger: Mutex<Option<crate::node::Logger>>,
 }
 
 impl SessionStatus {
@@ -81,6 +87,17 @@ impl SessionStatus {
 
     pub fn suspend_requested(&self) -> bool {
         self.suspend.load(Ordering::Acquire)
+    }
+
+    /// Sends the runner's notable events to `logger`.
+    pub fn set_logger(&self, logger: crate::node::Logger) {
+        *self.logger.lock().expect("status lock poisoned") = Some(logger);
+    }
+
+    fn note(&self, line: &str) {
+        if let Some(l) = &*self.logger.lock().expect("status lock poisoned") {
+            l.line(line);
+        }
     }
 
     pub fn snapshot(&self) -> SessionSnapshot {
@@ -101,7 +118,7 @@ pub fn authenticate(
     epoch: u64,
     nonce: [u8; NONCE_BYTES],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let (mut hs, hello) = Handshake::start(role, id.database_id, epoch, id.secret.clone(), nonce);
     // Until the partner is authenticated, only handshake-sized messages.
     conn.set_recv_limit(HANDSHAKE_MESSAGE_BYTES_MAX);
@@ -119,7 +136,7 @@ fn handshake_loop(
     hs: &mut Handshake,
     hello: Message,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     conn.send(&hello).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -136,7 +153,7 @@ fn handshake_loop(
                     conn.send(&m).map_err(|e| e.to_string())?;
                 }
             }
-            Ok(Step::Authenticated { .. }) => return Ok(()),
+            Ok(Step::Authenticated { peer }) => return Ok(peer.epoch),
             Err(e) => {
                 if let Some(r) = e.refuse {
                     let _ = conn.send(&r);
@@ -294,6 +311,7 @@ pub fn serve_principal<S: Storage>(
     log.set_watcher(None);
     status.update(|s| {
         s.connected = false;
+        s.ended_synchronized = s.state == Some(MirroringState::Synchronized);
         s.state = Some(MirroringState::Disconnected);
         s.last_error = Some(reason.clone());
     });
@@ -401,6 +419,7 @@ struct MirrorRun<'a, S: Storage, A: Applier> {
     /// A sync was asked for; it runs once the socket is drained, so one
     /// sync covers every batch that arrived meanwhile.
     sync: bool,
+    status: &'a SessionStatus,
 }
 
 impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
@@ -417,7 +436,26 @@ impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
                     conn.send(&m).map_err(|e| e.to_string())?;
                     Vec::new()
                 }
+                MirrorCommand::Rewind(t) => {
+                    let to = self.applier.rewind(t).map_err(|e| {
+                        format!("the principal cuts this log at LSN {t}, below what is applied here, and the state machine cannot go back: {e}")
+                    })?;
+                    self.status.note(&format!(
+                        "mirrorlog[mirror]: state machine put back to LSN {to} for a cut at {t}"
+                    ));
+                    self.session.on_rewound(to);
+                    Vec::new()
+                }
                 MirrorCommand::Truncate(t) => {
+                    if let Some(h) = self.history.as_deref() {
+                        if let Some(path) = salvage(self.log, h.dir(), t)? {
+                            self.status.note(&format!(
+                                "mirrorlog[mirror]: the principal's history diverges from this log at LSN {t}; the discarded tail ({} bytes, whole frames with their epochs and LSNs) was saved to {}",
+                                self.log.written_lsn() - t,
+                                path.display()
+                            ));
+                        }
+                    }
                     self.log
                         .truncate(t)
                         .map_err(|e| format!("truncating the mirror's log: {e}"))?;
@@ -549,6 +587,7 @@ pub fn serve_mirror<S: Storage, A: Applier>(
         t0: Instant::now(),
         ack: None,
         sync: false,
+        status,
     };
     let (path, zero_copy) = (conn.path(), conn.zero_copy());
     status.update(|s| {
@@ -595,11 +634,15 @@ pub fn serve_mirror<S: Storage, A: Applier>(
             let commit = run.session.commit_lsn();
             let state = run.session.state();
             let sent = base_sent + conn.bytes_sent() - sent_before;
+            let principal_written = run.session.principal_written();
             status.update(|s| {
                 s.state = Some(state);
                 s.mirror = p;
                 s.commit_lsn = commit;
                 s.bytes_sent = sent;
+                if let Some(w) = principal_written {
+                    s.principal_written = w;
+                }
             });
             if let Some(msg) = conn
                 .recv(Some(TICK), Some(&wake))
@@ -614,8 +657,38 @@ pub fn serve_mirror<S: Storage, A: Applier>(
     let reason = result.err().unwrap_or_default();
     status.update(|s| {
         s.connected = false;
+        s.ended_synchronized = s.state == Some(MirroringState::Synchronized);
         s.state = Some(MirroringState::Disconnected);
         s.last_error = Some(reason.clone());
     });
     reason
+}
+
+/// Before a cut at `lsn`, saves the frames beyond it, exactly as the log
+/// holds them, to `dir/salvage/salvage-<lsn>-<end>.frames` (written, synced,
+/// renamed): an operator can recover what the divergent history had.
+/// Returns the file's path, or None if there is nothing beyond `lsn`.
+fn salvage<S: Storage>(
+    log: &Log<S>,
+    dir: &std::path::Path,
+    lsn: u64,
+) -> Result<Option<std::path::PathBuf>, String> {
+    let end = log.written_lsn();
+    if end <= lsn {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity((end - lsn) as usize);
+    let iter = log
+        .read_from(lsn)
+        .map_err(|e| format!("reading the tail to salvage at LSN {lsn}: {e}"))?;
+    for v in iter {
+        let v = v.map_err(|e| format!("reading the tail to salvage: {e}"))?;
+        bytes.extend_from_slice(v.frame());
+    }
+    let sdir = dir.join("salvage");
+    std::fs::create_dir_all(&sdir).map_err(|e| format!("creating {}: {e}", sdir.display()))?;
+    let name = format!("salvage-{lsn}-{end}.frames");
+    crate::durable::replace_file(&sdir, &name, &bytes)
+        .map_err(|(ctx, e)| format!("saving the divergent tail: {ctx}: {e}"))?;
+    Ok(Some(sdir.join(name)))
 }

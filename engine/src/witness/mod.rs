@@ -1,10 +1,12 @@
-//! The witness's decision core and the principal's lease clock: pure state
-//! machines (time is an argument), as docs/design.md ("Witness protocol")
-//! specifies them. Not wired to the network or to nodes yet (failover
-//! issue); the rules and the argument that two nodes never accept commits
-//! at once are checked here against drifting clocks. `state` is the
-//! witness's durable state file.
+//! The witness: its decision core and the principal's lease clock (pure
+//! state machines, time is an argument) as docs/design.md ("Witness
+//! protocol") specifies them; `state` is its durable file, `proto` the
+//! authenticated request/reply framing, `server` the service `mirrorlog
+//! witness` runs and `client` what partners use to reach it.
 
+pub mod client;
+pub mod proto;
+pub mod server;
 pub mod state;
 
 /// Clock-rate bound and lease length.
@@ -32,19 +34,28 @@ pub struct WitnessCore {
     /// The current epoch and its principal.
     pub epoch: u64,
     pub principal: Option<String>,
-    /// The principal of `epoch` said its mirror is lost: it may have
-    /// acknowledged commits the mirror lacks.
+    /// The principal of `epoch` said it may acknowledge commits its mirror
+    /// does not have (safety off, running without the mirror, or a commit
+    /// at a level below `remote-flush`): automatic failover is off for
+    /// the rest of the epoch.
     pub exposed: bool,
-    /// Witness-clock time (ms) of the last renewal received for `epoch`.
-    last_renewal_ms: Option<u64>,
+    /// Witness-clock time (ms) from which the wait before a grant counts:
+    /// the last renewal received for `epoch`, the grant of `epoch`, or the
+    /// witness's own start (a principal may have renewed just before a
+    /// witness restart, which forgot it).
+    last_renewal_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RenewReply {
     /// A lease of this many milliseconds.
     Lease { epoch: u64, lease_ms: u64 },
-    /// That epoch is over: the sender is deposed.
-    Deposed { current: u64 },
+    /// That epoch is over (or the sender is not its principal): the sender
+    /// is deposed; `principal` is who holds `current`.
+    Deposed {
+        current: u64,
+        principal: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,14 +65,26 @@ pub enum PromoteReply {
 }
 
 impl WitnessCore {
-    pub fn new(cfg: LeaseConfig, epoch: u64, principal: Option<String>) -> WitnessCore {
+    /// The witness as it starts at witness-clock time `now_ms` with its
+    /// durable state.
+    pub fn new(
+        cfg: LeaseConfig,
+        now_ms: u64,
+        epoch: u64,
+        principal: Option<String>,
+        exposed: bool,
+    ) -> WitnessCore {
         WitnessCore {
             cfg,
             epoch,
             principal,
-            exposed: false,
-            last_renewal_ms: None,
+            exposed,
+            last_renewal_ms: now_ms,
         }
+    }
+
+    pub fn config(&self) -> LeaseConfig {
+        self.cfg
     }
 
     /// How long after the last renewal the witness must wait, on its own
@@ -70,66 +93,98 @@ impl WitnessCore {
         (self.cfg.lease_ms as f64 * (1.0 + self.cfg.rho)).ceil() as u64
     }
 
-    /// A renewal from the principal of `epoch` (witness time `now_ms`).
-    pub fn on_renew(&mut self, now_ms: u64, epoch: u64, mirror_attached: bool) -> RenewReply {
-        if epoch != self.epoch {
+    /// A renewal from `name`, principal of `epoch` (witness time
+    /// `now_ms`). `exposed`: it is about to acknowledge commits its mirror
+    /// may lack; recorded (durably, by the caller, before the reply goes
+    /// out) and kept for the rest of the epoch.
+    pub fn on_renew(&mut self, now_ms: u64, epoch: u64, name: &str, exposed: bool) -> RenewReply {
+        if epoch != self.epoch || self.principal.as_deref() != Some(name) {
             return RenewReply::Deposed {
                 current: self.epoch,
+                principal: self.principal.clone(),
             };
         }
-        self.last_renewal_ms = Some(now_ms);
-        if !mirror_attached {
-            // Recorded (durably, by the caller) before the lease that allows
-            // exposed commits goes out.
-            self.exposed = true;
-        }
+        self.last_renewal_ms = self.last_renewal_ms.max(now_ms);
+        self.exposed |= exposed;
         RenewReply::Lease {
             epoch,
             lease_ms: self.cfg.lease_ms,
         }
     }
 
-    /// The mirror of `epoch` asks to become principal (Rule W).
+    /// `candidate`, mirror in `epoch`, asks to become principal (Rule W).
+    /// `forced`: forced service, which may lose what the mirror lacks; it
+    /// still waits out the principal's lease (two principals are never
+    /// allowed), but needs neither SYNCHRONIZED nor an unexposed epoch.
     pub fn on_promote(
         &mut self,
         now_ms: u64,
         epoch: u64,
         candidate: &str,
         synchronized: bool,
+        forced: bool,
     ) -> PromoteReply {
         let refuse = |why: String| PromoteReply::Refused { why };
         if epoch != self.epoch {
             return refuse(format!(
-                "epoch {epoch} is not the current epoch {}",
-                self.epoch
+                "epoch {epoch} is not the current epoch {} (principal: {})",
+                self.epoch,
+                self.principal.as_deref().unwrap_or("none")
             ));
         }
-        if !synchronized {
+        if self.principal.as_deref() == Some(candidate) {
+            return refuse(format!("{candidate} is already principal of epoch {epoch}"));
+        }
+        if !forced && !synchronized {
             return refuse(
                 "the mirror was not SYNCHRONIZED when it lost the principal; only forced service can proceed"
                     .into(),
             );
         }
-        if self.exposed {
+        if !forced && self.exposed {
             return refuse(
-                "the principal ran exposed (its commits may not be on the mirror); only forced service can proceed"
+                "the principal ran exposed in this epoch (it may have acknowledged commits the mirror lacks); only forced service can proceed"
                     .into(),
             );
         }
-        if let Some(last) = self.last_renewal_ms {
-            let waited = now_ms.saturating_sub(last);
-            if waited < self.wait_ms() {
-                return refuse(format!(
-                    "the principal renewed its lease {waited} ms ago; it may still be committing for {} ms",
-                    self.wait_ms() - waited
-                ));
+        let waited = now_ms.saturating_sub(self.last_renewal_ms);
+        if waited < self.wait_ms() {
+            return refuse(format!(
+                "the principal's lease may still be live for {} ms (last renewal {waited} ms ago)",
+                self.wait_ms() - waited
+            ));
+        }
+        self.grant(now_ms, self.epoch + 1, candidate);
+        PromoteReply::Granted { epoch: self.epoch }
+    }
+
+    /// `name` starts as principal; its log's last epoch is `last_epoch`.
+    /// Granted when it is the recorded principal (a restart: its old
+    /// incarnation is gone, the log directory's lock says so) or when no
+    /// principal was ever recorded. The epoch granted is above both the
+    /// witness's and the node's.
+    pub fn on_claim(&mut self, now_ms: u64, last_epoch: u64, name: &str) -> PromoteReply {
+        match self.principal.as_deref() {
+            Some(p) if p != name => PromoteReply::Refused {
+                why: format!(
+                    "{p} is principal of epoch {}; {name} must start as its mirror",
+                    self.epoch
+                ),
+            },
+            _ => {
+                self.grant(now_ms, self.epoch.max(last_epoch) + 1, name);
+                PromoteReply::Granted { epoch: self.epoch }
             }
         }
-        self.epoch += 1;
-        self.principal = Some(candidate.to_string());
+    }
+
+    fn grant(&mut self, now_ms: u64, epoch: u64, name: &str) {
+        self.epoch = epoch;
+        self.principal = Some(name.to_string());
         self.exposed = false;
-        self.last_renewal_ms = None;
-        PromoteReply::Granted { epoch: self.epoch }
+        // The new principal holds no lease yet; counting from the grant
+        // keeps a second grant at least one lease length away anyway.
+        self.last_renewal_ms = now_ms;
     }
 }
 
@@ -152,6 +207,12 @@ impl LeaseClock {
     pub fn live(&self, now_ms: u64) -> bool {
         self.live_until_ms.is_some_and(|u| (now_ms as f64) < u)
     }
+
+    /// Principal-clock time (ms, rounded down) until which the lease is
+    /// live, if one was ever granted.
+    pub fn live_until_ms(&self) -> Option<u64> {
+        self.live_until_ms.map(|u| u.floor() as u64)
+    }
 }
 
 #[cfg(test)]
@@ -164,39 +225,97 @@ mod tests {
             lease_ms: 1000,
             rho: 0.01,
         };
-        let mut w = WitnessCore::new(cfg, 3, Some("p".into()));
-        assert!(matches!(w.on_renew(0, 3, true), RenewReply::Lease { .. }));
+        let mut w = WitnessCore::new(cfg, 0, 3, Some("p".into()), false);
         assert!(matches!(
-            w.on_promote(1009, 3, "m", true),
+            w.on_renew(0, 3, "p", false),
+            RenewReply::Lease { .. }
+        ));
+        assert!(matches!(
+            w.on_promote(1009, 3, "m", true, false),
             PromoteReply::Refused { .. }
         ));
         assert_eq!(
-            w.on_promote(1010, 3, "m", true),
+            w.on_promote(1010, 3, "m", true, false),
             PromoteReply::Granted { epoch: 4 }
         );
         // The old principal and the old epoch are done.
         assert_eq!(
-            w.on_renew(1011, 3, true),
-            RenewReply::Deposed { current: 4 }
+            w.on_renew(1011, 3, "p", false),
+            RenewReply::Deposed {
+                current: 4,
+                principal: Some("m".into())
+            }
         );
         assert!(matches!(
-            w.on_promote(5000, 3, "x", true),
+            w.on_promote(5000, 3, "x", true, false),
             PromoteReply::Refused { .. }
+        ));
+        // Only the principal of the epoch renews it.
+        assert!(matches!(
+            w.on_renew(5000, 4, "p", false),
+            RenewReply::Deposed { .. }
         ));
     }
 
     #[test]
     fn an_exposed_principal_or_an_unsynchronized_mirror_blocks_automatic_failover() {
-        let mut w = WitnessCore::new(LeaseConfig::default(), 1, Some("p".into()));
-        w.on_renew(0, 1, false);
+        let mut w = WitnessCore::new(LeaseConfig::default(), 0, 1, Some("p".into()), false);
+        w.on_renew(0, 1, "p", true);
         assert!(
-            matches!(w.on_promote(100_000, 1, "m", true), PromoteReply::Refused { why } if why.contains("exposed"))
+            matches!(w.on_promote(100_000, 1, "m", true, false), PromoteReply::Refused { why } if why.contains("exposed"))
         );
-        let mut w = WitnessCore::new(LeaseConfig::default(), 1, Some("p".into()));
-        w.on_renew(0, 1, true);
+        // Forced service proceeds, once the lease is over.
+        assert_eq!(
+            w.on_promote(100_000, 1, "m", true, true),
+            PromoteReply::Granted { epoch: 2 }
+        );
+        let mut w = WitnessCore::new(LeaseConfig::default(), 0, 1, Some("p".into()), false);
+        w.on_renew(0, 1, "p", false);
         assert!(
-            matches!(w.on_promote(100_000, 1, "m", false), PromoteReply::Refused { why } if why.contains("SYNCHRONIZED"))
+            matches!(w.on_promote(100_000, 1, "m", false, false), PromoteReply::Refused { why } if why.contains("SYNCHRONIZED"))
         );
+        // Even forced service waits out a live lease.
+        let mut w = WitnessCore::new(LeaseConfig::default(), 0, 1, Some("p".into()), false);
+        w.on_renew(50_000, 1, "p", false);
+        assert!(matches!(
+            w.on_promote(50_100, 1, "m", false, true),
+            PromoteReply::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn a_restarted_witness_waits_a_whole_lease_before_any_grant() {
+        let cfg = LeaseConfig::default();
+        // Restarted at witness time 7000 with epoch 5 on disk: the
+        // principal may have renewed just before the restart.
+        let mut w = WitnessCore::new(cfg, 7000, 5, Some("p".into()), false);
+        assert!(matches!(
+            w.on_promote(7000 + w.wait_ms() - 1, 5, "m", true, false),
+            PromoteReply::Refused { .. }
+        ));
+        assert_eq!(
+            w.on_promote(7000 + w.wait_ms(), 5, "m", true, false),
+            PromoteReply::Granted { epoch: 6 }
+        );
+    }
+
+    #[test]
+    fn claims_go_to_the_recorded_principal_or_to_the_first_node_only() {
+        let mut w = WitnessCore::new(LeaseConfig::default(), 0, 0, None, false);
+        // The first claim takes an epoch above the node's own history.
+        assert_eq!(w.on_claim(0, 4, "a"), PromoteReply::Granted { epoch: 5 });
+        assert!(matches!(w.on_claim(1, 9, "b"), PromoteReply::Refused { why } if why.contains("mirror")));
+        // A restart of the principal is a new epoch.
+        assert_eq!(w.on_claim(2, 5, "a"), PromoteReply::Granted { epoch: 6 });
+        // The epoch the witness granted is the one renewals name.
+        assert!(matches!(
+            w.on_renew(3, 5, "a", false),
+            RenewReply::Deposed { .. }
+        ));
+        assert!(matches!(
+            w.on_renew(3, 6, "a", false),
+            RenewReply::Lease { .. }
+        ));
     }
 
     /// Rule P against Rule W with clocks drifting within ρ, arbitrary clock
@@ -224,19 +343,19 @@ mod tests {
             let (p_off, w_off) = (rnd() * 1e6, rnd() * 1e6);
             let p_clock = |real: f64| p_off + real * p_rate;
             let w_clock = |real: f64| w_off + real * w_rate;
-            let mut w = WitnessCore::new(cfg, 1, Some("p".into()));
+            let mut w = WitnessCore::new(cfg, 0, 1, Some("p".into()), false);
             let mut lease = LeaseClock::default();
             // The principal renews at real time t_s; it arrives later.
             let t_s = rnd() * 1e5;
             let t_r = t_s + rnd() * 50.0;
-            let RenewReply::Lease { lease_ms, .. } = w.on_renew(w_clock(t_r) as u64, 1, true)
+            let RenewReply::Lease { lease_ms, .. } = w.on_renew(w_clock(t_r) as u64, 1, "p", false)
             else {
                 panic!("renewal refused")
             };
             lease.on_lease(p_clock(t_s) as u64, lease_ms, rho);
             let grants = |t: f64| {
                 matches!(
-                    w.clone().on_promote(w_clock(t) as u64, 1, "m", true),
+                    w.clone().on_promote(w_clock(t) as u64, 1, "m", true, false),
                     PromoteReply::Granted { .. }
                 )
             };

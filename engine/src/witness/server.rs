@@ -1,0 +1,319 @@
+//! The witness service: one thread per partner connection (a handful), a
+//! [`WitnessCore`] behind a lock, and its state stored durably (file
+//! `WITNESS`, `state`) before any reply that depends on a change.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::node::Logger;
+use crate::replication::handshake::{random_nonce, Secret};
+use crate::witness::proto::{read_frame, Framer, Reply, Request, REPLY, REQUEST};
+use crate::witness::state::{StateError, WitnessState};
+use crate::witness::{LeaseConfig, PromoteReply, RenewReply, WitnessCore};
+
+/// At most this many partner connections at once (two partners, their
+/// reconnects, an admin or two).
+const CONNECTIONS_MAX: usize = 64;
+/// A connection silent this long is closed (partners renew far more often).
+const IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct WitnessOptions {
+    /// Where `WITNESS` lives (created if missing).
+    pub dir: PathBuf,
+    pub listen: SocketAddr,
+    pub secret: Secret,
+    pub database_id: [u8; 16],
+    pub lease: LeaseConfig,
+    pub logger: Logger,
+}
+
+struct Shared {
+    core: Mutex<WitnessCore>,
+    opts: WitnessOptions,
+    started: Instant,
+    stop: AtomicBool,
+    connections: AtomicUsize,
+}
+
+/// A running witness. Dropping it stops it.
+pub struct WitnessServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WitnessServer {
+    pub fn start(opts: WitnessOptions) -> Result<WitnessServer, String> {
+        if !(opts.lease.rho >= 0.0 && opts.lease.rho < 0.5) {
+            return Err(format!(
+                "clock-rate bound {} is outside [0, 0.5)",
+                opts.lease.rho
+            ));
+        }
+        if opts.lease.lease_ms == 0 {
+            return Err("the lease must be longer than 0 ms".into());
+        }
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| format!("creating {}: {e}", opts.dir.display()))?;
+        let st = WitnessState::load(&opts.dir).map_err(|e| e.to_string())?;
+        let listener = TcpListener::bind(opts.listen)
+            .map_err(|e| format!("listening on {}: {e}", opts.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("setting the listener non-blocking: {e}"))?;
+        opts.logger.line(&format!(
+            "mirrorlog[witness]: epoch {}, principal {}, exposed {}; lease {} ms, clock-rate bound {}; listening on {addr}",
+            st.epoch,
+            st.principal.as_deref().unwrap_or("none"),
+            st.exposed,
+            opts.lease.lease_ms,
+            opts.lease.rho
+        ));
+        let started = Instant::now();
+        let shared = Arc::new(Shared {
+            core: Mutex::new(WitnessCore::new(
+                opts.lease,
+                0,
+                st.epoch,
+                st.principal,
+                st.exposed,
+            )),
+            opts,
+            started,
+            stop: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("mirrorlog-witness".into())
+            .spawn(move || accept_loop(&s, listener))
+            .map_err(|e| format!("starting the witness thread: {e}"))?;
+        Ok(WitnessServer {
+            shared,
+            addr,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The current epoch, principal and exposed flag.
+    pub fn state(&self) -> WitnessState {
+        let c = self.shared.core.lock().expect("witness lock");
+        WitnessState {
+            epoch: c.epoch,
+            principal: c.principal.clone(),
+            exposed: c.exposed,
+        }
+    }
+
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WitnessServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(sh: &Arc<Shared>, listener: TcpListener) {
+    while !sh.stop.load(Ordering::Acquire) {
+        let (stream, peer) = match listener.accept() {
+            Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            Err(e) => {
+                sh.opts
+                    .logger
+                    .line(&format!("mirrorlog[witness]: accept failed: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if sh.connections.load(Ordering::Acquire) >= CONNECTIONS_MAX {
+            continue;
+        }
+        sh.connections.fetch_add(1, Ordering::AcqRel);
+        let s = sh.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mirrorlog-witness-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve_conn(&s, stream) {
+                    if !e.is_empty() {
+                        s.opts
+                            .logger
+                            .line(&format!("mirrorlog[witness]: {peer}: {e}"));
+                    }
+                }
+                s.connections.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            sh.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Serves one connection until it closes. An empty error: it closed
+/// normally (or went idle).
+fn serve_conn(sh: &Shared, mut stream: TcpStream) -> Result<(), String> {
+    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    // Short reads so a stop is noticed; idleness is counted across them.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let nonce = random_nonce().map_err(|e| format!("no randomness for a nonce: {e}"))?;
+    stream.write_all(&nonce).map_err(|e| e.to_string())?;
+    let framer = Framer::new(sh.opts.secret.clone(), nonce);
+    let mut seq = 0u64;
+    let mut last = Instant::now();
+    loop {
+        if sh.stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let payload = match read_frame(&mut stream) {
+            Ok(p) => p,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                // A timeout mid-frame desynchronises the stream; partners
+                // send a frame in one write, so that means a broken peer.
+                if last.elapsed() > IDLE {
+                    return Err(String::new());
+                }
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        last = Instant::now();
+        let body = framer.open(REQUEST, seq, &payload)?;
+        let req = Request::decode(body)?;
+        let reply = decide(sh, &req);
+        stream
+            .write_all(&framer.seal(REPLY, seq, &reply.encode()))
+            .map_err(|e| e.to_string())?;
+        seq += 1;
+    }
+}
+
+/// One request against the core; a change of the durable state is stored
+/// before the reply is returned (if it cannot be, the change is undone and
+/// the request refused).
+fn decide(sh: &Shared, req: &Request) -> Reply {
+    if req.database_id() != &sh.opts.database_id {
+        return Reply::Refused {
+            why: format!(
+                "this witness serves database {:?}, not {:?}",
+                show_id(&sh.opts.database_id),
+                show_id(req.database_id())
+            ),
+        };
+    }
+    let now_ms = sh.started.elapsed().as_millis() as u64;
+    let mut core = sh.core.lock().expect("witness lock");
+    let before = core.clone();
+    let reply = match req {
+        Request::Claim {
+            name, last_epoch, ..
+        } => promote_reply(core.on_claim(now_ms, *last_epoch, name)),
+        Request::Renew {
+            name,
+            epoch,
+            exposed,
+            ..
+        } => match core.on_renew(now_ms, *epoch, name, *exposed) {
+            RenewReply::Lease { epoch, lease_ms } => Reply::Lease {
+                epoch,
+                lease_ms,
+                rho_ppm: (core.config().rho * 1e6).ceil() as u32,
+            },
+            RenewReply::Deposed { current, principal } => Reply::Deposed { current, principal },
+        },
+        Request::Promote {
+            name,
+            epoch,
+            synchronized,
+            forced,
+            ..
+        } => promote_reply(core.on_promote(now_ms, *epoch, name, *synchronized, *forced)),
+        Request::Query { .. } => Reply::State {
+            epoch: core.epoch,
+            principal: core.principal.clone(),
+            exposed: core.exposed,
+            lease_ms: core.config().lease_ms,
+        },
+    };
+    let changed = core.epoch != before.epoch
+        || core.principal != before.principal
+        || core.exposed != before.exposed;
+    if changed {
+        let st = WitnessState {
+            epoch: core.epoch,
+            principal: core.principal.clone(),
+            exposed: core.exposed,
+        };
+        if let Err(e) = st.store(&sh.opts.dir) {
+            *core = before;
+            return refused_store(&e);
+        }
+        let log = &sh.opts.logger;
+        match (req, &reply) {
+            (Request::Renew { name, epoch, .. }, _) => log.line(&format!(
+                "mirrorlog[witness]: {name}, principal of epoch {epoch}, runs exposed: automatic failover is off until the next epoch"
+            )),
+            (Request::Claim { name, .. }, Reply::Granted { epoch }) => log.line(&format!(
+                "mirrorlog[witness]: epoch {epoch} granted to {name} (starting as principal)"
+            )),
+            (Request::Promote { name, forced, .. }, Reply::Granted { epoch }) => log.line(&format!(
+                "mirrorlog[witness]: epoch {epoch} granted to {name} ({})",
+                if *forced { "forced service" } else { "failover" }
+            )),
+            _ => {}
+        }
+    }
+    reply
+}
+
+fn promote_reply(r: PromoteReply) -> Reply {
+    match r {
+        PromoteReply::Granted { epoch } => Reply::Granted { epoch },
+        PromoteReply::Refused { why } => Reply::Refused { why },
+    }
+}
+
+fn refused_store(e: &StateError) -> Reply {
+    Reply::Refused {
+        why: format!("the witness cannot store its state: {e}"),
+    }
+}
+
+fn show_id(id: &[u8; 16]) -> String {
+    String::from_utf8_lossy(id).trim_end_matches('\0').to_string()
+}
