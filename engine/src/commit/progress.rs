@@ -330,5 +330,8 @@ impl Progress {
 pub fn monotonic_ns() -> u64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     // Start at 1 s so that 0 means "never".
-    BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64 + 1_000_000_000
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+        + 1_000_000_000
 }

@@ -10,13 +10,13 @@ use crate::apply::{Applier, ApplierThread};
 use crate::log::{FsStorage, Log};
 use crate::node::status::{NodeRole, Status, WitnessView};
 use crate::node::{open_conn, NodeConfig, NodeError};
-use crate::witness::client::WitnessClient;
-use crate::witness::proto::{Reply, Request};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
 use crate::replication::wire::Role;
 use crate::transport::runner::{authenticate, serve_mirror, SessionStatus};
+use crate::witness::client::WitnessClient;
+use crate::witness::proto::{Reply, Request};
 
 /// Reconnection backoff: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(20);
@@ -286,9 +286,8 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 Err(e) => return format!("handshake with the principal failed: {e}"),
             }
             if matches!(*sh.force.lock().expect("force"), Force::Asked) {
-                *sh.force.lock().expect("force") = Force::Refused(
-                    "the principal came back: forced service was not needed".into(),
-                );
+                *sh.force.lock().expect("force") =
+                    Force::Refused("the principal came back: forced service was not needed".into());
             }
             log.line(&format!(
                 "mirrorlog[mirror]: connected to the principal at {} over {}",
@@ -400,8 +399,7 @@ impl Promoter {
         }
         let auto = sh.cfg.witness.as_ref().is_some_and(|w| w.auto_failover);
         let timeout = Duration::from_millis(sh.cfg.session.partner_timeout_ms);
-        auto && snap.ended_synchronized
-            && self.lost_since.is_some_and(|t| t.elapsed() >= timeout)
+        auto && snap.ended_synchronized && self.lost_since.is_some_and(|t| t.elapsed() >= timeout)
     }
 
     fn attempt<A: Applier>(&mut self, sh: &Shared<A>, history: &EpochHistory) -> Option<Promotion> {
@@ -462,7 +460,10 @@ impl Promoter {
                 None
             }
             Ok(other) => {
-                self.say(sh, format!("the witness answered a promotion with {other:?}"));
+                self.say(
+                    sh,
+                    format!("the witness answered a promotion with {other:?}"),
+                );
                 None
             }
             Err(e) => {
@@ -475,7 +476,8 @@ impl Promoter {
     fn say<A: Applier>(&mut self, sh: &Shared<A>, what: String) {
         if let Some(v) = &sh.witness {
             let mut v = v.lock().expect("witness view");
-            v.connected = !what.contains("witness at") && !what.contains("reading from the witness");
+            v.connected =
+                !what.contains("witness at") && !what.contains("reading from the witness");
             v.failover = Some(what.clone());
         }
         // The lease countdown changes every attempt; say each new reason

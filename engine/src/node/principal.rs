@@ -7,19 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::commit::progress::monotonic_ns;
 use crate::commit::{CommitError, Committed, Detached, GroupCommit, Level, Ticket};
 use crate::log::{FsStorage, Log};
-use crate::commit::progress::monotonic_ns;
 use crate::node::status::{LagClock, LatencySummary, NodeRole, Status, WitnessView};
 use crate::node::{open_conn, NodeConfig, NodeError, Safety, WitnessLink};
-use crate::witness::client::WitnessClient;
-use crate::witness::proto::{Reply, Request};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
 use crate::replication::wire::Role;
 use crate::transport::runner::{authenticate, serve_principal, SessionStatus};
 use crate::transport::Conn;
+use crate::witness::client::WitnessClient;
+use crate::witness::proto::{Reply, Request};
 
 /// How often the supervisor looks at exposure and queue ages.
 const SUPERVISE: Duration = Duration::from_millis(10);
@@ -629,7 +629,8 @@ fn lease_keeper(sh: &Shared) {
     let progress = sh.gc.progress();
     let mut client = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone());
     // Until a lease says otherwise, renew four times per partner timeout.
-    let mut every = Duration::from_millis(sh.cfg.session.partner_timeout_ms / 4).max(Duration::from_millis(10));
+    let mut every =
+        Duration::from_millis(sh.cfg.session.partner_timeout_ms / 4).max(Duration::from_millis(10));
     let mut exposed = false;
     // End (monotonic ns) of the last lease of any kind; before the first,
     // a grace of one partner timeout (the claim just reached the witness).
@@ -691,7 +692,9 @@ fn lease_keeper(sh: &Shared) {
                     principal.as_deref().unwrap_or("another node"),
                     sh.epoch
                 );
-                log.line(&format!("mirrorlog[principal]: deposed by the witness: {who}"));
+                log.line(&format!(
+                    "mirrorlog[principal]: deposed by the witness: {who}"
+                ));
                 v.connected = true;
                 v.deposed = Some(principal.unwrap_or_default());
                 drop(v);

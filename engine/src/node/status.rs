@@ -216,7 +216,11 @@ impl Status {
                 s,
                 "witness:     {} {}{}{}",
                 w.addr,
-                if w.connected { "connected" } else { "UNREACHABLE" },
+                if w.connected {
+                    "connected"
+                } else {
+                    "UNREACHABLE"
+                },
                 w.lease_left_ms
                     .map_or(String::new(), |l| format!("  lease {l} ms left")),
                 if w.exposed {

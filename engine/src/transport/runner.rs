@@ -609,7 +609,8 @@ pub fn serve_mirror<S: Storage, A: Applier>(
             // that keeps the socket full would leave the principal without
             // an ack past its partner timeout.
             let drained_from = run.log.written_lsn();
-            while run.log.written_lsn() - drained_from < DRAIN_BYTES_MAX {
+            // (A cut while draining moves the written LSN back.)
+            while run.log.written_lsn().saturating_sub(drained_from) < DRAIN_BYTES_MAX {
                 let Some(msg) = conn
                     .recv(Some(Duration::ZERO), None)
                     .map_err(|e| e.to_string())?
@@ -622,6 +623,8 @@ pub fn serve_mirror<S: Storage, A: Applier>(
             run.flush(conn)?;
             wake.arm();
             let applied = applier.applied_lsn();
+            // A rewind moves it back.
+            reported_applied = reported_applied.min(applied);
             if applied > reported_applied {
                 reported_applied = applied;
                 let cmds = run.session.on_applied(millis(run.t0), applied);

@@ -304,7 +304,9 @@ mod tests {
         let mut w = WitnessCore::new(LeaseConfig::default(), 0, 0, None, false);
         // The first claim takes an epoch above the node's own history.
         assert_eq!(w.on_claim(0, 4, "a"), PromoteReply::Granted { epoch: 5 });
-        assert!(matches!(w.on_claim(1, 9, "b"), PromoteReply::Refused { why } if why.contains("mirror")));
+        assert!(
+            matches!(w.on_claim(1, 9, "b"), PromoteReply::Refused { why } if why.contains("mirror"))
+        );
         // A restart of the principal is a new epoch.
         assert_eq!(w.on_claim(2, 5, "a"), PromoteReply::Granted { epoch: 6 });
         // The epoch the witness granted is the one renewals name.

@@ -155,13 +155,20 @@ impl Reader<'_> {
             .map_err(|_| "witness message has a string that is not UTF-8".into())
     }
     fn opt_str(&mut self) -> Result<Option<String>, String> {
-        Ok(if self.bool()? { Some(self.str()?) } else { None })
+        Ok(if self.bool()? {
+            Some(self.str()?)
+        } else {
+            None
+        })
     }
     fn end(&self) -> Result<(), String> {
         if self.0.is_empty() {
             Ok(())
         } else {
-            Err(format!("witness message has {} bytes too many", self.0.len()))
+            Err(format!(
+                "witness message has {} bytes too many",
+                self.0.len()
+            ))
         }
     }
 }
@@ -327,7 +334,11 @@ impl Framer {
 
     /// The whole frame (length, body, MAC) for `body`.
     pub fn seal(&self, direction: u8, seq: u64, body: &[u8]) -> Vec<u8> {
-        let mac: [u8; MAC_BYTES] = self.mac(direction, seq, body).finalize().into_bytes().into();
+        let mac: [u8; MAC_BYTES] = self
+            .mac(direction, seq, body)
+            .finalize()
+            .into_bytes()
+            .into();
         let mut f = Vec::with_capacity(4 + body.len() + MAC_BYTES);
         f.extend_from_slice(&((body.len() + MAC_BYTES) as u32).to_le_bytes());
         f.extend_from_slice(body);
@@ -344,7 +355,9 @@ impl Framer {
         let (body, mac) = payload.split_at(payload.len() - MAC_BYTES);
         self.mac(direction, seq, body)
             .verify_slice(mac)
-            .map_err(|_| "witness frame failed authentication (wrong secret, or tampered)".to_string())?;
+            .map_err(|_| {
+                "witness frame failed authentication (wrong secret, or tampered)".to_string()
+            })?;
         Ok(body)
     }
 }
@@ -434,10 +447,16 @@ mod tests {
         let frame = f.seal(REQUEST, 3, b"body");
         let payload = &frame[4..];
         assert_eq!(f.open(REQUEST, 3, payload), Ok(&b"body"[..]));
-        assert!(f.open(REQUEST, 4, payload).is_err(), "replayed in another place");
+        assert!(
+            f.open(REQUEST, 4, payload).is_err(),
+            "replayed in another place"
+        );
         assert!(f.open(REPLY, 3, payload).is_err(), "reflected");
         let other = Framer::new(secret(), [8; NONCE_BYTES]);
-        assert!(other.open(REQUEST, 3, payload).is_err(), "another connection");
+        assert!(
+            other.open(REQUEST, 3, payload).is_err(),
+            "another connection"
+        );
         let wrong = Framer::new(
             Secret::new(b"another-secret-of-16+".to_vec()).unwrap(),
             [7; NONCE_BYTES],

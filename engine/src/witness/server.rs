@@ -315,5 +315,7 @@ fn refused_store(e: &StateError) -> Reply {
 }
 
 fn show_id(id: &[u8; 16]) -> String {
-    String::from_utf8_lossy(id).trim_end_matches('\0').to_string()
+    String::from_utf8_lossy(id)
+        .trim_end_matches('\0')
+        .to_string()
 }
