@@ -435,3 +435,113 @@ fn without_mirror_and_witness_the_principal_refuses_commits() {
         Err(CommitError::NoQuorum)
     ));
 }
+
+#[test]
+fn manual_failover_under_load_loses_nothing_and_swaps_roles() {
+    let (pd, md, wd) = (
+        tempdir("fo", "man-p"),
+        tempdir("fo", "man-m"),
+        tempdir("fo", "man-w"),
+    );
+    let lines: Lines = Arc::default();
+    let w = witness(&wd, &lines);
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a =
+        Arc::new(Principal::start(config(&pd, w.local_addr(), a_addr, &lines), a_addr).unwrap());
+    let b = Mirror::start(
+        config(&md, w.local_addr(), b_addr, &lines),
+        a_addr,
+        Kv::default(),
+        None,
+    )
+    .unwrap();
+    // Refused while the mirror is not SYNCHRONIZED.
+    if a.status().state != MirroringState::Synchronized {
+        assert!(a.failover(Duration::from_secs(1)).is_err());
+    }
+    wait_until("SYNCHRONIZED", Duration::from_secs(10), || {
+        a.status().state == MirroringState::Synchronized
+    });
+    // Four writers commit until they are refused.
+    let writers: Vec<_> = (0..4u32)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    match a.commit_wait(&[format!("w{t}-{i}").as_bytes()]) {
+                        Ok(c) => acked.push(c),
+                        Err(CommitError::HandedOver) => break,
+                        Err(e) => panic!("unexpected commit error {e}"),
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    a.failover(Duration::from_secs(10)).unwrap();
+    let acked: Vec<_> = writers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(acked.len() > 10, "only {} commits under load", acked.len());
+    assert!(matches!(
+        a.commit_wait(&[b"late"]),
+        Err(CommitError::HandedOver)
+    ));
+    wait_until("the mirror to take over", Duration::from_secs(10), || {
+        b.promoted().is_some()
+    });
+    let p = b.promoted().unwrap();
+    assert!(!p.forced);
+    assert_eq!(p.epoch, a.epoch() + 1);
+    // No waiting out a lease: the principal resigned.
+    assert_eq!(
+        w.state().principal.as_deref(),
+        Some(b_addr.to_string().as_str())
+    );
+    let end = a.log().written_lsn();
+    drop(Arc::try_unwrap(a).ok().expect("writers are done"));
+    b.shutdown();
+    let b = start_principal(|| {
+        Principal::start_in_epoch(config(&md, w.local_addr(), b_addr, &lines), b_addr, p.epoch)
+    })
+    .unwrap();
+    assert_eq!(
+        b.log().written_lsn(),
+        end,
+        "the new principal has the whole log"
+    );
+    let lsns: Vec<u64> = b
+        .log()
+        .read_from(b.log().start_lsn())
+        .unwrap()
+        .map(|v| v.unwrap().lsn())
+        .collect();
+    for c in &acked {
+        assert!(
+            lsns.contains(&c.lsn_start),
+            "acknowledged commit at {} lost",
+            c.lsn_start
+        );
+    }
+    // The old principal follows the new one, with nothing to cut.
+    let a = Mirror::start(
+        config(&pd, w.local_addr(), a_addr, &lines),
+        b_addr,
+        Kv::default(),
+        None,
+    )
+    .unwrap();
+    wait_until(
+        "the old principal to attach",
+        Duration::from_secs(10),
+        || b.status().state == MirroringState::Synchronized,
+    );
+    assert!(!b.commit_wait(&[b"after"]).unwrap().exposed);
+    assert!(!pd.join("salvage").exists());
+    drop(a);
+    drop(b);
+    assert_eq!(frames(&pd), frames(&md));
+}

@@ -341,6 +341,9 @@ impl<S: Storage> GroupCommit<S> {
         {
             return Err(CommitError::LevelUnavailable(level));
         }
+        if shared.progress.closed() {
+            return Err(CommitError::HandedOver);
+        }
         // Refused before it is written, where that is knowable now.
         if shared.progress.no_quorum()
             && !shared.progress.exposure_lease_live()

@@ -47,6 +47,8 @@ pub enum CommitError {
     EpochRegression { current: u64, requested: u64 },
     #[error("no quorum: this principal has lost its mirror and its witness (or was deposed) and may not acknowledge commits; the commit may or may not be durable")]
     NoQuorum,
+    #[error("this principal is handing over to its mirror (manual failover): retry on the new principal")]
+    HandedOver,
     #[error("not acknowledged at level {level} within {timeout:?}; the commit may still complete")]
     Timeout { level: Level, timeout: Duration },
 }

@@ -73,6 +73,8 @@ pub struct Progress {
     exposure_wanted: AtomicBool,
     /// Neither a lease nor the prospect of one: commits that need one fail.
     no_quorum: AtomicBool,
+    /// A manual failover began: no new commits (see [`Progress::close`]).
+    closed: AtomicBool,
     /// Mirrors `Waiters::failed.is_some()` for lock-free polling.
     failed: AtomicBool,
     state: Mutex<Waiters>,
@@ -94,6 +96,7 @@ impl Progress {
             lease_until_ns: AtomicU64::new(0),
             exposure_wanted: AtomicBool::new(false),
             no_quorum: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             state: Mutex::new(Waiters {
                 failed: None,
@@ -199,6 +202,22 @@ impl Progress {
 
     pub fn no_quorum(&self) -> bool {
         self.no_quorum.load(Ordering::Acquire)
+    }
+
+    /// A manual failover: new commits are refused (`CommitError::HandedOver`)
+    /// and the exposure lease is revoked, so from now on only commits the
+    /// mirror hardens are acknowledged. `false` reopens (the failover was
+    /// abandoned before the witness heard of it).
+    pub fn close(&self, closed: bool) {
+        self.closed.store(closed, Ordering::Release);
+        if closed {
+            self.lease_until_ns.store(0, Ordering::Release);
+        }
+        self.notify();
+    }
+
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Moves `level` forward to `lsn` (never backwards) and wakes waiters.

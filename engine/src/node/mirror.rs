@@ -394,7 +394,7 @@ impl Promoter {
         if self.last_try.is_some_and(|t| t.elapsed() < PROMOTE_EVERY) {
             return false;
         }
-        if matches!(*sh.force.lock().expect("force"), Force::Asked) {
+        if matches!(*sh.force.lock().expect("force"), Force::Asked) || snap.handed_over {
             return true;
         }
         let auto = sh.cfg.witness.as_ref().is_some_and(|w| w.auto_failover);
@@ -404,8 +404,8 @@ impl Promoter {
 
     fn attempt<A: Applier>(&mut self, sh: &Shared<A>, history: &EpochHistory) -> Option<Promotion> {
         self.last_try = Some(Instant::now());
-        let forced = matches!(*sh.force.lock().expect("force"), Force::Asked);
         let snap = sh.session.snapshot();
+        let forced = matches!(*sh.force.lock().expect("force"), Force::Asked) && !snap.handed_over;
         let loss = (snap.principal_written > 0)
             .then(|| snap.principal_written.saturating_sub(sh.log.hardened_lsn()));
         let promotion = |epoch| Promotion {
@@ -416,8 +416,9 @@ impl Promoter {
         let last_local = history.last_epoch().max(sh.log.last_epoch());
         let principal_epoch = sh.principal_epoch.load(Ordering::Acquire).max(last_local);
         let (Some(client), Some(link)) = (self.client.as_mut(), sh.cfg.witness.as_ref()) else {
-            // No witness: forced service is this node's own word.
-            return forced.then(|| promotion(principal_epoch + 1));
+            // No witness: a handover or forced service is this node's own
+            // word.
+            return (forced || snap.handed_over).then(|| promotion(principal_epoch + 1));
         };
         let db = sh.cfg.identity.database_id;
         let timeout = Duration::from_millis(sh.cfg.session.partner_timeout_ms);

@@ -38,6 +38,8 @@ struct Shared {
     watch: Mutex<Watch>,
     /// The lease keeper's view (None: no witness).
     witness: Option<Mutex<WitnessView>>,
+    /// Resigned for a manual failover: the lease keeper stops.
+    resigned: AtomicBool,
 }
 
 struct Watch {
@@ -161,6 +163,7 @@ impl Principal {
                 held: !exposed_ok,
                 send_queue_age: None,
             }),
+            resigned: AtomicBool::new(false),
             witness: cfg.witness.as_ref().map(|w| {
                 Mutex::new(WitnessView {
                     addr: w.addr.to_string(),
@@ -334,6 +337,102 @@ impl Principal {
                 .as_ref()
                 .map(|w| w.lock().expect("witness view").clone()),
         }
+    }
+
+    /// Manual failover (planned, loses nothing): refused unless the mirror
+    /// is SYNCHRONIZED. New commits are refused from now on (commits in
+    /// flight finish once the mirror hardens them); once the mirror has
+    /// hardened the whole log, the witness (if any) hears that this
+    /// principal resigns, and the mirror is told to take over; it then
+    /// becomes principal of the next epoch. This node is done as
+    /// principal: restart it as mirror of the other. If the mirror does
+    /// not drain within `timeout`, the failover is abandoned and commits
+    /// are accepted again.
+    pub fn failover(&self, timeout: Duration) -> Result<(), String> {
+        let sh = &self.shared;
+        let progress = sh.gc.progress();
+        let state = sh.session.snapshot().state;
+        if state != Some(MirroringState::Synchronized) {
+            return Err(format!(
+                "the mirror is not SYNCHRONIZED (it is {}): a manual failover could lose commits; wait for it to catch up, or stop this principal and force service on the mirror",
+                state.map_or("DISCONNECTED".to_string(), |s| format!("{s:?}").to_uppercase())
+            ));
+        }
+        if self.deposed().is_some() {
+            return Err("this principal was deposed".into());
+        }
+        progress.close(true);
+        let log = sh.gc.log();
+        let until = Instant::now() + timeout;
+        let drained = loop {
+            let s = sh.session.snapshot();
+            let written = log.written_lsn();
+            if s.connected && s.mirror.hardened == written && log.hardened_lsn() >= written {
+                break true;
+            }
+            if Instant::now() >= until || !s.connected {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if !drained {
+            progress.close(false);
+            return Err(format!(
+                "the mirror did not harden the whole log within {timeout:?}; failover abandoned, commits accepted again"
+            ));
+        }
+        if let Some(link) = &sh.cfg.witness {
+            let mut c = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone());
+            let req = Request::Resign {
+                database_id: sh.cfg.identity.database_id,
+                name: link.name.clone(),
+                epoch: sh.epoch,
+            };
+            match c.call(
+                &req,
+                until
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(500)),
+            ) {
+                Ok(Reply::Granted { .. }) => {}
+                Ok(Reply::Refused { why }) => {
+                    progress.close(false);
+                    return Err(format!("the witness refused the handover: {why}"));
+                }
+                other => {
+                    progress.close(false);
+                    return Err(format!(
+                        "the witness did not take the handover: {other:?}; failover abandoned"
+                    ));
+                }
+            }
+        }
+        sh.resigned.store(true, Ordering::Release);
+        sh.session.set_handover(true);
+        let until = Instant::now() + timeout;
+        while !sh.session.snapshot().handed_over {
+            if Instant::now() >= until {
+                // Resigned: the mirror takes over on its own once it
+                // misses this principal for its partner timeout.
+                return Err(format!(
+                    "the mirror did not take the handover within {timeout:?}; this principal has resigned and accepts no commits"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        progress.set_no_quorum(true);
+        sh.cfg.logger.line(&format!(
+            "mirrorlog[principal]: handed over to the mirror at LSN {} (manual failover); epoch {} is over here",
+            log.written_lsn(),
+            sh.epoch
+        ));
+        Ok(())
+    }
+
+    /// Whether this principal handed over (or resigned for) a manual
+    /// failover.
+    pub fn resigned(&self) -> bool {
+        self.shared.resigned.load(Ordering::Acquire)
     }
 
     /// Who deposed this principal, if the witness said it was: it then
@@ -638,6 +737,15 @@ fn lease_keeper(sh: &Shared) {
     let mut next = Instant::now();
     let mut last_err = String::new();
     while !sh.stop.load(Ordering::Acquire) {
+        if sh.resigned.load(Ordering::Acquire) {
+            return;
+        }
+        if progress.closed() {
+            // Draining for a handover: no lease that could allow an
+            // exposed acknowledgement.
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
         let wanted = progress.take_exposure_wanted() && !exposed;
         if !wanted && Instant::now() < next {
             std::thread::sleep(Duration::from_millis(2));

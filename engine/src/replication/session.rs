@@ -435,6 +435,9 @@ pub enum MirrorCommand {
     Sync,
     /// The applier may apply up to here.
     ApplyLimit(u64),
+    /// The principal handed over (a manual failover): this mirror, which
+    /// hardened everything it wrote, is to become principal.
+    HandedOver,
     Close {
         reason: String,
     },
@@ -543,6 +546,19 @@ impl MirrorSession {
         }
         self.last_heard_ms = now_ms;
         match (self.phase, msg) {
+            (
+                _,
+                Message::Refuse {
+                    code: RefuseCode::HandOver,
+                    reason,
+                },
+            ) => {
+                out.push(MirrorCommand::HandedOver);
+                out.push(MirrorCommand::Close {
+                    reason: format!("the principal handed over: {reason}"),
+                });
+                self.phase = Phase::Closed;
+            }
             (_, Message::Refuse { reason, .. }) => {
                 out.push(MirrorCommand::Close {
                     reason: format!("the principal refused: {reason}"),

@@ -85,6 +85,10 @@ pub enum RefuseCode {
     Protocol = 6,
     LogPurged = 7,
     Other = 8,
+    /// Not a refusal: a manual failover. The principal stopped taking
+    /// commits, the mirror has hardened all of its log, and the mirror is
+    /// to take over.
+    HandOver = 9,
 }
 
 impl RefuseCode {
@@ -97,6 +101,7 @@ impl RefuseCode {
             5 => RefuseCode::RoleConflict,
             6 => RefuseCode::Protocol,
             7 => RefuseCode::LogPurged,
+            9 => RefuseCode::HandOver,
             // Unknown codes from a newer peer still carry their reason text.
             _ => RefuseCode::Other,
         }

@@ -21,7 +21,7 @@ use crate::replication::session::{
     MirrorCommand, MirrorProgress, MirrorSession, MirroringState, PrincipalCommand,
     PrincipalSession, SessionConfig,
 };
-use crate::replication::wire::{Message, Role, NONCE_BYTES};
+use crate::replication::wire::{Message, RefuseCode, Role, NONCE_BYTES};
 use crate::transport::{Conn, TransportPath};
 use crate::wake::Wakeup;
 
@@ -67,6 +67,9 @@ pub struct SessionSnapshot {
     pub principal_written: u64,
     /// Mirror: the last session was SYNCHRONIZED when it ended.
     pub ended_synchronized: bool,
+    /// The session ended in a handover (manual failover): on the
+    /// principal, it sent it; on the mirror, it received it.
+    pub handed_over: bool,
 }
 
 /// Shared between a runner and whoever reads its status.
@@ -78,11 +81,22 @@ pub struct SessionStatus {
     suspend: AtomicBool,
     /// Where the runner's notable events go (a salvaged tail, say).
     logger: Mutex<Option<crate::node::Logger>>,
+    /// A manual failover asked for: once the mirror hardened everything,
+    /// the principal's runner hands over and ends the session.
+    handover: AtomicBool,
 }
 
 impl SessionStatus {
     pub fn set_suspended(&self, suspended: bool) {
         self.suspend.store(suspended, Ordering::Release);
+    }
+
+    pub fn set_handover(&self, handover: bool) {
+        self.handover.store(handover, Ordering::Release);
+    }
+
+    pub fn handover_requested(&self) -> bool {
+        self.handover.load(Ordering::Acquire)
     }
 
     pub fn suspend_requested(&self) -> bool {
@@ -260,6 +274,21 @@ pub fn serve_principal<S: Storage>(
             });
         }
         cmds.extend(session.on_tick(millis(t0)));
+        if status.handover_requested()
+            && backlog.is_empty()
+            && session.mirror().hardened == written
+            && hardened >= written
+        {
+            let m = Message::Refuse {
+                code: RefuseCode::HandOver,
+                reason: format!("epoch {epoch} ends at LSN {written}; take over"),
+            };
+            if let Err(e) = conn.send(&m) {
+                break 'run format!("sending the handover: {e}");
+            }
+            status.update(|s| s.handed_over = true);
+            break "handed over to the mirror (manual failover)".to_string();
+        }
         // Sleep only when there was nothing to do; either way, read every
         // acknowledgement that has arrived.
         let mut wait = if cmds.is_empty() {
@@ -434,6 +463,10 @@ impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
                 }
                 MirrorCommand::Send(m) => {
                     conn.send(&m).map_err(|e| e.to_string())?;
+                    Vec::new()
+                }
+                MirrorCommand::HandedOver => {
+                    self.status.update(|s| s.handed_over = true);
                     Vec::new()
                 }
                 MirrorCommand::Rewind(t) => {

@@ -44,6 +44,10 @@ pub struct WitnessCore {
     /// witness's own start (a principal may have renewed just before a
     /// witness restart, which forgot it).
     last_renewal_ms: u64,
+    /// The principal of `epoch` resigned (a manual failover): it accepts
+    /// no more commits and its mirror has its whole log, so a promotion
+    /// need not wait out its lease. Not durable: a restarted witness waits.
+    resigned: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +84,27 @@ impl WitnessCore {
             principal,
             exposed,
             last_renewal_ms: now_ms,
+            resigned: false,
         }
+    }
+
+    /// `name`, principal of `epoch`, hands over: it has stopped taking
+    /// commits and its mirror hardened its whole log (so nothing it
+    /// acknowledged, exposed or not, can be lost by the promotion).
+    /// It must not renew again in `epoch`.
+    pub fn on_resign(&mut self, epoch: u64, name: &str) -> PromoteReply {
+        if epoch != self.epoch || self.principal.as_deref() != Some(name) {
+            return PromoteReply::Refused {
+                why: format!(
+                    "{name} is not principal of epoch {epoch} (current: {} of {})",
+                    self.principal.as_deref().unwrap_or("none"),
+                    self.epoch
+                ),
+            };
+        }
+        self.resigned = true;
+        self.exposed = false;
+        PromoteReply::Granted { epoch }
     }
 
     pub fn config(&self) -> LeaseConfig {
@@ -102,6 +126,13 @@ impl WitnessCore {
             return RenewReply::Deposed {
                 current: self.epoch,
                 principal: self.principal.clone(),
+            };
+        }
+        if self.resigned {
+            // It promised to stop: a renewal now is a bug, and no lease.
+            return RenewReply::Deposed {
+                current: self.epoch,
+                principal: None,
             };
         }
         self.last_renewal_ms = self.last_renewal_ms.max(now_ms);
@@ -148,7 +179,7 @@ impl WitnessCore {
             );
         }
         let waited = now_ms.saturating_sub(self.last_renewal_ms);
-        if waited < self.wait_ms() {
+        if waited < self.wait_ms() && !self.resigned {
             return refuse(format!(
                 "the principal's lease may still be live for {} ms (last renewal {waited} ms ago)",
                 self.wait_ms() - waited
@@ -182,6 +213,7 @@ impl WitnessCore {
         self.epoch = epoch;
         self.principal = Some(name.to_string());
         self.exposed = false;
+        self.resigned = false;
         // The new principal holds no lease yet; counting from the grant
         // keeps a second grant at least one lease length away anyway.
         self.last_renewal_ms = now_ms;
@@ -281,6 +313,23 @@ mod tests {
             w.on_promote(50_100, 1, "m", false, true),
             PromoteReply::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn a_resigned_principal_lets_its_mirror_take_over_at_once() {
+        let mut w = WitnessCore::new(LeaseConfig::default(), 0, 2, Some("p".into()), false);
+        w.on_renew(100, 2, "p", true);
+        assert!(matches!(w.on_resign(2, "m"), PromoteReply::Refused { .. }));
+        assert_eq!(w.on_resign(2, "p"), PromoteReply::Granted { epoch: 2 });
+        assert!(!w.exposed);
+        assert!(matches!(
+            w.on_renew(101, 2, "p", false),
+            RenewReply::Deposed { .. }
+        ));
+        assert_eq!(
+            w.on_promote(102, 2, "m", true, false),
+            PromoteReply::Granted { epoch: 3 }
+        );
     }
 
     #[test]

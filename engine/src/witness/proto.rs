@@ -52,6 +52,12 @@ pub enum Request {
     },
     /// What the witness holds.
     Query { database_id: [u8; 16] },
+    /// The principal of `epoch` hands over (a manual failover).
+    Resign {
+        database_id: [u8; 16],
+        name: String,
+        epoch: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,6 +213,11 @@ impl Request {
                 .u8(u8::from(*synchronized))
                 .u8(u8::from(*forced)),
             Request::Query { database_id } => w.u8(4).bytes16(database_id),
+            Request::Resign {
+                database_id,
+                name,
+                epoch,
+            } => w.u8(5).bytes16(database_id).str(name).u64(*epoch),
         };
         w.0
     }
@@ -235,6 +246,11 @@ impl Request {
             4 => Request::Query {
                 database_id: r.bytes16()?,
             },
+            5 => Request::Resign {
+                database_id: r.bytes16()?,
+                name: r.str()?,
+                epoch: r.u64()?,
+            },
             t => return Err(format!("unknown witness request type {t}")),
         };
         r.end()?;
@@ -246,7 +262,8 @@ impl Request {
             Request::Claim { database_id, .. }
             | Request::Renew { database_id, .. }
             | Request::Promote { database_id, .. }
-            | Request::Query { database_id } => database_id,
+            | Request::Query { database_id }
+            | Request::Resign { database_id, .. } => database_id,
         }
     }
 }
@@ -409,6 +426,11 @@ mod tests {
                 forced: false,
             },
             Request::Query { database_id: db },
+            Request::Resign {
+                database_id: db,
+                name: "a".into(),
+                epoch: 7,
+            },
         ] {
             assert_eq!(Request::decode(&req.encode()), Ok(req.clone()));
             let b = req.encode();

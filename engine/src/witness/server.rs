@@ -263,6 +263,15 @@ fn decide(sh: &Shared, req: &Request) -> Reply {
             forced,
             ..
         } => promote_reply(core.on_promote(now_ms, *epoch, name, *synchronized, *forced)),
+        Request::Resign { name, epoch, .. } => {
+            let r = promote_reply(core.on_resign(*epoch, name));
+            if matches!(r, Reply::Granted { .. }) {
+                sh.opts.logger.line(&format!(
+                    "mirrorlog[witness]: {name} resigned as principal of epoch {epoch} (manual failover)"
+                ));
+            }
+            r
+        }
         Request::Query { .. } => Reply::State {
             epoch: core.epoch,
             principal: core.principal.clone(),
