@@ -83,9 +83,11 @@ fn config(dir: &Path, w: SocketAddr, name: SocketAddr, lines: &Lines) -> NodeCon
 
 /// Applied records with their batch's LSN; rewinds by dropping what lies
 /// at or beyond the cut.
+type Applied = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
 #[derive(Clone, Default)]
 struct Kv {
-    applied: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    applied: Applied,
 }
 
 impl Applier for Kv {

@@ -109,6 +109,24 @@ pub fn list(node_dir: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Moves every checkpoint above `lsn` to `salvage/` in the node directory
+/// (the log is being cut at `lsn`; they describe the discarded history).
+pub fn set_aside_above(node_dir: &Path, lsn: u64) -> Result<(), String> {
+    let above: Vec<u64> = list(node_dir).into_iter().filter(|&l| l > lsn).collect();
+    if above.is_empty() {
+        return Ok(());
+    }
+    let to = node_dir.join("salvage");
+    fs::create_dir_all(&to).map_err(|e| format!("creating {}: {e}", to.display()))?;
+    for l in above {
+        let from = dir(node_dir).join(name(l));
+        fs::rename(&from, to.join(name(l)))
+            .map_err(|e| format!("moving {} to {}: {e}", from.display(), to.display()))?;
+    }
+    sync_dir(&dir(node_dir)).map_err(|e| format!("syncing {}: {e}", dir(node_dir).display()))?;
+    sync_dir(&to).map_err(|e| format!("syncing {}: {e}", to.display()))
+}
+
 /// A loaded checkpoint.
 pub struct Loaded {
     pub lsn: u64,

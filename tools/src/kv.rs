@@ -107,6 +107,8 @@ pub type Shared = Arc<RwLock<Store>>;
 #[derive(Clone, Default)]
 pub struct KvApplier {
     pub store: Shared,
+    /// The node's directory: a rewind reloads a checkpoint from it.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 impl Applier for KvApplier {
@@ -120,6 +122,30 @@ impl Applier for KvApplier {
         }
         s.lsn = end;
         Ok(())
+    }
+
+    /// Back to the newest checkpoint at or below `lsn` (or the empty store
+    /// at LSN 0 when there is none). Checkpoints above `lsn` describe a
+    /// history that is being discarded: they move to `salvage/` beside the
+    /// log, never to be loaded again.
+    fn rewind(&mut self, lsn: u64) -> Result<u64, String> {
+        let Some(dir) = &self.dir else {
+            return Err("this store has no directory to reload a checkpoint from".into());
+        };
+        crate::checkpoint::set_aside_above(dir, lsn)?;
+        let loaded = crate::checkpoint::load_newest(dir, |_| {});
+        let mut s = self.store.write().map_err(|_| "store lock poisoned")?;
+        match loaded {
+            Some(c) => {
+                s.map = c.map;
+                s.lsn = c.lsn;
+            }
+            None => {
+                s.map.clear();
+                s.lsn = 0;
+            }
+        }
+        Ok(s.lsn)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `mirrorlog` tools as a library: the RESP key-value server on the
 //! engine (`serve`, `server`, `kv`, `resp`, `checkpoint`), a small RESP
-//! client, the demo, `status` and `inspect-log`. The `mirrorlog` binary is
+//! client, the demo, `status`, `inspect-log` and the `witness` command. The `mirrorlog` binary is
 //! a thin command-line front; the benchmark runs servers in process.
 
 pub mod checkpoint;
@@ -12,3 +12,4 @@ pub mod resp;
 pub mod serve;
 pub mod server;
 pub mod status;
+pub mod witness;

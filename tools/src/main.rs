@@ -1,7 +1,7 @@
 //! `mirrorlog`: the command-line face of mirrorlog (the code lives in the
 //! library, `tools/src/lib.rs`, so the benchmark can run servers too).
 
-use mirrorlog::{demo, inspect, serve, status};
+use mirrorlog::{demo, inspect, serve, status, witness};
 
 use std::process::ExitCode;
 
@@ -36,6 +36,25 @@ USAGE:
     mirrorlog checkpoint [--host H] [--port N] [--password P]
         Asks a node for a checkpoint now (MIRROR CHECKPOINT) and prints where.
 
+    mirrorlog witness --dir DIR --secret-file FILE [--listen ADDR:PORT]
+                      [--database-id ID] [--lease-ms N] [--rho R]
+        The witness: records the current epoch and its principal durably in
+        DIR, grants epochs by compare-and-set, leases the principal its right
+        to commit without its mirror, and grants automatic failover only once
+        that lease is certainly over (docs/design.md, Witness protocol).
+        --lease-ms: the lease (default 1000, as the partners' default partner
+        timeout); --rho: the bound on any clock's rate error (default 0.01).
+
+    mirrorlog failover [--host H] [--port N] [--password P]
+        Manual failover, run on the principal (MIRROR FAILOVER): it stops
+        taking writes, the mirror hardens everything, and the roles swap.
+        Refused unless the mirror is SYNCHRONIZED. Loses nothing.
+
+    mirrorlog force-service [--host H] [--port N] [--password P]
+        Forced service, run on the mirror when the principal is gone (MIRROR
+        FORCE-SERVICE): it becomes principal of a new epoch and says how much
+        of what the old principal wrote may be lost.
+
     mirrorlog --help | --version
 ";
 
@@ -65,6 +84,39 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("mirrorlog checkpoint: {e}");
                 ExitCode::FAILURE
+            }
+        },
+        Some(cmd @ ("failover" | "force-service")) => {
+            let r = if cmd == "failover" {
+                status::failover(&args[1..])
+            } else {
+                status::force_service(&args[1..])
+            };
+            match r {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mirrorlog {cmd}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("witness") => match witness::parse(&args[1..]) {
+            Ok(o) => {
+                serve::init_logging(&o.log_level);
+                match witness::run(o, serve::tracing_logger()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("witness: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("mirrorlog witness: {e}\n\n{USAGE}");
+                ExitCode::from(2)
             }
         },
         Some("status") => match status::run(&args[1..]) {

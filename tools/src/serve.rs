@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, Principal, Safety};
+use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, Principal, Safety, WitnessLink};
 use mirrorlog_engine::replication::handshake::Secret;
+use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
 use mirrorlog_engine::transport::TransportChoice;
+use mirrorlog_engine::witness::client::WitnessClient;
+use mirrorlog_engine::witness::proto::{Reply, Request};
 
 use crate::kv::{Effect, KvApplier};
 use crate::server::{Node, Server, ServerOptions};
@@ -35,6 +38,23 @@ mirrorlog serve --config FILE [OPTIONS]
                               address to connect to (required)
     --principal-clients H:P   mirror: the principal's client address, told to
                               clients that try to write here
+
+  With a witness (automatic failover; see docs/design.md, Witness protocol):
+    --witness ADDR:PORT       the witness (`mirrorlog witness`); the witness then
+                              decides the role at start: the node it records as
+                              principal claims a new epoch, the other follows it
+                              (--role only says who starts first on a new witness)
+    --partner ADDR:PORT       with --witness: this node's own partner address
+                              (listened on while principal; its name at the
+                              witness) (default 127.0.0.1:7400)
+    --peer ADDR:PORT          with --witness: the other partner's --partner address
+    --peer-clients H:P        the other partner's client address, told to clients
+                              that try to write here while it is principal
+    --no-auto-failover        never take over on the witness's grant by itself
+                              (manual failover and forced service still work)
+    --partner-timeout-ms N    how long partners wait for each other before a
+                              session is declared lost; also the failover delay
+                              (default 1000)
     --safety full|off         full: commits wait for the mirror's fsync
                               (remote-flush); off: local fsync only (default full)
     --transport auto|io_uring|blocking   partner transport (default auto)
@@ -62,6 +82,11 @@ pub struct ServeOptions {
     pub client: SocketAddr,
     pub partner: SocketAddr,
     pub principal_clients: Option<String>,
+    pub witness: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub peer_clients: Option<String>,
+    pub auto_failover: bool,
+    pub partner_timeout_ms: u64,
     pub safety: Safety,
     pub transport: TransportChoice,
     pub password: Option<String>,
@@ -103,6 +128,10 @@ struct FileConfig {
     bind: Option<String>,
     partner: Option<String>,
     principal_clients: Option<String>,
+    witness: Option<String>,
+    peer: Option<String>,
+    peer_clients: Option<String>,
+    partner_timeout_ms: Option<u64>,
     safety: Option<String>,
     transport: Option<String>,
     password: Option<String>,
@@ -135,6 +164,13 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
     put("bind", c.bind);
     put("partner", c.partner);
     put("principal_clients", c.principal_clients);
+    put("witness", c.witness);
+    put("peer", c.peer);
+    put("peer_clients", c.peer_clients);
+    put(
+        "partner_timeout_ms",
+        c.partner_timeout_ms.map(|n| n.to_string()),
+    );
     put("safety", c.safety);
     put("transport", c.transport);
     put("password", c.password);
@@ -183,6 +219,9 @@ pub fn parse(args: &[String]) -> Result<ServeOptions, String> {
         if flag == "--role" && value == "mirror" {
             probe.extend(["--partner".into(), "127.0.0.1:1".into()]);
         }
+        if flag == "--witness" {
+            probe.extend(["--peer".into(), "127.0.0.1:1".into()]);
+        }
         if let Err(e) = parse_flags(&probe) {
             return Err(format!(
                 "config file {path}, key `{}`: {e}",
@@ -207,6 +246,11 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
     let mut bind = "127.0.0.1".to_string();
     let mut partner = None;
     let mut principal_clients = None;
+    let mut witness = None;
+    let mut peer = None;
+    let mut peer_clients = None;
+    let mut auto_failover = true;
+    let mut partner_timeout_ms = 1000u64;
     let mut safety = Safety::Full;
     let mut transport = TransportChoice::Auto;
     let mut password = None;
@@ -243,6 +287,22 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
             "--bind" => bind = value()?,
             "--partner" => partner = Some(value()?),
             "--principal-clients" => principal_clients = Some(value()?),
+            "--witness" => witness = Some(resolve("--witness", &value()?)?),
+            "--peer" => peer = Some(resolve("--peer", &value()?)?),
+            "--peer-clients" => peer_clients = Some(value()?),
+            "--no-auto-failover" => auto_failover = false,
+            "--partner-timeout-ms" => {
+                let v = value()?;
+                partner_timeout_ms = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (50..=3_600_000).contains(&n))
+                    .ok_or_else(|| {
+                        format!(
+                            "--partner-timeout-ms {v:?}: expected milliseconds from 50 to 3600000"
+                        )
+                    })?;
+            }
             "--safety" => safety = value()?.parse().map_err(|e| format!("--safety: {e}"))?,
             "--transport" => {
                 transport = value()?.parse().map_err(|e| format!("--transport: {e}"))?
@@ -302,7 +362,15 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
         }
     }
     let principal = role.ok_or("--role is required (principal or mirror)")?;
-    let partner = match (principal, partner) {
+    if witness.is_some() && peer.is_none() {
+        return Err(
+            "--witness needs --peer ADDR:PORT (the other partner's partner address)".into(),
+        );
+    }
+    if witness.is_none() && peer.is_some() && !principal {
+        return Err("--peer is for --witness set-ups; a mirror without a witness names its principal with --partner".into());
+    }
+    let partner = match (principal || witness.is_some(), partner) {
         (true, p) => resolve("--partner", p.as_deref().unwrap_or("127.0.0.1:7400"))?,
         (false, Some(p)) => resolve("--partner", &p)?,
         (false, None) => {
@@ -319,6 +387,11 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
         client: resolve("--bind/--port", &format!("{bind}:{port}"))?,
         partner,
         principal_clients,
+        witness,
+        peer,
+        peer_clients,
+        auto_failover,
+        partner_timeout_ms,
         safety,
         transport,
         password,
@@ -337,11 +410,13 @@ pub struct Running {
     pub client_addr: SocketAddr,
     pub partner_addr: SocketAddr,
     listener: Option<std::net::TcpListener>,
+    spec: Arc<Spec>,
 }
 
 impl Running {
     /// Serves clients on this thread until stopped; checkpoints every
-    /// `checkpoint_every` on another.
+    /// `checkpoint_every` on another; changes role when the node says so
+    /// (a failover) on a third.
     pub fn serve(
         mut self,
         checkpoint_every: Option<Duration>,
@@ -350,6 +425,7 @@ impl Running {
         let l = self.listener.take().expect("not served yet");
         if let Some(every) = checkpoint_every {
             let server = self.server.clone();
+            let logger = logger.clone();
             std::thread::spawn(move || {
                 let mut last = None;
                 loop {
@@ -371,7 +447,226 @@ impl Running {
                 }
             });
         }
+        let (server, spec) = (self.server.clone(), self.spec.clone());
+        std::thread::spawn(move || watch_role(&server, &spec));
         self.server.serve(l)
+    }
+}
+
+/// What building a node (at start, or on a role change) needs.
+struct Spec {
+    o: ServeOptions,
+    id: NodeIdentity,
+    logger: Logger,
+    store: crate::kv::Shared,
+}
+
+impl Spec {
+    fn config(&self) -> Result<NodeConfig, String> {
+        let o = &self.o;
+        let mut cfg = NodeConfig::new(&o.dir, self.id.clone());
+        cfg.safety = o.safety;
+        if let Some(b) = o.segment_bytes {
+            cfg.log.segment_bytes = b;
+            cfg.log
+                .validate()
+                .map_err(|e| format!("--segment-bytes {b}: {e}"))?;
+        }
+        cfg.transport = o.transport;
+        cfg.logger = self.logger.clone();
+        cfg.session.partner_timeout_ms = o.partner_timeout_ms;
+        cfg.session.heartbeat_ms = (o.partner_timeout_ms / 10).clamp(5, 100);
+        cfg.witness = o.witness.map(|addr| WitnessLink {
+            addr,
+            name: o.partner.to_string(),
+            auto_failover: o.auto_failover && o.safety == Safety::Full,
+        });
+        Ok(cfg)
+    }
+
+    /// Starts as principal (of `epoch` if granted by a failover) and
+    /// brings the store up to the log: from what it reflects now (after a
+    /// failover: what the mirror applied), or from the newest checkpoint.
+    fn principal(&self, epoch: Option<u64>, fresh: bool) -> Result<Principal, String> {
+        let cfg = self.config()?;
+        let p = match epoch {
+            Some(e) => Principal::start_in_epoch(cfg, self.o.partner, e),
+            None => Principal::start(cfg, self.o.partner),
+        }
+        .map_err(|e| e.to_string())?;
+        self.catch_up_store(&p, fresh)?;
+        Ok(p)
+    }
+
+    /// Brings the store up to the principal's log: from what it reflects
+    /// now, or (`fresh`) from the newest checkpoint.
+    fn catch_up_store(&self, p: &Principal, fresh: bool) -> Result<(), String> {
+        let mut st = self.store.write().expect("store");
+        if fresh {
+            let checkpoint = crate::checkpoint::load_newest(&self.o.dir, |w| {
+                self.logger.line(&format!("mirrorlog: {w}"))
+            });
+            match checkpoint {
+                Some(c) => {
+                    st.map = c.map;
+                    st.lsn = c.lsn;
+                }
+                None => {
+                    st.map.clear();
+                    st.lsn = p.log().start_lsn();
+                }
+            }
+        }
+        let log = p.log();
+        let from = st.lsn;
+        if from < log.start_lsn() || from > log.written_lsn() {
+            return Err(format!(
+                "the store (checkpoint) at LSN {from} does not fit the log ({}..{}); restore the log or remove {}",
+                log.start_lsn(),
+                log.written_lsn(),
+                crate::checkpoint::dir(&self.o.dir).display()
+            ));
+        }
+        let iter = log.read_from(from).map_err(|e| e.to_string())?;
+        for v in iter {
+            let v = v.map_err(|e| format!("replaying the log: {e}"))?;
+            let records = v.records().map_err(|e| format!("replaying the log: {e}"))?;
+            for r in records.iter() {
+                let e = Effect::decode(r)
+                    .map_err(|e| format!("replaying the batch at LSN {}: {e}", v.lsn()))?;
+                st.apply(&e);
+            }
+            st.lsn = v.end_lsn();
+        }
+        Ok(())
+    }
+
+    /// Starts as mirror of the principal at `principal`: the store is the
+    /// newest checkpoint (or empty), and the applier goes on from there.
+    fn mirror(&self, principal: SocketAddr) -> Result<Mirror<KvApplier>, String> {
+        let cfg = self.config()?;
+        let checkpoint = crate::checkpoint::load_newest(&self.o.dir, |w| {
+            self.logger.line(&format!("mirrorlog: {w}"))
+        });
+        let from = {
+            let mut st = self.store.write().expect("store");
+            match checkpoint {
+                Some(c) => {
+                    st.map = c.map;
+                    st.lsn = c.lsn;
+                    Some(c.lsn)
+                }
+                None => {
+                    st.map.clear();
+                    st.lsn = 0;
+                    None
+                }
+            }
+        };
+        let applier = KvApplier {
+            store: self.store.clone(),
+            dir: Some(self.o.dir.clone()),
+        };
+        Mirror::start(cfg, principal, applier, from).map_err(|e| e.to_string())
+    }
+}
+
+/// With a witness: who is principal now, as the witness says (retrying
+/// while it is unreachable, for up to a minute).
+fn witness_says(spec: &Spec, witness: SocketAddr) -> Result<Option<String>, String> {
+    let mut c = WitnessClient::new(witness, spec.id.secret.clone());
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let mut said = false;
+    loop {
+        match c.call(
+            &Request::Query {
+                database_id: spec.id.database_id,
+            },
+            Duration::from_secs(1),
+        ) {
+            Ok(Reply::State { principal, .. }) => return Ok(principal),
+            Ok(Reply::Refused { why }) => return Err(format!("the witness refused: {why}")),
+            Ok(other) => return Err(format!("the witness answered {other:?}")),
+            Err(e) if std::time::Instant::now() >= until => {
+                return Err(format!("no answer from the witness at {witness}: {e}"))
+            }
+            Err(e) => {
+                if !said {
+                    said = true;
+                    spec.logger
+                        .line(&format!("mirrorlog: waiting for the witness: {e}"));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Changes role when the node says so: a mirror the witness (or forced
+/// service, or a handover) made principal starts as principal of its
+/// epoch; a principal that handed over or was deposed rejoins as mirror.
+fn watch_role(server: &Arc<Server>, spec: &Spec) {
+    loop {
+        std::thread::sleep(Duration::from_millis(2));
+        let node = server.node();
+        match &*node {
+            Node::Mirror(m) => {
+                let Some(p) = m.promoted() else { continue };
+                drop(node);
+                let why = format!("becoming principal of epoch {}", p.epoch);
+                spec.logger.line(&format!("mirrorlog: {why}"));
+                let r = server.switch(&why, None, |old| {
+                    let Node::Mirror(m) = old else {
+                        unreachable!("checked above")
+                    };
+                    let (principal, _applier, _) = m
+                        .into_principal(spec.o.partner)
+                        .map_err(|e| e.to_string())?;
+                    spec.catch_up_store(&principal, false)?;
+                    Ok(Node::Principal(principal))
+                });
+                match r {
+                    Ok(()) => spec.logger.line(&format!(
+                        "mirrorlog: serving as principal of epoch {} (clients may write here now)",
+                        p.epoch
+                    )),
+                    Err(e) => spec
+                        .logger
+                        .line(&format!("mirrorlog: could not become principal: {e}")),
+                }
+            }
+            Node::Principal(p) => {
+                let deposed = p.deposed();
+                if deposed.is_none() && !p.resigned() {
+                    continue;
+                }
+                // Follow whom the witness named, else the peer.
+                let follow = deposed
+                    .as_deref()
+                    .and_then(|n| n.parse::<SocketAddr>().ok())
+                    .or(spec.o.peer);
+                let Some(follow) = follow else {
+                    continue;
+                };
+                if deposed.is_none() && p.status().state != MirroringState::Disconnected {
+                    // Resigned, the handover not sent yet: wait for it.
+                    continue;
+                }
+                drop(node);
+                let why = format!("rejoining as mirror of {follow}");
+                spec.logger.line(&format!("mirrorlog: {why}"));
+                let hint = spec.o.peer_clients.clone();
+                let r = server.switch(&why, hint, |old| {
+                    drop(old);
+                    spec.mirror(follow).map(Node::Mirror)
+                });
+                if let Err(e) = r {
+                    spec.logger
+                        .line(&format!("mirrorlog: could not rejoin as mirror: {e}"));
+                }
+            }
+            Node::Switching(_) => {}
+        }
     }
 }
 
@@ -384,84 +679,73 @@ pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
         database_id: o.database_id,
         secret,
     };
-    let mut cfg = NodeConfig::new(&o.dir, id);
-    cfg.safety = o.safety;
-    if let Some(b) = o.segment_bytes {
-        cfg.log.segment_bytes = b;
-        cfg.log
-            .validate()
-            .map_err(|e| format!("--segment-bytes {b}: {e}"))?;
-    }
-    cfg.transport = o.transport;
-    cfg.logger = logger;
     let listener = std::net::TcpListener::bind(o.client)
         .map_err(|e| format!("listening for clients on {}: {e}", o.client))?;
     let client_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let spec = Arc::new(Spec {
+        o: o.clone(),
+        id,
+        logger,
+        store: crate::kv::Shared::default(),
+    });
+    spec.config()?;
+    // The role: with a witness, whatever it records; else the flag.
+    let follow = match o.witness {
+        None => (!o.principal).then_some(o.partner),
+        Some(w) => {
+            let me = o.partner.to_string();
+            match witness_says(&spec, w)? {
+                Some(p) if p == me => None,
+                None if o.principal => None,
+                Some(p) => Some(p.parse::<SocketAddr>().map_err(|_| {
+                    format!("the witness names {p:?} as principal, which is not an address")
+                })?),
+                None => o.peer,
+            }
+        }
+    };
+    let (node, partner_addr, hint) = match follow {
+        None => match spec.principal(None, true) {
+            Ok(p) => {
+                let addr = p.local_addr();
+                (Node::Principal(p), addr, None)
+            }
+            // Another node claimed first: follow it.
+            Err(e) if o.witness.is_some() && e.contains("must start as its mirror") => {
+                let peer = o.peer.expect("checked with --witness");
+                spec.logger.line(&format!("mirrorlog: {e}"));
+                (
+                    Node::Mirror(spec.mirror(peer)?),
+                    peer,
+                    o.peer_clients.clone(),
+                )
+            }
+            Err(e) => return Err(e),
+        },
+        Some(principal) => (
+            Node::Mirror(spec.mirror(principal)?),
+            principal,
+            if o.witness.is_some() {
+                o.peer_clients.clone()
+            } else {
+                o.principal_clients.clone()
+            },
+        ),
+    };
     let opts = ServerOptions {
         max_clients: o.max_clients,
         idle_timeout: o.idle_timeout,
         password: o.password.clone(),
-        principal_hint: o.principal_clients.clone(),
+        principal_hint: hint,
         node_dir: Some(o.dir.clone()),
         limits: o.limits,
     };
-    let warn_logger = cfg.logger.clone();
-    let checkpoint =
-        crate::checkpoint::load_newest(&o.dir, |w| warn_logger.line(&format!("mirrorlog: {w}")));
-    let (node, store, partner_addr) = if o.principal {
-        let p = Principal::start(cfg, o.partner).map_err(|e| e.to_string())?;
-        // The store: the newest checkpoint, then the log after it.
-        let store = crate::kv::Shared::default();
-        {
-            let mut st = store.write().expect("store");
-            let log = p.log();
-            let from = match checkpoint {
-                Some(c) => {
-                    st.map = c.map;
-                    st.lsn = c.lsn;
-                    c.lsn
-                }
-                None => log.start_lsn(),
-            };
-            if from < log.start_lsn() || from > log.written_lsn() {
-                return Err(format!(
-                    "the checkpoint at LSN {from} does not fit the log ({}..{}); restore the log or remove {}",
-                    log.start_lsn(),
-                    log.written_lsn(),
-                    crate::checkpoint::dir(&o.dir).display()
-                ));
-            }
-            let iter = log.read_from(from).map_err(|e| e.to_string())?;
-            for v in iter {
-                let v = v.map_err(|e| format!("replaying the log: {e}"))?;
-                let records = v.records().map_err(|e| format!("replaying the log: {e}"))?;
-                for r in records.iter() {
-                    let e = Effect::decode(r)
-                        .map_err(|e| format!("replaying the batch at LSN {}: {e}", v.lsn()))?;
-                    st.apply(&e);
-                }
-                st.lsn = v.end_lsn();
-            }
-        }
-        let addr = p.local_addr();
-        (Node::Principal(p), store, addr)
-    } else {
-        let applier = KvApplier::default();
-        let store = applier.store.clone();
-        let from = checkpoint.map(|c| {
-            let mut st = store.write().expect("store");
-            st.map = c.map;
-            st.lsn = c.lsn;
-            c.lsn
-        });
-        let m = Mirror::start(cfg, o.partner, applier, from).map_err(|e| e.to_string())?;
-        (Node::Mirror(m), store, o.partner)
-    };
     Ok(Running {
-        server: Server::new(node, store, opts),
+        server: Server::new(node, spec.store.clone(), opts),
         client_addr,
         partner_addr,
         listener: Some(listener),
+        spec,
     })
 }
 

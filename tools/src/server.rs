@@ -29,6 +29,8 @@ use crate::resp::{parse_command, Limits, Reply};
 pub enum Node {
     Principal(Principal),
     Mirror(Mirror<KvApplier>),
+    /// Between roles (a failover): commands get `-TRYAGAIN`; the reason.
+    Switching(String),
 }
 
 #[derive(Clone, Debug)]
@@ -59,7 +61,12 @@ impl Default for ServerOptions {
 }
 
 pub struct Server {
-    node: Node,
+    /// Swapped whole on a role change (see [`Server::switch`]).
+    node: std::sync::RwLock<Arc<Node>>,
+    /// The status before a switch began, shown while it runs.
+    last_status: Mutex<Option<Status>>,
+    /// Where clients reach the principal when this node is a mirror.
+    principal_hint: std::sync::RwLock<Option<String>>,
     store: Shared,
     opts: ServerOptions,
     clients: AtomicUsize,
@@ -89,7 +96,9 @@ impl Server {
     /// the store its applier fills).
     pub fn new(node: Node, store: Shared, opts: ServerOptions) -> Arc<Server> {
         Arc::new(Server {
-            node,
+            node: std::sync::RwLock::new(Arc::new(node)),
+            last_status: Mutex::new(None),
+            principal_hint: std::sync::RwLock::new(opts.principal_hint.clone()),
             store,
             opts,
             clients: AtomicUsize::new(0),
@@ -101,9 +110,59 @@ impl Server {
     }
 
     pub fn status(&self) -> Status {
-        match &self.node {
+        let st = match &*self.node() {
             Node::Principal(p) => p.status(),
             Node::Mirror(m) => m.status(),
+            Node::Switching(_) => {
+                if let Some(s) = self.last_status.lock().expect("status").clone() {
+                    return s;
+                }
+                unreachable!("a switch records the status first")
+            }
+        };
+        st
+    }
+
+    /// The node now (a role change swaps it).
+    pub fn node(&self) -> Arc<Node> {
+        self.node.read().expect("node lock").clone()
+    }
+
+    /// Changes role: puts `Node::Switching(why)` in place, waits until no
+    /// command holds the old node, and hands it to `change`, whose result
+    /// becomes the node (on an error, the node stays `Switching` with the
+    /// error as its reason, and the error is returned).
+    pub fn switch(
+        &self,
+        why: &str,
+        hint: Option<String>,
+        change: impl FnOnce(Node) -> Result<Node, String>,
+    ) -> Result<(), String> {
+        *self.last_status.lock().expect("status") = Some(self.status());
+        let mut old = std::mem::replace(
+            &mut *self.node.write().expect("node lock"),
+            Arc::new(Node::Switching(why.to_string())),
+        );
+        let old = loop {
+            match Arc::try_unwrap(old) {
+                Ok(n) => break n,
+                Err(again) => {
+                    old = again;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        match change(old) {
+            Ok(new) => {
+                *self.principal_hint.write().expect("hint") = hint;
+                *self.node.write().expect("node lock") = Arc::new(new);
+                Ok(())
+            }
+            Err(e) => {
+                *self.node.write().expect("node lock") =
+                    Arc::new(Node::Switching(format!("{why} failed: {e}")));
+                Err(e)
+            }
         }
     }
 
@@ -274,6 +333,16 @@ impl Server {
                 "ERR this server's log failed ({why}); restart it"
             )));
         }
+        if let Node::Switching(why) = &*self.node() {
+            if !matches!(
+                name.as_str(),
+                "PING" | "INFO" | "MIRROR" | "ROLE" | "CLIENT" | "COMMAND" | "HELLO" | "AUTH"
+            ) {
+                return now(Reply::err(format!(
+                    "TRYAGAIN this node is changing role ({why}); retry shortly"
+                )));
+            }
+        }
         if let Some(q) = &mut conn.multi {
             match name.as_str() {
                 "EXEC" => {
@@ -380,7 +449,7 @@ impl Server {
             .node_dir
             .as_deref()
             .ok_or("this server has no directory")?;
-        let (lsn, map) = match &self.node {
+        let (lsn, map) = match &*self.node() {
             Node::Principal(p) => {
                 // Under the write lock no write can join the marker's batch
                 // after it: the store is exactly the log up to its end.
@@ -388,17 +457,20 @@ impl Server {
                 let t = p
                     .commit_at(&[&Effect::Noop.encode()], Level::Local)
                     .map_err(|e| e.to_string())?;
-                let c = t.wait().map_err(|e| e.to_string())?;
-                (c.lsn_end, st.map.clone())
+                // Hardened here is all a checkpoint's position needs; it
+                // acknowledges nothing to anyone (so needs no lease).
+                let (_, end) = t.wait_hardened().map_err(|e| e.to_string())?;
+                (end, st.map.clone())
             }
             Node::Mirror(_) => {
                 let st = self.store.read().expect("store");
                 (st.lsn, st.map.clone())
             }
+            Node::Switching(why) => return Err(format!("role change in progress ({why})")),
         };
         let path = crate::checkpoint::write(dir, lsn, &map)?;
         let oldest = crate::checkpoint::list(dir).into_iter().min().unwrap_or(0);
-        let (log, limit) = match &self.node {
+        let (log, limit) = match &*self.node() {
             Node::Principal(p) => {
                 let s = p.status();
                 let mirror = if s.state == MirroringState::Disconnected {
@@ -409,6 +481,7 @@ impl Server {
                 (p.log().clone(), oldest.min(mirror))
             }
             Node::Mirror(m) => (m.log().clone(), oldest),
+            Node::Switching(why) => return Err(format!("role change in progress ({why})")),
         };
         if limit > log.start_lsn() {
             log.delete_below(limit)
@@ -418,9 +491,10 @@ impl Server {
     }
 
     fn log_start(&self) -> u64 {
-        match &self.node {
+        match &*self.node() {
             Node::Principal(p) => p.log().start_lsn(),
             Node::Mirror(m) => m.log().start_lsn(),
+            Node::Switching(_) => 0,
         }
     }
 
@@ -474,16 +548,17 @@ impl Server {
     }
 
     fn redis_role(&self) -> &'static str {
-        match self.node {
+        match &*self.node() {
             Node::Principal(_) => "master",
-            Node::Mirror(_) => "replica",
+            Node::Mirror(_) | Node::Switching(_) => "replica",
         }
     }
 
     fn readonly(&self) -> Reply {
         let hint = self
-            .opts
             .principal_hint
+            .read()
+            .expect("hint")
             .as_deref()
             .map(|h| format!(" The principal is at {h}."))
             .unwrap_or_default();
@@ -493,7 +568,8 @@ impl Server {
     }
 
     fn write_one(&self, conn: &mut Conn, name: &str, args: &[Vec<u8>]) -> Outcome {
-        let Node::Principal(p) = &self.node else {
+        let node = self.node();
+        let Node::Principal(p) = &*node else {
             return Outcome::Now(self.readonly());
         };
         let mut st = self.store.write().expect("store");
@@ -541,7 +617,8 @@ impl Server {
             .iter()
             .any(|a| is_write(&String::from_utf8_lossy(&a[0]).to_ascii_uppercase()));
         if any_write {
-            let Node::Principal(p) = &self.node else {
+            let node = self.node();
+            let Node::Principal(p) = &*node else {
                 return Outcome::Now(Reply::err(
                     "EXECABORT Transaction discarded because of previous errors: READONLY You can't write against a read only replica.",
                 ));
@@ -597,7 +674,8 @@ impl Server {
                 Reply::bulk(status_json(&self.status()))
             }
             ("SAFETY", 3) => {
-                let Node::Principal(p) = &self.node else {
+                let node = self.node();
+                let Node::Principal(p) = &*node else {
                     return Reply::err("ERR MIRROR SAFETY is set on the principal");
                 };
                 match String::from_utf8_lossy(&args[2]).parse::<mirrorlog_engine::node::Safety>() {
@@ -609,7 +687,8 @@ impl Server {
                 }
             }
             ("SUSPEND" | "RESUME", 2) => {
-                let Node::Principal(p) = &self.node else {
+                let node = self.node();
+                let Node::Principal(p) = &*node else {
                     return Reply::err("ERR MIRROR SUSPEND and RESUME are for the principal");
                 };
                 if sub == "SUSPEND" {
@@ -618,6 +697,38 @@ impl Server {
                     p.resume();
                 }
                 Reply::ok()
+            }
+            ("FAILOVER", 2) => {
+                let node = self.node();
+                let Node::Principal(p) = &*node else {
+                    return Reply::err("ERR MIRROR FAILOVER is run on the principal");
+                };
+                match p.failover(Duration::from_secs(10)) {
+                    Ok(()) => Reply::bulk(format!(
+                        "handed over at LSN {}: the mirror is principal of epoch {}; this node becomes its mirror",
+                        p.log().written_lsn(),
+                        p.epoch() + 1
+                    )),
+                    Err(e) => Reply::err(format!("ERR failover refused: {e}")),
+                }
+            }
+            ("FORCE-SERVICE", 2) => {
+                let node = self.node();
+                let Node::Mirror(m) = &*node else {
+                    return Reply::err("ERR MIRROR FORCE-SERVICE is run on the mirror");
+                };
+                match m.force_service(Duration::from_secs(30)) {
+                    Ok(p) => Reply::bulk(format!(
+                        "principal of epoch {} by forced service; {}",
+                        p.epoch,
+                        match p.loss_bound_bytes {
+                            Some(0) => "the old principal had written nothing this node lacks, as far as it last said".to_string(),
+                            Some(b) => format!("up to {b} bytes of log the old principal wrote may be lost"),
+                            None => "how much the old principal wrote beyond this node's log is unknown (it never said)".to_string(),
+                        }
+                    )),
+                    Err(e) => Reply::err(format!("ERR forced service refused: {e}")),
+                }
             }
             ("CHECKPOINT", 2) => match self.checkpoint() {
                 Ok((lsn, path)) => Reply::bulk(format!("checkpoint at LSN {lsn}: {}", path.display())),
@@ -631,14 +742,14 @@ impl Server {
                 Err(e) => Reply::err(format!("ERR {e}")),
             },
             ("LEVEL", 2) => {
-                let l = match (&self.node, conn.level) {
+                let l = match (&*self.node(), conn.level) {
                     (_, Some(l)) => l,
                     (Node::Principal(p), None) => p.group_commit().default_level(),
-                    (Node::Mirror(_), None) => Level::Local,
+                    (Node::Mirror(_) | Node::Switching(_), None) => Level::Local,
                 };
                 Reply::bulk(l.name())
             }
-            _ => Reply::err("ERR unknown MIRROR subcommand; try MIRROR STATUS [JSON], LEVEL [local|remote-write|remote-flush|remote-apply], SAFETY full|off, SUSPEND, RESUME or CHECKPOINT"),
+            _ => Reply::err("ERR unknown MIRROR subcommand; try MIRROR STATUS [JSON], LEVEL [local|remote-write|remote-flush|remote-apply], SAFETY full|off, SUSPEND, RESUME, FAILOVER, FORCE-SERVICE or CHECKPOINT"),
         }
     }
 
@@ -646,7 +757,8 @@ impl Server {
     /// this connection made (0 or 1), waiting up to `timeout` ms (0: no
     /// limit) for `numreplicas` of them.
     fn wait(&self, conn: &Conn, args: &[Vec<u8>]) -> Reply {
-        let Node::Principal(p) = &self.node else {
+        let node = self.node();
+        let Node::Principal(p) = &*node else {
             return Reply::err("ERR WAIT cannot be used with replica instances. Please also note that since Redis 4.0 if a replica is configured to be writable (which is not the default) writes to replicas are just local and are not propagated.");
         };
         let (Some(want), Some(timeout)) = (int_arg(&args[1]), int_arg(&args[2])) else {
@@ -672,7 +784,7 @@ impl Server {
 
     fn role(&self) -> Reply {
         let s = self.status();
-        match &self.node {
+        match &*self.node() {
             Node::Principal(p) => {
                 let mirrors = if s.state == MirroringState::Disconnected {
                     Vec::new()
@@ -689,10 +801,12 @@ impl Server {
                     Reply::Array(mirrors),
                 ])
             }
+            Node::Switching(why) => Reply::err(format!("TRYAGAIN role change in progress ({why})")),
             Node::Mirror(_) => {
                 let (host, port) = self
-                    .opts
                     .principal_hint
+                    .read()
+                    .expect("hint")
                     .as_deref()
                     .and_then(|h| h.rsplit_once(':'))
                     .map(|(h, p)| (h.to_string(), p.parse::<i64>().unwrap_or(0)))
@@ -754,12 +868,12 @@ impl Server {
         }
         if show("replication") {
             let state = format!("{:?}", s.state).to_lowercase();
-            match &self.node {
+            match &*self.node() {
                 Node::Principal(_) => out.push_str(&format!(
                     "# Replication\r\nrole:master\r\nconnected_slaves:{}\r\nmaster_repl_offset:{}\r\nmirroring_state:{state}\r\nmirroring_safety:{}\r\nmirroring_epoch:{}\r\nmirroring_exposed:{}\r\nmirror_received_lsn:{}\r\nmirror_hardened_lsn:{}\r\nmirror_applied_lsn:{}\r\ncommit_lsn:{}\r\nsend_queue_bytes:{}\r\ntransport:{}\r\n\r\n",
                     u8::from(s.state != MirroringState::Disconnected),
                     s.written_lsn,
-                    match &self.node {
+                    match &*self.node() {
                         Node::Principal(p) if p.safety() == mirrorlog_engine::node::Safety::Off => "off",
                         _ => "full",
                     },
@@ -771,6 +885,9 @@ impl Server {
                     s.commit_lsn,
                     s.send_queue_bytes,
                     s.transport.map_or("none".to_string(), |t| t.to_string()),
+                )),
+                Node::Switching(why) => out.push_str(&format!(
+                    "# Replication\r\nrole:slave\r\nmirroring_state:switching\r\nmirroring_switch:{why}\r\n\r\n"
                 )),
                 Node::Mirror(_) => out.push_str(&format!(
                     "# Replication\r\nrole:slave\r\nmaster_link_status:{}\r\nslave_repl_offset:{}\r\nmirroring_state:{state}\r\nmirroring_epoch:{}\r\ncommit_lsn:{}\r\nredo_queue_bytes:{}\r\n\r\n",

@@ -127,9 +127,24 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 /// `mirrorlog checkpoint`: asks the node for a checkpoint now.
 pub fn checkpoint(args: &[String]) -> Result<String, String> {
+    admin(args, "checkpoint", b"CHECKPOINT")
+}
+
+/// `mirrorlog failover`: MIRROR FAILOVER on the principal.
+pub fn failover(args: &[String]) -> Result<String, String> {
+    admin(args, "failover", b"FAILOVER")
+}
+
+/// `mirrorlog force-service`: MIRROR FORCE-SERVICE on the mirror.
+pub fn force_service(args: &[String]) -> Result<String, String> {
+    admin(args, "force-service", b"FORCE-SERVICE")
+}
+
+/// Runs `MIRROR <sub>` on the node the flags name and returns its answer.
+fn admin(args: &[String], what: &str, sub: &[u8]) -> Result<String, String> {
     let o = parse(args).map_err(|e| format!("{e}\n\n{STATUS_USAGE}"))?;
     if o.json || o.watch.is_some() {
-        return Err("checkpoint takes --host, --port and --password only".into());
+        return Err(format!("{what} takes --host, --port and --password only"));
     }
     let mut c = Client::connect(o.addr, Duration::from_secs(3))
         .map_err(|e| format!("connecting to {}: {e}", o.addr))?;
@@ -142,11 +157,9 @@ pub fn checkpoint(args: &[String]) -> Result<String, String> {
             other => return Err(format!("AUTH: {other:?}")),
         }
     }
-    // A checkpoint copies the whole store: allow it time.
-    match c
-        .call(&[b"MIRROR", b"CHECKPOINT"])
-        .map_err(|e| e.to_string())?
-    {
+    // A checkpoint copies the whole store, a failover drains the send
+    // queue: the client's timeout allows for it.
+    match c.call(&[b"MIRROR", sub]).map_err(|e| e.to_string())? {
         Reply::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
         Reply::Error(e) => Err(e),
         other => Err(format!("unexpected reply {other:?}")),

@@ -836,6 +836,32 @@ impl<S: Storage> Ticket<S> {
         self.finish(result)
     }
 
+    /// Waits until the batch is hardened on this node, whatever the
+    /// ticket's level, and returns its LSN range. This is *not* an
+    /// acknowledgement (Rule P does not apply, nothing is marked exposed):
+    /// it is for markers an embedder writes for itself, such as the LSN a
+    /// checkpoint stands for, which no client is told about.
+    pub fn wait_hardened(self) -> Result<(u64, u64), CommitError> {
+        let progress = &self.shared.progress;
+        let mut st = progress.lock();
+        loop {
+            match self.slot.placed.get() {
+                Some(Ok(pos)) if self.slot.hardened.load(Ordering::Acquire) => {
+                    return Ok((pos.lsn_start, pos.lsn_end))
+                }
+                Some(Err(e)) => return Err(e.clone()),
+                _ => {}
+            }
+            if let Some(e) = self.slot.lost.get() {
+                return Err(e.clone());
+            }
+            if let Some(why) = &st.failed {
+                return Err(CommitError::Poisoned(why.clone()));
+            }
+            st = progress.wait(st, Level::Local);
+        }
+    }
+
     /// Like [`Ticket::wait`], giving up after `timeout` (the commit may
     /// still complete later; that is not knowable here).
     pub fn wait_timeout(self, timeout: Duration) -> Result<Committed, CommitError> {

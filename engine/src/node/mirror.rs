@@ -213,6 +213,30 @@ impl<A: Applier> Mirror<A> {
         }
     }
 
+    /// After a [`Promotion`]: stops the receiver and the applier and starts
+    /// a principal of the granted epoch on the same log, handed over open
+    /// (no second recovery scan), listening for a mirror on `listen`.
+    /// Returns it and the state machine, which reflects the log up to
+    /// `applier_lsn` (the principal applies nothing: bring the state up to
+    /// the log's end from there).
+    pub fn into_principal(
+        mut self,
+        listen: SocketAddr,
+    ) -> Result<(crate::node::Principal, A, u64), NodeError> {
+        let p = self
+            .promoted()
+            .ok_or_else(|| NodeError::Config("this mirror was not promoted".into()))?;
+        self.stop();
+        let shared = self.shared.take().expect("running");
+        let Ok(sh) = Arc::try_unwrap(shared) else {
+            unreachable!("the receiver thread was joined and held the only other reference")
+        };
+        let applied = sh.applier.applied_lsn();
+        let applier = sh.applier.shutdown();
+        let principal = crate::node::Principal::open(sh.cfg, listen, Some(p.epoch), Some(sh.log))?;
+        Ok((principal, applier, applied))
+    }
+
     /// Stops the receiver and the applier; returns the applier.
     pub fn shutdown(mut self) -> A {
         self.stop();

@@ -75,7 +75,7 @@ impl Principal {
     /// With a witness, the epoch is the witness's grant (`claim`): refused
     /// with [`NodeError::NotPrincipal`] when another node is principal.
     pub fn start(cfg: NodeConfig, listen: SocketAddr) -> Result<Principal, NodeError> {
-        Principal::open(cfg, listen, None)
+        Principal::open(cfg, listen, None, None)
     }
 
     /// Starts as principal of `epoch`, which the witness granted this node
@@ -86,25 +86,42 @@ impl Principal {
         listen: SocketAddr,
         epoch: u64,
     ) -> Result<Principal, NodeError> {
-        Principal::open(cfg, listen, Some(epoch))
+        Principal::open(cfg, listen, Some(epoch), None)
     }
 
-    fn open(
+    /// `start_in_epoch` on a log a promoted mirror hands over open (no
+    /// second recovery scan: a failover does not wait for one).
+    pub(crate) fn open(
         mut cfg: NodeConfig,
         listen: SocketAddr,
         granted: Option<u64>,
+        open_log: Option<Arc<Log<FsStorage>>>,
     ) -> Result<Principal, NodeError> {
         if let Some(core) = cfg.sender_core {
             crate::affinity::check_core("sender core", core).map_err(NodeError::Config)?;
         }
-        let (log, report) = Log::open(&cfg.dir, cfg.log.clone())?;
-        cfg.logger.line(&format!("mirrorlog[principal]: {report}"));
-        if let Some(cut) = &report.cut {
-            cfg.logger.line(&format!(
-                "mirrorlog[principal]: recovery cut a torn tail at LSN {}..{} ({}); it was never acknowledged",
-                cut.from_lsn, cut.to_lsn, cut.reason
-            ));
-        }
+        let log = match open_log {
+            Some(log) => {
+                // What the mirror received but had not synced yet becomes
+                // durable before this principal builds on it.
+                log.sync().map_err(|e| NodeError::Io {
+                    context: "syncing the promoted mirror's log".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                log
+            }
+            None => {
+                let (log, report) = Log::open(&cfg.dir, cfg.log.clone())?;
+                cfg.logger.line(&format!("mirrorlog[principal]: {report}"));
+                if let Some(cut) = &report.cut {
+                    cfg.logger.line(&format!(
+                        "mirrorlog[principal]: recovery cut a torn tail at LSN {}..{} ({}); it was never acknowledged",
+                        cut.from_lsn, cut.to_lsn, cut.reason
+                    ));
+                }
+                Arc::new(log)
+            }
+        };
         let mut history = EpochHistory::load(&cfg.dir)?;
         // Every incarnation is a new epoch (docs/design.md): recorded before
         // the first batch of it is written.
@@ -121,7 +138,7 @@ impl Principal {
         };
         history.begin(epoch, log.written_lsn())?;
         cfg.commit.default_level = cfg.safety.default_level();
-        let gc = GroupCommit::start(Arc::new(log), cfg.commit.clone())?;
+        let gc = GroupCommit::start(log, cfg.commit.clone())?;
         gc.set_epoch(epoch)
             .map_err(|e| NodeError::Config(format!("setting the epoch: {e}")))?;
         let exposed_ok =

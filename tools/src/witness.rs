@@ -1,0 +1,104 @@
+//! `mirrorlog witness`: runs the engine's witness service
+//! (`mirrorlog_engine::witness::server`) until killed.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use mirrorlog_engine::node::Logger;
+use mirrorlog_engine::replication::handshake::Secret;
+use mirrorlog_engine::witness::server::{WitnessOptions, WitnessServer};
+use mirrorlog_engine::witness::LeaseConfig;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub dir: PathBuf,
+    pub listen: SocketAddr,
+    pub secret_file: PathBuf,
+    pub database_id: [u8; 16],
+    pub lease: LeaseConfig,
+    pub log_level: String,
+}
+
+pub fn parse(args: &[String]) -> Result<Options, String> {
+    let mut dir = None;
+    let mut listen = "127.0.0.1:7500".to_string();
+    let mut secret = None;
+    let mut db = crate::serve::database_id("mirrorlog")?;
+    let mut lease = LeaseConfig {
+        lease_ms: 1000,
+        rho: 0.01,
+    };
+    let mut log_level = "info".to_string();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--dir" => dir = Some(PathBuf::from(value()?)),
+            "--listen" => listen = value()?,
+            "--secret-file" => secret = Some(PathBuf::from(value()?)),
+            "--database-id" => db = crate::serve::database_id(&value()?)?,
+            "--lease-ms" => {
+                let v = value()?;
+                lease.lease_ms = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (50..=3_600_000).contains(&n))
+                    .ok_or_else(|| {
+                        format!("--lease-ms {v:?}: expected milliseconds from 50 to 3600000")
+                    })?;
+            }
+            "--rho" => {
+                let v = value()?;
+                lease.rho = v
+                    .parse()
+                    .ok()
+                    .filter(|r: &f64| (0.0..0.5).contains(r))
+                    .ok_or_else(|| {
+                        format!("--rho {v:?}: expected a clock-rate error bound from 0 to 0.5 (0.01 = 1%)")
+                    })?;
+            }
+            "--log-level" => log_level = value()?,
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    let listen = listen
+        .to_socket_addrs()
+        .map_err(|e| format!("--listen {listen:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--listen {listen:?}: no address"))?;
+    Ok(Options {
+        dir: dir.ok_or("--dir is required (where the witness keeps its state)")?,
+        listen,
+        secret_file: secret.ok_or("--secret-file is required (the partners' shared secret)")?,
+        database_id: db,
+        lease,
+        log_level,
+    })
+}
+
+/// Starts the witness and serves until the process is killed.
+pub fn run(o: Options, logger: Logger) -> Result<(), String> {
+    let w = start(&o, logger)?;
+    tracing::info!("witness serving on {}", w.local_addr());
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Starts the witness (for tests and the demo: in process).
+pub fn start(o: &Options, logger: Logger) -> Result<WitnessServer, String> {
+    let secret = Secret::load(&o.secret_file)
+        .map_err(|e| format!("--secret-file {}: {e}", o.secret_file.display()))?;
+    WitnessServer::start(WitnessOptions {
+        dir: o.dir.clone(),
+        listen: o.listen,
+        secret,
+        database_id: o.database_id,
+        lease: o.lease,
+        logger,
+    })
+}
