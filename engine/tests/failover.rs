@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use mirrorlog_engine::apply::Applier;
 use mirrorlog_engine::commit::{CommitError, Level};
 use mirrorlog_engine::log::{Log, LogOptions, Records};
-use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, NodeError, Principal, WitnessLink};
+use mirrorlog_engine::node::{
+    Logger, Mirror, NodeConfig, NodeError, Principal, Safety, WitnessLink,
+};
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
@@ -255,7 +257,12 @@ fn an_exposed_principal_blocks_automatic_failover_and_forced_service_reports_its
     let lines: Lines = Arc::default();
     let w = witness(&wd, &lines);
     let (a_addr, b_addr) = (free_addr(), free_addr());
-    let a = Principal::start(config(&pd, w.local_addr(), a_addr, &lines), a_addr).unwrap();
+    // In safety off every commit is acknowledged without the mirror, so
+    // the epoch stays exposed (in safety full it would be covered again
+    // once the mirror had everything: the test below).
+    let mut pc = config(&pd, w.local_addr(), a_addr, &lines);
+    pc.safety = Safety::Off;
+    let a = Principal::start(pc, a_addr).unwrap();
     let b = Mirror::start(
         config(&md, w.local_addr(), b_addr, &lines),
         a_addr,
@@ -270,7 +277,7 @@ fn an_exposed_principal_blocks_automatic_failover_and_forced_service_reports_its
         a.commit_wait(&[&i.to_le_bytes()]).unwrap();
     }
     // A commit at level local is acknowledged only with an exposure lease:
-    // the witness now knows the epoch is exposed.
+    // the witness knows the epoch is exposed.
     let c = a
         .commit_at(&[b"local"], Level::Local)
         .unwrap()
@@ -347,7 +354,6 @@ fn forced_service_cuts_the_old_principals_unsent_tail_and_salvages_it() {
         Duration::from_secs(10),
         || a.log().hardened_lsn() > shipped,
     );
-    let tail_end = a.log().written_lsn();
     drop(a);
     for t in tickets {
         assert!(
@@ -355,6 +361,20 @@ fn forced_service_cuts_the_old_principals_unsent_tail_and_salvages_it() {
             "a commit the mirror never had was acknowledged"
         );
     }
+    // The old principal's log as it stands: its end, and its frames (the
+    // divergent tail is among them).
+    let (tail_end, old_frames) = {
+        let (log, _) = Log::open(&pd, LogOptions::default()).unwrap();
+        let frames: Vec<(u64, Vec<u8>)> = log
+            .read_from(log.start_lsn())
+            .unwrap()
+            .map(|v| {
+                let v = v.unwrap();
+                (v.lsn(), v.frame().to_vec())
+            })
+            .collect();
+        (log.written_lsn(), frames)
+    };
     let p = b.force_service(Duration::from_secs(10)).unwrap();
     assert!(p.forced);
     // The heartbeat told the mirror how far the principal had written.
@@ -396,10 +416,15 @@ fn forced_service_cuts_the_old_principals_unsent_tail_and_salvages_it() {
     let salvage: Vec<_> = std::fs::read_dir(pd.join("salvage")).unwrap().collect();
     assert_eq!(salvage.len(), 1);
     let bytes = std::fs::read(salvage[0].as_ref().unwrap().path()).unwrap();
-    assert_eq!(
-        bytes.len() as u64,
-        tail_end - cut,
-        "the whole divergent tail is saved"
+    let expected: Vec<u8> = old_frames
+        .iter()
+        .filter(|(lsn, _)| *lsn >= cut)
+        .flat_map(|(_, f)| f.clone())
+        .collect();
+    assert!(!expected.is_empty());
+    assert!(
+        bytes == expected,
+        "the salvage does not hold exactly the frames beyond the cut"
     );
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("saved to")));
     // What the rejoined node applied is exactly the new principal's history.
@@ -450,6 +475,13 @@ fn manual_failover_under_load_loses_nothing_and_swaps_roles() {
     let (a_addr, b_addr) = (free_addr(), free_addr());
     let a =
         Arc::new(Principal::start(config(&pd, w.local_addr(), a_addr, &lines), a_addr).unwrap());
+    // Refused while the mirror is not SYNCHRONIZED (not even there).
+    let e = a.failover(Duration::from_secs(1)).unwrap_err();
+    assert!(e.contains("SYNCHRONIZED"), "{e}");
+    assert!(
+        a.commit_wait(&[b"still open"]).is_ok(),
+        "a refused failover leaves the principal open"
+    );
     let b = Mirror::start(
         config(&md, w.local_addr(), b_addr, &lines),
         a_addr,
@@ -457,10 +489,6 @@ fn manual_failover_under_load_loses_nothing_and_swaps_roles() {
         None,
     )
     .unwrap();
-    // Refused while the mirror is not SYNCHRONIZED.
-    if a.status().state != MirroringState::Synchronized {
-        assert!(a.failover(Duration::from_secs(1)).is_err());
-    }
     wait_until("SYNCHRONIZED", Duration::from_secs(10), || {
         a.status().state == MirroringState::Synchronized
     });
@@ -546,4 +574,65 @@ fn manual_failover_under_load_loses_nothing_and_swaps_roles() {
     drop(a);
     drop(b);
     assert_eq!(frames(&pd), frames(&md));
+}
+
+#[test]
+fn exposure_ends_once_the_mirror_has_every_commit_and_automatic_failover_works_again() {
+    let (pd, md, wd) = (
+        tempdir("fo", "cover-p"),
+        tempdir("fo", "cover-m"),
+        tempdir("fo", "cover-w"),
+    );
+    let lines: Lines = Arc::default();
+    let w = witness(&wd, &lines);
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = Principal::start(config(&pd, w.local_addr(), a_addr, &lines), a_addr).unwrap();
+    // Without its mirror the principal runs exposed (told to the witness).
+    let mut acked = Vec::new();
+    for i in 0..20u32 {
+        let c = a.commit_wait(&[&i.to_le_bytes()]).unwrap();
+        assert!(c.exposed);
+        acked.push(c);
+    }
+    assert!(w.state().exposed);
+    // The mirror arrives and catches up; once it has hardened everything,
+    // the principal tells the witness, and the epoch is no longer exposed.
+    let b = Mirror::start(
+        config(&md, w.local_addr(), b_addr, &lines),
+        a_addr,
+        Kv::default(),
+        None,
+    )
+    .unwrap();
+    wait_until("the epoch to be covered", Duration::from_secs(15), || {
+        !w.state().exposed
+    });
+    assert!(!a.status().witness.unwrap().exposed);
+    for i in 20..40u32 {
+        let c = a.commit_wait(&[&i.to_le_bytes()]).unwrap();
+        assert!(!c.exposed);
+        acked.push(c);
+    }
+    // So the principal's death now fails over automatically, losing nothing.
+    drop(a);
+    wait_until("automatic failover", Duration::from_secs(10), || {
+        b.promoted().is_some()
+    });
+    let p = b.promoted().unwrap();
+    assert!(!p.forced);
+    let (b, _kv, _) = b.into_principal(b_addr).unwrap();
+    let lsns: Vec<u64> = b
+        .log()
+        .read_from(b.log().start_lsn())
+        .unwrap()
+        .map(|v| v.unwrap().lsn())
+        .collect();
+    for c in &acked {
+        assert!(
+            lsns.contains(&c.lsn_start),
+            "acknowledged commit at {} lost",
+            c.lsn_start
+        );
+    }
+    assert_eq!(b.epoch(), p.epoch);
 }

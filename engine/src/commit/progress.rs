@@ -177,6 +177,12 @@ impl Progress {
         self.notify();
     }
 
+    /// Takes the exposure lease back at once (the principal is about to
+    /// tell the witness its mirror has everything it acknowledged).
+    pub fn revoke_exposure_lease(&self) {
+        self.lease_until_ns.store(0, Ordering::Release);
+    }
+
     /// Whether an exposure lease is live now.
     pub fn exposure_lease_live(&self) -> bool {
         monotonic_ns() < self.lease_until_ns.load(Ordering::Acquire)

@@ -753,6 +753,11 @@ fn lease_keeper(sh: &Shared) {
     let mut lease_end_ns = monotonic_ns() + sh.cfg.session.partner_timeout_ms * 1_000_000;
     let mut next = Instant::now();
     let mut last_err = String::new();
+    // Leaving exposure: the exposure lease was revoked when the log ended
+    // here; once the mirror hardened up to it, every commit acknowledged
+    // in this epoch is on the mirror, and the witness may hear so.
+    let mut clearing: Option<u64> = None;
+    let mut last_want = Instant::now();
     while !sh.stop.load(Ordering::Acquire) {
         if sh.resigned.load(Ordering::Acquire) {
             return;
@@ -763,8 +768,33 @@ fn lease_keeper(sh: &Shared) {
             std::thread::sleep(Duration::from_millis(2));
             continue;
         }
-        let wanted = progress.take_exposure_wanted() && !exposed;
-        if !wanted && Instant::now() < next {
+        let want_now = progress.take_exposure_wanted();
+        if want_now {
+            last_want = Instant::now();
+        }
+        let covered_now = {
+            let snap = sh.session.snapshot();
+            sh.safety() == Safety::Full
+                && progress.remote_attached()
+                && snap.state == Some(MirroringState::Synchronized)
+        };
+        if clearing.is_some() && (want_now || !covered_now) {
+            // Exposure is wanted again (or the mirror left): stay exposed,
+            // and renew the exposure lease at once.
+            clearing = None;
+            next = Instant::now();
+        }
+        if exposed
+            && clearing.is_none()
+            && covered_now
+            && last_want.elapsed() >= Duration::from_secs(1)
+        {
+            progress.revoke_exposure_lease();
+            clearing = Some(sh.gc.log().written_lsn());
+        }
+        let cover = clearing.is_some_and(|w| progress.reached(Level::RemoteFlush) >= w);
+        let wanted = want_now && !exposed;
+        if !wanted && !cover && Instant::now() < next {
             std::thread::sleep(Duration::from_millis(2));
             if monotonic_ns() >= lease_end_ns && !progress.no_quorum() {
                 progress.set_no_quorum(true);
@@ -772,14 +802,22 @@ fn lease_keeper(sh: &Shared) {
             }
             continue;
         }
-        let ask_exposed = exposed || wanted;
+        let ask_exposed = (exposed || wanted) && clearing.is_none();
         let sent = Instant::now();
         let sent_ns = monotonic_ns();
-        let req = Request::Renew {
-            database_id: sh.cfg.identity.database_id,
-            name: link.name.clone(),
-            epoch: sh.epoch,
-            exposed: ask_exposed,
+        let req = if cover {
+            Request::Cover {
+                database_id: sh.cfg.identity.database_id,
+                name: link.name.clone(),
+                epoch: sh.epoch,
+            }
+        } else {
+            Request::Renew {
+                database_id: sh.cfg.identity.database_id,
+                name: link.name.clone(),
+                epoch: sh.epoch,
+                exposed: ask_exposed,
+            }
         };
         let r = client.call(&req, every);
         next = sent + every;
@@ -795,10 +833,18 @@ fn lease_keeper(sh: &Shared) {
                 lease_end_ns = lease_end_ns.max(sent_ns + live_ns);
                 every = Duration::from_millis((lease_ms / 4).max(1));
                 next = sent + every;
+                if cover {
+                    exposed = false;
+                    clearing = None;
+                    log.line(&format!(
+                        "mirrorlog[principal]: the mirror has every commit acknowledged in epoch {}: automatic failover is possible again",
+                        sh.epoch
+                    ));
+                }
                 if ask_exposed {
                     if !exposed {
                         log.line(&format!(
-                            "mirrorlog[principal]: told the witness this principal runs exposed in epoch {}: automatic failover is off until the next epoch",
+                            "mirrorlog[principal]: told the witness this principal runs exposed in epoch {}: automatic failover is off until its mirror has every commit again",
                             sh.epoch
                         ));
                     }

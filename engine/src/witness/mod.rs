@@ -143,6 +143,19 @@ impl WitnessCore {
         }
     }
 
+    /// A renewal that also says the mirror has hardened every commit the
+    /// principal acknowledged in `epoch` (it stopped acknowledging without
+    /// the mirror, then waited for the mirror to harden its whole log):
+    /// the epoch is no longer exposed, and automatic failover is possible
+    /// again until the principal next asks for exposure.
+    pub fn on_cover(&mut self, now_ms: u64, epoch: u64, name: &str) -> RenewReply {
+        let r = self.on_renew(now_ms, epoch, name, false);
+        if matches!(r, RenewReply::Lease { .. }) {
+            self.exposed = false;
+        }
+        r
+    }
+
     /// `candidate`, mirror in `epoch`, asks to become principal (Rule W).
     /// `forced`: forced service, which may lose what the mirror lacks; it
     /// still waits out the principal's lease (two principals are never
@@ -313,6 +326,22 @@ mod tests {
             w.on_promote(50_100, 1, "m", false, true),
             PromoteReply::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn a_covered_epoch_allows_automatic_failover_again() {
+        let mut w = WitnessCore::new(LeaseConfig::default(), 0, 2, Some("p".into()), false);
+        w.on_renew(0, 2, "p", true);
+        assert!(w.exposed);
+        // Only the principal of the epoch can say its mirror has it all.
+        assert!(matches!(w.on_cover(1, 2, "m"), RenewReply::Deposed { .. }));
+        assert!(w.exposed);
+        assert!(matches!(w.on_cover(1, 2, "p"), RenewReply::Lease { .. }));
+        assert!(!w.exposed);
+        assert_eq!(
+            w.on_promote(1 + w.wait_ms(), 2, "m", true, false),
+            PromoteReply::Granted { epoch: 3 }
+        );
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub enum Request {
     },
     /// What the witness holds.
     Query { database_id: [u8; 16] },
+    /// A renewal from the principal of `epoch` whose mirror hardened every
+    /// commit it acknowledged: the epoch is no longer exposed.
+    Cover {
+        database_id: [u8; 16],
+        name: String,
+        epoch: u64,
+    },
     /// The principal of `epoch` hands over (a manual failover).
     Resign {
         database_id: [u8; 16],
@@ -218,6 +225,11 @@ impl Request {
                 name,
                 epoch,
             } => w.u8(5).bytes16(database_id).str(name).u64(*epoch),
+            Request::Cover {
+                database_id,
+                name,
+                epoch,
+            } => w.u8(6).bytes16(database_id).str(name).u64(*epoch),
         };
         w.0
     }
@@ -251,6 +263,11 @@ impl Request {
                 name: r.str()?,
                 epoch: r.u64()?,
             },
+            6 => Request::Cover {
+                database_id: r.bytes16()?,
+                name: r.str()?,
+                epoch: r.u64()?,
+            },
             t => return Err(format!("unknown witness request type {t}")),
         };
         r.end()?;
@@ -263,7 +280,8 @@ impl Request {
             | Request::Renew { database_id, .. }
             | Request::Promote { database_id, .. }
             | Request::Query { database_id }
-            | Request::Resign { database_id, .. } => database_id,
+            | Request::Resign { database_id, .. }
+            | Request::Cover { database_id, .. } => database_id,
         }
     }
 }
@@ -430,6 +448,11 @@ mod tests {
                 database_id: db,
                 name: "a".into(),
                 epoch: 7,
+            },
+            Request::Cover {
+                database_id: db,
+                name: "a".into(),
+                epoch: 8,
             },
         ] {
             assert_eq!(Request::decode(&req.encode()), Ok(req.clone()));

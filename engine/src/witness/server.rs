@@ -263,6 +263,14 @@ fn decide(sh: &Shared, req: &Request) -> Reply {
             forced,
             ..
         } => promote_reply(core.on_promote(now_ms, *epoch, name, *synchronized, *forced)),
+        Request::Cover { name, epoch, .. } => match core.on_cover(now_ms, *epoch, name) {
+            RenewReply::Lease { epoch, lease_ms } => Reply::Lease {
+                epoch,
+                lease_ms,
+                rho_ppm: (core.config().rho * 1e6).ceil() as u32,
+            },
+            RenewReply::Deposed { current, principal } => Reply::Deposed { current, principal },
+        },
         Request::Resign { name, epoch, .. } => {
             let r = promote_reply(core.on_resign(*epoch, name));
             if matches!(r, Reply::Granted { .. }) {
@@ -294,6 +302,9 @@ fn decide(sh: &Shared, req: &Request) -> Reply {
         }
         let log = &sh.opts.logger;
         match (req, &reply) {
+            (Request::Cover { name, epoch, .. }, _) => log.line(&format!(
+                "mirrorlog[witness]: {name}'s mirror has every commit of epoch {epoch}: automatic failover is possible again"
+            )),
             (Request::Renew { name, epoch, .. }, _) => log.line(&format!(
                 "mirrorlog[witness]: {name}, principal of epoch {epoch}, runs exposed: automatic failover is off until the next epoch"
             )),
