@@ -1,13 +1,14 @@
 //! `mirrorlog demo`: the whole story on this machine, in about half a minute.
 //!
-//! Starts a principal and a mirror (`mirrorlog serve`, as child processes)
-//! on 127.0.0.1 in a temporary directory, in safety full; drives a write
-//! workload from several clients and records every acknowledged write;
-//! SIGKILLs the principal; fails over by hand (the witness and automatic
-//! failover are still to come): the mirror is stopped and restarted as the
-//! principal of a new epoch on its own log; then reads every acknowledged
-//! write back from it and says whether any is missing. Cleans up at the
-//! end, and on Ctrl-C.
+//! Starts a witness, a principal and a mirror (`mirrorlog witness` and
+//! `mirrorlog serve`, as child processes) on 127.0.0.1 in a temporary
+//! directory, in safety full; drives a write workload from several clients
+//! and records every acknowledged write; SIGKILLs the principal while they
+//! write; the mirror takes over on its own once the witness grants it the
+//! next epoch, and the clients carry on there; the old principal restarts
+//! with its original command and rejoins as mirror; then every
+//! acknowledged write is read back from the new principal and from the
+//! rejoined mirror. Cleans up at the end, and on Ctrl-C.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -89,11 +90,19 @@ struct Node {
 
 impl Node {
     fn start(name: &'static str, dir: &Path, args: &[String]) -> Result<Node, String> {
+        Node::spawn(name, dir, "serve", args)
+    }
+
+    fn spawn(name: &'static str, dir: &Path, cmd: &str, args: &[String]) -> Result<Node, String> {
         let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let log = dir.join(format!("{}.log", name.replace(' ', "-")));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
         let child = Command::new(exe)
-            .arg("serve")
+            .arg(cmd)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().map_err(|e| e.to_string())?)
@@ -231,6 +240,35 @@ fn secret_file(dir: &Path) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// Reads every acknowledged write back from the node on `port`; returns
+/// how many are missing (printing the first few).
+fn check(port: u16, acked: &[(String, String)]) -> Result<usize, String> {
+    let mut latest = std::collections::HashMap::new();
+    for (k, v) in acked {
+        latest.insert(k.as_str(), v.as_str());
+    }
+    let mut c = connect(port, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let keys: Vec<&str> = latest.keys().copied().collect();
+    let mut missing = 0;
+    for chunk in keys.chunks(1000) {
+        interrupted()?;
+        let cmds: Vec<Vec<&[u8]>> = chunk
+            .iter()
+            .map(|k| vec![&b"GET"[..], k.as_bytes()])
+            .collect();
+        let replies = c.pipeline(&cmds).map_err(|e| e.to_string())?;
+        for (k, r) in chunk.iter().zip(replies) {
+            if r != Reply::Bulk(latest[k].as_bytes().to_vec()) {
+                missing += 1;
+                if missing <= 5 {
+                    println!("   MISSING {k}: expected {:?}, got {r:?}", latest[k]);
+                }
+            }
+        }
+    }
+    Ok(missing)
+}
+
 fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
     let secret = secret_file(dir)?;
     // A client password of its own (not derived from the partner secret).
@@ -240,43 +278,77 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("reading /dev/urandom: {e}"))?;
     let password = pw.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let password = PASSWORD.get_or_init(|| password).clone();
-    let (p_port, m_port, partner) = (free_port()?, free_port()?, free_port()?);
-    let common = |role: &str, sub: &str, port: u16| -> Vec<String> {
-        vec![
-            "--role".into(),
-            role.into(),
-            "--dir".into(),
-            dir.join(sub).display().to_string(),
+    const TIMEOUT_MS: u64 = 1000;
+    let (w_port, a_port, b_port, a_partner, b_partner) = (
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    );
+    let args =
+        |role: &str, sub: &str, port: u16, me: u16, peer: u16, peer_port: u16| -> Vec<String> {
+            [
+                "--role",
+                role,
+                "--dir",
+                &dir.join(sub).display().to_string(),
+                "--secret-file",
+                &secret.display().to_string(),
+                "--port",
+                &port.to_string(),
+                "--database-id",
+                "demo",
+                "--password",
+                &password,
+                "--witness",
+                &format!("127.0.0.1:{w_port}"),
+                "--partner",
+                &format!("127.0.0.1:{me}"),
+                "--peer",
+                &format!("127.0.0.1:{peer}"),
+                "--peer-clients",
+                &format!("127.0.0.1:{peer_port}"),
+                "--partner-timeout-ms",
+                &TIMEOUT_MS.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
+    println!(
+        "mirrorlog demo: a witness, a principal (A) and a mirror (B) on 127.0.0.1, safety full"
+    );
+    println!("  (a write is acknowledged once both partners have it on disk; partner timeout {TIMEOUT_MS} ms)");
+    let _witness = Node::spawn(
+        "witness",
+        dir,
+        "witness",
+        &[
+            "--dir".to_string(),
+            dir.join("witness").display().to_string(),
             "--secret-file".into(),
             secret.display().to_string(),
-            "--port".into(),
-            port.to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{w_port}"),
             "--database-id".into(),
             "demo".into(),
-            "--password".into(),
-            password.clone(),
-        ]
-    };
-    println!("mirrorlog demo: a principal and a mirror on 127.0.0.1, safety full (a write is acknowledged once both have it on disk)");
-    let mut p_args = common("principal", "principal", p_port);
-    p_args.extend(["--partner".into(), format!("127.0.0.1:{partner}")]);
-    let mut principal = Node::start("principal", dir, &p_args)?;
-    let mut m_args = common("mirror", "mirror", m_port);
-    m_args.extend([
-        "--partner".into(),
-        format!("127.0.0.1:{partner}"),
-        "--principal-clients".into(),
-        format!("127.0.0.1:{p_port}"),
-    ]);
-    let mut mirror = Node::start("mirror", dir, &m_args)?;
-    wait_for(
-        "the mirror to synchronize",
-        Duration::from_secs(20),
-        &principal,
-        || info_field(p_port, "mirroring_state").as_deref() == Some("synchronized"),
+            "--lease-ms".into(),
+            TIMEOUT_MS.to_string(),
+        ],
     )?;
+    let a_args = args("principal", "a", a_port, a_partner, b_partner, b_port);
+    let mut a = Node::start("node A", dir, &a_args)?;
+    let _b = Node::start(
+        "node B",
+        dir,
+        &args("mirror", "b", b_port, b_partner, a_partner, a_port),
+    )?;
+    wait_for("B to synchronize", Duration::from_secs(30), &a, || {
+        info_field(a_port, "mirroring_state").as_deref() == Some("synchronized")
+    })?;
     println!(
-        "  principal: redis-cli -p {p_port} -a {password}      mirror (read-only): redis-cli -p {m_port} -a {password}"
+        "  A: redis-cli -p {a_port} -a {password}      B: redis-cli -p {b_port} -a {password}"
     );
     println!(
         "\n1. {} clients write for {} s; every acknowledged write is recorded",
@@ -286,111 +358,175 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Which node the clients last found writable (0: A, 1: B).
+    let ports = [a_port, b_port];
     let workers: Vec<_> = (0..o.clients)
         .map(|c| {
             let (acked, count, stop, errors) =
                 (acked.clone(), count.clone(), stop.clone(), errors.clone());
             std::thread::spawn(move || {
-                let mut client = match connect(p_port, Duration::from_secs(5)) {
-                    Ok(cl) => cl,
-                    Err(e) => {
-                        errors.lock().expect("errors").push(e.to_string());
-                        return;
-                    }
-                };
+                let mut target = 0usize;
+                let mut client: Option<Client> = None;
                 let mut i = 0u64;
                 while !stop.load(Ordering::Acquire) {
+                    let cl = match &mut client {
+                        Some(cl) => cl,
+                        None => match connect(ports[target], Duration::from_secs(2)) {
+                            Ok(cl) => client.insert(cl),
+                            Err(_) => {
+                                target = 1 - target;
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
+                            }
+                        },
+                    };
                     let (k, v) = (
                         format!("user:{c}:{i}"),
                         format!("balance={}", i * 7 + c as u64),
                     );
-                    match client.call(&[b"SET", k.as_bytes(), v.as_bytes()]) {
+                    match cl.call(&[b"SET", k.as_bytes(), v.as_bytes()]) {
                         Ok(Reply::Simple(s)) if s == "OK" => {
                             acked.lock().expect("acked").push((k, v));
                             count.fetch_add(1, Ordering::Relaxed);
+                            i += 1;
+                        }
+                        // Not the principal (READONLY), changing role
+                        // (TRYAGAIN), or no quorum: not acknowledged; try
+                        // the other node.
+                        Ok(Reply::Error(e))
+                            if e.starts_with("READONLY")
+                                || e.starts_with("TRYAGAIN")
+                                || e.contains("quorum")
+                                || e.contains("handing over") =>
+                        {
+                            client = None;
+                            target = 1 - target;
+                            std::thread::sleep(Duration::from_millis(10));
                         }
                         Ok(other) => {
                             errors.lock().expect("errors").push(format!("{other:?}"));
                             return;
                         }
-                        // The principal died mid-request: not acknowledged.
-                        Err(_) => return,
+                        // The node died mid-request: not acknowledged.
+                        Err(_) => {
+                            client = None;
+                            target = 1 - target;
+                        }
                     }
-                    i += 1;
                 }
             })
         })
         .collect();
-    let began = Instant::now();
-    let run_for = Duration::from_secs_f64(o.seconds);
-    while began.elapsed() < run_for {
-        if interrupted().is_err() {
-            stop.store(true, Ordering::Release);
-            break;
+    let progress = |secs: f64| -> Result<(), String> {
+        let began = Instant::now();
+        let start_n = count.load(Ordering::Relaxed);
+        while began.elapsed().as_secs_f64() < secs {
+            interrupted()?;
+            std::thread::sleep(Duration::from_millis(250));
+            let n = count.load(Ordering::Relaxed);
+            let done = (began.elapsed().as_secs_f64() / secs).min(1.0);
+            let bar = "#".repeat((done * 30.0) as usize);
+            eprint!(
+                "\r   [{bar:<30}] {n} writes acknowledged, {:.0}/s   ",
+                (n - start_n) as f64 / began.elapsed().as_secs_f64()
+            );
         }
-        std::thread::sleep(Duration::from_millis(250));
-        let n = count.load(Ordering::Relaxed);
-        let done = (began.elapsed().as_secs_f64() / o.seconds).min(1.0);
-        let bar = "#".repeat((done * 30.0) as usize);
-        eprint!(
-            "\r   [{bar:<30}] {n} writes acknowledged, {:.0}/s   ",
-            n as f64 / began.elapsed().as_secs_f64()
-        );
+        eprintln!();
+        Ok(())
+    };
+    let finish = |workers: Vec<std::thread::JoinHandle<()>>| {
+        stop.store(true, Ordering::Release);
+        for w in workers {
+            let _ = w.join();
+        }
+    };
+    if let Err(e) = progress(o.seconds) {
+        finish(workers);
+        return Err(e);
     }
-    eprintln!();
-    interrupted()?;
-    println!("\n2. the principal is killed (SIGKILL) while the clients are still writing");
-    principal.kill();
-    stop.store(true, Ordering::Release);
-    for w in workers {
-        let _ = w.join();
+    println!("\n2. A (the principal) is killed with SIGKILL while the clients are writing");
+    let before = count.load(Ordering::Relaxed);
+    let killed = Instant::now();
+    a.kill();
+    let took = loop {
+        interrupted()?;
+        if info_field(b_port, "role").as_deref() == Some("master")
+            && count.load(Ordering::Relaxed) > before
+        {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            finish(workers);
+            return Err(format!(
+                "B did not take over within 30 s; its output:\n{}",
+                _b.output()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let epoch = info_field(b_port, "mirroring_epoch").unwrap_or_default();
+    println!(
+        "   B took over automatically: principal of epoch {epoch}, first write acknowledged {:.0} ms after A died\n   (the witness granted the epoch once A's lease was certainly over; {} writes acknowledged by A)",
+        took.as_secs_f64() * 1e3,
+        before
+    );
+    println!("\n3. the clients carry on against B; A restarts with its original command and rejoins as B's mirror");
+    let _a2 = Node::start("node A", dir, &a_args)?;
+    let rejoined = wait_for(
+        "A to rejoin and synchronize",
+        Duration::from_secs(60),
+        &_a2,
+        || info_field(b_port, "mirroring_state").as_deref() == Some("synchronized"),
+    );
+    if let Err(e) = rejoined {
+        finish(workers);
+        return Err(e);
     }
+    if let Err(e) = progress(o.seconds.min(3.0)) {
+        finish(workers);
+        return Err(e);
+    }
+    finish(workers);
     if let Some(e) = errors.lock().expect("errors").first() {
         return Err(format!("a client got an unexpected reply: {e}"));
     }
     let acked = std::mem::take(&mut *acked.lock().expect("acked"));
-    println!("   {} writes had been acknowledged", acked.len());
+    println!("   {} writes had been acknowledged in all", acked.len());
     println!(
-        "\n3. failover (manual; automatic failover with a witness is not built yet): the mirror\n   is stopped and restarted as principal of a new epoch on its own log"
+        "\n4. every acknowledged write is read back from B, the new principal (port {b_port})"
     );
-    mirror.kill();
-    let new_port = free_port()?;
-    let mut np_args = common("principal", "mirror", new_port);
-    np_args.extend(["--partner".into(), format!("127.0.0.1:{}", free_port()?)]);
-    let new_principal = Node::start("new principal", dir, &np_args)?;
-    wait_for(
-        "the new principal",
-        Duration::from_secs(20),
-        &new_principal,
-        || info_field(new_port, "role").as_deref() == Some("master"),
-    )?;
-    println!("\n4. every acknowledged write is read back from the new principal (port {new_port})");
-    let mut c = connect(new_port, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    let mut missing = 0;
-    for (k, v) in &acked {
-        interrupted()?;
-        match c.call(&[b"GET", k.as_bytes()]).map_err(|e| e.to_string())? {
-            Reply::Bulk(got) if got == v.as_bytes() => {}
-            other => {
-                missing += 1;
-                if missing <= 5 {
-                    println!("   MISSING {k}: expected {v:?}, got {other:?}");
-                }
-            }
-        }
-    }
+    let missing = check(b_port, &acked)?;
     println!(
         "   {} of {} acknowledged writes present{}",
         acked.len() - missing,
         acked.len(),
         if missing == 0 { ": nothing lost" } else { "" }
     );
-    println!("\n5. the new principal's status (it runs exposed: its mirror is gone):\n");
-    for l in status_text(new_port).lines() {
+    println!("\n5. ... and from A, now B's mirror, once it applied everything");
+    wait_for(
+        "A to apply everything",
+        Duration::from_secs(60),
+        &_a2,
+        || {
+            let written = info_field(b_port, "master_repl_offset");
+            written.is_some() && written == info_field(b_port, "mirror_applied_lsn")
+        },
+    )?;
+    let missing_a = check(a_port, &acked)?;
+    println!(
+        "   {} of {} present on A",
+        acked.len() - missing_a,
+        acked.len()
+    );
+    println!("\n6. B's status:\n");
+    for l in status_text(b_port).lines() {
         println!("   {l}");
     }
-    if missing > 0 {
-        return Err(format!("{missing} acknowledged writes were lost"));
+    if missing + missing_a > 0 {
+        return Err(format!(
+            "{} acknowledged writes were lost",
+            missing.max(missing_a)
+        ));
     }
     Ok(())
 }

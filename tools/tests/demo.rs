@@ -1,5 +1,6 @@
 //! The README's main command, `mirrorlog demo`, end to end (shortened):
-//! it must kill the principal, fail over and find every acknowledged write.
+//! it must kill the principal, fail over automatically, rejoin the old
+//! principal as mirror and find every acknowledged write on both.
 
 use std::process::Command;
 
@@ -16,14 +17,15 @@ fn the_demo_fails_over_and_loses_nothing() {
     // It really wrote something before the kill.
     let acked: u64 = stdout
         .lines()
-        .find_map(|l| l.trim().strip_suffix(" writes had been acknowledged"))
+        .find_map(|l| l.trim().strip_suffix(" writes had been acknowledged in all"))
         .and_then(|n| n.trim().parse().ok())
         .expect("the demo reports its acknowledged writes");
     assert!(acked > 100, "only {acked} writes acknowledged");
     assert!(
-        stdout.contains("epoch 2"),
-        "the new principal runs a new epoch:\n{stdout}"
+        stdout.contains("B took over automatically: principal of epoch 2"),
+        "the mirror takes over in a new epoch:\n{stdout}"
     );
+    assert!(stdout.contains("present on A"), "{stdout}");
 }
 
 #[test]
