@@ -78,6 +78,19 @@ fn arb_message() -> impl Strategy<Value = Message> {
             commit_lsn: a,
             written_lsn: b
         }),
+        (
+            any::<[u64; 2]>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<(u64, u64)>(), 0..20)
+        )
+            .prop_map(|([lsn, total], crc, history)| Message::SnapshotBegin {
+                lsn,
+                total_bytes: total,
+                crc32c: crc,
+                history
+            }),
+        proptest::collection::vec(any::<u8>(), 1..3000)
+            .prop_map(|data| Message::SnapshotChunk { data }),
     ]
 }
 

@@ -33,6 +33,19 @@ pub trait Applier: Send + 'static {
             "this state machine cannot be put back to LSN {lsn} (its Applier has no rewind)"
         ))
     }
+
+    /// Reseed: replace the whole state with `snapshot`, the state at `lsn`
+    /// that the principal's [`crate::node::SnapshotSource`] produced (for
+    /// the key-value server, a checkpoint file). Make it durable before
+    /// returning if the state machine keeps state on disk: the log is
+    /// emptied and restarted at `lsn` right after. The default cannot, and
+    /// a mirror whose log the principal no longer has is then refused.
+    fn restore(&mut self, lsn: u64, snapshot: &[u8]) -> Result<(), String> {
+        let _ = snapshot;
+        Err(format!(
+            "this state machine cannot be restored from a snapshot at LSN {lsn} (its Applier has no restore)"
+        ))
+    }
 }
 
 /// Options for [`ApplierThread::start`].
@@ -69,6 +82,8 @@ struct State {
     stop: bool,
     /// A rewind asked for, and its outcome (see [`ApplierThread::rewind`]).
     rewind: Option<u64>,
+    /// A restore asked for (see [`ApplierThread::restore`]).
+    restore: Option<(u64, Arc<Vec<u8>>)>,
     rewound: Option<Result<u64, String>>,
     failed: Option<String>,
     /// Exponentially weighted apply rate (bytes/s).
@@ -118,6 +133,7 @@ impl<A: Applier> ApplierThread<A> {
                 limit: from_lsn,
                 stop: false,
                 rewind: None,
+                restore: None,
                 rewound: None,
                 failed: None,
                 rate: 0.0,
@@ -234,6 +250,28 @@ impl<A: Applier> ApplierThread<A> {
         }
     }
 
+    /// Has the state machine replaced by `snapshot`, the state at `lsn`
+    /// ([`Applier::restore`]), on the applier thread between batches; the
+    /// applied LSN and the limit become `lsn`.
+    pub fn restore(&self, lsn: u64, snapshot: Arc<Vec<u8>>) -> Result<(), String> {
+        let mut st = self.shared.lock();
+        st.restore = Some((lsn, snapshot));
+        st.rewound = None;
+        self.shared.cv.notify_all();
+        loop {
+            if let Some(r) = st.rewound.take() {
+                return r.map(|_| ());
+            }
+            if let Some(f) = &st.failed {
+                return Err(format!("the applier stopped: {f}"));
+            }
+            if st.stop {
+                return Err("the applier is stopping".into());
+            }
+            st = self.shared.cv.wait(st).expect("applier lock poisoned");
+        }
+    }
+
     /// Stops the thread after the batch in progress and hands the state
     /// machine back.
     pub fn shutdown(mut self) -> A {
@@ -273,6 +311,17 @@ fn apply_loop<S: Storage, A: Applier>(shared: &Shared, log: &Log<S>, mut applier
             loop {
                 if st.stop || st.failed.is_some() {
                     return applier;
+                }
+                if let Some((lsn, snapshot)) = st.restore.take() {
+                    let r = applier.restore(lsn, &snapshot).map(|()| lsn);
+                    if r.is_ok() {
+                        shared.applied.store(lsn, Ordering::Release);
+                        st.limit = lsn;
+                        blocked_at = None;
+                    }
+                    st.rewound = Some(r);
+                    shared.cv.notify_all();
+                    continue;
                 }
                 if let Some(lsn) = st.rewind.take() {
                     let applied = shared.applied.load(Ordering::Acquire);

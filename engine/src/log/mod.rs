@@ -711,6 +711,53 @@ impl<S: Storage> Log<S> {
         Ok(start)
     }
 
+    /// Empties the log and starts it afresh at `lsn`: a reseeded mirror,
+    /// whose state now comes from a snapshot at `lsn` and whose log goes on
+    /// from there. Every segment is removed (newest first, each removal
+    /// durable), then one is created at `lsn`. A crash part-way leaves a
+    /// contiguous prefix of the old log, or an empty log at 0: either way a
+    /// log the partner's catch-up plan handles (it reseeds again).
+    pub fn reset(&self, lsn: u64) -> Result<(), TruncateError> {
+        if self.attached.load(Ordering::Acquire) {
+            return Err(TruncateError::InUse);
+        }
+        if let Some(why) = self.poisoned() {
+            return Err(TruncateError::Poisoned(why.to_string()));
+        }
+        let mut writer = lock(&self.writer);
+        let _sync = lock(&self.sync_lock);
+        let mut spares = lock(&self.spares);
+        let fail = |context: String, source: std::io::Error| {
+            self.poison(format!("{context}: {source}"));
+            TruncateError::Io { context, source }
+        };
+        if let Some(stale) = spares.spare.take() {
+            self.spare_base.store(u64::MAX, Ordering::Release);
+            // Not log data: recovery removes a leftover spare anyway.
+            let _ = self.storage.remove(&spare_name(stale));
+        }
+        self.truncations.fetch_add(1, Ordering::AcqRel);
+        let segments = self.segments_snapshot();
+        self.written.store(lsn, Ordering::Release);
+        self.hardened.store(lsn, Ordering::Release);
+        self.start.store(lsn, Ordering::Release);
+        for seg in segments.iter().rev() {
+            self.storage
+                .remove(&seg.name)
+                .map_err(|e| fail(format!("removing {}", self.storage.describe(&seg.name)), e))?;
+            self.storage
+                .sync_dir()
+                .map_err(|e| fail("syncing log directory".into(), e))?;
+        }
+        let seg = recovery::create_segment(&self.storage, lsn, self.options.segment_bytes, lsn)
+            .map_err(|e| fail(e.context, e.source))?;
+        *self.segments.write().expect("segments lock poisoned") = vec![Arc::new(seg)];
+        writer.last_epoch = 0;
+        drop(spares);
+        self.notify_watcher();
+        Ok(())
+    }
+
     /// Cuts the log back to `lsn`, which must be a batch boundary between
     /// the start and the written LSN. Everything from `lsn` on is gone, on
     /// disk too, when this returns. Readers holding views of the cut bytes

@@ -167,6 +167,7 @@ impl<A: Applier> Mirror<A> {
             latency: Vec::new(),
             sessions: snap.sessions,
             last_error: snap.last_error,
+            reseed: snap.reseed,
             witness: sh
                 .witness
                 .as_ref()

@@ -109,7 +109,16 @@ pub struct NodeConfig {
     /// The witness, if there is one: the principal takes its epochs and
     /// leases from it, the mirror asks it for automatic failover.
     pub witness: Option<WitnessLink>,
+    /// Principal: snapshots to reseed a mirror whose log is gone here
+    /// (None: such a mirror is refused, `LogPurged`).
+    pub snapshots: Option<SnapshotSource>,
 }
+
+/// Where a principal gets the snapshot it reseeds a mirror from: the state
+/// at some LSN of its log (a batch boundary) and its bytes, which the
+/// mirror's [`crate::apply::Applier::restore`] understands; None if there
+/// is none yet. The key-value server hands over its newest checkpoint.
+pub type SnapshotSource = Arc<dyn Fn() -> Result<Option<(u64, Vec<u8>)>, String> + Send + Sync>;
 
 /// How a node reaches its witness, and the name it is known by there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +176,7 @@ impl NodeConfig {
             sender_core: None,
             logger: Logger::default(),
             witness: None,
+            snapshots: None,
         }
     }
 }

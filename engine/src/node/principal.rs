@@ -194,6 +194,10 @@ impl Principal {
             shared.gc.log().start_lsn(),
             shared.gc.log().written_lsn()
         ));
+        shared.session.set_logger(shared.cfg.logger.clone());
+        if let Some(source) = &shared.cfg.snapshots {
+            shared.session.set_snapshots(source.clone());
+        }
         let (tx, rx) = mpsc::channel::<Box<dyn Conn>>();
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -349,6 +353,7 @@ impl Principal {
                 .collect(),
             sessions: snap.sessions,
             last_error: snap.last_error,
+            reseed: snap.reseed,
             witness: sh
                 .witness
                 .as_ref()

@@ -93,6 +93,9 @@ pub struct Status {
     /// Sessions established so far, and why the last one ended.
     pub sessions: u64,
     pub last_error: Option<String>,
+    /// A reseed in progress: snapshot bytes sent (principal) or received
+    /// (mirror), of the total.
+    pub reseed: Option<(u64, u64)>,
     /// The node's view of its witness (None: no witness configured).
     pub witness: Option<WitnessView>,
 }
@@ -210,6 +213,13 @@ impl Status {
         }
         if let Some(e) = &self.last_error {
             let _ = writeln!(s, "last session ended: {e}");
+        }
+        if let Some((done, total)) = self.reseed {
+            let _ = writeln!(
+                s,
+                "RESEEDING:   {done} of {total} snapshot bytes ({}%)",
+                (done * 100).checked_div(total).unwrap_or(100)
+            );
         }
         if let Some(w) = &self.witness {
             let _ = writeln!(

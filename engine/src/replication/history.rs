@@ -119,6 +119,24 @@ impl EpochHistory {
         Ok(())
     }
 
+    /// Adopts `entries` whole (a reseeded mirror takes its principal's
+    /// history: its own log is gone). They must be ordered as a history is.
+    pub fn replace(&mut self, entries: &[(u64, u64)]) -> Result<(), HistoryError> {
+        let ordered = entries
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
+            && entries.iter().all(|&(e, _)| e > 0);
+        if !ordered {
+            return Err(HistoryError::Damaged {
+                path: self.dir.join(HISTORY_FILE).display().to_string(),
+                reason: "the history to adopt is not ordered".into(),
+            });
+        }
+        self.write(entries)?;
+        self.entries = entries.to_vec();
+        Ok(())
+    }
+
     fn write(&self, entries: &[(u64, u64)]) -> Result<(), HistoryError> {
         crate::durable::replace_file(&self.dir, HISTORY_FILE, &encode(entries))
             .map_err(|(context, source)| HistoryError::Io { context, source })

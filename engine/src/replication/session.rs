@@ -81,6 +81,12 @@ pub enum PrincipalCommand {
         lsn: u64,
     },
     State(MirroringState),
+    /// The log the mirror needs is gone here: send it a snapshot
+    /// (`snapshot-begin`, `snapshot-chunk`s) and end the session, or refuse
+    /// with `LogPurged` if there is none. `why` says what is missing.
+    Reseed {
+        why: String,
+    },
     /// Send nothing more and close the connection.
     Close {
         reason: String,
@@ -227,6 +233,13 @@ impl PrincipalSession {
                     return out;
                 }
                 match plan_catch_up(log, epoch, written_lsn) {
+                    Err(e @ CatchUpError::Purged { .. }) => {
+                        // The runner sends a snapshot if there is one (and
+                        // refuses otherwise), then ends the session.
+                        out.push(PrincipalCommand::Reseed { why: e.to_string() });
+                        out.push(PrincipalCommand::State(MirroringState::Synchronizing));
+                        self.phase = Phase::Closed;
+                    }
                     Err(e) => {
                         let code = match e {
                             CatchUpError::Purged { .. } => RefuseCode::LogPurged,
@@ -438,6 +451,19 @@ pub enum MirrorCommand {
     /// The principal handed over (a manual failover): this mirror, which
     /// hardened everything it wrote, is to become principal.
     HandedOver,
+    /// A reseed begins: `total_bytes` of snapshot of the state at `lsn`
+    /// follow; adopt `history` once it is restored.
+    SnapshotBegin {
+        lsn: u64,
+        total_bytes: u64,
+        crc32c: u32,
+        history: Vec<(u64, u64)>,
+    },
+    SnapshotChunk(Vec<u8>),
+    /// Every byte arrived: check the CRC, restore the state machine, empty
+    /// the log and restart it at the snapshot's LSN, adopt the history.
+    /// The session then closes; the next one catches up from there.
+    SnapshotDone,
     Close {
         reason: String,
     },
@@ -456,6 +482,8 @@ pub struct MirrorSession {
     last_sent_ms: u64,
     /// The principal's written LSN as its last heartbeat said.
     principal_written: Option<u64>,
+    /// A reseed in progress: its LSN, total and received bytes.
+    snapshot: Option<(u64, u64, u64)>,
 }
 
 impl MirrorSession {
@@ -476,6 +504,7 @@ impl MirrorSession {
             commit_lsn: progress.applied,
             sync_in_flight: false,
             principal_written: None,
+            snapshot: None,
             last_heard_ms: now_ms,
             last_sent_ms: now_ms,
         };
@@ -674,6 +703,54 @@ impl MirrorSession {
                 out.push(self.apply_limit());
                 out.push(self.ack(now_ms));
             }
+            (
+                Phase::AwaitPosition,
+                Message::SnapshotBegin {
+                    lsn,
+                    total_bytes,
+                    crc32c,
+                    history,
+                },
+            ) if self.snapshot.is_none() => {
+                let ordered = history
+                    .windows(2)
+                    .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1);
+                if !ordered || history.iter().any(|&(e, _)| e == 0) {
+                    self.close(
+                        &mut out,
+                        RefuseCode::Protocol,
+                        "snapshot-begin carries a history that is not ordered".into(),
+                    );
+                    return out;
+                }
+                out.push(MirrorCommand::SnapshotBegin {
+                    lsn,
+                    total_bytes,
+                    crc32c,
+                    history,
+                });
+                self.snapshot = Some((lsn, total_bytes, 0));
+                if total_bytes == 0 {
+                    self.snapshot_done(&mut out, lsn);
+                }
+            }
+            (Phase::AwaitPosition, Message::SnapshotChunk { data }) if self.snapshot.is_some() => {
+                let (lsn, total, got) = self.snapshot.expect("checked");
+                let got = got + data.len() as u64;
+                if got > total {
+                    self.close(
+                        &mut out,
+                        RefuseCode::Protocol,
+                        format!("snapshot chunks exceed the announced {total} bytes"),
+                    );
+                    return out;
+                }
+                self.snapshot = Some((lsn, total, got));
+                out.push(MirrorCommand::SnapshotChunk(data));
+                if got == total {
+                    self.snapshot_done(&mut out, lsn);
+                }
+            }
             (phase, m) => {
                 let expected = if phase == Phase::AwaitPosition {
                     "start"
@@ -691,6 +768,21 @@ impl MirrorSession {
             }
         }
         out
+    }
+
+    fn snapshot_done(&mut self, out: &mut Vec<MirrorCommand>, lsn: u64) {
+        out.push(MirrorCommand::SnapshotDone);
+        out.push(MirrorCommand::Close {
+            reason: format!(
+                "reseeded from the principal's snapshot at LSN {lsn}; reconnecting to catch up from there"
+            ),
+        });
+        self.phase = Phase::Closed;
+    }
+
+    /// The reseed in progress: its LSN, announced and received bytes.
+    pub fn snapshot_progress(&self) -> Option<(u64, u64, u64)> {
+        self.snapshot
     }
 
     fn sync_if_needed(&mut self, out: &mut Vec<MirrorCommand>) {

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::log::frame::{BATCH_RAW_BYTES_MAX, FRAME_ALIGN, FRAME_HEADER_BYTES};
 
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes before the body: length (4) and type (1).
 pub const MESSAGE_HEADER_BYTES: usize = 5;
 /// The largest frame a log can hold (a stored payload never exceeds the raw
@@ -38,6 +38,13 @@ const T_START: u8 = 5;
 const T_SHIP: u8 = 6;
 const T_ACK: u8 = 7;
 const T_HEARTBEAT: u8 = 8;
+const T_SNAPSHOT_BEGIN: u8 = 9;
+const T_SNAPSHOT_CHUNK: u8 = 10;
+/// Epoch history entries a `snapshot-begin` may carry (far more than a
+/// log sees; bounds the message).
+pub const SNAPSHOT_HISTORY_MAX: usize = 1 << 16;
+/// Bytes of snapshot per `snapshot-chunk`.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 /// Which side of a mirroring session a node speaks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -156,6 +163,20 @@ pub enum Message {
         commit_lsn: u64,
         written_lsn: u64,
     },
+    /// Principal → mirror instead of `start`, when the log the mirror needs
+    /// is gone here: a reseed. `total_bytes` of snapshot (the state at
+    /// `lsn`, a batch boundary of the principal's log) follow in
+    /// `snapshot-chunk`s; `crc32c` covers them all; `history` is the
+    /// principal's epoch history, which the mirror adopts.
+    SnapshotBegin {
+        lsn: u64,
+        total_bytes: u64,
+        crc32c: u32,
+        history: Vec<(u64, u64)>,
+    },
+    SnapshotChunk {
+        data: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -195,6 +216,8 @@ impl Message {
             Message::Ship { .. } => "ship",
             Message::Ack { .. } => "ack",
             Message::Heartbeat { .. } => "heartbeat",
+            Message::SnapshotBegin { .. } => "snapshot-begin",
+            Message::SnapshotChunk { .. } => "snapshot-chunk",
         }
     }
 
@@ -273,6 +296,31 @@ impl Message {
                 out.push(T_HEARTBEAT);
                 out.extend_from_slice(&commit_lsn.to_le_bytes());
                 out.extend_from_slice(&written_lsn.to_le_bytes());
+            }
+            Message::SnapshotBegin {
+                lsn,
+                total_bytes,
+                crc32c,
+                history,
+            } => {
+                assert!(history.len() <= SNAPSHOT_HISTORY_MAX, "history too long");
+                out.push(T_SNAPSHOT_BEGIN);
+                out.extend_from_slice(&lsn.to_le_bytes());
+                out.extend_from_slice(&total_bytes.to_le_bytes());
+                out.extend_from_slice(&crc32c.to_le_bytes());
+                out.extend_from_slice(&(history.len() as u32).to_le_bytes());
+                for (e, start) in history {
+                    out.extend_from_slice(&e.to_le_bytes());
+                    out.extend_from_slice(&start.to_le_bytes());
+                }
+            }
+            Message::SnapshotChunk { data } => {
+                assert!(
+                    data.len() <= SNAPSHOT_CHUNK_BYTES,
+                    "snapshot chunk too long"
+                );
+                out.push(T_SNAPSHOT_CHUNK);
+                out.extend_from_slice(data);
             }
         }
         let len = out.len() - start - 4;
@@ -376,6 +424,40 @@ impl Message {
                 Message::Heartbeat {
                     commit_lsn: u64_at(body, 0),
                     written_lsn: u64_at(body, 8),
+                }
+            }
+            T_SNAPSHOT_BEGIN => {
+                if body.len() < 24 {
+                    return Err(WireError::Malformed(
+                        "snapshot-begin",
+                        "shorter than its header",
+                    ));
+                }
+                let n = u32::from_le_bytes(body[20..24].try_into().expect("4 bytes")) as usize;
+                if n > SNAPSHOT_HISTORY_MAX || body.len() != 24 + 16 * n {
+                    return Err(WireError::Malformed(
+                        "snapshot-begin",
+                        "history length does not match the body",
+                    ));
+                }
+                Message::SnapshotBegin {
+                    lsn: u64_at(body, 0),
+                    total_bytes: u64_at(body, 8),
+                    crc32c: u32::from_le_bytes(body[16..20].try_into().expect("4 bytes")),
+                    history: (0..n)
+                        .map(|i| (u64_at(body, 24 + 16 * i), u64_at(body, 32 + 16 * i)))
+                        .collect(),
+                }
+            }
+            T_SNAPSHOT_CHUNK => {
+                if body.is_empty() || body.len() > SNAPSHOT_CHUNK_BYTES {
+                    return Err(WireError::Malformed(
+                        "snapshot-chunk",
+                        "length out of range",
+                    ));
+                }
+                Message::SnapshotChunk {
+                    data: body.to_vec(),
                 }
             }
             other => return Err(WireError::UnknownType(other)),

@@ -70,6 +70,9 @@ pub struct SessionSnapshot {
     /// The session ended in a handover (manual failover): on the
     /// principal, it sent it; on the mirror, it received it.
     pub handed_over: bool,
+    /// A reseed in progress: bytes of snapshot sent (principal) or
+    /// received (mirror), of the total.
+    pub reseed: Option<(u64, u64)>,
 }
 
 /// Shared between a runner and whoever reads its status.
@@ -84,11 +87,19 @@ pub struct SessionStatus {
     /// A manual failover asked for: once the mirror hardened everything,
     /// the principal's runner hands over and ends the session.
     handover: AtomicBool,
+    /// Principal: where a reseed's snapshot comes from.
+    snapshots: Mutex<Option<crate::node::SnapshotSource>>,
 }
 
 impl SessionStatus {
     pub fn set_suspended(&self, suspended: bool) {
         self.suspend.store(suspended, Ordering::Release);
+    }
+
+    /// Principal: the source of snapshots for reseeding a mirror whose log
+    /// is gone here.
+    pub fn set_snapshots(&self, source: crate::node::SnapshotSource) {
+        *self.snapshots.lock().expect("status lock poisoned") = Some(source);
     }
 
     pub fn set_handover(&self, handover: bool) {
@@ -297,7 +308,9 @@ pub fn serve_principal<S: Storage>(
             Duration::ZERO
         };
         for c in cmds {
-            if let Err(e) = execute_principal(conn, gc, c, generation, &mut backlog) {
+            if let Err(e) =
+                execute_principal(conn, gc, c, generation, &mut backlog, history, status)
+            {
                 break 'run e;
             }
         }
@@ -322,7 +335,9 @@ pub fn serve_principal<S: Storage>(
                 epoch,
             };
             for c in session.on_message(millis(t0), msg, &plog) {
-                if let Err(e) = execute_principal(conn, gc, c, generation, &mut backlog) {
+                if let Err(e) =
+                    execute_principal(conn, gc, c, generation, &mut backlog, history, status)
+                {
                     break 'run e;
                 }
             }
@@ -396,8 +411,11 @@ fn execute_principal<S: Storage>(
     c: PrincipalCommand,
     generation: u64,
     backlog: &mut std::collections::VecDeque<ShipRange>,
+    history: &[(u64, u64)],
+    status: &SessionStatus,
 ) -> Result<(), String> {
     match c {
+        PrincipalCommand::Reseed { why } => Err(reseed(conn, gc.log(), history, status, &why)),
         PrincipalCommand::Send(m) => conn.send(&m).map_err(|e| e.to_string()),
         PrincipalCommand::Ship {
             from,
@@ -449,6 +467,19 @@ struct MirrorRun<'a, S: Storage, A: Applier> {
     /// sync covers every batch that arrived meanwhile.
     sync: bool,
     status: &'a SessionStatus,
+    /// A reseed being received: LSN, CRC, history to adopt, bytes so far,
+    /// total, when it began.
+    snapshot: Option<Incoming>,
+}
+
+struct Incoming {
+    lsn: u64,
+    crc32c: u32,
+    history: Vec<(u64, u64)>,
+    bytes: Vec<u8>,
+    total: u64,
+    began: Instant,
+    told: u64,
 }
 
 impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
@@ -463,6 +494,54 @@ impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
                 }
                 MirrorCommand::Send(m) => {
                     conn.send(&m).map_err(|e| e.to_string())?;
+                    Vec::new()
+                }
+                MirrorCommand::SnapshotBegin {
+                    lsn,
+                    total_bytes,
+                    crc32c,
+                    history,
+                } => {
+                    self.status.note(&format!(
+                        "mirrorlog[mirror]: the principal no longer has the log this mirror needs: reseeding from its snapshot at LSN {lsn} ({total_bytes} bytes)"
+                    ));
+                    self.status.update(|s| s.reseed = Some((0, total_bytes)));
+                    self.snapshot = Some(Incoming {
+                        lsn,
+                        crc32c,
+                        history,
+                        // Grown as chunks come: the announced size is the
+                        // principal's word, not yet backed by bytes.
+                        bytes: Vec::with_capacity(total_bytes.min(64 << 20) as usize),
+                        total: total_bytes,
+                        began: Instant::now(),
+                        told: 0,
+                    });
+                    Vec::new()
+                }
+                MirrorCommand::SnapshotChunk(data) => {
+                    let inc = self
+                        .snapshot
+                        .as_mut()
+                        .ok_or("a snapshot chunk without its beginning")?;
+                    inc.bytes.extend_from_slice(&data);
+                    let (got, total) = (inc.bytes.len() as u64, inc.total);
+                    if total > 0 && got * 4 / total > inc.told {
+                        inc.told = got * 4 / total;
+                        self.status.note(&format!(
+                            "mirrorlog[mirror]: reseed: {got} of {total} bytes received ({}%)",
+                            got * 100 / total
+                        ));
+                    }
+                    self.status.update(|s| s.reseed = Some((got, total)));
+                    Vec::new()
+                }
+                MirrorCommand::SnapshotDone => {
+                    let inc = self
+                        .snapshot
+                        .take()
+                        .ok_or("a snapshot end without its beginning")?;
+                    self.restore_snapshot(inc)?;
                     Vec::new()
                 }
                 MirrorCommand::HandedOver => {
@@ -513,6 +592,40 @@ impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
             };
             pending.extend(more);
         }
+        Ok(())
+    }
+
+    /// The whole snapshot arrived: checks it, restores the state machine
+    /// from it (durably, if the applier keeps state on disk), empties the
+    /// log and restarts it at the snapshot's LSN, and adopts the
+    /// principal's epoch history.
+    fn restore_snapshot(&mut self, inc: Incoming) -> Result<(), String> {
+        let lsn = inc.lsn;
+        if crc32c::crc32c(&inc.bytes) != inc.crc32c {
+            self.status.update(|s| s.reseed = None);
+            return Err(format!(
+                "the snapshot at LSN {lsn} failed its checksum; nothing was changed, retrying"
+            ));
+        }
+        let n = inc.bytes.len();
+        self.applier
+            .restore(lsn, Arc::new(inc.bytes))
+            .map_err(|e| format!("restoring the snapshot at LSN {lsn}: {e}"))?;
+        self.log
+            .reset(lsn)
+            .map_err(|e| format!("restarting the log at LSN {lsn} after the snapshot: {e}"))?;
+        if let Some(h) = self.history.as_deref_mut() {
+            h.replace(&inc.history)
+                .map_err(|e| format!("adopting the principal's epoch history: {e}"))?;
+        }
+        self.session.on_rewound(lsn);
+        self.status.update(|s| s.reseed = None);
+        let secs = inc.began.elapsed().as_secs_f64();
+        self.status.note(&format!(
+            "mirrorlog[mirror]: reseeded: state restored at LSN {lsn} from {:.1} MB in {secs:.2} s ({:.0} MB/s); the log restarts there",
+            n as f64 / 1e6,
+            n as f64 / 1e6 / secs.max(1e-9)
+        ));
         Ok(())
     }
 
@@ -621,6 +734,7 @@ pub fn serve_mirror<S: Storage, A: Applier>(
         ack: None,
         sync: false,
         status,
+        snapshot: None,
     };
     let (path, zero_copy) = (conn.path(), conn.zero_copy());
     status.update(|s| {
@@ -727,4 +841,104 @@ fn salvage<S: Storage>(
     crate::durable::replace_file(&sdir, &name, &bytes)
         .map_err(|(ctx, e)| format!("saving the divergent tail: {ctx}: {e}"))?;
     Ok(Some(sdir.join(name)))
+}
+
+/// Sends the mirror a snapshot (`snapshot-begin`, then `snapshot-chunk`s)
+/// of the state at an LSN this log still holds, or refuses it with
+/// `LogPurged` when there is none; either way the session ends (the
+/// returned reason). The mirror restores it, restarts its log there and
+/// reconnects.
+fn reseed<S: Storage>(
+    conn: &mut dyn Conn,
+    log: &Log<S>,
+    history: &[(u64, u64)],
+    status: &SessionStatus,
+    why: &str,
+) -> String {
+    let refuse = |conn: &mut dyn Conn, reason: String| {
+        let _ = conn.send(&Message::Refuse {
+            code: RefuseCode::LogPurged,
+            reason: reason.clone(),
+        });
+        reason
+    };
+    let source = status
+        .snapshots
+        .lock()
+        .expect("status lock poisoned")
+        .clone();
+    let Some(source) = source else {
+        return refuse(
+            conn,
+            format!("{why}; this principal has no snapshot source to reseed it from"),
+        );
+    };
+    let (lsn, bytes) = match source() {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return refuse(
+                conn,
+                format!("{why}; there is no snapshot to reseed it from yet (take a checkpoint)"),
+            )
+        }
+        Err(e) => return refuse(conn, format!("{why}; reading the snapshot failed: {e}")),
+    };
+    if lsn < log.start_lsn() || lsn > log.written_lsn() {
+        return refuse(
+            conn,
+            format!(
+                "{why}; the newest snapshot (LSN {lsn}) is outside this log ({}..{}); take a checkpoint",
+                log.start_lsn(),
+                log.written_lsn()
+            ),
+        );
+    }
+    if history.len() > crate::replication::wire::SNAPSHOT_HISTORY_MAX {
+        return refuse(
+            conn,
+            format!("{why}; the epoch history is too long to send"),
+        );
+    }
+    let began = Instant::now();
+    let total = bytes.len() as u64;
+    status.note(&format!(
+        "mirrorlog[principal]: {why}: reseeding the mirror from the snapshot at LSN {lsn} ({total} bytes)"
+    ));
+    status.update(|s| s.reseed = Some((0, total)));
+    let begin = Message::SnapshotBegin {
+        lsn,
+        total_bytes: total,
+        crc32c: crc32c::crc32c(&bytes),
+        history: history.to_vec(),
+    };
+    if let Err(e) = conn.send(&begin) {
+        return format!("sending the snapshot: {e}");
+    }
+    let mut sent = 0u64;
+    let mut told = 0u64;
+    for chunk in bytes.chunks(crate::replication::wire::SNAPSHOT_CHUNK_BYTES) {
+        if let Err(e) = conn.send(&Message::SnapshotChunk {
+            data: chunk.to_vec(),
+        }) {
+            status.update(|s| s.reseed = None);
+            return format!("sending the snapshot at byte {sent} of {total}: {e}");
+        }
+        sent += chunk.len() as u64;
+        status.update(|s| s.reseed = Some((sent, total)));
+        // Progress in quarters.
+        if total > 0 && sent * 4 / total > told {
+            told = sent * 4 / total;
+            status.note(&format!(
+                "mirrorlog[principal]: reseed: {sent} of {total} bytes sent ({}%)",
+                sent * 100 / total
+            ));
+        }
+    }
+    status.update(|s| s.reseed = None);
+    let secs = began.elapsed().as_secs_f64();
+    format!(
+        "reseeded the mirror from the snapshot at LSN {lsn} ({:.1} MB in {secs:.2} s, {:.0} MB/s); it reconnects to catch up from there",
+        total as f64 / 1e6,
+        total as f64 / 1e6 / secs.max(1e-9)
+    )
 }
