@@ -205,6 +205,9 @@ impl World {
                     self.remote[i] = self.remote[i].max(lsn);
                 }
                 PrincipalCommand::State(_) => {}
+                PrincipalCommand::Reseed { why } => {
+                    panic!("the simulator never deletes log, yet the principal wants a reseed: {why}")
+                }
                 PrincipalCommand::Close { reason } => {
                     self.closed = Some(format!("principal: {reason}"))
                 }
