@@ -150,6 +150,7 @@ fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair, String> {
         idle_timeout: None,
         checkpoint_every: None,
         segment_bytes: None,
+        retention_max_bytes: None,
         log_level: "info".into(),
         limits: mirrorlog::resp::Limits::default(),
     };

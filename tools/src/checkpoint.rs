@@ -109,6 +109,64 @@ pub fn list(node_dir: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// The newest checkpoint that verifies, as its file's bytes (what a
+/// principal sends a mirror it reseeds), with its LSN.
+pub fn newest_raw(node_dir: &Path) -> Result<Option<(u64, Vec<u8>)>, String> {
+    let mut all = list(node_dir);
+    all.sort_unstable_by(|a, b| b.cmp(a));
+    for lsn in all {
+        let path = dir(node_dir).join(name(lsn));
+        let Ok(bytes) = fs::read(&path) else { continue };
+        if matches!(decode(&bytes), Ok(l) if l.lsn == lsn) {
+            return Ok(Some((lsn, bytes)));
+        }
+    }
+    Ok(None)
+}
+
+/// A reseed: checks `bytes` (a checkpoint file from the principal) and
+/// installs them durably as this node's only checkpoint, at `lsn`; older
+/// ones go (the log they went with is being replaced). Returns the map.
+pub fn install_raw(
+    node_dir: &Path,
+    lsn: u64,
+    bytes: &[u8],
+) -> Result<HashMap<Vec<u8>, Vec<u8>>, String> {
+    let loaded = decode(bytes).map_err(|e| format!("the snapshot is not a checkpoint: {e}"))?;
+    if loaded.lsn != lsn {
+        return Err(format!(
+            "the snapshot says LSN {}, the principal announced {lsn}",
+            loaded.lsn
+        ));
+    }
+    let d = dir(node_dir);
+    fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    let n = name(lsn);
+    crate::checkpoint::replace(&d, &n, bytes)?;
+    for old in list(node_dir) {
+        if old != lsn {
+            let _ = fs::remove_file(d.join(name(old)));
+        }
+    }
+    sync_dir(&d).map_err(|e| format!("syncing {}: {e}", d.display()))?;
+    Ok(loaded.map)
+}
+
+fn replace(d: &Path, n: &str, bytes: &[u8]) -> Result<(), String> {
+    let tmp = d.join(format!("{n}.tmp"));
+    let ctx = |what: &str, e: std::io::Error| format!("{what} {}: {e}", tmp.display());
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| ctx("creating", e))?;
+    f.write_all(bytes).map_err(|e| ctx("writing", e))?;
+    f.sync_all().map_err(|e| ctx("syncing", e))?;
+    fs::rename(&tmp, d.join(n)).map_err(|e| ctx("renaming", e))?;
+    sync_dir(d).map_err(|e| format!("syncing {}: {e}", d.display()))
+}
+
 /// Moves every checkpoint above `lsn` to `salvage/` in the node directory
 /// (the log is being cut at `lsn`; they describe the discarded history).
 pub fn set_aside_above(node_dir: &Path, lsn: u64) -> Result<(), String> {

@@ -124,6 +124,20 @@ impl Applier for KvApplier {
         Ok(())
     }
 
+    /// A reseed: the snapshot is the principal's checkpoint file; it becomes
+    /// this node's checkpoint (durably, before the log restarts at `lsn`)
+    /// and the store.
+    fn restore(&mut self, lsn: u64, snapshot: &[u8]) -> Result<(), String> {
+        let Some(dir) = &self.dir else {
+            return Err("this store has no directory to keep the snapshot in".into());
+        };
+        let map = crate::checkpoint::install_raw(dir, lsn, snapshot)?;
+        let mut s = self.store.write().map_err(|_| "store lock poisoned")?;
+        s.map = map;
+        s.lsn = lsn;
+        Ok(())
+    }
+
     /// Back to the newest checkpoint at or below `lsn` (or the empty store
     /// at LSN 0 when there is none). Checkpoints above `lsn` describe a
     /// history that is being discarded: they move to `salvage/` beside the

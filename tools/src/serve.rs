@@ -71,6 +71,12 @@ mirrorlog serve --config FILE [OPTIONS]
                               when set, takes precedence
     --checkpoint-secs N       checkpoint the store every N seconds when the log
                               grew (default 60; 0: only on MIRROR CHECKPOINT)
+    --retention-max-bytes N   principal: keep at most N bytes of log for an
+                              absent or lagging mirror; beyond that the log below
+                              the older checkpoint is deleted anyway and the
+                              mirror is reseeded from the newest checkpoint when
+                              it returns (default: keep all it needs; MIRROR
+                              STATUS and INFO show how close the bound is)
 ";
 
 #[derive(Debug, Clone)]
@@ -94,6 +100,7 @@ pub struct ServeOptions {
     pub idle_timeout: Option<Duration>,
     pub checkpoint_every: Option<Duration>,
     pub segment_bytes: Option<usize>,
+    pub retention_max_bytes: Option<u64>,
     pub log_level: String,
     pub limits: crate::resp::Limits,
 }
@@ -138,6 +145,7 @@ struct FileConfig {
     max_clients: Option<u64>,
     idle_timeout_secs: Option<u64>,
     segment_bytes: Option<u64>,
+    retention_max_bytes: Option<u64>,
     checkpoint_secs: Option<u64>,
     log_level: Option<String>,
     max_bulk_bytes: Option<u64>,
@@ -181,6 +189,10 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
     );
     put("segment_bytes", c.segment_bytes.map(|n| n.to_string()));
     put("checkpoint_secs", c.checkpoint_secs.map(|n| n.to_string()));
+    put(
+        "retention_max_bytes",
+        c.retention_max_bytes.map(|n| n.to_string()),
+    );
     put("log_level", c.log_level);
     put("max_bulk_bytes", c.max_bulk_bytes.map(|n| n.to_string()));
     put("max_args", c.max_args.map(|n| n.to_string()));
@@ -258,6 +270,7 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
     let mut idle = None;
     let mut checkpoint_every = Some(Duration::from_secs(60));
     let mut segment_bytes = None;
+    let mut retention_max_bytes = None;
     let mut log_level = "info".to_string();
     let mut limits = crate::resp::Limits::default();
     let mut it = args.iter();
@@ -351,6 +364,13 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
                         .map_err(|_| format!("--segment-bytes {v:?}: expected a byte count"))?,
                 );
             }
+            "--retention-max-bytes" => {
+                let v = value()?;
+                retention_max_bytes =
+                    Some(v.parse().map_err(|_| {
+                        format!("--retention-max-bytes {v:?}: expected a byte count")
+                    })?);
+            }
             "--checkpoint-secs" => {
                 let v = value()?;
                 let n: u64 = v
@@ -399,6 +419,7 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
         idle_timeout: idle,
         checkpoint_every,
         segment_bytes,
+        retention_max_bytes,
         log_level,
         limits,
     })
@@ -476,6 +497,10 @@ impl Spec {
         cfg.logger = self.logger.clone();
         cfg.session.partner_timeout_ms = o.partner_timeout_ms;
         cfg.session.heartbeat_ms = (o.partner_timeout_ms / 10).clamp(5, 100);
+        // A mirror whose log is gone here is reseeded from the newest
+        // checkpoint.
+        let dir = o.dir.clone();
+        cfg.snapshots = Some(Arc::new(move || crate::checkpoint::newest_raw(&dir)));
         cfg.witness = o.witness.map(|addr| WitnessLink {
             addr,
             name: o.partner.to_string(),
@@ -739,6 +764,7 @@ pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
         principal_hint: hint,
         node_dir: Some(o.dir.clone()),
         limits: o.limits,
+        retention_max_bytes: o.retention_max_bytes,
     };
     Ok(Running {
         server: Server::new(node, spec.store.clone(), opts),

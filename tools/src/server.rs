@@ -45,6 +45,11 @@ pub struct ServerOptions {
     pub principal_hint: Option<String>,
     /// The node's directory (checkpoints go in its `checkpoints/`).
     pub node_dir: Option<std::path::PathBuf>,
+    /// Principal: most log bytes kept for an absent or lagging mirror;
+    /// beyond it, log below the older checkpoint is deleted anyway and the
+    /// mirror is reseeded from a checkpoint when it returns (None: keep
+    /// whatever the mirror needs).
+    pub retention_max_bytes: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -56,6 +61,7 @@ impl Default for ServerOptions {
             password: None,
             principal_hint: None,
             node_dir: None,
+            retention_max_bytes: None,
         }
     }
 }
@@ -473,12 +479,19 @@ impl Server {
         let (log, limit) = match &*self.node() {
             Node::Principal(p) => {
                 let s = p.status();
-                let mirror = if s.state == MirroringState::Disconnected {
-                    0
-                } else {
-                    s.mirror.hardened
-                };
-                (p.log().clone(), oldest.min(mirror))
+                let needed = self.needed_by_mirror(&s);
+                let mut limit = oldest.min(needed);
+                if let Some(max) = self.opts.retention_max_bytes {
+                    let floor = oldest.min(s.written_lsn.saturating_sub(max));
+                    if floor > limit {
+                        tracing::warn!(
+                            "retention bound reached: {} bytes kept for the mirror (bound {max}); deleting the log below LSN {floor}, which the mirror (at {needed}) still needs: it will be reseeded from a checkpoint",
+                            s.written_lsn.saturating_sub(needed)
+                        );
+                        limit = floor;
+                    }
+                }
+                (p.log().clone(), limit)
             }
             Node::Mirror(m) => (m.log().clone(), oldest),
             Node::Switching(why) => return Err(format!("role change in progress ({why})")),
@@ -488,6 +501,32 @@ impl Server {
                 .map_err(|e| format!("deleting the log below {limit}: {e}"))?;
         }
         Ok((lsn, path))
+    }
+
+    /// Where the mirror resumes, as far as this principal knows: what it
+    /// last hardened (attached or not); before any mirror was seen since
+    /// this start, nothing can be let go.
+    fn needed_by_mirror(&self, s: &Status) -> u64 {
+        if s.sessions > 0 {
+            s.mirror.hardened
+        } else {
+            0
+        }
+    }
+
+    /// Principal: log bytes kept for the mirror, and the bound.
+    fn retention(&self) -> Option<(u64, Option<u64>)> {
+        let node = self.node();
+        let Node::Principal(p) = &*node else {
+            return None;
+        };
+        let s = p.status();
+        let kept = s.written_lsn
+            - self
+                .needed_by_mirror(&s)
+                .max(p.log().start_lsn())
+                .min(s.written_lsn);
+        Some((kept, self.opts.retention_max_bytes))
     }
 
     fn log_start(&self) -> u64 {
@@ -669,7 +708,19 @@ impl Server {
     fn mirror_cmd(&self, conn: &mut Conn, args: &[Vec<u8>]) -> Reply {
         let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
         match (sub.as_str(), args.len()) {
-            ("STATUS", 2) => Reply::bulk(self.status().render()),
+            ("STATUS", 2) => {
+                let mut text = self.status().render();
+                if let Some((kept, bound)) = self.retention() {
+                    text.push_str(&match bound {
+                        Some(b) => format!(
+                            "retention:   {kept} bytes kept for the mirror, bound {b} ({}%)\n",
+                            (kept * 100).checked_div(b).unwrap_or(100)
+                        ),
+                        None => format!("retention:   {kept} bytes kept for the mirror (no bound)\n"),
+                    });
+                }
+                Reply::bulk(text)
+            }
             ("STATUS", 3) if args[2].eq_ignore_ascii_case(b"JSON") => {
                 Reply::bulk(status_json(&self.status()))
             }
@@ -851,11 +902,13 @@ impl Server {
         }
         if show("persistence") {
             out.push_str(&format!(
-                "# Persistence\r\nloading:0\r\naof_enabled:1\r\nmirrorlog_log_start_lsn:{}\r\nmirrorlog_written_lsn:{}\r\nmirrorlog_hardened_lsn:{}\r\nmirrorlog_checkpoints:{}\r\n\r\n",
+                "# Persistence\r\nloading:0\r\naof_enabled:1\r\nmirrorlog_log_start_lsn:{}\r\nmirrorlog_written_lsn:{}\r\nmirrorlog_hardened_lsn:{}\r\nmirrorlog_checkpoints:{}\r\nmirrorlog_retained_for_mirror_bytes:{}\r\nmirrorlog_retention_max_bytes:{}\r\n\r\n",
                 self.log_start(),
                 s.written_lsn,
                 s.hardened_lsn,
-                self.opts.node_dir.as_deref().map_or(0, |d| crate::checkpoint::list(d).len())
+                self.opts.node_dir.as_deref().map_or(0, |d| crate::checkpoint::list(d).len()),
+                self.retention().map_or(0, |(k, _)| k),
+                self.opts.retention_max_bytes.map_or("none".to_string(), |b| b.to_string()),
             ));
         }
         if show("stats") {

@@ -17,7 +17,10 @@ fn the_demo_fails_over_and_loses_nothing() {
     // It really wrote something before the kill.
     let acked: u64 = stdout
         .lines()
-        .find_map(|l| l.trim().strip_suffix(" writes had been acknowledged in all"))
+        .find_map(|l| {
+            l.trim()
+                .strip_suffix(" writes had been acknowledged in all")
+        })
         .and_then(|n| n.trim().parse().ok())
         .expect("the demo reports its acknowledged writes");
     assert!(acked > 100, "only {acked} writes acknowledged");
