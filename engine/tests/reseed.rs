@@ -254,3 +254,44 @@ fn without_a_snapshot_the_mirror_is_refused_with_the_reason() {
     });
     assert_eq!(b.log().start_lsn(), 0, "the mirror's log is untouched");
 }
+
+#[test]
+fn a_mirror_whose_reseed_was_interrupted_finishes_it_at_start() {
+    let d = tempdir("reseed", "interrupted");
+    let lines: Lines = Arc::default();
+    // A log that ends early (the mirror's old log).
+    let p = Principal::start(config(&d, &lines), "127.0.0.1:0".parse().unwrap()).unwrap();
+    for i in 0..10u32 {
+        p.commit_at(&[&noise(i, 100)], mirrorlog_engine::commit::Level::Local)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let end = p.log().written_lsn();
+    drop(p);
+    // Its state machine was restored from a snapshot far beyond that, and
+    // the crash came before the log restarted there.
+    let s_lsn = end + 1_000_000;
+    let m = Mirror::start(
+        config(&d, &lines),
+        "127.0.0.1:9".parse().unwrap(),
+        Recs::default(),
+        Some(s_lsn),
+    )
+    .unwrap();
+    assert_eq!(m.log().start_lsn(), s_lsn);
+    assert_eq!(m.log().written_lsn(), s_lsn);
+    assert_eq!(m.applier().applied_lsn(), s_lsn);
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("an interrupted reseed")));
+    drop(m);
+    let (log, _) = Log::open(&d, LogOptions::default()).unwrap();
+    assert_eq!(
+        log.start_lsn(),
+        s_lsn,
+        "the restarted log survives a reopen"
+    );
+}

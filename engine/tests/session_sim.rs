@@ -206,7 +206,9 @@ impl World {
                 }
                 PrincipalCommand::State(_) => {}
                 PrincipalCommand::Reseed { why } => {
-                    panic!("the simulator never deletes log, yet the principal wants a reseed: {why}")
+                    panic!(
+                        "the simulator never deletes log, yet the principal wants a reseed: {why}"
+                    )
                 }
                 PrincipalCommand::Close { reason } => {
                     self.closed = Some(format!("principal: {reason}"))

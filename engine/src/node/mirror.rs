@@ -87,6 +87,19 @@ impl<A: Applier> Mirror<A> {
         let history = EpochHistory::load(&cfg.dir)?;
         let log = Arc::new(log);
         let from = applied_from.unwrap_or(log.start_lsn());
+        if from > log.written_lsn() {
+            // The state machine is ahead of the whole log: only a reseed
+            // does that (it installs the snapshot, then restarts the log
+            // at its LSN), interrupted before the log restarted. Finish it.
+            log.reset(from).map_err(|e| {
+                NodeError::Config(format!(
+                    "finishing an interrupted reseed at LSN {from}: {e}"
+                ))
+            })?;
+            cfg.logger.line(&format!(
+                "mirrorlog[mirror]: the state machine is at LSN {from}, beyond the log: an interrupted reseed; the log restarts there"
+            ));
+        }
         if from < log.start_lsn() || from > log.written_lsn() {
             return Err(NodeError::Config(format!(
                 "the applier starts at LSN {from}, outside the log ({}..{})",
