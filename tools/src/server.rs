@@ -808,24 +808,32 @@ impl Server {
     /// this connection made (0 or 1), waiting up to `timeout` ms (0: no
     /// limit) for `numreplicas` of them.
     fn wait(&self, conn: &Conn, args: &[Vec<u8>]) -> Reply {
-        let node = self.node();
-        let Node::Principal(p) = &*node else {
+        if !matches!(&*self.node(), Node::Principal(_)) {
             return Reply::err("ERR WAIT cannot be used with replica instances. Please also note that since Redis 4.0 if a replica is configured to be writable (which is not the default) writes to replicas are just local and are not propagated.");
-        };
+        }
         let (Some(want), Some(timeout)) = (int_arg(&args[1]), int_arg(&args[2])) else {
             return Reply::err("ERR value is not an integer or out of range");
         };
         if timeout < 0 {
             return Reply::err("ERR timeout is negative");
         }
-        let reached = || {
-            let s = p.status();
-            s.state != MirroringState::Disconnected && s.mirror.received >= conn.last_write_end
+        // The node is looked up afresh each time: a WAIT must never hold
+        // it, or a role change (which waits for every holder) would wait
+        // for the WAIT. After a role change the answer is 0.
+        let reached = || match &*self.node() {
+            Node::Principal(p) => {
+                let s = p.status();
+                s.state != MirroringState::Disconnected && s.mirror.received >= conn.last_write_end
+            }
+            _ => false,
         };
         let deadline =
             (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
         while want > 0 && !reached() {
-            if deadline.is_some_and(|d| Instant::now() >= d) || self.stop.load(Ordering::Acquire) {
+            if deadline.is_some_and(|d| Instant::now() >= d)
+                || self.stop.load(Ordering::Acquire)
+                || !matches!(&*self.node(), Node::Principal(_))
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
