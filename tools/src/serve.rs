@@ -792,6 +792,8 @@ pub fn init_logging(level: &str) {
 pub fn tracing_logger() -> Logger {
     Logger::new(|s| {
         let s = s.strip_prefix("mirrorlog").unwrap_or(s);
+        // "mirrorlog: x" -> "x"; "mirrorlog[mirror]: x" keeps its tag.
+        let s = s.strip_prefix(": ").unwrap_or(s);
         let lower = s.to_ascii_lowercase();
         if [
             "refused",

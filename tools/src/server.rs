@@ -26,6 +26,10 @@ use mirrorlog_engine::replication::session::MirroringState;
 use crate::kv::{glob_match, Effect, KvApplier, Shared, Store};
 use crate::resp::{parse_command, Limits, Reply};
 
+/// How long a command waits for a role change in progress before it is
+/// answered `-TRYAGAIN`.
+const SWITCH_WAIT_MAX: Duration = Duration::from_secs(5);
+
 pub enum Node {
     Principal(Principal),
     Mirror(Mirror<KvApplier>),
@@ -339,14 +343,24 @@ impl Server {
                 "ERR this server's log failed ({why}); restart it"
             )));
         }
-        if let Node::Switching(why) = &*self.node() {
+        if let Node::Switching(_) = &*self.node() {
             if !matches!(
                 name.as_str(),
                 "PING" | "INFO" | "MIRROR" | "ROLE" | "CLIENT" | "COMMAND" | "HELLO" | "AUTH"
             ) {
-                return now(Reply::err(format!(
-                    "TRYAGAIN this node is changing role ({why}); retry shortly"
-                )));
+                // A role change takes milliseconds: the command waits for
+                // it (plain Redis clients do not retry TRYAGAIN), then runs
+                // on the node as it is (a write on a new mirror gets
+                // READONLY with the principal's address).
+                let until = Instant::now() + SWITCH_WAIT_MAX;
+                while matches!(&*self.node(), Node::Switching(_)) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if let Node::Switching(why) = &*self.node() {
+                    return now(Reply::err(format!(
+                        "TRYAGAIN this node is changing role ({why}); retry shortly"
+                    )));
+                }
             }
         }
         if let Some(q) = &mut conn.multi {

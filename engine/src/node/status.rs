@@ -109,7 +109,7 @@ pub struct WitnessView {
     /// Principal: how long its lease has left (None: none live).
     pub lease_left_ms: Option<u64>,
     /// Principal: it told the witness it runs exposed in this epoch
-    /// (automatic failover is off until the next epoch).
+    /// (no automatic failover until its mirror has every commit again).
     pub exposed: bool,
     /// The witness says another node holds a newer epoch: this principal
     /// was deposed and accepts no commits.

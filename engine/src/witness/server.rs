@@ -306,7 +306,7 @@ fn decide(sh: &Shared, req: &Request) -> Reply {
                 "mirrorlog[witness]: {name}'s mirror has every commit of epoch {epoch}: automatic failover is possible again"
             )),
             (Request::Renew { name, epoch, .. }, _) => log.line(&format!(
-                "mirrorlog[witness]: {name}, principal of epoch {epoch}, runs exposed: automatic failover is off until the next epoch"
+                "mirrorlog[witness]: {name}, principal of epoch {epoch}, runs exposed: no automatic failover until it says its mirror has every commit again"
             )),
             (Request::Claim { name, .. }, Reply::Granted { epoch }) => log.line(&format!(
                 "mirrorlog[witness]: epoch {epoch} granted to {name} (starting as principal)"
