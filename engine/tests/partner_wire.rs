@@ -79,12 +79,13 @@ fn arb_message() -> impl Strategy<Value = Message> {
             written_lsn: b
         }),
         (
-            any::<[u64; 2]>(),
+            any::<[u64; 3]>(),
             any::<u32>(),
             proptest::collection::vec(any::<(u64, u64)>(), 0..20)
         )
-            .prop_map(|([lsn, total], crc, history)| Message::SnapshotBegin {
+            .prop_map(|([lsn, end, total], crc, history)| Message::SnapshotBegin {
                 lsn,
+                segment_end: end,
                 total_bytes: total,
                 crc32c: crc,
                 history

@@ -151,9 +151,16 @@ fn a_mirror_behind_deleted_log_is_reseeded_and_converges() {
     *snap.lock().unwrap() = Some((s_lsn, encode(&state_at_s)));
     let start = a.log().delete_below(s_lsn).unwrap();
     assert!(start > 0, "segments were deleted");
+    // More than a segment after the snapshot: the principal rolls over
+    // (padding included) where the reseeded mirror must roll over too
+    // (regression: its restarted log used a whole segment from S and
+    // refused the first batch after the principal's padding).
     for i in 0..50u32 {
         a.commit_wait(&[format!("after the snapshot {i}").as_bytes()])
             .unwrap();
+    }
+    for i in 1000..1100u32 {
+        a.commit_wait(&[&noise(i, 4000)]).unwrap();
     }
     // The mirror returns: its log ends far below the principal's start.
     let state = Recs::default();
@@ -256,7 +263,7 @@ fn without_a_snapshot_the_mirror_is_refused_with_the_reason() {
 }
 
 #[test]
-fn a_mirror_whose_reseed_was_interrupted_finishes_it_at_start() {
+fn a_mirror_whose_reseed_was_interrupted_empties_its_log_at_start() {
     let d = tempdir("reseed", "interrupted");
     let lines: Lines = Arc::default();
     // A log that ends early (the mirror's old log).
@@ -279,19 +286,21 @@ fn a_mirror_whose_reseed_was_interrupted_finishes_it_at_start() {
         Some(s_lsn),
     )
     .unwrap();
-    assert_eq!(m.log().start_lsn(), s_lsn);
-    assert_eq!(m.log().written_lsn(), s_lsn);
+    // The old log is of no use: emptied, to be fetched again from the
+    // principal (the state machine resumes at its own LSN).
+    assert_eq!(m.log().start_lsn(), 0);
+    assert_eq!(m.log().written_lsn(), 0);
     assert_eq!(m.applier().applied_lsn(), s_lsn);
     assert!(lines
         .lock()
         .unwrap()
         .iter()
-        .any(|l| l.contains("an interrupted reseed")));
+        .any(|l| l.contains("a reseed was interrupted")));
     drop(m);
     let (log, _) = Log::open(&d, LogOptions::default()).unwrap();
     assert_eq!(
-        log.start_lsn(),
-        s_lsn,
-        "the restarted log survives a reopen"
+        log.written_lsn(),
+        0,
+        "the emptied log stays empty across a reopen"
     );
 }

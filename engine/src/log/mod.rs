@@ -711,13 +711,42 @@ impl<S: Storage> Log<S> {
         Ok(start)
     }
 
+    /// Where the segment that holds (or would hold) a batch starting at
+    /// `lsn` ends: a mirror restarted at `lsn` must roll over where this
+    /// log does, or the next shipped batch after padding lands elsewhere.
+    pub fn segment_end_at(&self, lsn: u64) -> u64 {
+        let segs = self.segments_snapshot();
+        segs.iter()
+            .find(|s| s.base_lsn <= lsn && lsn < s.end_lsn())
+            .map_or(lsn + self.options.capacity(), |s| s.end_lsn())
+    }
+
     /// Empties the log and starts it afresh at `lsn`: a reseeded mirror,
     /// whose state now comes from a snapshot at `lsn` and whose log goes on
     /// from there. Every segment is removed (newest first, each removal
-    /// durable), then one is created at `lsn`. A crash part-way leaves a
-    /// contiguous prefix of the old log, or an empty log at 0: either way a
-    /// log the partner's catch-up plan handles (it reseeds again).
-    pub fn reset(&self, lsn: u64) -> Result<(), TruncateError> {
+    /// durable), then one is created at `lsn` that ends at `segment_end`
+    /// (where the principal's segment holding `lsn` ends, so both logs roll
+    /// over at the same LSNs; None: a whole segment). A crash part-way
+    /// leaves a contiguous prefix of the old log, or an empty log at 0:
+    /// either way a log the partner's catch-up plan handles (it reseeds
+    /// again).
+    pub fn reset(&self, lsn: u64, segment_end: Option<u64>) -> Result<(), TruncateError> {
+        let capacity = match segment_end {
+            None => self.options.capacity(),
+            Some(end) => end.saturating_sub(lsn),
+        };
+        if capacity == 0
+            || capacity > self.options.capacity()
+            || capacity % frame::FRAME_ALIGN as u64 != 0
+        {
+            return Err(TruncateError::BadLsn {
+                lsn,
+                reason: format!(
+                    "a first segment ending at {segment_end:?} would hold {capacity} bytes; this log's segments hold {} (partners must use the same segment size)",
+                    self.options.capacity()
+                ),
+            });
+        }
         if self.attached.load(Ordering::Acquire) {
             return Err(TruncateError::InUse);
         }
@@ -749,8 +778,13 @@ impl<S: Storage> Log<S> {
                 .sync_dir()
                 .map_err(|e| fail("syncing log directory".into(), e))?;
         }
-        let seg = recovery::create_segment(&self.storage, lsn, self.options.segment_bytes, lsn)
-            .map_err(|e| fail(e.context, e.source))?;
+        let seg = recovery::create_segment(
+            &self.storage,
+            lsn,
+            capacity as usize + SEGMENT_HEADER_BYTES,
+            lsn,
+        )
+        .map_err(|e| fail(e.context, e.source))?;
         *self.segments.write().expect("segments lock poisoned") = vec![Arc::new(seg)];
         writer.last_epoch = 0;
         drop(spares);

@@ -87,20 +87,22 @@ impl<A: Applier> Mirror<A> {
         let history = EpochHistory::load(&cfg.dir)?;
         let log = Arc::new(log);
         let from = applied_from.unwrap_or(log.start_lsn());
-        if from > log.written_lsn() {
+        let ahead = from > log.written_lsn();
+        if ahead {
             // The state machine is ahead of the whole log: only a reseed
-            // does that (it installs the snapshot, then restarts the log
-            // at its LSN), interrupted before the log restarted. Finish it.
-            log.reset(from).map_err(|e| {
-                NodeError::Config(format!(
-                    "finishing an interrupted reseed at LSN {from}: {e}"
-                ))
+            // does that (it installs the snapshot, then restarts the log at
+            // its LSN), interrupted before the log restarted. The old log
+            // is of no use: empty it; the principal ships from its start
+            // (the applier resumes at `from` once the log passes it) or
+            // reseeds again.
+            log.reset(0, None).map_err(|e| {
+                NodeError::Config(format!("emptying the log after an interrupted reseed: {e}"))
             })?;
             cfg.logger.line(&format!(
-                "mirrorlog[mirror]: the state machine is at LSN {from}, beyond the log: an interrupted reseed; the log restarts there"
+                "mirrorlog[mirror]: the state machine is at LSN {from}, beyond the log: a reseed was interrupted; the log is emptied and fetched again"
             ));
         }
-        if from < log.start_lsn() || from > log.written_lsn() {
+        if from < log.start_lsn() || (from > log.written_lsn() && !ahead) {
             return Err(NodeError::Config(format!(
                 "the applier starts at LSN {from}, outside the log ({}..{})",
                 log.start_lsn(),

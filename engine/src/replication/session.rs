@@ -455,6 +455,7 @@ pub enum MirrorCommand {
     /// follow; adopt `history` once it is restored.
     SnapshotBegin {
         lsn: u64,
+        segment_end: u64,
         total_bytes: u64,
         crc32c: u32,
         history: Vec<(u64, u64)>,
@@ -707,6 +708,7 @@ impl MirrorSession {
                 Phase::AwaitPosition,
                 Message::SnapshotBegin {
                     lsn,
+                    segment_end,
                     total_bytes,
                     crc32c,
                     history,
@@ -725,6 +727,7 @@ impl MirrorSession {
                 }
                 out.push(MirrorCommand::SnapshotBegin {
                     lsn,
+                    segment_end,
                     total_bytes,
                     crc32c,
                     history,

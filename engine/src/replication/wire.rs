@@ -170,6 +170,9 @@ pub enum Message {
     /// principal's epoch history, which the mirror adopts.
     SnapshotBegin {
         lsn: u64,
+        /// Where the principal's log segment holding `lsn` ends: the
+        /// mirror's restarted log rolls over there too.
+        segment_end: u64,
         total_bytes: u64,
         crc32c: u32,
         history: Vec<(u64, u64)>,
@@ -299,6 +302,7 @@ impl Message {
             }
             Message::SnapshotBegin {
                 lsn,
+                segment_end,
                 total_bytes,
                 crc32c,
                 history,
@@ -306,6 +310,7 @@ impl Message {
                 assert!(history.len() <= SNAPSHOT_HISTORY_MAX, "history too long");
                 out.push(T_SNAPSHOT_BEGIN);
                 out.extend_from_slice(&lsn.to_le_bytes());
+                out.extend_from_slice(&segment_end.to_le_bytes());
                 out.extend_from_slice(&total_bytes.to_le_bytes());
                 out.extend_from_slice(&crc32c.to_le_bytes());
                 out.extend_from_slice(&(history.len() as u32).to_le_bytes());
@@ -427,14 +432,14 @@ impl Message {
                 }
             }
             T_SNAPSHOT_BEGIN => {
-                if body.len() < 24 {
+                if body.len() < 32 {
                     return Err(WireError::Malformed(
                         "snapshot-begin",
                         "shorter than its header",
                     ));
                 }
-                let n = u32::from_le_bytes(body[20..24].try_into().expect("4 bytes")) as usize;
-                if n > SNAPSHOT_HISTORY_MAX || body.len() != 24 + 16 * n {
+                let n = u32::from_le_bytes(body[28..32].try_into().expect("4 bytes")) as usize;
+                if n > SNAPSHOT_HISTORY_MAX || body.len() != 32 + 16 * n {
                     return Err(WireError::Malformed(
                         "snapshot-begin",
                         "history length does not match the body",
@@ -442,10 +447,11 @@ impl Message {
                 }
                 Message::SnapshotBegin {
                     lsn: u64_at(body, 0),
-                    total_bytes: u64_at(body, 8),
-                    crc32c: u32::from_le_bytes(body[16..20].try_into().expect("4 bytes")),
+                    segment_end: u64_at(body, 8),
+                    total_bytes: u64_at(body, 16),
+                    crc32c: u32::from_le_bytes(body[24..28].try_into().expect("4 bytes")),
                     history: (0..n)
-                        .map(|i| (u64_at(body, 24 + 16 * i), u64_at(body, 32 + 16 * i)))
+                        .map(|i| (u64_at(body, 32 + 16 * i), u64_at(body, 40 + 16 * i)))
                         .collect(),
                 }
             }

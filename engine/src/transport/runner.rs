@@ -474,6 +474,7 @@ struct MirrorRun<'a, S: Storage, A: Applier> {
 
 struct Incoming {
     lsn: u64,
+    segment_end: u64,
     crc32c: u32,
     history: Vec<(u64, u64)>,
     bytes: Vec<u8>,
@@ -498,6 +499,7 @@ impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
                 }
                 MirrorCommand::SnapshotBegin {
                     lsn,
+                    segment_end,
                     total_bytes,
                     crc32c,
                     history,
@@ -508,6 +510,7 @@ impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
                     self.status.update(|s| s.reseed = Some((0, total_bytes)));
                     self.snapshot = Some(Incoming {
                         lsn,
+                        segment_end,
                         crc32c,
                         history,
                         // Grown as chunks come: the announced size is the
@@ -612,7 +615,7 @@ impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
             .restore(lsn, Arc::new(inc.bytes))
             .map_err(|e| format!("restoring the snapshot at LSN {lsn}: {e}"))?;
         self.log
-            .reset(lsn)
+            .reset(lsn, Some(inc.segment_end))
             .map_err(|e| format!("restarting the log at LSN {lsn} after the snapshot: {e}"))?;
         if let Some(h) = self.history.as_deref_mut() {
             h.replace(&inc.history)
@@ -907,6 +910,7 @@ fn reseed<S: Storage>(
     status.update(|s| s.reseed = Some((0, total)));
     let begin = Message::SnapshotBegin {
         lsn,
+        segment_end: log.segment_end_at(lsn),
         total_bytes: total,
         crc32c: crc32c::crc32c(&bytes),
         history: history.to_vec(),
