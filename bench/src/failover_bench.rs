@@ -15,7 +15,11 @@
 //!    next to the floors measured in the same run: a loopback TCP copy of
 //!    the same number of bytes, and sequential write+fdatasync bandwidth on
 //!    the same file system.
-//! 3. Reseed: not measured, because it is not implemented.
+//! 3. Reseed rate: with a retention bound the principal deletes the log its
+//!    absent mirror needs; the mirror restarts and is reseeded from the
+//!    newest checkpoint over the partner connection; the snapshot's transfer
+//!    rate, the mirror's restore, and the time to SYNCHRONIZED, against the
+//!    loopback TCP floor of the same bytes.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -62,7 +66,8 @@ const CATCHUP_KEYS: u64 = 256;
 const CHECKPOINT_SECS: u64 = 60;
 /// How long a cluster may take to start and synchronize.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-pub const RESEED_NOTE: &str = "not measured: reseed is not implemented";
+/// The principal's retention bound in the reseed measurement.
+const RESEED_RETENTION_BYTES: u64 = 8_000_000;
 
 /// One failover run.
 pub struct FailoverRun {
@@ -120,6 +125,28 @@ impl CatchUp {
     }
 }
 
+pub struct Reseed {
+    /// Key-value bytes written while the mirror was down.
+    pub value_bytes: u64,
+    /// The snapshot sent (a checkpoint file) and its LSN.
+    pub snapshot_bytes: u64,
+    pub snapshot_lsn: u64,
+    /// The principal's own account: seconds to send it.
+    pub send_seconds: f64,
+    /// The mirror's own account: from the first byte to the state restored.
+    pub restore_seconds: Option<f64>,
+    /// From the mirror's restart to SYNCHRONIZED with everything applied.
+    pub synchronized_s: f64,
+    pub tcp: TcpCopy,
+    pub lines: Vec<String>,
+}
+
+impl Reseed {
+    pub fn send_mb_per_s(&self) -> f64 {
+        self.snapshot_bytes as f64 / 1e6 / self.send_seconds.max(1e-9)
+    }
+}
+
 pub struct TcpCopy {
     pub bytes: u64,
     pub seconds: f64,
@@ -136,6 +163,7 @@ pub struct FailoverSuite {
     pub binary_modified: Option<u64>,
     pub runs: Vec<FailoverRun>,
     pub catch_up: Result<Option<CatchUp>, String>,
+    pub reseed: Result<Option<Reseed>, String>,
     pub started: SystemTime,
     pub total_seconds: f64,
 }
@@ -177,6 +205,9 @@ impl FailoverSuite {
         }
         if let Err(e) = &self.catch_up {
             why.push(format!("catch-up failed: {e}"));
+        }
+        if let Err(e) = &self.reseed {
+            why.push(format!("reseed failed: {e}"));
         }
         (!why.is_empty()).then(|| why.join("; "))
     }
@@ -301,6 +332,8 @@ struct Cluster {
     witness: Option<Proc>,
     pa: Option<Proc>,
     pb: Option<Proc>,
+    /// Extra `serve` flags for both partners.
+    extra: Vec<String>,
 }
 
 impl Cluster {
@@ -325,6 +358,7 @@ impl Cluster {
             witness: None,
             pa: None,
             pb: None,
+            extra: Vec::new(),
         })
     }
 
@@ -379,6 +413,7 @@ impl Cluster {
             .args(["--partner-timeout-ms", &self.timeout_ms.to_string()])
             .args(["--checkpoint-secs", &CHECKPOINT_SECS.to_string()])
             .args(["--safety", "full"])
+            .args(&self.extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1099,6 +1134,136 @@ fn drive_catch_up(
     })
 }
 
+fn reseed(cfg: &Config, bin: &Path, secret: &Path) -> Result<Reseed, String> {
+    // The snapshot is the whole store: at most 100 MB of values.
+    let total = cfg.catchup_mb.min(100) * 1_000_000;
+    eprintln!(
+        "reseed: start (retention bound {RESEED_RETENTION_BYTES} bytes, 8 MiB segments, checkpoints every second), kill the mirror, write {} MB",
+        total / 1_000_000
+    );
+    let dir = cfg.scratch.join("reseed");
+    let mut last = String::new();
+    let mut cl = None;
+    for attempt in 0..3 {
+        let mut c = Cluster::new(
+            cfg,
+            bin,
+            dir.with_file_name(format!("reseed-{attempt}")),
+            secret,
+        )?;
+        c.extra = vec![
+            "--retention-max-bytes".into(),
+            RESEED_RETENTION_BYTES.to_string(),
+            "--checkpoint-secs".into(),
+            "1".into(),
+            // Whole segments are deleted: small ones, so the bound bites.
+            "--segment-bytes".into(),
+            "8388608".into(),
+        ];
+        match c.start() {
+            Ok(()) => {
+                cl = Some(c);
+                break;
+            }
+            Err(e) => {
+                last = e;
+                c.finish();
+            }
+        }
+    }
+    let mut cl = cl.ok_or(last)?;
+    let r = drive_reseed(&mut cl, total);
+    let r = r.map_err(|e| format!("{e}{}", cl.log_tails()));
+    cl.finish();
+    r
+}
+
+fn drive_reseed(cl: &mut Cluster, total: u64) -> Result<Reseed, String> {
+    let a = cl.a.client;
+    let h0 = field_u64(&info(a), "mirror_hardened_lsn").ok_or("no mirror_hardened_lsn in INFO")?;
+    cl.pb.as_mut().expect("B runs").kill()?;
+    let (value_bytes, _) = write_values(a, total)?;
+    // A checkpoint past the bound deletes the log the mirror needs.
+    let gone = wait_until(Duration::from_secs(120), || {
+        let i = Client::connect(addr(a), Duration::from_secs(2))
+            .ok()
+            .and_then(|mut c| c.call(&[b"INFO", b"persistence"]).ok())
+            .map(info_text)
+            .unwrap_or_default();
+        field_u64(&i, "mirrorlog_log_start_lsn").is_some_and(|s| s > h0)
+    });
+    if !gone {
+        return Err(
+            "the principal did not delete the log past the retention bound within 120 s".into(),
+        );
+    }
+    eprintln!("reseed: the log the mirror needs is gone; restart the mirror");
+    let t0 = Instant::now();
+    cl.spawn_partner(false)?;
+    let done = wait_until(Duration::from_secs(300), || {
+        let i = info(a);
+        i.contains("mirroring_state:synchronized")
+            && field_u64(&i, "mirror_applied_lsn") == field_u64(&i, "master_repl_offset")
+    });
+    let synchronized_s = t0.elapsed().as_secs_f64();
+    if !done {
+        return Err("the reseeded mirror did not synchronize within 300 s".into());
+    }
+    let plog: Vec<String> = log_text(&cl.dir.join("a.log"))
+        .lines()
+        .map(|l| message(l).to_string())
+        .collect();
+    let mlog: Vec<String> = log_text(&cl.dir.join("b.log"))
+        .lines()
+        .map(|l| message(l).to_string())
+        .collect();
+    // "reseeded the mirror from the snapshot at LSN {lsn} ({mb} MB in {s} s, ..."
+    let sent = plog
+        .iter()
+        .rev()
+        .find(|l| l.contains("reseeded the mirror from the snapshot at LSN"))
+        .ok_or("the principal never said it reseeded the mirror")?;
+    let num_after = |text: &str, key: &str| -> Option<f64> {
+        let rest = &text[text.find(key)? + key.len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    };
+    let snapshot_lsn = num_after(sent, "at LSN ").ok_or("no LSN in the reseed line")? as u64;
+    let send_seconds = num_after(sent, " MB in ").ok_or("no time in the reseed line")?;
+    let begin = plog
+        .iter()
+        .rev()
+        .find(|l| l.contains("reseeding the mirror from the snapshot at LSN"))
+        .ok_or("the principal never said it began a reseed")?;
+    let snapshot_bytes = num_after(begin, &format!("LSN {snapshot_lsn} ("))
+        .ok_or("no size in the reseed line")? as u64;
+    let restore_seconds = mlog
+        .iter()
+        .rev()
+        .find(|l| l.contains("reseeded: state restored at LSN"))
+        .and_then(|l| num_after(l, " MB in "));
+    let tcp = tcp_copy(snapshot_bytes)?;
+    let lines = plog
+        .iter()
+        .filter(|l| l.contains("retention bound") || l.contains("reseed"))
+        .take(3)
+        .chain(mlog.iter().filter(|l| l.contains("reseed")).take(8))
+        .cloned()
+        .collect();
+    Ok(Reseed {
+        value_bytes,
+        snapshot_bytes,
+        snapshot_lsn,
+        send_seconds,
+        restore_seconds,
+        synchronized_s,
+        tcp,
+        lines,
+    })
+}
+
 pub fn run(cfg: &Config) -> Result<FailoverSuite, String> {
     let started = SystemTime::now();
     let t0 = Instant::now();
@@ -1134,11 +1299,17 @@ pub fn run(cfg: &Config) -> Result<FailoverSuite, String> {
     } else {
         catch_up(cfg, &bin, &secret).map(Some)
     };
+    let reseed = if cfg.catchup_mb == 0 {
+        Ok(None)
+    } else {
+        reseed(cfg, &bin, &secret).map(Some)
+    };
     Ok(FailoverSuite {
         binary: bin,
         binary_modified,
         runs,
         catch_up,
+        reseed,
         started,
         total_seconds: t0.elapsed().as_secs_f64(),
     })
@@ -1371,7 +1542,42 @@ pub fn render(cfg: &Config, machine: &Machine, s: &FailoverSuite) -> String {
         }
     }
 
-    let _ = writeln!(o, "\n3. Reseed rate: {RESEED_NOTE}.");
+    let _ = writeln!(o, "\n3. Reseed: the principal (retention bound {RESEED_RETENTION_BYTES} bytes, 8 MiB segments, a checkpoint every second) deletes the log its absent mirror needs; the mirror restarts");
+    match &s.reseed {
+        Ok(None) => {
+            let _ = writeln!(o, "  skipped (--catchup-mb 0)");
+        }
+        Err(e) => {
+            let _ = writeln!(o, "  FAILED: {e}");
+        }
+        Ok(Some(r)) => {
+            let _ = writeln!(
+                o,
+                "  {:.1} MB of values written while the mirror was down; snapshot (the newest checkpoint) {:.1} MB at LSN {}",
+                r.value_bytes as f64 / 1e6,
+                r.snapshot_bytes as f64 / 1e6,
+                r.snapshot_lsn
+            );
+            let _ = writeln!(
+                o,
+                "  sent in {:.3} s: {:.0} MB/s (loopback TCP copy of the same bytes, same run: {:.0} MB/s, {:.0}%)",
+                r.send_seconds,
+                r.send_mb_per_s(),
+                r.tcp.mb_per_s(),
+                100.0 * r.send_mb_per_s() / r.tcp.mb_per_s().max(1e-9)
+            );
+            let _ = writeln!(
+                o,
+                "  restored on the mirror {}; SYNCHRONIZED with everything applied {:.3} s after its restart",
+                r.restore_seconds
+                    .map_or("(no line)".to_string(), |s| format!("in {s:.3} s from its first byte")),
+                r.synchronized_s
+            );
+            for l in &r.lines {
+                let _ = writeln!(o, "    {l}");
+            }
+        }
+    }
 
     let _ = writeln!(o, "\ntargets:");
     match p99 {
@@ -1498,7 +1704,21 @@ pub fn to_json(cfg: &Config, machine: &Machine, s: &FailoverSuite) -> Value {
             "lost": s.lost(),
         },
         "catch_up": catch_up,
-        "reseed": { "measured": false, "note": RESEED_NOTE },
+        "reseed": match &s.reseed {
+            Ok(None) => json!(null),
+            Err(e) => json!({ "error": e }),
+            Ok(Some(r)) => json!({
+                "retention_max_bytes": RESEED_RETENTION_BYTES,
+                "value_bytes": r.value_bytes,
+                "snapshot_bytes": r.snapshot_bytes,
+                "snapshot_lsn": r.snapshot_lsn,
+                "send_seconds": r.send_seconds,
+                "send_mb_per_s": r.send_mb_per_s(),
+                "restore_seconds": r.restore_seconds,
+                "synchronized_s": r.synchronized_s,
+                "tcp_floor_mb_per_s": r.tcp.mb_per_s(),
+            }),
+        },
         "targets": [
             {
                 "name": "failover p99 within the partner timeout + 500 ms",
