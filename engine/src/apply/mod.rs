@@ -284,6 +284,19 @@ impl<A: Applier> ApplierThread<A> {
         }
     }
 
+    /// [`ApplierThread::shutdown`], also returning the LSN the state
+    /// machine reflects once the batch in progress finished.
+    pub fn shutdown_at(mut self) -> (A, u64) {
+        let a = match self
+            .stop_and_join()
+            .expect("the applier thread runs until shutdown")
+        {
+            Ok(applier) => applier,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (a, self.shared.applied.load(Ordering::Acquire))
+    }
+
     fn stop_and_join(&mut self) -> Option<std::thread::Result<A>> {
         self.shared.lock().stop = true;
         self.shared.stopping.store(true, Ordering::Release);

@@ -793,8 +793,12 @@ impl<S: Storage> Ticket<S> {
 
     /// Blocks until the commit reaches its level or fails.
     pub fn wait(self) -> Result<Committed, CommitError> {
+        // `reached` then `outcome` look twice: an exposure lease can end in
+        // between (then the slow path below decides).
         if self.reached() {
-            return self.finish(self.outcome(None).expect("reached"));
+            if let Some(r) = self.outcome(None) {
+                return self.finish(r);
+            }
         }
         // One committer at a time polls instead of sleeping (see
         // CommitOptions::spin); more would only steal CPU from the appender.
@@ -817,7 +821,9 @@ impl<S: Storage> Ticket<S> {
             });
             shared.spinners.fetch_sub(1, Ordering::AcqRel);
             if self.reached() {
-                return self.finish(self.outcome(None).expect("reached"));
+                if let Some(r) = self.outcome(None) {
+                    return self.finish(r);
+                }
             }
         } else if !shared.options.spin.is_zero() && !crowded {
             shared.spinners.fetch_sub(1, Ordering::AcqRel);
@@ -890,7 +896,9 @@ impl<S: Storage> Future for Ticket<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.reached() {
-            return Poll::Ready(self.finish(self.outcome(None).expect("reached")));
+            if let Some(r) = self.outcome(None) {
+                return Poll::Ready(self.finish(r));
+            }
         }
         let mut st = self.shared.progress.lock();
         if let Some(r) = self.outcome_locked(&st) {

@@ -75,6 +75,9 @@ pub struct Progress {
     no_quorum: AtomicBool,
     /// A manual failover began: no new commits (see [`Progress::close`]).
     closed: AtomicBool,
+    /// The exposure lease was taken back (see
+    /// [`Progress::revoke_exposure_lease`]).
+    revoked: AtomicBool,
     /// Mirrors `Waiters::failed.is_some()` for lock-free polling.
     failed: AtomicBool,
     state: Mutex<Waiters>,
@@ -97,6 +100,7 @@ impl Progress {
             exposure_wanted: AtomicBool::new(false),
             no_quorum: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             state: Mutex::new(Waiters {
                 failed: None,
@@ -173,14 +177,33 @@ impl Progress {
     /// The witness granted a lease that covers exposed acknowledgements,
     /// live until `until_ns` on [`monotonic_ns`] (never shortened).
     pub fn set_exposure_lease(&self, until_ns: u64) {
-        self.lease_until_ns.fetch_max(until_ns, Ordering::AcqRel);
+        {
+            // Serialised with `close` and `revoke_exposure_lease`: a
+            // renewal answered after either must not bring the lease back.
+            let _st = self.lock();
+            if self.closed.load(Ordering::Acquire) || self.revoked.load(Ordering::Acquire) {
+                return;
+            }
+            self.lease_until_ns.fetch_max(until_ns, Ordering::AcqRel);
+        }
         self.notify();
     }
 
     /// Takes the exposure lease back at once (the principal is about to
     /// tell the witness its mirror has everything it acknowledged).
+    /// Until [`Progress::allow_exposure_lease`], renewals answered later
+    /// do not bring it back either.
     pub fn revoke_exposure_lease(&self) {
+        let _st = self.lock();
+        self.revoked.store(true, Ordering::Release);
         self.lease_until_ns.store(0, Ordering::Release);
+    }
+
+    /// Exposure leases may be granted again (the principal asks for
+    /// exposure anew).
+    pub fn allow_exposure_lease(&self) {
+        let _st = self.lock();
+        self.revoked.store(false, Ordering::Release);
     }
 
     /// Whether an exposure lease is live now.
@@ -215,9 +238,12 @@ impl Progress {
     /// mirror hardens are acknowledged. `false` reopens (the failover was
     /// abandoned before the witness heard of it).
     pub fn close(&self, closed: bool) {
-        self.closed.store(closed, Ordering::Release);
-        if closed {
-            self.lease_until_ns.store(0, Ordering::Release);
+        {
+            let _st = self.lock();
+            self.closed.store(closed, Ordering::Release);
+            if closed {
+                self.lease_until_ns.store(0, Ordering::Release);
+            }
         }
         self.notify();
     }

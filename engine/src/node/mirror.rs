@@ -247,8 +247,9 @@ impl<A: Applier> Mirror<A> {
         let Ok(sh) = Arc::try_unwrap(shared) else {
             unreachable!("the receiver thread was joined and held the only other reference")
         };
-        let applied = sh.applier.applied_lsn();
-        let applier = sh.applier.shutdown();
+        // Stopped first: the batch in progress finishes, then the LSN is
+        // read (reading it before could name one batch too few).
+        let (applier, applied) = sh.applier.shutdown_at();
         let principal = crate::node::Principal::open(sh.cfg, listen, Some(p.epoch), Some(sh.log))?;
         Ok((principal, applier, applied))
     }

@@ -430,6 +430,9 @@ impl Principal {
             }
         }
         sh.resigned.store(true, Ordering::Release);
+        // No lease will come again: whatever waits for one fails now
+        // (commits the mirror hardens still complete).
+        progress.set_no_quorum(true);
         sh.session.set_handover(true);
         let until = Instant::now() + timeout;
         while !sh.session.snapshot().handed_over {
@@ -481,6 +484,9 @@ impl Principal {
         let progress = self.shared.gc.progress();
         progress.set_remote_attached(false);
         progress.set_detached_policy(Detached::Refuse);
+        // Nor any that waits for an exposure lease (no keeper renews now).
+        progress.revoke_exposure_lease();
+        progress.set_no_quorum(true);
     }
 }
 
@@ -787,6 +793,7 @@ fn lease_keeper(sh: &Shared) {
             // Exposure is wanted again (or the mirror left): stay exposed,
             // and renew the exposure lease at once.
             clearing = None;
+            progress.allow_exposure_lease();
             next = Instant::now();
         }
         if exposed
@@ -794,6 +801,8 @@ fn lease_keeper(sh: &Shared) {
             && covered_now
             && last_want.elapsed() >= Duration::from_secs(1)
         {
+            // Revoked under the progress lock: no renewal answered later
+            // brings it back (see Progress::set_exposure_lease).
             progress.revoke_exposure_lease();
             clearing = Some(sh.gc.log().written_lsn());
         }
@@ -808,6 +817,9 @@ fn lease_keeper(sh: &Shared) {
             continue;
         }
         let ask_exposed = (exposed || wanted) && clearing.is_none();
+        if ask_exposed {
+            progress.allow_exposure_lease();
+        }
         let sent = Instant::now();
         let sent_ns = monotonic_ns();
         let req = if cover {

@@ -253,7 +253,14 @@ impl PrincipalSession {
                         self.mirror = MirrorProgress {
                             received: plan.from_lsn,
                             hardened: hardened_lsn.min(plan.from_lsn),
-                            applied: applied_lsn.min(plan.from_lsn),
+                            // After a cut the mirror's state machine goes
+                            // back to a checkpoint at or below it: how far
+                            // is not known until it acknowledges.
+                            applied: if plan.truncate_to.is_some() {
+                                0
+                            } else {
+                                applied_lsn.min(plan.from_lsn)
+                            },
                         };
                         self.phase = Phase::Streaming;
                         out.push(PrincipalCommand::Send(Message::Start {
@@ -603,6 +610,7 @@ impl MirrorSession {
                     ..
                 },
             ) => {
+                let mut rewinding = false;
                 if let Some(t) = truncate_to {
                     if t != from_lsn || t > self.progress.received {
                         self.close(
@@ -615,12 +623,18 @@ impl MirrorSession {
                         );
                         return out;
                     }
-                    if t < self.progress.applied {
+                    rewinding = t < self.progress.applied;
+                    if rewinding {
                         // The state machine goes back first (to a
                         // checkpoint at or below the cut); the runner
-                        // reports where with `on_rewound`.
+                        // reports where with `on_rewound`, which answers
+                        // with the acknowledgement.
                         out.push(MirrorCommand::Rewind(t));
                     }
+                    // What was committed beyond the cut was another
+                    // history's: nothing past it may be applied on its word.
+                    self.commit_lsn = self.commit_lsn.min(t);
+                    self.progress.applied = self.progress.applied.min(t);
                     out.push(MirrorCommand::Truncate(t));
                     self.progress.received = t;
                     self.progress.hardened = self.progress.hardened.min(t);
@@ -640,7 +654,11 @@ impl MirrorSession {
                 // Data received in an earlier session but never synced must
                 // not wait for the next shipped batch to become durable.
                 self.sync_if_needed(&mut out);
-                out.push(self.ack(now_ms));
+                // After a rewind, `on_rewound` acknowledges (with the
+                // applied LSN the state machine went back to).
+                if !rewinding {
+                    out.push(self.ack(now_ms));
+                }
             }
             (
                 Phase::Streaming,
@@ -795,9 +813,15 @@ impl MirrorSession {
         }
     }
 
-    /// The state machine was put back to `applied` (a `Rewind`).
-    pub fn on_rewound(&mut self, applied: u64) {
+    /// The state machine was put back to `applied` (a `Rewind`): the
+    /// acknowledgement that says so (it replaces any not sent yet).
+    pub fn on_rewound(&mut self, now_ms: u64, applied: u64) -> Vec<MirrorCommand> {
         self.progress.applied = applied;
+        if self.phase == Phase::Streaming {
+            vec![self.ack(now_ms)]
+        } else {
+            Vec::new()
+        }
     }
 
     /// The principal's written LSN as its last heartbeat said.

@@ -558,8 +558,7 @@ impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
                     self.status.note(&format!(
                         "mirrorlog[mirror]: state machine put back to LSN {to} for a cut at {t}"
                     ));
-                    self.session.on_rewound(to);
-                    Vec::new()
+                    self.session.on_rewound(now, to)
                 }
                 MirrorCommand::Truncate(t) => {
                     if let Some(h) = self.history.as_deref() {
@@ -621,7 +620,7 @@ impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
             h.replace(&inc.history)
                 .map_err(|e| format!("adopting the principal's epoch history: {e}"))?;
         }
-        self.session.on_rewound(lsn);
+        self.session.on_rewound(millis(self.t0), lsn);
         self.status.update(|s| s.reseed = None);
         let secs = inc.began.elapsed().as_secs_f64();
         self.status.note(&format!(
@@ -772,7 +771,9 @@ pub fn serve_mirror<S: Storage, A: Applier>(
             }
             run.flush(conn)?;
             wake.arm();
-            let applied = applier.applied_lsn();
+            // Never past what is hardened here (after an interrupted reseed
+            // the state machine is ahead of an emptied log).
+            let applied = applier.applied_lsn().min(run.log.hardened_lsn());
             // A rewind moves it back.
             reported_applied = reported_applied.min(applied);
             if applied > reported_applied {

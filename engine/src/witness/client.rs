@@ -54,7 +54,15 @@ impl WitnessClient {
             let mut nonce = [0u8; NONCE_BYTES];
             s.read_exact(&mut nonce)
                 .map_err(|e| format!("reading the witness's nonce: {e}"))?;
-            self.conn = Some((s, Framer::new(self.secret.clone(), nonce), 0));
+            // Ours too: a recorded exchange replayed by someone posing as
+            // the witness then fails our check.
+            let mine = crate::replication::handshake::random_nonce()
+                .map_err(|e| format!("no randomness for a nonce: {e}"))?;
+            s.set_write_timeout(Some(left()?))
+                .map_err(|e| e.to_string())?;
+            s.write_all(&mine)
+                .map_err(|e| format!("sending our nonce to the witness: {e}"))?;
+            self.conn = Some((s, Framer::new(self.secret.clone(), nonce, mine), 0));
         }
         let (s, framer, seq) = self.conn.as_mut().expect("connected");
         s.set_write_timeout(Some(left()?))

@@ -1,19 +1,23 @@
 //! The witness's wire format: requests from partners, replies from the
 //! witness, each authenticated with the partners' shared secret.
 //!
-//! On connect the witness sends a fresh 32-byte nonce. Then every frame,
-//! either way, is
+//! On connect the witness sends a fresh 32-byte nonce, and the partner
+//! answers with a fresh nonce of its own. Then every frame, either way, is
 //!
 //! ```text
 //! len   u32   bytes that follow (body and MAC), at most FRAME_BYTES_MAX
 //! body  [..]  a Request or a Reply (first byte: its type)
-//! mac   [32]  HMAC-SHA256(secret, CONTEXT || nonce || direction || seq || body)
+//! mac   [32]  HMAC-SHA256(secret, CONTEXT || witness nonce || partner nonce
+//!                          || direction || seq || body)
 //! ```
 //!
 //! `direction` is 0 for a request and 1 for a reply; `seq` (u64) counts
 //! the requests on this connection from 0, and a reply carries its
 //! request's. So a frame is valid only on the connection it was made for,
 //! in its place, in its direction: nothing can be replayed or reflected.
+//! Both sides pick a nonce: a recorded exchange replayed by someone posing
+//! as the witness fails the partner's check, as one replayed at the witness
+//! fails the witness's.
 //! Integers are little-endian; a string is a u16 length and UTF-8.
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -345,22 +349,32 @@ impl Reply {
 /// Frames and checks frames for one connection.
 pub struct Framer {
     secret: Secret,
-    nonce: [u8; NONCE_BYTES],
+    witness_nonce: [u8; NONCE_BYTES],
+    partner_nonce: [u8; NONCE_BYTES],
 }
 
 pub const REQUEST: u8 = 0;
 pub const REPLY: u8 = 1;
 
 impl Framer {
-    pub fn new(secret: Secret, nonce: [u8; NONCE_BYTES]) -> Framer {
-        Framer { secret, nonce }
+    pub fn new(
+        secret: Secret,
+        witness_nonce: [u8; NONCE_BYTES],
+        partner_nonce: [u8; NONCE_BYTES],
+    ) -> Framer {
+        Framer {
+            secret,
+            witness_nonce,
+            partner_nonce,
+        }
     }
 
     fn mac(&self, direction: u8, seq: u64, body: &[u8]) -> Hmac<Sha256> {
         let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(self.secret.bytes())
             .expect("HMAC takes keys of any length");
         m.update(CONTEXT);
-        m.update(&self.nonce);
+        m.update(&self.witness_nonce);
+        m.update(&self.partner_nonce);
         m.update(&[direction]);
         m.update(&seq.to_le_bytes());
         m.update(body);
@@ -488,7 +502,7 @@ mod tests {
 
     #[test]
     fn a_frame_is_valid_only_in_its_place_and_direction() {
-        let f = Framer::new(secret(), [7; NONCE_BYTES]);
+        let f = Framer::new(secret(), [7; NONCE_BYTES], [9; NONCE_BYTES]);
         let frame = f.seal(REQUEST, 3, b"body");
         let payload = &frame[4..];
         assert_eq!(f.open(REQUEST, 3, payload), Ok(&b"body"[..]));
@@ -497,7 +511,12 @@ mod tests {
             "replayed in another place"
         );
         assert!(f.open(REPLY, 3, payload).is_err(), "reflected");
-        let other = Framer::new(secret(), [8; NONCE_BYTES]);
+        let mine = Framer::new(secret(), [7; NONCE_BYTES], [10; NONCE_BYTES]);
+        assert!(
+            mine.open(REQUEST, 3, payload).is_err(),
+            "the witness's nonce replayed with another partner nonce"
+        );
+        let other = Framer::new(secret(), [8; NONCE_BYTES], [9; NONCE_BYTES]);
         assert!(
             other.open(REQUEST, 3, payload).is_err(),
             "another connection"
@@ -505,6 +524,7 @@ mod tests {
         let wrong = Framer::new(
             Secret::new(b"another-secret-of-16+".to_vec()).unwrap(),
             [7; NONCE_BYTES],
+            [9; NONCE_BYTES],
         );
         assert!(wrong.open(REQUEST, 3, payload).is_err(), "wrong secret");
         let mut bad = payload.to_vec();

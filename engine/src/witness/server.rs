@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::node::Logger;
 use crate::replication::handshake::{random_nonce, Secret};
-use crate::witness::proto::{read_frame, Framer, Reply, Request, REPLY, REQUEST};
+use crate::witness::proto::{read_frame, Framer, Reply, Request, NONCE_BYTES, REPLY, REQUEST};
 use crate::witness::state::{StateError, WitnessState};
 use crate::witness::{LeaseConfig, PromoteReply, RenewReply, WitnessCore};
 
@@ -187,7 +187,28 @@ fn serve_conn(sh: &Shared, mut stream: TcpStream) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let nonce = random_nonce().map_err(|e| format!("no randomness for a nonce: {e}"))?;
     stream.write_all(&nonce).map_err(|e| e.to_string())?;
-    let framer = Framer::new(sh.opts.secret.clone(), nonce);
+    // The partner's nonce, within a few read timeouts.
+    let mut theirs = [0u8; NONCE_BYTES];
+    let mut got = 0;
+    let began = Instant::now();
+    while got < NONCE_BYTES {
+        match std::io::Read::read(&mut stream, &mut theirs[got..]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if began.elapsed() > Duration::from_secs(5) || sh.stop.load(Ordering::Acquire) {
+                    return Err("no nonce from the partner within 5 s".into());
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let framer = Framer::new(sh.opts.secret.clone(), nonce, theirs);
     let mut seq = 0u64;
     let mut last = Instant::now();
     loop {

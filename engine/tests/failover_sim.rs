@@ -1,0 +1,2985 @@
+//! A seeded discrete-event simulator of two partners (`a`, `b`) and a
+//! witness: failovers, forced service, restarts and rejoins under faults.
+//!
+//! **Real code** (no copies): every witness decision is
+//! `witness::WitnessCore` (a restarted witness is `WitnessCore::new` with its
+//! durable epoch, principal and exposed flag, on a clock that starts again
+//! at 0, as `witness::server` does); the principal's exposure lease is a
+//! `witness::LeaseClock` (kept in nanoseconds, as the node keeps its lease);
+//! the data path is `PrincipalSession` / `MirrorSession` over real
+//! `Log<SimStorage>` logs, catch-up is `plan_catch_up` inside the session,
+//! and a crashed partner's log is a `SimStorage` crash image recovered by
+//! the production recovery code.
+//!
+//! **Modelled** (the node glue, which needs threads and real time), rule
+//! for rule after these functions:
+//! * `node::principal::lease_keeper`: a renewal every quarter lease (a
+//!   quarter partner timeout before the first lease), at once when a commit
+//!   wants an exposure lease, one call at a time with a deadline of one
+//!   renewal period, a retry after 50 ms on an error; `no_quorum` once the
+//!   last lease (or the start-up grace of one partner timeout) ran out;
+//!   leaving exposure (exposed, mirror SYNCHRONIZED, no exposure wanted for
+//!   1 s: revoke the exposure lease, wait until the mirror hardened the log
+//!   written then, send `cover`); `Deposed` stops every acknowledgement
+//!   (`Detached::Refuse`, no quorum, shipping suspended) and the node
+//!   rejoins as mirror.
+//! * `commit::group::GroupCommit::commit_at` (refusals at entry) and
+//!   `Ticket::outcome` / `Ticket::reached` (Rule P gate): a commit is
+//!   acknowledged once hardened here and, for a remote level, once the
+//!   mirror's acks moved that level past it, and — for a level below
+//!   `remote-flush` — only while the exposure lease is live; while no mirror
+//!   is attached, remote-level commits are acknowledged *exposed*, only
+//!   while the exposure lease is live (`Detached::Expose`, no exposure bound).
+//! * `transport::runner::serve_principal` / `serve_mirror`: remote levels
+//!   advance with the session's `Advance`; the mirror records a new epoch in
+//!   its history before the first batch of it, syncs after appends, applies
+//!   whole batches up to the limit, and its status says whether the session
+//!   was SYNCHRONIZED when it ended.
+//! * `node::mirror::connect_loop` and `Promoter`: reconnect with backoff
+//!   (20 ms doubling to 1 s, reset after an attempt that lasted over 1 s);
+//!   between attempts, every 50 ms at most, ask the witness when forced
+//!   service was asked for, or when the last session ended SYNCHRONIZED
+//!   and the principal has been gone a partner timeout (query first: a
+//!   grant whose reply was lost shows as this node being principal; then
+//!   `promote` for the epoch it followed, or the current one if forced).
+//! * `node::principal::claim`: a restarted principal asks the witness for
+//!   its epoch (retrying every 200 ms, giving up after 30 s); refused, it
+//!   starts as mirror. A restarted mirror starts as mirror. A granted
+//!   mirror starts as principal of the granted epoch on its log, synced
+//!   first (`Mirror::into_principal`), beginning the epoch in its history.
+//! * Epoch histories (`replication::history::EpochHistory`) are kept in
+//!   memory with the same `begin` rule; they are durable, so they survive
+//!   crashes.
+//!
+//! The world: per-node clocks whose rates drift within `[1 − ρ, 1 + ρ]`
+//! with arbitrary offsets; message delays well below the partner timeout;
+//! a partner connection is TCP (in order; a cut link or a crashed peer
+//! kills it and each side notices by silence, a closed side's EOF is
+//! delivered after its last message); witness calls are request/reply with
+//! deadlines, a reply may be lost after the witness decided (a reset
+//! connection), and a request sent into a cut link may reach the witness
+//! once the link heals (TCP retransmits after the client gave up), so the
+//! witness can decide on a request nobody waits for any more. Faults:
+//! partitions of each link, isolated partners, flapping links, crashes and
+//! restarts of all three, clock rate changes, safety full/off phases,
+//! per-commit levels, and forced service asked by an "operator" at random.
+//! Clients commit to either partner (a stale principal gets clients too).
+//! Then every fault heals and the world quiesces.
+//!
+//! Invariants, for every seed:
+//! 1. At most one node ever holds an epoch as principal, only the one the
+//!    witness granted it to, and every acknowledgement by the principal of
+//!    epoch `E` happens while `E` is the newest epoch granted (so never
+//!    after a later grant, and two nodes never acknowledge at once).
+//! 2. An acknowledged commit is lost (not byte for byte at its LSN in the
+//!    final principal's log) only if forced service was granted after it.
+//! 3. An acknowledged commit lost to forced service on a mirror that was
+//!    following the principal it replaced (it accepted that principal's
+//!    `start`) ends above the LSN the mirror had hardened when the witness
+//!    granted it. Forced service on a node that had not followed that
+//!    principal (a restarted mirror, one whose log holds another epoch's
+//!    tail) can lose commits below its hardened LSN too: counted apart.
+//! 4. After healing and quiescing, one principal holds the witness's epoch,
+//!    one SYNCHRONIZED session runs, and both logs are byte-identical.
+//!
+//! Where the real glue breaks an invariant, the default run uses a fix or
+//! an operator's remedy instead, each a `Knobs` field with a regression
+//! test (ignored until the engine is fixed) that replays a seed without it.
+//!
+//! A failing seed is printed with its replay command:
+//! MIRRORLOG_FAILOVER_SEED=<seed> replays it (with a trace of what
+//! happened), MIRRORLOG_FAILOVER_SEEDS=<n> runs n seeds (default 2,000),
+//! MIRRORLOG_FAILOVER_TRACE=1 prints every notable event as it happens,
+//! MIRRORLOG_FAILOVER_KNOBS turns fixes off (see `knobs()`); to explore,
+//! MIRRORLOG_FAILOVER_FIRST_SEED=<s> starts elsewhere,
+//! MIRRORLOG_FAILOVER_KEEP_GOING=1 runs every seed and lists the failing
+//! ones, MIRRORLOG_FAILOVER_SAY=1 names the seeds that needed a remedy.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use mirrorlog_engine::commit::Level;
+use mirrorlog_engine::log::frame::decode_header;
+use mirrorlog_engine::log::sim::{CrashMode, SimStorage};
+use mirrorlog_engine::log::{Compression, Log, LogOptions, RecordsBuf};
+use mirrorlog_engine::replication::catchup::{plan_catch_up, CatchUp, PrincipalLog};
+use mirrorlog_engine::replication::session::{
+    MirrorCommand, MirrorProgress, MirrorSession, MirroringState, PrincipalCommand,
+    PrincipalSession, SessionConfig,
+};
+use mirrorlog_engine::replication::wire::{Message, RefuseCode};
+use mirrorlog_engine::witness::{LeaseClock, LeaseConfig, PromoteReply, RenewReply, WitnessCore};
+
+// ---------------------------------------------------------------------------
+// Constants of the real node glue (node/principal.rs, node/mirror.rs,
+// transport/runner.rs), in local milliseconds.
+
+/// `principal::claim`: retry interval, per-call deadline and overall limit.
+const CLAIM_RETRY_MS: f64 = 200.0;
+const CLAIM_CALL_MS: f64 = 1000.0;
+const CLAIM_TIMEOUT_MS: f64 = 30_000.0;
+/// `mirror::connect_loop` backoff.
+const BACKOFF_FIRST_MS: f64 = 20.0;
+const BACKOFF_MAX_MS: f64 = 1000.0;
+/// `mirror::PROMOTE_EVERY`.
+const PROMOTE_EVERY_MS: f64 = 50.0;
+/// `TcpStream::connect_timeout` in `connect_loop`.
+const CONNECT_TIMEOUT_MS: f64 = 1000.0;
+/// `lease_keeper`: retry soon after a failed renewal.
+const LEASE_RETRY_MS: f64 = 50.0;
+/// `lease_keeper`: an exposed principal whose mirror is SYNCHRONIZED and
+/// that wanted no exposure lease for this long leaves exposure.
+const COVER_AFTER_MS: f64 = 1000.0;
+/// `runner::TICK`: session threads look at their clock at least this often.
+const TICK_MS: f64 = 10.0;
+
+const NS_PER_MS: f64 = 1e6;
+const NAMES: [&str; 2] = ["a", "b"];
+const WITNESS: usize = 2;
+
+fn opts() -> LogOptions {
+    LogOptions {
+        segment_bytes: 8192,
+        compression: Compression::Zstd(1),
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(splitmix(seed) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in `[lo, hi]`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+}
+
+fn batch(rng: &mut Rng, tag: u64) -> RecordsBuf {
+    let mut r = RecordsBuf::new();
+    let len = rng.below(600) as usize;
+    let body: Vec<u8> = (0..len).map(|i| (tag as usize * 7 + i) as u8).collect();
+    r.push(&body);
+    r.push(&tag.to_le_bytes());
+    r
+}
+
+fn frames(log: &Log<SimStorage>) -> Vec<(u64, Vec<u8>)> {
+    log.read_from(log.start_lsn())
+        .unwrap()
+        .map(|v| {
+            let v = v.unwrap();
+            (v.lsn(), v.frame().to_vec())
+        })
+        .collect()
+}
+
+/// `EpochHistory::begin`, in memory: earlier starts are clamped to the new
+/// epoch's start, which is appended.
+fn history_begin(h: &mut Vec<(u64, u64)>, epoch: u64, start: u64) {
+    let last = h.last().map_or(0, |e| e.0);
+    assert!(
+        epoch > last,
+        "epoch {epoch} does not come after the last recorded epoch {last}"
+    );
+    for e in h.iter_mut() {
+        e.1 = e.1.min(start);
+    }
+    h.push((epoch, start));
+}
+
+fn history_last(h: &[(u64, u64)]) -> u64 {
+    h.last().map_or(0, |e| e.0)
+}
+
+// ---------------------------------------------------------------------------
+// Clocks: local time (ns, f64) of a node as a function of real time (µs).
+
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    t0: u64,
+    l0: f64,
+    rate: f64,
+}
+
+impl Clock {
+    fn ns(&self, t: u64) -> f64 {
+        self.l0 + (t - self.t0) as f64 * 1000.0 * self.rate
+    }
+    fn set_rate(&mut self, t: u64, rate: f64) {
+        self.l0 = self.ns(t);
+        self.t0 = t;
+        self.rate = rate;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Messages.
+
+#[derive(Clone, Debug)]
+enum PMsg {
+    /// Mirror → principal: the handshake, with the epoch of the mirror's log.
+    Hello {
+        mirror_epoch: u64,
+    },
+    /// Principal → mirror: authenticated; the principal's epoch.
+    Welcome {
+        principal_epoch: u64,
+    },
+    /// The handshake was refused, or nobody listens (a reset).
+    Refused,
+    Msg(Message),
+    /// The sender closed the connection (after its last message).
+    Eof,
+}
+
+#[derive(Clone, Debug)]
+enum Req {
+    Claim {
+        last_epoch: u64,
+    },
+    Renew {
+        epoch: u64,
+        exposed: bool,
+    },
+    Cover {
+        epoch: u64,
+    },
+    Promote {
+        epoch: u64,
+        synchronized: bool,
+        forced: bool,
+    },
+    Query,
+}
+
+#[derive(Clone, Debug)]
+enum Rep {
+    Granted(u64),
+    Refused(String),
+    Lease {
+        epoch: u64,
+        lease_ms: u64,
+    },
+    /// Who the witness says is principal now.
+    Deposed(Option<String>),
+    State {
+        epoch: u64,
+        principal: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+enum Ev {
+    Partner {
+        conn: usize,
+        to: usize,
+        msg: PMsg,
+    },
+    ToWitness {
+        from: usize,
+        inc: u64,
+        id: u64,
+        req: Req,
+    },
+    FromWitness {
+        to: usize,
+        inc: u64,
+        id: u64,
+        rep: Rep,
+    },
+    Tick {
+        node: usize,
+        inc: u64,
+    },
+    PSync {
+        node: usize,
+        inc: u64,
+    },
+    MSync {
+        node: usize,
+        inc: u64,
+    },
+    /// A deposed principal's embedder restarts it as mirror (or, with
+    /// `reclaim`, as principal: the witness named this very node).
+    Rejoin {
+        node: usize,
+        inc: u64,
+        reclaim: bool,
+    },
+    Restart {
+        node: usize,
+    },
+    WitnessRestart,
+    Heal {
+        links: Vec<usize>,
+    },
+    Cut {
+        link: usize,
+    },
+    Commit,
+    Fault,
+    EndFaults,
+    Check,
+}
+
+// ---------------------------------------------------------------------------
+// Nodes.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Policy {
+    Expose,
+    Refuse,
+}
+
+#[derive(Clone, Debug)]
+struct Ticket {
+    start: u64,
+    end: u64,
+    level: Level,
+    hardened: bool,
+}
+
+struct PSess {
+    conn: usize,
+    s: PrincipalSession,
+}
+
+struct LeaseCall {
+    id: u64,
+    sent_ns: f64,
+    ask_exposed: bool,
+    /// A `cover` (the mirror has every commit acknowledged in the epoch).
+    cover: bool,
+    deadline_ns: f64,
+}
+
+struct Prin {
+    epoch: u64,
+    sess: Option<PSess>,
+    /// Remote watermarks by `Level::index` (`Progress::new(hardened)`).
+    remote: [u64; 4],
+    tickets: Vec<Ticket>,
+    sync_pending: bool,
+    policy: Policy,
+    // lease_keeper
+    every_ns: f64,
+    next_ns: f64,
+    call: Option<LeaseCall>,
+    exposed: bool,
+    wanted: bool,
+    lease_end_ns: f64,
+    exposure: LeaseClock,
+    no_quorum: bool,
+    deposed: bool,
+    /// Leaving exposure: the written LSN when the exposure lease was
+    /// revoked; once the mirror hardened up to it, a `cover` goes out.
+    clearing: Option<u64>,
+    last_want_ns: f64,
+}
+
+struct MSess {
+    conn: usize,
+    s: MirrorSession,
+    last_state: MirroringState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Force {
+    None,
+    Asked,
+    Refused,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallKind {
+    Query,
+    Promote,
+}
+
+struct PromoteCall {
+    id: u64,
+    kind: CallKind,
+    deadline_ns: f64,
+    forced: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum MPhase {
+    Connecting { conn: usize, deadline_ns: f64 },
+    Session,
+    Backoff { until_ns: f64 },
+}
+
+struct Mir {
+    sess: Option<MSess>,
+    phase: MPhase,
+    began_ns: f64,
+    backoff_ms: f64,
+    call: Option<PromoteCall>,
+    // SessionStatus
+    sessions: u64,
+    ended_sync: bool,
+    principal_epoch: u64,
+    // Promoter
+    lost_since_ns: Option<f64>,
+    last_try_ns: Option<f64>,
+    force: Force,
+    force_deadline_ns: f64,
+    sync_pending: bool,
+    /// The principal refused this mirror's epoch as unknown.
+    refused_unknown_epoch: bool,
+    /// The epoch of the principal whose `start` this mirror last accepted.
+    started_epoch: Option<u64>,
+}
+
+struct Claiming {
+    started_ns: f64,
+    next_ns: f64,
+    call: Option<(u64, f64)>,
+}
+
+enum Role {
+    Down,
+    Claiming(Claiming),
+    Principal(Box<Prin>),
+    Mirror(Box<Mir>),
+}
+
+struct Node {
+    up: bool,
+    /// Bumped by every crash, restart and role change: timers and
+    /// connections of an older incarnation are dead.
+    inc: u64,
+    storage: SimStorage,
+    log: Log<SimStorage>,
+    history: Vec<(u64, u64)>,
+    /// The mirror's applier (in memory).
+    applied: u64,
+    role: Role,
+    /// The role a restart resumes: principal (claim) or mirror.
+    was_principal: bool,
+    /// This node asked the witness to promote it and has not heard the
+    /// outcome (kept durably by the fixed glue: see
+    /// `Knobs::query_after_unknown_grant`).
+    asked_promotion: bool,
+}
+
+struct Witness {
+    up: bool,
+    core: WitnessCore,
+    /// Witness-clock ns at its (re)start: its clock counts from there.
+    origin_ns: f64,
+}
+
+struct Conn {
+    alive: bool,
+    closed: [bool; 2],
+    /// Last scheduled delivery time to each node (TCP keeps order).
+    fifo: [u64; 2],
+    inc: [u64; 2],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GrantKind {
+    Claim,
+    Automatic,
+    Forced,
+}
+
+#[derive(Clone, Debug)]
+struct Grant {
+    epoch: u64,
+    node: usize,
+    t: u64,
+    kind: GrantKind,
+    /// The node's hardened LSN when the witness granted.
+    hardened: u64,
+    /// Forced service on a mirror that was following the principal of the
+    /// epoch it replaces (its last session got past `start` with it): its
+    /// log up to `hardened` is then a prefix of that principal's.
+    followed: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Ack {
+    node: usize,
+    epoch: u64,
+    t: u64,
+    start: u64,
+    end: u64,
+    frame: Vec<u8>,
+    exposed: bool,
+    level: Level,
+    /// The forced grant (index in `Sim::grants`) whose node lacked this
+    /// commit when the witness granted it.
+    lost_at: Option<usize>,
+}
+
+/// What the world does beyond the real glue: fixes and operator remedies
+/// for the bugs the regression tests below replay (the default run has all
+/// of them on but `witness_extra_ms`, whose bug no seed has hit yet).
+#[derive(Clone, Copy, Debug)]
+struct Knobs {
+    /// A mirror refused because the principal does not know its last
+    /// epoch is reseeded (emptied) by the operator, as the design plans for
+    /// a mirror that cannot catch up. Counted in `Stats::reseeds`.
+    reseed_unknown_epoch: bool,
+    /// After healing, if no node is principal for a while, the operator
+    /// asks for forced service. Counted in `Stats::operator_restores`.
+    operator_restores_service: bool,
+    /// The witness waits one more millisecond than `wait_ms()`, covering
+    /// its whole-millisecond clock readings.
+    witness_extra_ms: bool,
+    /// A mirror that asked for a promotion and got no answer (the reply
+    /// was lost, or it crashed meanwhile) asks the witness (query) before
+    /// it connects to any principal again.
+    query_after_unknown_grant: bool,
+    /// A principal deposed in favour of itself (a stale or repeated claim
+    /// of its own was granted a newer epoch) claims again instead of
+    /// rejoining as mirror of itself.
+    reclaim_when_deposed_by_itself: bool,
+}
+
+impl Knobs {
+    fn default_run() -> Knobs {
+        Knobs {
+            reseed_unknown_epoch: true,
+            operator_restores_service: true,
+            witness_extra_ms: false,
+            query_after_unknown_grant: true,
+            reclaim_when_deposed_by_itself: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Stats {
+    seeds: u64,
+    acks: u64,
+    exposed_acks: u64,
+    automatic: u64,
+    forced: u64,
+    claims: u64,
+    deposed: u64,
+    crashes: u64,
+    witness_crashes: u64,
+    lost_to_forced: u64,
+    /// Of those, lost to forced service on a node that had not followed
+    /// the replaced principal (its log diverged below its hardened LSN).
+    lost_to_forced_diverged: u64,
+    reseeds: u64,
+    /// Reseeds in a history without forced service.
+    reseeds_unforced: u64,
+    operator_restores: u64,
+    sim_events: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.seeds += o.seeds;
+        self.acks += o.acks;
+        self.exposed_acks += o.exposed_acks;
+        self.automatic += o.automatic;
+        self.forced += o.forced;
+        self.claims += o.claims;
+        self.deposed += o.deposed;
+        self.crashes += o.crashes;
+        self.witness_crashes += o.witness_crashes;
+        self.lost_to_forced += o.lost_to_forced;
+        self.lost_to_forced_diverged += o.lost_to_forced_diverged;
+        self.reseeds += o.reseeds;
+        self.reseeds_unforced += o.reseeds_unforced;
+        self.operator_restores += o.operator_restores;
+        self.sim_events += o.sim_events;
+    }
+}
+
+struct Cfg {
+    session: SessionConfig,
+    lease: LeaseConfig,
+    /// One-way message delay, µs.
+    delay_us: (u64, u64),
+    fsync_us: (u64, u64),
+    /// A witness call fails after the witness decided (its connection
+    /// reset before the reply arrived), with this probability.
+    witness_reply_loss: f64,
+    /// Probability that a witness request sent into a cut link arrives
+    /// after the link heals instead of being lost.
+    stalled_requests: f64,
+    commit_gap_us: u64,
+    /// Commits per thousand asking for `local` or `remote-write`.
+    low_levels_per_mille: u64,
+    fault_gap_us: (u64, u64),
+    faults_end_us: u64,
+    knobs: Knobs,
+}
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    cfg: Cfg,
+    now: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    seq: u64,
+    clocks: [Clock; 3],
+    /// Faults cutting each link: a–b, a–witness, b–witness.
+    cut: [u32; 3],
+    nodes: Vec<Node>,
+    witness: Witness,
+    conns: Vec<Conn>,
+    /// Witness requests held in a cut link (see `Sim::stall`).
+    stalled: Vec<(usize, Ev)>,
+    next_id: u64,
+    safety_full: bool,
+    healing: bool,
+    heal_started: u64,
+    no_principal_since: Option<u64>,
+    converged: bool,
+    tag: u64,
+    grants: Vec<Grant>,
+    holders: BTreeMap<u64, usize>,
+    acks: Vec<Ack>,
+    stats: Stats,
+    trace: VecDeque<String>,
+    trace_all: bool,
+}
+
+fn link(x: usize, y: usize) -> usize {
+    match (x.min(y), x.max(y)) {
+        (0, 1) => 0,
+        (0, 2) => 1,
+        (1, 2) => 2,
+        _ => unreachable!("no link {x}-{y}"),
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, knobs: Knobs) -> Sim {
+        let mut rng = Rng::new(seed);
+        let t_ms = rng.range(200, 600);
+        let rho = [0.001, 0.01, 0.01, 0.05][rng.below(4) as usize];
+        let lease_ms = rng.range(t_ms / 2, 2 * t_ms);
+        let session = SessionConfig {
+            heartbeat_ms: (t_ms / 5).max(20),
+            partner_timeout_ms: t_ms,
+            ..SessionConfig::default()
+        };
+        let lease = LeaseConfig { lease_ms, rho };
+        // Mostly LAN delays (sub-millisecond to a few ms), sometimes slow.
+        let delay_us = if rng.chance(0.3) {
+            (10, 300)
+        } else if rng.chance(0.7) {
+            (100, 3000)
+        } else {
+            (1000, t_ms * 1000 / 6)
+        };
+        let cycle_us = (t_ms + lease_ms) * 1000;
+        let cfg = Cfg {
+            session,
+            lease,
+            delay_us,
+            fsync_us: (50, 3000),
+            witness_reply_loss: [0.0, 0.0, 0.02, 0.1][rng.below(4) as usize],
+            stalled_requests: [0.0, 0.0, 0.5, 1.0][rng.below(4) as usize],
+            commit_gap_us: rng.range(5, 60) * 1000,
+            low_levels_per_mille: [0, 0, 0, 2, 20][rng.below(5) as usize],
+            fault_gap_us: (cycle_us / 4, cycle_us * 2),
+            faults_end_us: cycle_us * rng.range(15, 30),
+            knobs,
+        };
+        let mut clocks = [Clock {
+            t0: 0,
+            l0: 0.0,
+            rate: 1.0,
+        }; 3];
+        for c in clocks.iter_mut() {
+            c.l0 = rng.unit() * 1e6 * NS_PER_MS;
+            c.rate = Self::pick_rate(&mut rng, rho);
+        }
+        let mk = || {
+            let storage = SimStorage::new();
+            let (log, _) = Log::open_with(storage.clone(), opts()).unwrap();
+            Node {
+                up: true,
+                inc: 1,
+                storage,
+                log,
+                history: Vec::new(),
+                applied: 0,
+                role: Role::Down,
+                was_principal: false,
+                asked_promotion: false,
+            }
+        };
+        let nodes = vec![mk(), mk()];
+        let witness = Witness {
+            up: true,
+            core: WitnessCore::new(lease, 0, 0, None, false),
+            origin_ns: clocks[WITNESS].ns(0),
+        };
+        let trace_all = std::env::var("MIRRORLOG_FAILOVER_TRACE").is_ok();
+        let mut sim = Sim {
+            seed,
+            rng,
+            cfg,
+            now: 0,
+            queue: BTreeMap::new(),
+            seq: 0,
+            clocks,
+            cut: [0; 3],
+            nodes,
+            witness,
+            conns: Vec::new(),
+            stalled: Vec::new(),
+            next_id: 0,
+            safety_full: true,
+            healing: false,
+            heal_started: 0,
+            no_principal_since: None,
+            converged: false,
+            tag: 0,
+            grants: Vec::new(),
+            holders: BTreeMap::new(),
+            acks: Vec::new(),
+            stats: Stats {
+                seeds: 1,
+                ..Stats::default()
+            },
+            trace: VecDeque::new(),
+            trace_all,
+        };
+        // `a` claims the first epoch; `b` starts as its mirror.
+        sim.nodes[0].was_principal = true;
+        sim.start_claiming(0);
+        sim.start_mirror(1);
+        sim.at(1000, Ev::Commit);
+        let g = sim.fault_gap();
+        sim.at(g, Ev::Fault);
+        let end = sim.cfg.faults_end_us;
+        sim.at(end, Ev::EndFaults);
+        sim
+    }
+
+    fn pick_rate(rng: &mut Rng, rho: f64) -> f64 {
+        match rng.below(4) {
+            0 => 1.0 - rho,
+            1 => 1.0 + rho,
+            _ => 1.0 - rho + rng.unit() * 2.0 * rho,
+        }
+    }
+
+    // --- bookkeeping -------------------------------------------------------
+
+    fn note(&mut self, what: String) {
+        let line = format!("{:>10.3} ms  {what}", self.now as f64 / 1000.0);
+        if self.trace_all {
+            eprintln!("{line}");
+        }
+        self.trace.push_back(line);
+        if self.trace.len() > 400 {
+            self.trace.pop_front();
+        }
+    }
+
+    #[track_caller]
+    fn fail(&self, what: String) -> ! {
+        let trace: Vec<&str> = self.trace.iter().map(String::as_str).collect();
+        panic!(
+            "seed {}: {what}\n(T {} ms, L {} ms, rho {}, delays {:?} us)\nlast events:\n{}",
+            self.seed,
+            self.cfg.session.partner_timeout_ms,
+            self.cfg.lease.lease_ms,
+            self.cfg.lease.rho,
+            self.cfg.delay_us,
+            trace.join("\n")
+        );
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((t.max(self.now), self.seq), ev);
+    }
+
+    /// Schedules `ev` after `ms` of `node`'s clock.
+    fn after_local(&mut self, node: usize, ms: f64, ev: Ev) {
+        let us = (ms * 1000.0 / self.clocks[node].rate).ceil().max(1.0) as u64;
+        self.at(self.now + us, ev);
+    }
+
+    fn lns(&self, node: usize) -> f64 {
+        self.clocks[node].ns(self.now)
+    }
+
+    fn lms(&self, node: usize) -> u64 {
+        (self.lns(node) / NS_PER_MS).floor() as u64
+    }
+
+    /// The witness's clock in whole milliseconds since its start, as
+    /// `witness::server` reads it (`started.elapsed().as_millis()`).
+    fn wms(&self) -> u64 {
+        ((self.clocks[WITNESS].ns(self.now) - self.witness.origin_ns) / NS_PER_MS).floor() as u64
+    }
+
+    fn delay(&mut self) -> u64 {
+        let (lo, hi) = self.cfg.delay_us;
+        self.rng.range(lo, hi)
+    }
+
+    fn fault_gap(&mut self) -> u64 {
+        let (lo, hi) = self.cfg.fault_gap_us;
+        self.rng.range(lo, hi)
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn prin(&mut self, n: usize) -> Option<&mut Prin> {
+        match &mut self.nodes[n].role {
+            Role::Principal(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn mir(&mut self, n: usize) -> Option<&mut Mir> {
+        match &mut self.nodes[n].role {
+            Role::Mirror(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn schedule_tick(&mut self, n: usize) {
+        let inc = self.nodes[n].inc;
+        let jitter = self.rng.unit() * TICK_MS;
+        self.after_local(n, jitter + 1.0, Ev::Tick { node: n, inc });
+    }
+
+    // --- network -----------------------------------------------------------
+
+    fn link_up(&self, x: usize, y: usize) -> bool {
+        self.cut[link(x, y)] == 0
+    }
+
+    fn send(&mut self, conn: usize, from: usize, msg: PMsg) {
+        let to = 1 - from;
+        let d = self.delay();
+        let up = self.link_up(0, 1) && self.nodes[to].up;
+        let c = &mut self.conns[conn];
+        if !c.alive || c.closed[from] {
+            return;
+        }
+        if !up {
+            c.alive = false;
+            return;
+        }
+        if matches!(msg, PMsg::Eof) {
+            c.closed[from] = true;
+        }
+        let t = (self.now + d).max(c.fifo[to]);
+        c.fifo[to] = t;
+        self.at(t, Ev::Partner { conn, to, msg });
+    }
+
+    fn send_witness(&mut self, from: usize, id: u64, req: Req) {
+        let inc = self.nodes[from].inc;
+        let ev = Ev::ToWitness { from, inc, id, req };
+        if !self.link_up(from, WITNESS) {
+            self.stall(from, ev);
+            return;
+        }
+        let d = self.delay();
+        self.at(self.now + d, ev);
+    }
+
+    /// A request sent into a cut link is lost, or (TCP retransmitting
+    /// after the client gave up and closed) reaches the witness once the
+    /// link heals: the witness decides on it though nobody waits.
+    fn stall(&mut self, from: usize, ev: Ev) {
+        if self.rng.chance(self.cfg.stalled_requests) {
+            self.stalled.push((link(from, WITNESS), ev));
+        }
+    }
+
+    fn link_healed(&mut self) {
+        let mut i = 0;
+        while i < self.stalled.len() {
+            if self.cut[self.stalled[i].0] == 0 {
+                let (_, ev) = self.stalled.swap_remove(i);
+                let d = self.delay();
+                self.at(self.now + d, ev);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn cut_link(&mut self, l: usize) {
+        self.cut[l] += 1;
+        if l == 0 {
+            for c in self.conns.iter_mut() {
+                c.alive = false;
+            }
+        }
+    }
+
+    // --- the witness -------------------------------------------------------
+
+    fn witness_handle(&mut self, from: usize, req: Req) -> Rep {
+        let mut now = self.wms();
+        let name = NAMES[from];
+        let rep = match req {
+            Req::Claim { last_epoch } => match self.witness.core.on_claim(now, last_epoch, name) {
+                PromoteReply::Granted { epoch } => {
+                    self.record_grant(epoch, from, GrantKind::Claim);
+                    Rep::Granted(epoch)
+                }
+                PromoteReply::Refused { why } => Rep::Refused(why),
+            },
+            Req::Renew { epoch, exposed } => {
+                let was = self.witness.core.exposed;
+                match self.witness.core.on_renew(now, epoch, name, exposed) {
+                    RenewReply::Lease { epoch, lease_ms } => {
+                        if exposed && !was {
+                            self.note(format!("witness: {name} runs exposed in epoch {epoch}"));
+                        }
+                        Rep::Lease { epoch, lease_ms }
+                    }
+                    RenewReply::Deposed { principal, .. } => Rep::Deposed(principal),
+                }
+            }
+            Req::Cover { epoch } => match self.witness.core.on_cover(now, epoch, name) {
+                RenewReply::Lease { epoch, lease_ms } => {
+                    self.note(format!(
+                        "witness: {name}'s mirror has every commit of epoch {epoch}: not exposed"
+                    ));
+                    Rep::Lease { epoch, lease_ms }
+                }
+                RenewReply::Deposed { principal, .. } => Rep::Deposed(principal),
+            },
+            Req::Promote {
+                epoch,
+                synchronized,
+                forced,
+            } => {
+                if self.cfg.knobs.witness_extra_ms {
+                    // Counts whole milliseconds conservatively.
+                    now = now.saturating_sub(1);
+                }
+                match self
+                    .witness
+                    .core
+                    .on_promote(now, epoch, name, synchronized, forced)
+                {
+                    PromoteReply::Granted { epoch } => {
+                        let kind = if forced {
+                            GrantKind::Forced
+                        } else {
+                            GrantKind::Automatic
+                        };
+                        self.record_grant(epoch, from, kind);
+                        Rep::Granted(epoch)
+                    }
+                    PromoteReply::Refused { why } => Rep::Refused(why),
+                }
+            }
+            Req::Query => Rep::State {
+                epoch: self.witness.core.epoch,
+                principal: self.witness.core.principal.clone(),
+            },
+        };
+        rep
+    }
+
+    fn record_grant(&mut self, epoch: u64, node: usize, kind: GrantKind) {
+        if let Some(last) = self.grants.last() {
+            if epoch <= last.epoch {
+                self.fail(format!(
+                    "the witness granted epoch {epoch} after epoch {}",
+                    last.epoch
+                ));
+            }
+        }
+        let hardened = self.nodes[node].log.hardened_lsn();
+        // `on_promote` grants the current epoch + 1.
+        let replaced = epoch - 1;
+        let followed = match &self.nodes[node].role {
+            Role::Mirror(m) => m.started_epoch == Some(replaced),
+            _ => false,
+        };
+        match kind {
+            GrantKind::Claim => self.stats.claims += 1,
+            GrantKind::Automatic => self.stats.automatic += 1,
+            GrantKind::Forced => self.stats.forced += 1,
+        }
+        self.note(format!(
+            "witness: granted epoch {epoch} to {} ({kind:?}; its hardened LSN {hardened})",
+            NAMES[node]
+        ));
+        if kind == GrantKind::Forced {
+            // Which acknowledged commits the forced node lacks now.
+            let have: BTreeMap<u64, Vec<u8>> = frames(&self.nodes[node].log).into_iter().collect();
+            let g = self.grants.len();
+            for a in self.acks.iter_mut().filter(|a| a.lost_at.is_none()) {
+                if have.get(&a.start) != Some(&a.frame) {
+                    a.lost_at = Some(g);
+                }
+            }
+        }
+        self.grants.push(Grant {
+            epoch,
+            node,
+            t: self.now,
+            kind,
+            hardened,
+            followed,
+        });
+    }
+
+    // --- roles -------------------------------------------------------------
+
+    fn start_claiming(&mut self, n: usize) {
+        let now = self.lns(n);
+        self.nodes[n].inc += 1;
+        self.nodes[n].role = Role::Claiming(Claiming {
+            started_ns: now,
+            next_ns: now,
+            call: None,
+        });
+        self.claim_step(n);
+        self.schedule_tick(n);
+    }
+
+    fn claim_step(&mut self, n: usize) {
+        let now = self.lns(n);
+        let last = history_last(&self.nodes[n].history).max(self.nodes[n].log.last_epoch());
+        let Role::Claiming(c) = &mut self.nodes[n].role else {
+            return;
+        };
+        if let Some((_, deadline)) = c.call {
+            if now < deadline {
+                return;
+            }
+            c.call = None;
+            c.next_ns = now + CLAIM_RETRY_MS * NS_PER_MS;
+        }
+        if now - c.started_ns >= CLAIM_TIMEOUT_MS * NS_PER_MS {
+            self.note(format!(
+                "{}: no answer from the witness to its claim: starts as mirror",
+                NAMES[n]
+            ));
+            self.start_mirror(n);
+            return;
+        }
+        if now >= c.next_ns {
+            self.next_id += 1;
+            let id = self.next_id;
+            c.call = Some((id, now + CLAIM_CALL_MS * NS_PER_MS));
+            self.send_witness(n, id, Req::Claim { last_epoch: last });
+        }
+    }
+
+    fn claim_reply(&mut self, n: usize, id: u64, rep: Rep) {
+        let now = self.lns(n);
+        let Role::Claiming(c) = &mut self.nodes[n].role else {
+            return;
+        };
+        if !c.call.is_some_and(|(i, d)| i == id && now < d) {
+            return;
+        }
+        c.call = None;
+        match rep {
+            Rep::Granted(epoch) => self.become_principal(n, epoch),
+            Rep::Refused(why) => {
+                self.note(format!(
+                    "{}: claim refused ({why}): starts as mirror",
+                    NAMES[n]
+                ));
+                self.nodes[n].was_principal = false;
+                self.start_mirror(n);
+            }
+            other => self.fail(format!("the witness answered a claim with {other:?}")),
+        }
+    }
+
+    fn become_principal(&mut self, n: usize, epoch: u64) {
+        let node = &self.nodes[n];
+        let last = history_last(&node.history).max(node.log.last_epoch());
+        if epoch <= last {
+            self.fail(format!(
+                "{} was granted epoch {epoch}, but its log already went through epoch {last}",
+                NAMES[n]
+            ));
+        }
+        match self.grants.iter().find(|g| g.epoch == epoch) {
+            Some(g) if g.node == n => {}
+            g => self.fail(format!(
+                "{} starts as principal of epoch {epoch}, which the witness granted as {g:?}",
+                NAMES[n]
+            )),
+        }
+        if let Some(&h) = self.holders.get(&epoch) {
+            if h != n {
+                self.fail(format!(
+                    "two nodes hold epoch {epoch}: {} and {}",
+                    NAMES[h], NAMES[n]
+                ));
+            }
+        }
+        self.holders.insert(epoch, n);
+        if matches!(self.nodes[n].role, Role::Mirror(_)) {
+            // `Mirror::into_principal`: what the mirror received but had
+            // not synced becomes durable before the principal builds on it.
+            self.nodes[n].log.sync().expect("the promoted mirror syncs");
+        }
+        self.close_mirror_conn(n);
+        let now = self.lns(n);
+        let t = self.cfg.session.partner_timeout_ms as f64 * NS_PER_MS;
+        let node = &mut self.nodes[n];
+        node.inc += 1;
+        node.was_principal = true;
+        node.asked_promotion = false;
+        let written = node.log.written_lsn();
+        history_begin(&mut node.history, epoch, written);
+        let hardened = node.log.hardened_lsn();
+        node.role = Role::Principal(Box::new(Prin {
+            epoch,
+            sess: None,
+            remote: [hardened; 4],
+            tickets: Vec::new(),
+            sync_pending: false,
+            policy: Policy::Expose,
+            every_ns: (t / 4.0).max(10.0 * NS_PER_MS),
+            next_ns: now,
+            call: None,
+            exposed: false,
+            wanted: false,
+            lease_end_ns: now + t,
+            exposure: LeaseClock::default(),
+            no_quorum: false,
+            deposed: false,
+            clearing: None,
+            last_want_ns: now,
+        }));
+        self.note(format!(
+            "{}: principal of epoch {epoch} (log {written}, history {:?})",
+            NAMES[n], self.nodes[n].history
+        ));
+        self.lease_step(n);
+        self.schedule_tick(n);
+    }
+
+    fn start_mirror(&mut self, n: usize) {
+        let now = self.lns(n);
+        self.close_mirror_conn(n);
+        if let Some(p) = self.prin(n) {
+            if let Some(s) = p.sess.take() {
+                let conn = s.conn;
+                self.send(conn, n, PMsg::Eof);
+            }
+        }
+        let node = &mut self.nodes[n];
+        node.inc += 1;
+        node.applied = 0;
+        node.role = Role::Mirror(Box::new(Mir {
+            sess: None,
+            phase: MPhase::Backoff { until_ns: now },
+            began_ns: now,
+            backoff_ms: BACKOFF_FIRST_MS,
+            call: None,
+            sessions: 0,
+            ended_sync: false,
+            principal_epoch: 0,
+            lost_since_ns: None,
+            last_try_ns: None,
+            force: Force::None,
+            force_deadline_ns: 0.0,
+            sync_pending: false,
+            refused_unknown_epoch: false,
+            started_epoch: None,
+        }));
+        self.note(format!(
+            "{}: mirror (log {}, last epoch {}, history {:?})",
+            NAMES[n],
+            self.nodes[n].log.written_lsn(),
+            self.nodes[n].log.last_epoch(),
+            self.nodes[n].history
+        ));
+        if !(self.cfg.knobs.query_after_unknown_grant && self.nodes[n].asked_promotion) {
+            self.mirror_connect(n);
+        }
+        self.schedule_tick(n);
+    }
+
+    fn close_mirror_conn(&mut self, n: usize) {
+        let conn = match self.mir(n) {
+            Some(m) => match (m.sess.take(), m.phase) {
+                (Some(s), _) => Some(s.conn),
+                (None, MPhase::Connecting { conn, .. }) => Some(conn),
+                _ => None,
+            },
+            None => None,
+        };
+        if let Some(c) = conn {
+            self.send(c, n, PMsg::Eof);
+        }
+    }
+
+    // --- principal ---------------------------------------------------------
+
+    /// One pass of `lease_keeper`'s loop.
+    fn lease_step(&mut self, n: usize) {
+        let now = self.lns(n);
+        let safety_full = self.safety_full;
+        let written = self.nodes[n].log.written_lsn();
+        let Some(p) = self.prin(n) else { return };
+        if p.deposed {
+            return;
+        }
+        if let Some(c) = &p.call {
+            if now < c.deadline_ns {
+                return;
+            }
+            // The call failed: retry soon.
+            p.call = None;
+            p.next_ns = now + (LEASE_RETRY_MS * NS_PER_MS).min(p.every_ns);
+        }
+        let want_now = std::mem::take(&mut p.wanted);
+        if want_now {
+            p.last_want_ns = now;
+        }
+        let covered_now = safety_full
+            && p.sess
+                .as_ref()
+                .is_some_and(|s| s.s.state() == MirroringState::Synchronized);
+        if p.clearing.is_some() && (want_now || !covered_now) {
+            // Exposure is wanted again (or the mirror left): stay exposed.
+            p.clearing = None;
+            p.next_ns = now;
+        }
+        if p.exposed
+            && p.clearing.is_none()
+            && covered_now
+            && now - p.last_want_ns >= COVER_AFTER_MS * NS_PER_MS
+        {
+            // `Progress::revoke_exposure_lease`.
+            p.exposure = LeaseClock::default();
+            p.clearing = Some(written);
+        }
+        let cover = p
+            .clearing
+            .is_some_and(|w| p.remote[Level::RemoteFlush.index()] >= w);
+        let wanted = want_now && !p.exposed;
+        if wanted || cover || now >= p.next_ns {
+            let ask_exposed = (p.exposed || wanted) && p.clearing.is_none();
+            let epoch = p.epoch;
+            let every = p.every_ns;
+            let id = self.id();
+            let p = self.prin(n).expect("principal");
+            p.call = Some(LeaseCall {
+                id,
+                sent_ns: now,
+                ask_exposed,
+                cover,
+                deadline_ns: now + every,
+            });
+            p.next_ns = now + every;
+            let req = if cover {
+                Req::Cover { epoch }
+            } else {
+                Req::Renew {
+                    epoch,
+                    exposed: ask_exposed,
+                }
+            };
+            self.send_witness(n, id, req);
+        }
+        let p = self.prin(n).expect("principal");
+        if now >= p.lease_end_ns {
+            p.no_quorum = true;
+        }
+    }
+
+    fn lease_reply(&mut self, n: usize, id: u64, rep: Rep) {
+        let now = self.lns(n);
+        let rho_ppm = (self.cfg.lease.rho * 1e6).ceil() as u32;
+        let Some(p) = self.prin(n) else { return };
+        let Some(c) = p.call.take_if(|c| c.id == id && now < c.deadline_ns) else {
+            return;
+        };
+        p.next_ns = c.sent_ns + p.every_ns;
+        match rep {
+            Rep::Lease { epoch, lease_ms } if epoch == p.epoch => {
+                let rho = f64::from(rho_ppm) / 1e6;
+                let live_ns = (lease_ms as f64 * 1e6 * (1.0 - rho)) as u64 as f64;
+                p.lease_end_ns = p.lease_end_ns.max(c.sent_ns + live_ns);
+                p.every_ns = ((lease_ms / 4).max(1)) as f64 * NS_PER_MS;
+                p.next_ns = c.sent_ns + p.every_ns;
+                if c.cover {
+                    p.exposed = false;
+                    p.clearing = None;
+                }
+                if c.ask_exposed {
+                    p.exposed = true;
+                    p.exposure
+                        .on_lease(c.sent_ns as u64, lease_ms * 1_000_000, rho);
+                }
+                p.no_quorum = false;
+            }
+            Rep::Deposed(by) => {
+                p.deposed = true;
+                p.policy = Policy::Refuse;
+                p.no_quorum = true;
+                if let Some(s) = p.sess.as_mut() {
+                    s.s.suspend();
+                }
+                let epoch = p.epoch;
+                self.stats.deposed += 1;
+                self.note(format!(
+                    "{}: deposed in epoch {epoch}: stops acknowledging, rejoins as mirror",
+                    NAMES[n]
+                ));
+                let inc = self.nodes[n].inc;
+                let d = self.rng.range(1, 100) as f64;
+                let reclaim = by.as_deref() == Some(NAMES[n])
+                    && self.cfg.knobs.reclaim_when_deposed_by_itself;
+                self.after_local(
+                    n,
+                    d,
+                    Ev::Rejoin {
+                        node: n,
+                        inc,
+                        reclaim,
+                    },
+                );
+                return;
+            }
+            _ => {}
+        }
+        if now >= p.lease_end_ns {
+            p.no_quorum = true;
+        }
+    }
+
+    fn commit(&mut self, n: usize) {
+        let level = {
+            // Per-commit levels: a level below remote-flush needs an
+            // exposure lease even in safety full.
+            let r = self.rng.below(1000);
+            let low = self.cfg.low_levels_per_mille;
+            match (self.safety_full, r) {
+                (_, r) if r < low / 2 => Level::Local,
+                (_, r) if r < low => Level::RemoteWrite,
+                (_, r) if r >= 950 => Level::RemoteApply,
+                (true, _) => Level::RemoteFlush,
+                (false, _) => Level::Local,
+            }
+        };
+        let now = self.lns(n);
+        let Some(p) = self.prin(n) else { return };
+        let attached = p.sess.is_some();
+        let live = p.exposure.live(now as u64);
+        // GroupCommit::commit_at: refusals at entry.
+        if level.is_remote() && !attached && p.policy == Policy::Refuse {
+            return;
+        }
+        if p.no_quorum && !live && (level < Level::RemoteFlush || !attached) {
+            return;
+        }
+        let epoch = p.epoch;
+        self.tag += 1;
+        let b = batch(&mut self.rng, self.tag);
+        let node = &mut self.nodes[n];
+        let pos = node.log.append(epoch, &b).expect("the principal appends");
+        let (written, hardened) = (node.log.written_lsn(), node.log.hardened_lsn());
+        let nowms = self.lms(n);
+        let p = self.prin(n).expect("principal");
+        p.tickets.push(Ticket {
+            start: pos.lsn_start,
+            end: pos.lsn_end,
+            level,
+            hardened: false,
+        });
+        let cmds = match p.sess.as_mut() {
+            Some(s) => Some((s.conn, s.s.on_local_progress(nowms, written, hardened))),
+            None => None,
+        };
+        let sync = !std::mem::replace(&mut p.sync_pending, true);
+        if let Some((conn, cmds)) = cmds {
+            self.prin_exec(n, conn, cmds);
+        }
+        if sync {
+            let inc = self.nodes[n].inc;
+            let (lo, hi) = self.cfg.fsync_us;
+            let d = self.rng.range(lo, hi);
+            self.at(self.now + d, Ev::PSync { node: n, inc });
+        }
+    }
+
+    fn psync(&mut self, n: usize) {
+        let nowms = self.lms(n);
+        let node = &mut self.nodes[n];
+        let hardened = node.log.sync().expect("the principal syncs");
+        let written = node.log.written_lsn();
+        let Some(p) = self.prin(n) else { return };
+        p.sync_pending = false;
+        for t in p.tickets.iter_mut() {
+            if t.end <= hardened {
+                t.hardened = true;
+            }
+        }
+        let cmds = match p.sess.as_mut() {
+            Some(s) => Some((s.conn, s.s.on_local_progress(nowms, written, hardened))),
+            None => None,
+        };
+        if let Some((conn, cmds)) = cmds {
+            self.prin_exec(n, conn, cmds);
+        }
+    }
+
+    fn prin_tick(&mut self, n: usize) {
+        let nowms = self.lms(n);
+        let node = &mut self.nodes[n];
+        let (written, hardened) = (node.log.written_lsn(), node.log.hardened_lsn());
+        let Some(p) = self.prin(n) else { return };
+        if let Some(s) = p.sess.as_mut() {
+            let conn = s.conn;
+            let mut cmds = s.s.on_local_progress(nowms, written, hardened);
+            cmds.extend(s.s.on_tick(nowms));
+            self.prin_exec(n, conn, cmds);
+        }
+        self.lease_step(n);
+    }
+
+    fn prin_exec(&mut self, n: usize, conn: usize, cmds: Vec<PrincipalCommand>) {
+        for c in cmds {
+            let current = self
+                .prin(n)
+                .and_then(|p| p.sess.as_ref())
+                .is_some_and(|s| s.conn == conn);
+            if !current {
+                return;
+            }
+            match c {
+                PrincipalCommand::Send(m) => self.send(conn, n, PMsg::Msg(m)),
+                PrincipalCommand::Ship {
+                    from,
+                    to,
+                    commit_lsn,
+                } => {
+                    let mut ships = Vec::new();
+                    let mut prev_lsn = from;
+                    for v in self.nodes[n].log.read_from(from).expect("ship range") {
+                        let v = v.expect("readable batch");
+                        if v.lsn() >= to {
+                            break;
+                        }
+                        ships.push(Message::Ship {
+                            commit_lsn,
+                            prev_lsn,
+                            frame: v.frame().to_vec(),
+                        });
+                        prev_lsn = v.end_lsn();
+                    }
+                    for m in ships {
+                        self.send(conn, n, PMsg::Msg(m));
+                    }
+                }
+                PrincipalCommand::Advance { level, lsn } => {
+                    let p = self.prin(n).expect("principal");
+                    let i = level.index();
+                    p.remote[i] = p.remote[i].max(lsn);
+                }
+                PrincipalCommand::State(_) => {}
+                PrincipalCommand::Close { reason } => {
+                    self.note(format!("{}: mirror session ended: {reason}", NAMES[n]));
+                    self.prin(n).expect("principal").sess = None;
+                    self.send(conn, n, PMsg::Eof);
+                    return;
+                }
+                // (A reseed needs a purged log; logs are never trimmed here.)
+                other => self.fail(format!("unexpected principal command {other:?}")),
+            }
+        }
+    }
+
+    fn prin_receive(&mut self, n: usize, conn: usize, msg: PMsg) {
+        let nowms = self.lms(n);
+        match msg {
+            PMsg::Hello { mirror_epoch } => {
+                let node = &self.nodes[n];
+                let (written, hardened) = (node.log.written_lsn(), node.log.hardened_lsn());
+                let cfg = self.cfg.session;
+                let Some(p) = self.prin(n) else {
+                    // Nobody listens: a reset.
+                    self.send(conn, n, PMsg::Refused);
+                    return;
+                };
+                let epoch = p.epoch;
+                if mirror_epoch > epoch {
+                    self.send(conn, n, PMsg::Refused);
+                    return;
+                }
+                // A newer connection replaces the session.
+                let old = p.sess.replace(PSess {
+                    conn,
+                    s: PrincipalSession::new(cfg, nowms, written, hardened),
+                });
+                if p.deposed {
+                    p.sess.as_mut().expect("session").s.suspend();
+                }
+                if let Some(old) = old {
+                    self.send(old.conn, n, PMsg::Eof);
+                }
+                self.send(
+                    conn,
+                    n,
+                    PMsg::Welcome {
+                        principal_epoch: epoch,
+                    },
+                );
+            }
+            PMsg::Msg(m) => {
+                let Node {
+                    history, log, role, ..
+                } = &mut self.nodes[n];
+                let Role::Principal(p) = role else { return };
+                let Some(s) = p.sess.as_mut().filter(|s| s.conn == conn) else {
+                    return;
+                };
+                let plog = PrincipalLog {
+                    history,
+                    start_lsn: log.start_lsn(),
+                    written_lsn: log.written_lsn(),
+                    epoch: p.epoch,
+                };
+                let cmds = s.s.on_message(nowms, m, &plog);
+                self.prin_exec(n, conn, cmds);
+            }
+            PMsg::Eof => {
+                if let Some(p) = self.prin(n) {
+                    if p.sess.as_ref().is_some_and(|s| s.conn == conn) {
+                        p.sess = None;
+                        self.note(format!("{}: the mirror closed the connection", NAMES[n]));
+                    }
+                }
+            }
+            PMsg::Welcome { .. } | PMsg::Refused => {}
+        }
+    }
+
+    /// `Ticket::outcome` for every waiting commit; records acknowledgements.
+    fn settle_tickets(&mut self, n: usize) {
+        let now = self.lns(n);
+        let Some(p) = self.prin(n) else { return };
+        if p.tickets.is_empty() {
+            return;
+        }
+        let live = p.exposure.live(now as u64);
+        let attached = p.sess.is_some();
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < p.tickets.len() {
+            let t = &p.tickets[i];
+            let uncovered = t.level < Level::RemoteFlush;
+            let reached = t.hardened
+                && (t.level == Level::Local || p.remote[t.level.index()] >= t.end)
+                && (!uncovered || live);
+            let detached = t.level.is_remote() && !attached;
+            let outcome = if reached {
+                Some(Some(false))
+            } else if p.no_quorum && (uncovered || detached) && !live {
+                Some(None)
+            } else if detached {
+                match p.policy {
+                    Policy::Refuse => Some(None),
+                    Policy::Expose => {
+                        if t.hardened {
+                            if live {
+                                Some(Some(true))
+                            } else {
+                                p.wanted = true;
+                                None
+                            }
+                        } else {
+                            None
+                        }
+                    }
+                }
+            } else {
+                if uncovered && t.hardened {
+                    p.wanted = true;
+                }
+                None
+            };
+            match outcome {
+                Some(r) => {
+                    let t = p.tickets.remove(i);
+                    if let Some(exposed) = r {
+                        done.push((t, exposed));
+                    }
+                }
+                None => i += 1,
+            }
+        }
+        let epoch = p.epoch;
+        for (t, exposed) in done {
+            self.record_ack(n, epoch, t, exposed);
+        }
+    }
+
+    fn record_ack(&mut self, n: usize, epoch: u64, t: Ticket, exposed: bool) {
+        // Invariant 1: the holder of epoch `E` acknowledges only while no
+        // later epoch was granted to the other node. (A later epoch granted
+        // to this very node is a stale or repeated claim of its own: this
+        // incarnation and that one never run at once.)
+        let holder = self
+            .grants
+            .iter()
+            .find(|g| g.epoch == epoch)
+            .map(|g| g.node);
+        let later = self.grants.iter().find(|g| g.epoch > epoch && g.node != n);
+        if holder != Some(n) || later.is_some() {
+            self.fail(format!(
+                "{} acknowledged a commit (LSN {}..{}, {}{}) as principal of epoch {epoch} (granted to {:?}), after a later grant: {later:?}",
+                NAMES[n],
+                t.start,
+                t.end,
+                t.level.name(),
+                if exposed { ", exposed" } else { "" },
+                holder.map(|h| NAMES[h]),
+            ));
+        }
+        let v = self.nodes[n]
+            .log
+            .read_from(t.start)
+            .expect("acked batch readable")
+            .next()
+            .expect("acked batch present")
+            .expect("acked batch valid");
+        assert_eq!(v.lsn(), t.start);
+        let frame = v.frame().to_vec();
+        self.stats.acks += 1;
+        if exposed || t.level < Level::RemoteFlush {
+            self.stats.exposed_acks += 1;
+        }
+        self.acks.push(Ack {
+            node: n,
+            epoch,
+            t: self.now,
+            start: t.start,
+            end: t.end,
+            frame,
+            exposed,
+            level: t.level,
+            lost_at: None,
+        });
+    }
+
+    // --- mirror ------------------------------------------------------------
+
+    fn mirror_connect(&mut self, n: usize) {
+        let now = self.lns(n);
+        let inc = [self.nodes[0].inc, self.nodes[1].inc];
+        let conn = self.conns.len();
+        self.conns.push(Conn {
+            alive: true,
+            closed: [false; 2],
+            fifo: [0; 2],
+            inc,
+        });
+        let epoch = self.nodes[n].log.last_epoch();
+        let m = self.mir(n).expect("mirror");
+        m.began_ns = now;
+        m.phase = MPhase::Connecting {
+            conn,
+            deadline_ns: now + CONNECT_TIMEOUT_MS * NS_PER_MS,
+        };
+        self.send(
+            conn,
+            n,
+            PMsg::Hello {
+                mirror_epoch: epoch,
+            },
+        );
+    }
+
+    /// The connection attempt or session ended: back to the backoff loop.
+    fn mirror_attempt_ended(&mut self, n: usize) {
+        let now = self.lns(n);
+        let m = self.mir(n).expect("mirror");
+        if now - m.began_ns > BACKOFF_MAX_MS * NS_PER_MS {
+            m.backoff_ms = BACKOFF_FIRST_MS;
+        }
+        m.phase = MPhase::Backoff {
+            until_ns: now + m.backoff_ms * NS_PER_MS,
+        };
+        if std::mem::take(&mut m.refused_unknown_epoch) && self.cfg.knobs.reseed_unknown_epoch {
+            self.reseed(n);
+        }
+    }
+
+    fn mirror_session_closed(&mut self, n: usize, why: &str) {
+        let m = self.mir(n).expect("mirror");
+        let Some(s) = m.sess.take() else { return };
+        m.ended_sync = s.last_state == MirroringState::Synchronized;
+        let ended_sync = m.ended_sync;
+        self.send(s.conn, n, PMsg::Eof);
+        self.note(format!(
+            "{}: session with the principal ended ({why}); SYNCHRONIZED: {ended_sync}",
+            NAMES[n]
+        ));
+        self.mirror_attempt_ended(n);
+    }
+
+    /// The operator empties a mirror the principal cannot catch up.
+    fn reseed(&mut self, n: usize) {
+        self.stats.reseeds += 1;
+        if !self.grants.iter().any(|g| g.kind == GrantKind::Forced) {
+            self.stats.reseeds_unforced += 1;
+            if std::env::var("MIRRORLOG_FAILOVER_SAY").is_ok() {
+                eprintln!("seed {}: reseed without forced service", self.seed);
+            }
+        }
+        self.note(format!(
+            "{}: operator reseeds the mirror (log {}, history {:?})",
+            NAMES[n],
+            self.nodes[n].log.written_lsn(),
+            self.nodes[n].history
+        ));
+        let storage = SimStorage::new();
+        let (log, _) = Log::open_with(storage.clone(), opts()).unwrap();
+        let node = &mut self.nodes[n];
+        node.storage = storage;
+        node.log = log;
+        node.history.clear();
+        node.applied = 0;
+    }
+
+    fn mirror_receive(&mut self, n: usize, conn: usize, msg: PMsg) {
+        let nowms = self.lms(n);
+        match msg {
+            PMsg::Welcome { principal_epoch } => {
+                let cfg = self.cfg.session;
+                let node = &self.nodes[n];
+                let last_epoch = node.log.last_epoch();
+                let progress = MirrorProgress {
+                    received: node.log.written_lsn(),
+                    hardened: node.log.hardened_lsn(),
+                    applied: node.applied.min(node.log.hardened_lsn()),
+                };
+                let m = self.mir(n).expect("mirror");
+                if !matches!(m.phase, MPhase::Connecting { conn: c, .. } if c == conn) {
+                    return;
+                }
+                m.principal_epoch = principal_epoch;
+                if m.force == Force::Asked {
+                    m.force = Force::Refused;
+                }
+                let (s, first) = MirrorSession::new(cfg, nowms, last_epoch, progress);
+                m.sessions += 1;
+                let note = format!(
+                    "{}: connected to the principal of epoch {principal_epoch} (force {:?})",
+                    NAMES[n], m.force
+                );
+                m.phase = MPhase::Session;
+                m.sess = Some(MSess {
+                    conn,
+                    s,
+                    last_state: MirroringState::Synchronizing,
+                });
+                self.note(note);
+                self.mirror_exec(n, conn, first);
+            }
+            PMsg::Refused => {
+                let m = self.mir(n).expect("mirror");
+                if matches!(m.phase, MPhase::Connecting { conn: c, .. } if c == conn) {
+                    self.mirror_attempt_ended(n);
+                }
+            }
+            PMsg::Msg(msg) => {
+                if let Message::Refuse {
+                    code: RefuseCode::EpochMismatch,
+                    reason,
+                } = &msg
+                {
+                    if reason.contains("does not contain") {
+                        let m = self.mir(n).expect("mirror");
+                        m.refused_unknown_epoch = true;
+                        let reason = reason.clone();
+                        self.note(format!("{}: refused by the principal: {reason}", NAMES[n]));
+                    }
+                }
+                let start = match &msg {
+                    Message::Start { epoch, .. } => Some(*epoch),
+                    _ => None,
+                };
+                let m = self.mir(n).expect("mirror");
+                let Some(s) = m.sess.as_mut().filter(|s| s.conn == conn) else {
+                    return;
+                };
+                let cmds = s.s.on_message(nowms, msg);
+                if start.is_some()
+                    && !cmds
+                        .iter()
+                        .any(|c| matches!(c, MirrorCommand::Close { .. }))
+                {
+                    m.started_epoch = start;
+                }
+                self.mirror_exec(n, conn, cmds);
+            }
+            PMsg::Eof => {
+                let m = self.mir(n).expect("mirror");
+                if m.sess.as_ref().is_some_and(|s| s.conn == conn) {
+                    self.mirror_session_closed(n, "the principal closed the connection");
+                } else if matches!(m.phase, MPhase::Connecting { conn: c, .. } if c == conn) {
+                    self.mirror_attempt_ended(n);
+                }
+            }
+            PMsg::Hello { .. } => {
+                // Not listening: a reset.
+                self.send(conn, n, PMsg::Refused);
+            }
+        }
+    }
+
+    fn mirror_exec(&mut self, n: usize, conn: usize, cmds: Vec<MirrorCommand>) {
+        let mut q: VecDeque<MirrorCommand> = cmds.into();
+        while let Some(c) = q.pop_front() {
+            let nowms = self.lms(n);
+            let Some(m) = self.mir(n) else { return };
+            if m.sess.as_ref().is_none_or(|s| s.conn != conn) {
+                return;
+            }
+            match c {
+                MirrorCommand::Send(msg) => self.send(conn, n, PMsg::Msg(msg)),
+                MirrorCommand::Rewind(t) => {
+                    let node = &mut self.nodes[n];
+                    node.applied = node.applied.min(t);
+                    let applied = node.applied;
+                    let m = self.mir(n).expect("mirror");
+                    q.extend(
+                        m.sess
+                            .as_mut()
+                            .expect("session")
+                            .s
+                            .on_rewound(nowms, applied),
+                    );
+                }
+                MirrorCommand::Truncate(t) => {
+                    let node = &mut self.nodes[n];
+                    let before = node.log.written_lsn();
+                    node.log.truncate(t).expect("the mirror truncates");
+                    self.note(format!(
+                        "{}: cuts its log at {t} (was {before}), as the principal's history says",
+                        NAMES[n]
+                    ));
+                }
+                MirrorCommand::Append(frame) => {
+                    let header = decode_header(&frame).expect("shipped frame header");
+                    let node = &mut self.nodes[n];
+                    if header.epoch > history_last(&node.history) {
+                        let w = node.log.written_lsn();
+                        history_begin(&mut node.history, header.epoch, w);
+                    }
+                    if let Err(e) = node.log.append_frame(&frame) {
+                        self.fail(format!(
+                            "{}: a shipped frame does not continue the mirror's log: {e}",
+                            NAMES[n]
+                        ));
+                    }
+                    let w = self.nodes[n].log.written_lsn();
+                    let m = self.mir(n).expect("mirror");
+                    q.extend(m.sess.as_mut().expect("session").s.on_appended(nowms, w));
+                }
+                MirrorCommand::Sync => {
+                    if !std::mem::replace(&mut m.sync_pending, true) {
+                        let inc = self.nodes[n].inc;
+                        let (lo, hi) = self.cfg.fsync_us;
+                        let d = self.rng.range(lo, hi);
+                        self.at(self.now + d, Ev::MSync { node: n, inc });
+                    }
+                }
+                MirrorCommand::ApplyLimit(l) => {
+                    let node = &mut self.nodes[n];
+                    if l > node.log.hardened_lsn() {
+                        self.fail(format!(
+                            "{}: apply limit {l} beyond its hardened log",
+                            NAMES[n]
+                        ));
+                    }
+                    let mut applied = node.applied;
+                    for v in node.log.read_from(node.applied).expect("apply range") {
+                        let v = v.expect("readable batch");
+                        if v.end_lsn() > l {
+                            break;
+                        }
+                        applied = v.end_lsn();
+                    }
+                    if applied > node.applied {
+                        node.applied = applied;
+                        let m = self.mir(n).expect("mirror");
+                        q.extend(
+                            m.sess
+                                .as_mut()
+                                .expect("session")
+                                .s
+                                .on_applied(nowms, applied),
+                        );
+                    }
+                }
+                MirrorCommand::Close { reason } => {
+                    self.mirror_session_closed(n, &reason);
+                    return;
+                }
+                other => self.fail(format!("unexpected mirror command {other:?}")),
+            }
+        }
+    }
+
+    fn msync(&mut self, n: usize) {
+        let nowms = self.lms(n);
+        let h = self.nodes[n].log.sync().expect("the mirror syncs");
+        let Some(m) = self.mir(n) else { return };
+        m.sync_pending = false;
+        if let Some(s) = m.sess.as_mut() {
+            let conn = s.conn;
+            let cmds = s.s.on_synced(nowms, h);
+            self.mirror_exec(n, conn, cmds);
+        }
+    }
+
+    /// `Promoter::due`.
+    fn promoter_due(&mut self, n: usize) -> bool {
+        let now = self.lns(n);
+        let t = self.cfg.session.partner_timeout_ms as f64 * NS_PER_MS;
+        let m = self.mir(n).expect("mirror");
+        if m.sess.is_some() {
+            m.lost_since_ns = None;
+            return false;
+        }
+        if m.sessions > 0 && m.lost_since_ns.is_none() {
+            m.lost_since_ns = Some(now);
+        }
+        if m.last_try_ns
+            .is_some_and(|l| now - l < PROMOTE_EVERY_MS * NS_PER_MS)
+        {
+            return false;
+        }
+        if m.force == Force::Asked {
+            return true;
+        }
+        m.ended_sync && m.lost_since_ns.is_some_and(|l| now - l >= t)
+    }
+
+    /// `Promoter::attempt`: the query first.
+    fn promoter_attempt(&mut self, n: usize) {
+        let now = self.lns(n);
+        let t = self.cfg.session.partner_timeout_ms as f64 * NS_PER_MS;
+        let id = self.id();
+        let m = self.mir(n).expect("mirror");
+        m.last_try_ns = Some(now);
+        let forced = m.force == Force::Asked;
+        m.call = Some(PromoteCall {
+            id,
+            kind: CallKind::Query,
+            deadline_ns: now + t,
+            forced,
+        });
+        self.send_witness(n, id, Req::Query);
+    }
+
+    fn promoter_reply(&mut self, n: usize, id: u64, rep: Rep) {
+        let now = self.lns(n);
+        let t = self.cfg.session.partner_timeout_ms as f64 * NS_PER_MS;
+        let node = &self.nodes[n];
+        let last_local = history_last(&node.history).max(node.log.last_epoch());
+        let next_id = self.id();
+        let fixed = self.cfg.knobs.query_after_unknown_grant;
+        let Some(m) = self.mir(n) else { return };
+        let Some(call) = m.call.take_if(|c| c.id == id && now < c.deadline_ns) else {
+            return;
+        };
+        let unknown = std::mem::take(&mut self.nodes[n].asked_promotion);
+        let Some(m) = self.mir(n) else { return };
+        match (call.kind, rep) {
+            (CallKind::Query, Rep::State { epoch, principal }) => {
+                if principal.as_deref() == Some(NAMES[n]) && epoch > last_local {
+                    self.note(format!(
+                        "{}: the witness says it is principal of epoch {epoch} (a lost grant)",
+                        NAMES[n]
+                    ));
+                    self.become_principal(n, epoch);
+                    return;
+                }
+                if unknown && fixed {
+                    // It was not granted: back to the loop.
+                    return;
+                }
+                let principal_epoch = m.principal_epoch.max(last_local);
+                let epoch = if call.forced { epoch } else { principal_epoch };
+                let synchronized = m.ended_sync;
+                let id = next_id;
+                let note = format!(
+                    "{}: asks the witness to promote it (epoch {epoch}, synchronized {synchronized}, forced {})",
+                    NAMES[n], call.forced
+                );
+                m.call = Some(PromoteCall {
+                    id,
+                    kind: CallKind::Promote,
+                    deadline_ns: now + t,
+                    forced: call.forced,
+                });
+                self.note(note);
+                self.nodes[n].asked_promotion = true;
+                self.send_witness(
+                    n,
+                    id,
+                    Req::Promote {
+                        epoch,
+                        synchronized,
+                        forced: call.forced,
+                    },
+                );
+            }
+            (CallKind::Promote, Rep::Granted(epoch)) => {
+                self.note(format!(
+                    "{}: granted epoch {epoch} ({})",
+                    NAMES[n],
+                    if call.forced {
+                        "forced service"
+                    } else {
+                        "automatic failover"
+                    }
+                ));
+                self.become_principal(n, epoch);
+            }
+            (CallKind::Promote, Rep::Refused(why)) => {
+                if call.forced && !why.contains("lease may still be live") {
+                    m.force = Force::Refused;
+                }
+            }
+            (_, other) => self.fail(format!(
+                "the witness answered {:?} with {other:?}",
+                call.kind
+            )),
+        }
+    }
+
+    fn mirror_tick(&mut self, n: usize) {
+        let now = self.lns(n);
+        let nowms = self.lms(n);
+        let fixed = self.cfg.knobs.query_after_unknown_grant;
+        let m = self.mir(n).expect("mirror");
+        if m.force == Force::Asked && now >= m.force_deadline_ns {
+            m.force = Force::None;
+        }
+        if let Some(s) = m.sess.as_mut() {
+            let conn = s.conn;
+            let cmds = s.s.on_tick(nowms);
+            self.mirror_exec(n, conn, cmds);
+        }
+        let Some(m) = self.mir(n) else { return };
+        match m.phase {
+            MPhase::Session => {}
+            MPhase::Connecting { deadline_ns, .. } => {
+                if now >= deadline_ns {
+                    self.mirror_attempt_ended(n);
+                }
+            }
+            MPhase::Backoff { until_ns } => {
+                if let Some(c) = &m.call {
+                    if now < c.deadline_ns {
+                        return;
+                    }
+                    m.call = None;
+                }
+                let asking = fixed && self.nodes[n].asked_promotion;
+                let m = self.mir(n).expect("mirror");
+                if asking {
+                    // Fixed glue: find out before serving any principal.
+                    if m.last_try_ns
+                        .is_none_or(|l| now - l >= PROMOTE_EVERY_MS * NS_PER_MS)
+                    {
+                        self.promoter_attempt(n);
+                    }
+                } else if now >= until_ns {
+                    m.backoff_ms = (m.backoff_ms * 2.0).min(BACKOFF_MAX_MS);
+                    self.mirror_connect(n);
+                } else if self.promoter_due(n) {
+                    self.promoter_attempt(n);
+                }
+            }
+        }
+    }
+
+    /// Refreshes the status snapshot, as the runner does every loop.
+    fn mirror_status(&mut self, n: usize) {
+        if let Some(m) = self.mir(n) {
+            if let Some(s) = m.sess.as_mut() {
+                s.last_state = s.s.state();
+            }
+        }
+    }
+
+    // --- faults ------------------------------------------------------------
+
+    fn crash(&mut self, n: usize) {
+        if !self.nodes[n].up {
+            return;
+        }
+        self.stats.crashes += 1;
+        let mode = if self.rng.below(2) == 0 {
+            CrashMode::SyncedOnly
+        } else {
+            CrashMode::RandomPages {
+                seed: self.rng.next(),
+            }
+        };
+        let node = &mut self.nodes[n];
+        node.up = false;
+        node.inc += 1;
+        node.role = Role::Down;
+        node.storage = node.storage.crash_image(node.storage.ops(), mode);
+        let (log, report) =
+            Log::open_with(node.storage.clone(), opts()).expect("a crashed log recovers");
+        node.log = log;
+        node.applied = 0;
+        self.note(format!(
+            "{}: crashes; recovers log to {} (last epoch {})",
+            NAMES[n], report.end_lsn, report.last_epoch
+        ));
+    }
+
+    fn restart(&mut self, n: usize) {
+        if self.nodes[n].up {
+            return;
+        }
+        self.nodes[n].up = true;
+        self.note(format!("{}: restarts", NAMES[n]));
+        if self.nodes[n].was_principal {
+            self.start_claiming(n);
+        } else {
+            self.start_mirror(n);
+        }
+    }
+
+    fn crash_witness(&mut self) {
+        if !self.witness.up {
+            return;
+        }
+        self.stats.witness_crashes += 1;
+        self.witness.up = false;
+        self.note("witness: crashes".into());
+    }
+
+    fn restart_witness(&mut self) {
+        if self.witness.up {
+            return;
+        }
+        let c = &self.witness.core;
+        let (epoch, principal, exposed) = (c.epoch, c.principal.clone(), c.exposed);
+        self.witness.origin_ns = self.clocks[WITNESS].ns(self.now);
+        self.witness.core = WitnessCore::new(self.cfg.lease, 0, epoch, principal, exposed);
+        self.witness.up = true;
+        self.note(format!(
+            "witness: restarts (epoch {epoch}, exposed {exposed})"
+        ));
+    }
+
+    fn fault(&mut self) {
+        let cycle = self.cfg.session.partner_timeout_ms + self.cfg.lease.lease_ms;
+        let short = self.rng.range(10, 300.max(cycle / 4)) * 1000;
+        let long = self.rng.range(cycle / 2, 4 * cycle) * 1000;
+        let dur = if self.rng.chance(0.4) { short } else { long };
+        let principal = (0..2).find(|&n| matches!(self.nodes[n].role, Role::Principal(_)));
+        let who = principal.unwrap_or_else(|| self.rng.below(2) as usize);
+        match self.rng.below(100) {
+            0..=9 => {
+                let l = self.rng.below(3) as usize;
+                self.note(format!("fault: link {l} cut for {} ms", dur / 1000));
+                self.cut_link(l);
+                self.at(self.now + dur, Ev::Heal { links: vec![l] });
+            }
+            10..=19 => {
+                // The principal loses the witness.
+                let l = link(who, WITNESS);
+                self.note(format!(
+                    "fault: {}|witness for {} ms",
+                    NAMES[who],
+                    dur / 1000
+                ));
+                self.cut_link(l);
+                self.at(self.now + dur, Ev::Heal { links: vec![l] });
+            }
+            20..=37 => {
+                // An isolated node (usually the principal).
+                let n = if self.rng.chance(0.8) { who } else { 1 - who };
+                let ls = vec![link(n, 1 - n), link(n, WITNESS)];
+                self.note(format!(
+                    "fault: {} isolated for {} ms",
+                    NAMES[n],
+                    dur / 1000
+                ));
+                for &l in &ls {
+                    self.cut_link(l);
+                }
+                self.at(self.now + dur, Ev::Heal { links: ls });
+            }
+            38..=45 => {
+                // A flapping link: cut and healed a few times in a row.
+                let l = self.rng.below(3) as usize;
+                let mut t = self.now;
+                for _ in 0..self.rng.range(2, 6) {
+                    self.at(t, Ev::Cut { link: l });
+                    t += self.rng.range(5, 150) * 1000;
+                    self.at(t, Ev::Heal { links: vec![l] });
+                    t += self.rng.range(5, 300) * 1000;
+                }
+                self.note(format!("fault: link {l} flaps"));
+            }
+            46..=59 => {
+                let n = if self.rng.chance(0.7) { who } else { 1 - who };
+                if self.nodes[n].up {
+                    let t_ms = self.cfg.session.partner_timeout_ms;
+                    let down = self.rng.range(t_ms / 2, 3 * cycle) * 1000;
+                    self.crash(n);
+                    self.at(self.now + down, Ev::Restart { node: n });
+                }
+            }
+            60..=65 if self.witness.up => {
+                self.crash_witness();
+                self.at(self.now + dur, Ev::WitnessRestart);
+            }
+            66..=73 => {
+                let n = self.rng.below(3) as usize;
+                let rate = Self::pick_rate(&mut self.rng, self.cfg.lease.rho);
+                self.clocks[n].set_rate(self.now, rate);
+            }
+            74..=78 => {
+                self.safety_full = !self.safety_full;
+                self.note(format!(
+                    "operator: safety {}",
+                    if self.safety_full { "full" } else { "off" }
+                ));
+            }
+            79..=90 => {
+                // Forced service, asked on the mirror (refused while it is
+                // connected, as `Mirror::force_service` is).
+                let n = 1 - who;
+                let now = self.lns(n);
+                let wait = 3.0 * cycle as f64 * NS_PER_MS;
+                if let Some(m) = self.mir(n) {
+                    if m.sess.is_none() {
+                        m.force = Force::Asked;
+                        m.force_deadline_ns = now + wait;
+                        self.note(format!("operator: forced service on {}", NAMES[n]));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn heal(&mut self, links: Vec<usize>) {
+        if self.healing {
+            return;
+        }
+        for l in links {
+            self.cut[l] = self.cut[l].saturating_sub(1);
+        }
+        self.link_healed();
+    }
+
+    fn end_faults(&mut self) {
+        self.note("all faults heal".into());
+        self.healing = true;
+        self.heal_started = self.now;
+        self.cut = [0; 3];
+        self.link_healed();
+        for n in 0..2 {
+            if !self.nodes[n].up {
+                self.restart(n);
+            }
+        }
+        self.restart_witness();
+        self.at(self.now + 50_000, Ev::Check);
+    }
+
+    /// During healing: converged yet? Restores service if stuck.
+    fn check(&mut self) {
+        let principals: Vec<usize> = (0..2)
+            .filter(|&n| matches!(&self.nodes[n].role, Role::Principal(p) if !p.deposed))
+            .collect();
+        if principals.is_empty() {
+            let since = *self.no_principal_since.get_or_insert(self.now);
+            let cycle = self.cfg.session.partner_timeout_ms + self.cfg.lease.lease_ms;
+            if self.cfg.knobs.operator_restores_service && self.now - since > 3 * cycle * 1000 {
+                // No principal: both are mirrors (a grant was lost or a
+                // granted node crashed before it started). The operator
+                // forces service on the node the witness names, or any.
+                let named = self.witness.core.principal.clone();
+                let n = (0..2)
+                    .find(|&n| Some(NAMES[n]) == named.as_deref())
+                    .unwrap_or(1);
+                let now = self.lns(n);
+                if let Some(m) = self.mir(n) {
+                    if m.sess.is_none() && m.force != Force::Asked {
+                        m.force = Force::Asked;
+                        m.force_deadline_ns = now + 3.0 * cycle as f64 * NS_PER_MS;
+                        self.stats.operator_restores += 1;
+                        if std::env::var("MIRRORLOG_FAILOVER_SAY").is_ok() {
+                            eprintln!("seed {}: the operator restores service", self.seed);
+                        }
+                        self.no_principal_since = None;
+                        self.note(format!(
+                            "operator: no principal after healing: forced service on {}",
+                            NAMES[n]
+                        ));
+                    }
+                }
+            }
+        } else {
+            self.no_principal_since = None;
+        }
+        if self.converged_now() {
+            self.converged = true;
+            return;
+        }
+        self.at(self.now + 50_000, Ev::Check);
+    }
+
+    fn converged_now(&self) -> bool {
+        let Some(p) = (0..2).find(|&n| {
+            matches!(&self.nodes[n].role, Role::Principal(p) if !p.deposed
+                && p.epoch == self.witness.core.epoch)
+        }) else {
+            return false;
+        };
+        let m = 1 - p;
+        let (Role::Principal(pr), Role::Mirror(mr)) = (&self.nodes[p].role, &self.nodes[m].role)
+        else {
+            return false;
+        };
+        if !self.witness.up
+            || self.witness.core.principal.as_deref() != Some(NAMES[p])
+            || !pr.tickets.is_empty()
+        {
+            return false;
+        }
+        let (Some(ps), Some(ms)) = (&pr.sess, &mr.sess) else {
+            return false;
+        };
+        let (pl, ml) = (&self.nodes[p].log, &self.nodes[m].log);
+        ps.conn == ms.conn
+            && ps.s.state() == MirroringState::Synchronized
+            && ms.s.state() == MirroringState::Synchronized
+            && pl.written_lsn() == pl.hardened_lsn()
+            && ml.written_lsn() == pl.written_lsn()
+            && ml.hardened_lsn() == pl.written_lsn()
+    }
+
+    // --- the loop ----------------------------------------------------------
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Partner { conn, to, msg } => {
+                let c = &self.conns[conn];
+                if !c.alive
+                    || !self.link_up(0, 1)
+                    || !self.nodes[to].up
+                    || self.nodes[to].inc != c.inc[to]
+                {
+                    if !self.link_up(0, 1) {
+                        self.conns[conn].alive = false;
+                    }
+                    return;
+                }
+                match self.nodes[to].role {
+                    Role::Principal(_) => self.prin_receive(to, conn, msg),
+                    Role::Mirror(_) => self.mirror_receive(to, conn, msg),
+                    _ => {
+                        if matches!(msg, PMsg::Hello { .. }) {
+                            self.send(conn, to, PMsg::Refused);
+                        }
+                    }
+                }
+                self.settle(to);
+            }
+            Ev::ToWitness { from, inc, id, req } => {
+                if !self.link_up(from, WITNESS) {
+                    self.stall(from, Ev::ToWitness { from, inc, id, req });
+                    return;
+                }
+                if !self.witness.up {
+                    return;
+                }
+                let rep = self.witness_handle(from, req);
+                let lost = self.rng.chance(self.cfg.witness_reply_loss);
+                if self.link_up(from, WITNESS) && !lost {
+                    let d = self.delay();
+                    self.at(
+                        self.now + d,
+                        Ev::FromWitness {
+                            to: from,
+                            inc,
+                            id,
+                            rep,
+                        },
+                    );
+                }
+            }
+            Ev::FromWitness { to, inc, id, rep } => {
+                if !self.link_up(to, WITNESS) || !self.nodes[to].up || self.nodes[to].inc != inc {
+                    return;
+                }
+                match self.nodes[to].role {
+                    Role::Principal(_) => self.lease_reply(to, id, rep),
+                    Role::Claiming(_) => self.claim_reply(to, id, rep),
+                    Role::Mirror(_) => self.promoter_reply(to, id, rep),
+                    Role::Down => {}
+                }
+                self.settle(to);
+            }
+            Ev::Tick { node, inc } => {
+                if !self.nodes[node].up || self.nodes[node].inc != inc {
+                    return;
+                }
+                match self.nodes[node].role {
+                    Role::Principal(_) => self.prin_tick(node),
+                    Role::Mirror(_) => self.mirror_tick(node),
+                    Role::Claiming(_) => self.claim_step(node),
+                    Role::Down => {}
+                }
+                if self.nodes[node].inc == inc {
+                    self.after_local(node, TICK_MS, Ev::Tick { node, inc });
+                }
+                self.settle(node);
+            }
+            Ev::PSync { node, inc } => {
+                if self.nodes[node].up && self.nodes[node].inc == inc {
+                    self.psync(node);
+                    self.settle(node);
+                }
+            }
+            Ev::MSync { node, inc } => {
+                if self.nodes[node].up && self.nodes[node].inc == inc {
+                    self.msync(node);
+                    self.settle(node);
+                }
+            }
+            Ev::Rejoin { node, inc, reclaim } => {
+                if self.nodes[node].up && self.nodes[node].inc == inc {
+                    if reclaim {
+                        self.note(format!(
+                            "{}: the witness names this node principal of a newer epoch: claims again",
+                            NAMES[node]
+                        ));
+                        self.start_claiming(node);
+                    } else {
+                        self.nodes[node].was_principal = false;
+                        self.start_mirror(node);
+                    }
+                }
+            }
+            Ev::Restart { node } => {
+                if !self.healing {
+                    self.restart(node);
+                }
+            }
+            Ev::WitnessRestart => {
+                if !self.healing {
+                    self.restart_witness();
+                }
+            }
+            Ev::Heal { links } => self.heal(links),
+            Ev::Cut { link } => {
+                if !self.healing {
+                    self.cut_link(link);
+                }
+            }
+            Ev::Commit => {
+                if self.healing {
+                    return;
+                }
+                let n = self.rng.below(2) as usize;
+                if self.nodes[n].up {
+                    self.commit(n);
+                    self.settle(n);
+                }
+                let gap = self.rng.range(1, 2 * self.cfg.commit_gap_us);
+                self.at(self.now + gap, Ev::Commit);
+            }
+            Ev::Fault => {
+                if self.healing {
+                    return;
+                }
+                self.fault();
+                let g = self.fault_gap();
+                self.at(self.now + g, Ev::Fault);
+            }
+            Ev::EndFaults => self.end_faults(),
+            Ev::Check => self.check(),
+        }
+    }
+
+    /// After anything happened at `n`: commits re-check their outcome, the
+    /// lease keeper reacts to a wanted exposure lease, the mirror's status
+    /// is refreshed.
+    fn settle(&mut self, n: usize) {
+        if !self.nodes[n].up {
+            return;
+        }
+        match self.nodes[n].role {
+            Role::Principal(_) => {
+                self.settle_tickets(n);
+                self.lease_step(n);
+            }
+            Role::Mirror(_) => self.mirror_status(n),
+            _ => {}
+        }
+    }
+
+    fn run(&mut self) {
+        let budget = self.cfg.faults_end_us
+            + 40 * (self.cfg.session.partner_timeout_ms + self.cfg.lease.lease_ms) * 1000
+            + 20_000_000;
+        while let Some(((t, _), ev)) = self.queue.pop_first() {
+            self.now = t;
+            self.stats.sim_events += 1;
+            self.handle(ev);
+            if self.converged {
+                return;
+            }
+            if t > budget {
+                break;
+            }
+        }
+        self.fail(self.stuck_report());
+    }
+
+    fn stuck_report(&self) -> String {
+        let mut s = format!(
+            "no convergence {} ms after the faults healed (invariant 4). witness: epoch {} principal {:?} exposed {}",
+            (self.now - self.heal_started) / 1000,
+            self.witness.core.epoch,
+            self.witness.core.principal,
+            self.witness.core.exposed
+        );
+        for (node, name) in self.nodes.iter().zip(NAMES) {
+            let role = match &node.role {
+                Role::Down => "down".to_string(),
+                Role::Claiming(_) => "claiming".to_string(),
+                Role::Principal(p) => format!(
+                    "principal of epoch {} (deposed {}, session {:?}, tickets {})",
+                    p.epoch,
+                    p.deposed,
+                    p.sess.as_ref().map(|s| s.s.state()),
+                    p.tickets.len()
+                ),
+                Role::Mirror(m) => format!(
+                    "mirror (session {:?}, force {:?}, sessions {}, ended_sync {})",
+                    m.sess.as_ref().map(|s| s.s.state()),
+                    m.force,
+                    m.sessions,
+                    m.ended_sync
+                ),
+            };
+            s += &format!(
+                "\n{name}: {role}; log {}..{} hardened {} last epoch {}; history {:?}",
+                node.log.start_lsn(),
+                node.log.written_lsn(),
+                node.log.hardened_lsn(),
+                node.log.last_epoch(),
+                node.history
+            );
+        }
+        s
+    }
+
+    /// Invariants 2, 3 and 4 on the converged world.
+    fn final_checks(&mut self) {
+        let p = (0..2)
+            .find(|&n| matches!(self.nodes[n].role, Role::Principal(_)))
+            .expect("converged on a principal");
+        let pf = frames(&self.nodes[p].log);
+        let mf = frames(&self.nodes[1 - p].log);
+        if pf != mf {
+            let lsns =
+                |f: &[(u64, Vec<u8>)]| f.iter().map(|(l, b)| (*l, b.len())).collect::<Vec<_>>();
+            self.fail(format!(
+                "logs differ after quiescing (invariant 4)\nprincipal {}: {:?}\nmirror    {}: {:?}",
+                NAMES[p],
+                lsns(&pf),
+                NAMES[1 - p],
+                lsns(&mf)
+            ));
+        }
+        let final_log: BTreeMap<u64, &Vec<u8>> = pf.iter().map(|(l, f)| (*l, f)).collect();
+        for a in &self.acks {
+            if final_log.get(&a.start) == Some(&&a.frame) {
+                continue;
+            }
+            // The forced grant whose node lacked it lost it; or the commit
+            // was beyond what a forced node had hardened (it may have held
+            // it unsynced, then crashed). Anything else breaks invariant 2.
+            let g = match a.lost_at {
+                Some(i) => &self.grants[i],
+                None => match self
+                    .grants
+                    .iter()
+                    .find(|g| g.kind == GrantKind::Forced && g.t > a.t && a.end > g.hardened)
+                {
+                    Some(g) => g,
+                    None => self.fail(format!(
+                        "acknowledged commit lost without forced service (invariant 2): {} epoch {} LSN {}..{} at {} ms ({}{}); grants: {:?}",
+                        NAMES[a.node],
+                        a.epoch,
+                        a.start,
+                        a.end,
+                        a.t / 1000,
+                        a.level.name(),
+                        if a.exposed { ", exposed" } else { "" },
+                        self.grants
+                    )),
+                },
+            };
+            if !g.followed {
+                // The forced node's log is not a prefix of the replaced
+                // principal's: it may hold another history at these LSNs.
+                self.stats.lost_to_forced_diverged += 1;
+            } else if a.end <= g.hardened {
+                self.fail(format!(
+                    "acknowledged commit lost to forced service at or below the forced node's hardened LSN (invariant 3): {} epoch {} LSN {}..{} at {} ms ({}{}); the forced grant: {g:?}",
+                    NAMES[a.node],
+                    a.epoch,
+                    a.start,
+                    a.end,
+                    a.t / 1000,
+                    a.level.name(),
+                    if a.exposed { ", exposed" } else { "" },
+                ));
+            }
+            self.stats.lost_to_forced += 1;
+        }
+    }
+}
+
+fn run_seed_with(seed: u64, knobs: Knobs) -> Stats {
+    let mut sim = Sim::new(seed, knobs);
+    sim.run();
+    sim.final_checks();
+    sim.stats
+}
+
+/// The default knobs, or as MIRRORLOG_FAILOVER_KNOBS says (a comma list
+/// of `reseed`, `restore`, `extra-ms`, `query`, `reclaim`, each with `=0`
+/// or `=1`):
+/// to explore what the real glue does without a remedy.
+fn knobs() -> Knobs {
+    let mut k = Knobs::default_run();
+    if let Ok(list) = std::env::var("MIRRORLOG_FAILOVER_KNOBS") {
+        for item in list.split(',').filter(|i| !i.is_empty()) {
+            let (name, on) = item.split_once('=').expect("knob=0|1");
+            let on = on == "1";
+            match name {
+                "reseed" => k.reseed_unknown_epoch = on,
+                "restore" => k.operator_restores_service = on,
+                "extra-ms" => k.witness_extra_ms = on,
+                "query" => k.query_after_unknown_grant = on,
+                "reclaim" => k.reclaim_when_deposed_by_itself = on,
+                _ => panic!("unknown knob {name}"),
+            }
+        }
+    }
+    k
+}
+
+fn run_seed(seed: u64) -> Stats {
+    run_seed_with(seed, knobs())
+}
+
+#[test]
+fn seeded_failovers_never_make_two_principals_or_lose_acknowledged_commits() {
+    let seeds: Vec<u64> = match std::env::var("MIRRORLOG_FAILOVER_SEED") {
+        Ok(s) => vec![s.parse().expect("a seed number")],
+        Err(_) => {
+            let n: u64 = std::env::var("MIRRORLOG_FAILOVER_SEEDS")
+                .map(|n| n.parse().expect("a seed count"))
+                .unwrap_or(2000);
+            let first: u64 = std::env::var("MIRRORLOG_FAILOVER_FIRST_SEED")
+                .map(|n| n.parse().expect("a seed number"))
+                .unwrap_or(1);
+            (first..first + n).collect()
+        }
+    };
+    // MIRRORLOG_FAILOVER_KEEP_GOING=1: run every seed, then fail listing them.
+    let keep_going = std::env::var("MIRRORLOG_FAILOVER_KEEP_GOING").is_ok();
+    let mut total = Stats::default();
+    let mut failed = Vec::new();
+    for &seed in &seeds {
+        match std::panic::catch_unwind(|| run_seed(seed)) {
+            Ok(s) => total.add(&s),
+            Err(e) => {
+                eprintln!(
+                    "failing seed: {seed} (rerun with MIRRORLOG_FAILOVER_SEED={seed}; MIRRORLOG_FAILOVER_TRACE=1 prints every event)"
+                );
+                if !keep_going {
+                    std::panic::resume_unwind(e);
+                }
+                failed.push(seed);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+    eprintln!("failover simulator: {total:?}");
+    if seeds.len() >= 200 {
+        // The faults must actually exercise what the invariants are about.
+        assert!(total.automatic > 0, "no automatic failover: {total:?}");
+        assert!(total.forced > 0, "no forced service: {total:?}");
+        assert!(total.deposed > 0, "no deposed principal: {total:?}");
+        assert!(
+            total.lost_to_forced > 0,
+            "forced service never lost anything: {total:?}"
+        );
+        assert!(
+            total.exposed_acks > 0,
+            "nothing acknowledged exposed: {total:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bugs the simulator found in the engine: each is a failing test, ignored
+// until it is fixed. The default run avoids them with a documented knob.
+
+/// Found by the simulator (seed 5774; also 7060, 7407, 7762, 8273 in the
+/// first 14,000): after an automatic failover the old principal can never
+/// rejoin. A mirror records an epoch in its history only with the first
+/// batch of it it appends (`runner::MirrorRun::record_epoch`); a mirror
+/// that followed a principal whose epoch shipped it nothing has no entry
+/// for that epoch, and keeps none once promoted. The old principal, which
+/// meanwhile wrote batches of that epoch that nobody acknowledged (cut off
+/// from both mirror and witness, it had no lease), rejoins with a position
+/// naming that epoch, and `plan_catch_up` refuses it as `UnknownEpoch`
+/// (`EpochMismatch`), at every reconnection. Its tail beyond where the new
+/// principal's next epoch starts was written by an incarnation the new
+/// principal never followed, so the cut belongs there (design: "the node
+/// that is behind in epochs truncates its log to that point").
+#[test]
+#[ignore = "bug: plan_catch_up refuses, for ever, an old principal whose last batch is of an epoch its promoted mirror followed without receiving a batch of it (the mirror's history lacks that epoch)"]
+fn regression_the_old_principal_cannot_rejoin_when_its_last_epoch_shipped_nothing_to_its_mirror() {
+    let cfg = LeaseConfig {
+        lease_ms: 1000,
+        rho: 0.01,
+    };
+    let mut w = WitnessCore::new(cfg, 0, 0, None, false);
+    // `a` becomes principal of epoch 1; `b` connects and is SYNCHRONIZED
+    // before `a` wrote anything: b's log and history are empty.
+    assert_eq!(w.on_claim(0, 0, "a"), PromoteReply::Granted { epoch: 1 });
+    assert!(matches!(
+        w.on_renew(10, 1, "a", false),
+        RenewReply::Lease { .. }
+    ));
+    // `a` is cut off from both. Commits arrive: their batches (epoch 1,
+    // LSN 0..672) are written and hardened on `a`, never acknowledged (no
+    // mirror, no lease: nothing was exposed). `b` is promoted.
+    let granted = w.on_promote(10 + w.wait_ms(), 1, "b", true, false);
+    assert_eq!(granted, PromoteReply::Granted { epoch: 2 });
+    // b starts epoch 2 at its end, 0 (`history.begin(2, 0)`).
+    let b_history = [(2u64, 0u64)];
+    let b = PrincipalLog {
+        history: &b_history,
+        start_lsn: 0,
+        written_lsn: 0,
+        epoch: 2,
+    };
+    // `a`, deposed, rejoins as b's mirror: last batch of epoch 1, log to 672.
+    // What `a` holds was never acknowledged and `b` never had it: cut at 0.
+    assert_eq!(
+        plan_catch_up(&b, 1, 672),
+        Ok(CatchUp {
+            from_lsn: 0,
+            truncate_to: Some(0)
+        })
+    );
+}
+
+/// The same, end to end (seed 1373): `b` followed epoch 1 without
+/// receiving a batch, was promoted to epoch 2, and refuses `a` at every
+/// reconnection; without the operator's reseed the world never converges
+/// (invariant 4).
+#[test]
+#[ignore = "bug: see regression_the_old_principal_cannot_rejoin_when_its_last_epoch_shipped_nothing_to_its_mirror"]
+fn regression_seed_1373_the_old_principal_never_rejoins_after_an_automatic_failover() {
+    run_seed_with(
+        1373,
+        Knobs {
+            reseed_unknown_epoch: false,
+            ..Knobs::default_run()
+        },
+    );
+}
+
+/// Found by the simulator (seed 1956; 1797, 3532, 4114, 4714 and 1485 too,
+/// in the first 6,000): a mirror's promotion was granted but the reply was
+/// lost (the witness connection reset after the witness decided).
+/// `node::mirror::Promoter::attempt` takes the error as "not promoted";
+/// `connect_loop` then reconnects to the old principal, which, cut off
+/// from the witness, does not know it is deposed: the mirror hardens its
+/// batches and the old principal acknowledges `remote-flush` commits in its
+/// epoch after the witness granted the next one to that very mirror
+/// (design: "a promoted mirror refuses the old epoch, so none of those can
+/// follow the grant"). Nothing is lost here (the granted node holds them),
+/// but the witness and the running principal disagree, and see the next
+/// test for how it ends. Fix, as the default run models it
+/// (`Knobs::query_after_unknown_grant`): a mirror that asked for promotion
+/// and did not hear the outcome remembers so durably and asks the witness
+/// (query) before it follows any principal again.
+#[test]
+#[ignore = "bug: a mirror whose promotion reply was lost follows the old principal again, which acknowledges commits after the grant"]
+fn regression_seed_1956_a_lost_grant_reply_lets_the_old_principal_acknowledge_after_the_grant() {
+    run_seed_with(
+        1956,
+        Knobs {
+            query_after_unknown_grant: false,
+            ..Knobs::default_run()
+        },
+    );
+}
+
+/// Seed 2671: forced service on `b` was granted, the reply lost; `b`
+/// crashed and restarted as mirror (a new process: no session ended
+/// SYNCHRONIZED, no forced service asked, so `Promoter::due` never asks
+/// and never learns of its grant); `a` restarted, its claim was refused
+/// (`b` is principal) and it started as mirror. Both are mirrors for ever:
+/// only an operator's forced service on `b` (whose query shows the lost
+/// grant) restores service.
+#[test]
+#[ignore = "bug: a mirror granted promotion that crashed before hearing it never learns it is principal; nobody is"]
+fn regression_seed_2671_a_granted_mirror_that_crashed_before_hearing_leaves_no_principal() {
+    run_seed_with(
+        2671,
+        Knobs {
+            query_after_unknown_grant: false,
+            operator_restores_service: false,
+            ..Knobs::default_run()
+        },
+    );
+}
+
+/// Found by the simulator (seed 1065; 1142, 1529, 2070, 2105, 2572 too):
+/// `WitnessCore::on_claim` grants the recorded principal a new epoch on
+/// every claim. A restarting principal's claim is retried when no reply
+/// comes within a second, and a request held in a cut link reaches the
+/// witness when it heals, after the client gave up; so one restart can
+/// be granted two epochs. The node runs as principal of the first; its
+/// next renewal is `Deposed` in favour of itself (the second), and
+/// `lease_keeper`'s embedder restarts it as mirror of itself: no node is
+/// principal until an operator forces service. Fix, one of: a claim that
+/// repeats (the same `last_epoch`, the epoch granted never begun) gets
+/// the same epoch back; or a principal deposed in favour of itself claims
+/// again (as the default run models it,
+/// `Knobs::reclaim_when_deposed_by_itself`).
+#[test]
+#[ignore = "bug: a repeated claim (a retry, or a late copy of the request) deposes the claimant's own running epoch"]
+fn regression_a_repeated_claim_deposes_its_own_claimant() {
+    let mut w = WitnessCore::new(LeaseConfig::default(), 0, 2, Some("a".into()), false);
+    // `a` restarts (its log went through epoch 2) and claims; the first
+    // request is held in a cut link, the retry is granted.
+    assert_eq!(w.on_claim(1000, 2, "a"), PromoteReply::Granted { epoch: 3 });
+    // `a` runs as principal of epoch 3; then the first request arrives.
+    assert!(matches!(
+        w.on_renew(1100, 3, "a", false),
+        RenewReply::Lease { .. }
+    ));
+    let _ = w.on_claim(1200, 2, "a");
+    assert!(
+        matches!(w.on_renew(1300, 3, "a", false), RenewReply::Lease { .. }),
+        "the running principal of epoch 3 was deposed by a copy of its own claim: {:?}",
+        w.on_renew(1300, 3, "a", false)
+    );
+}
+
+/// End to end (seed 1065): without the fix or an operator, no principal.
+#[test]
+#[ignore = "bug: see regression_a_repeated_claim_deposes_its_own_claimant"]
+fn regression_seed_1065_a_repeated_claim_leaves_no_principal() {
+    run_seed_with(
+        1065,
+        Knobs {
+            reclaim_when_deposed_by_itself: false,
+            operator_restores_service: false,
+            ..Knobs::default_run()
+        },
+    );
+}
+
+/// Rule W counts whole milliseconds: `witness::server` passes the core
+/// `started.elapsed().as_millis()` (rounded down) for both the renewal and
+/// the promotion, so `waited` can exceed the witness time that really
+/// passed by almost 1 ms, while the principal (`lease_keeper`) measures its
+/// lease in nanoseconds from the exact send time. With clocks at the ends
+/// of the ρ bound and a sub-millisecond delay, the grant comes up to ~1 ms
+/// before the old principal's lease ends: here 1009.49 ms of witness time
+/// after the renewal arrived, not the L·(1 + ρ) = 1010 ms Rule W requires.
+/// Fix: wait `wait_ms() + 1` whole milliseconds (or read the clock finer).
+#[test]
+#[ignore = "bug: whole-millisecond readings let the witness grant up to 1 ms before L(1+rho) of its time passed"]
+fn regression_a_whole_millisecond_witness_clock_grants_before_the_old_lease_ends() {
+    let cfg = LeaseConfig {
+        lease_ms: 1000,
+        rho: 0.01,
+    };
+    // Real time in ns. The principal's clock is as slow, the witness's as
+    // fast, as ρ allows; the witness reads 999.9999 ms when the renewal
+    // arrives.
+    let p_clock = |t: f64| t * (1.0 - cfg.rho);
+    let w_clock = |t: f64| 999_998_890.0 + t * (1.0 + cfg.rho);
+    let w_ms = |t: f64| (w_clock(t) / 1e6).floor() as u64;
+    let mut w = WitnessCore::new(cfg, 0, 1, Some("p".into()), false);
+    // Sent at real time 0, received 1 µs later.
+    let (t_s, t_r) = (0.0, 1_000.0);
+    let RenewReply::Lease { lease_ms, .. } = w.on_renew(w_ms(t_r), 1, "p", true) else {
+        panic!("renewal refused")
+    };
+    // `lease_keeper`: live until sent + lease·(1 − ρ), in ns of its clock.
+    let rho = f64::from((cfg.rho * 1e6).ceil() as u32) / 1e6;
+    let live_until = p_clock(t_s) + (lease_ms as f64 * 1e6 * (1.0 - rho)) as u64 as f64;
+    // Forced service is asked at real time 999.5 ms.
+    let t = 999_500_000.0;
+    assert!(
+        p_clock(t) < live_until,
+        "the old principal may still acknowledge exposed commits"
+    );
+    assert!(
+        matches!(
+            w.on_promote(w_ms(t), 1, "m", true, true),
+            PromoteReply::Refused { .. }
+        ),
+        "granted after {:.3} ms of witness time, while the old lease is live",
+        (w_clock(t) - w_clock(t_r)) / 1e6
+    );
+}
