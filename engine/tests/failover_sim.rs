@@ -951,7 +951,11 @@ impl Sim {
         let mut now = self.wms();
         let name = NAMES[from];
         let rep = match req {
-            Req::Claim { last_epoch } => match self.witness.core.on_claim(now, last_epoch, name) {
+            Req::Claim { last_epoch } => match self
+                .witness
+                .core
+                .on_claim(now, last_epoch, name, last_epoch)
+            {
                 PromoteReply::Granted { epoch } => {
                     self.record_grant(epoch, from, GrantKind::Claim);
                     Rep::Granted(epoch)
@@ -2798,7 +2802,7 @@ fn regression_the_old_principal_cannot_rejoin_when_its_last_epoch_shipped_nothin
     let mut w = WitnessCore::new(cfg, 0, 0, None, false);
     // `a` becomes principal of epoch 1; `b` connects and is SYNCHRONIZED
     // before `a` wrote anything: b's log and history are empty.
-    assert_eq!(w.on_claim(0, 0, "a"), PromoteReply::Granted { epoch: 1 });
+    assert_eq!(w.on_claim(0, 0, "a", 0), PromoteReply::Granted { epoch: 1 });
     assert!(matches!(
         w.on_renew(10, 1, "a", false),
         RenewReply::Lease { .. }
@@ -2904,18 +2908,20 @@ fn regression_seed_2671_a_granted_mirror_that_crashed_before_hearing_leaves_no_p
 /// again (as the default run models it,
 /// `Knobs::reclaim_when_deposed_by_itself`).
 #[test]
-#[ignore = "bug: a repeated claim (a retry, or a late copy of the request) deposes the claimant's own running epoch"]
 fn regression_a_repeated_claim_deposes_its_own_claimant() {
     let mut w = WitnessCore::new(LeaseConfig::default(), 0, 2, Some("a".into()), false);
     // `a` restarts (its log went through epoch 2) and claims; the first
     // request is held in a cut link, the retry is granted.
-    assert_eq!(w.on_claim(1000, 2, "a"), PromoteReply::Granted { epoch: 3 });
+    assert_eq!(
+        w.on_claim(1000, 2, "a", 2),
+        PromoteReply::Granted { epoch: 3 }
+    );
     // `a` runs as principal of epoch 3; then the first request arrives.
     assert!(matches!(
         w.on_renew(1100, 3, "a", false),
         RenewReply::Lease { .. }
     ));
-    let _ = w.on_claim(1200, 2, "a");
+    let _ = w.on_claim(1200, 2, "a", 2);
     assert!(
         matches!(w.on_renew(1300, 3, "a", false), RenewReply::Lease { .. }),
         "the running principal of epoch 3 was deposed by a copy of its own claim: {:?}",
@@ -2947,7 +2953,6 @@ fn regression_seed_1065_a_repeated_claim_leaves_no_principal() {
 /// after the renewal arrived, not the L·(1 + ρ) = 1010 ms Rule W requires.
 /// Fix: wait `wait_ms() + 1` whole milliseconds (or read the clock finer).
 #[test]
-#[ignore = "bug: whole-millisecond readings let the witness grant up to 1 ms before L(1+rho) of its time passed"]
 fn regression_a_whole_millisecond_witness_clock_grants_before_the_old_lease_ends() {
     let cfg = LeaseConfig {
         lease_ms: 1000,

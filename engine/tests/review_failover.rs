@@ -701,6 +701,7 @@ fn regression_a_recorded_witness_reply_is_accepted_on_a_later_connection() {
                     database_id: DB,
                     name: "a".into(),
                     last_epoch: 0,
+                    claim_id: 1,
                 },
                 t
             )

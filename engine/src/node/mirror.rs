@@ -294,6 +294,21 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
     let mut last_said = String::new();
     let mut promote = Promoter::new(sh);
     while !sh.stop.load(Ordering::Acquire) {
+        if promote.uncertain {
+            if let Some(p) = promote.settle(sh, &history) {
+                log.line(&format!(
+                    "mirrorlog[mirror]: the witness had granted this node epoch {} (its answer was lost): now principal",
+                    p.epoch
+                ));
+                *sh.promoted.lock().expect("promoted") = Some(p);
+                return history;
+            }
+            if promote.uncertain {
+                // Not settled: follow nobody yet.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
         let began = Instant::now();
         let why = (|| -> String {
             let stream = match TcpStream::connect_timeout(&sh.principal, Duration::from_secs(1)) {
@@ -404,6 +419,8 @@ struct Promoter {
     lost_since: Option<Instant>,
     last_try: Option<Instant>,
     last_said: String,
+    /// A promotion request got no answer: it may have been granted.
+    uncertain: bool,
 }
 
 impl Promoter {
@@ -417,6 +434,7 @@ impl Promoter {
             lost_since: None,
             last_try: None,
             last_said: String::new(),
+            uncertain: false,
         }
     }
 
@@ -506,6 +524,48 @@ impl Promoter {
                     sh,
                     format!("the witness answered a promotion with {other:?}"),
                 );
+                None
+            }
+            Err(e) => {
+                // The witness may have granted it and the reply been lost:
+                // until a query settles that, this mirror follows nobody.
+                self.uncertain = true;
+                self.say(sh, e);
+                None
+            }
+        }
+    }
+
+    /// After a promotion whose answer was lost: asks the witness whether
+    /// it was granted. `Some`: it was; `None` and still `uncertain`: the
+    /// witness did not answer (do not follow the old principal meanwhile).
+    fn settle<A: Applier>(&mut self, sh: &Shared<A>, history: &EpochHistory) -> Option<Promotion> {
+        let (Some(client), Some(link)) = (self.client.as_mut(), sh.cfg.witness.as_ref()) else {
+            self.uncertain = false;
+            return None;
+        };
+        let last_local = history.last_epoch().max(sh.log.last_epoch());
+        let timeout = Duration::from_millis(sh.cfg.session.partner_timeout_ms);
+        match client.call(
+            &Request::Query {
+                database_id: sh.cfg.identity.database_id,
+            },
+            timeout,
+        ) {
+            Ok(Reply::State {
+                epoch, principal, ..
+            }) => {
+                self.uncertain = false;
+                (principal.as_deref() == Some(link.name.as_str()) && epoch > last_local).then_some(
+                    Promotion {
+                        epoch,
+                        forced: false,
+                        loss_bound_bytes: None,
+                    },
+                )
+            }
+            Ok(_) => {
+                self.uncertain = false;
                 None
             }
             Err(e) => {

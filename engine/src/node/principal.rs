@@ -712,11 +712,19 @@ fn claim(cfg: &NodeConfig, link: &WitnessLink, last_epoch: u64) -> Result<u64, N
     let mut c = WitnessClient::new(link.addr, cfg.identity.secret.clone());
     let deadline = Instant::now() + CLAIM_TIMEOUT;
     let mut said = false;
+    // One id for this start, the same on every retry: the witness grants
+    // it one epoch however many copies of the request reach it.
+    let nonce = crate::replication::handshake::random_nonce().map_err(|source| NodeError::Io {
+        context: "no randomness for a claim id".into(),
+        source,
+    })?;
+    let claim_id = u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes"));
     loop {
         let req = Request::Claim {
             database_id: cfg.identity.database_id,
             name: link.name.clone(),
             last_epoch,
+            claim_id,
         };
         match c.call(&req, Duration::from_secs(1)) {
             Ok(Reply::Granted { epoch }) => return Ok(epoch),

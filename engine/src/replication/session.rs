@@ -233,7 +233,13 @@ impl PrincipalSession {
                     return out;
                 }
                 match plan_catch_up(log, epoch, written_lsn) {
-                    Err(e @ CatchUpError::Purged { .. }) => {
+                    // The log the mirror needs is gone, or its last epoch is
+                    // one this principal never had (it followed an epoch
+                    // that shipped it nothing before it was promoted, and
+                    // the mirror, once that epoch's principal, wrote
+                    // batches nobody acknowledged through this history):
+                    // either way only a reseed brings it back.
+                    Err(e @ (CatchUpError::Purged { .. } | CatchUpError::UnknownEpoch { .. })) => {
                         // The runner sends a snapshot if there is one (and
                         // refuses otherwise), then ends the session.
                         out.push(PrincipalCommand::Reseed { why: e.to_string() });

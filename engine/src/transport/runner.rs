@@ -609,6 +609,26 @@ impl<S: Storage, A: Applier> MirrorRun<'_, S, A> {
                 "the snapshot at LSN {lsn} failed its checksum; nothing was changed, retrying"
             ));
         }
+        // This log's last epoch unknown to the principal: its batches of
+        // that epoch were never acknowledged through the principal's
+        // history. Saved before the log goes, as a cut saves a tail.
+        let mine = self.log.last_epoch();
+        if mine > 0 && !inc.history.iter().any(|&(e, _)| e == mine) {
+            if let Some(h) = self.history.as_deref() {
+                let from = h
+                    .entries()
+                    .iter()
+                    .find(|&&(e, _)| e == mine)
+                    .map_or(self.log.start_lsn(), |&(_, s)| s)
+                    .max(self.log.start_lsn());
+                if let Some(path) = salvage(self.log, h.dir(), from)? {
+                    self.status.note(&format!(
+                        "mirrorlog[mirror]: this log's epoch {mine} is unknown to the principal; its batches from LSN {from} were saved to {} before the reseed",
+                        path.display()
+                    ));
+                }
+            }
+        }
         let n = inc.bytes.len();
         self.applier
             .restore(lsn, Arc::new(inc.bytes))

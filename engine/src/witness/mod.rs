@@ -48,6 +48,9 @@ pub struct WitnessCore {
     /// no more commits and its mirror has its whole log, so a promotion
     /// need not wait out its lease. Not durable: a restarted witness waits.
     resigned: bool,
+    /// The last claim granted: who, its id, the epoch (in memory: a copy of
+    /// a claim outliving a witness restart is not guarded).
+    last_claim: Option<(String, u64, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +88,7 @@ impl WitnessCore {
             exposed,
             last_renewal_ms: now_ms,
             resigned: false,
+            last_claim: None,
         }
     }
 
@@ -113,8 +117,11 @@ impl WitnessCore {
 
     /// How long after the last renewal the witness must wait, on its own
     /// clock, before granting a new epoch: `L·(1 + ρ)`.
+    ///
+    /// Plus one: the witness reads its clock in whole milliseconds (rounded
+    /// down), so a measured wait can exceed the real one by almost 1 ms.
     pub fn wait_ms(&self) -> u64 {
-        (self.cfg.lease_ms as f64 * (1.0 + self.cfg.rho)).ceil() as u64
+        (self.cfg.lease_ms as f64 * (1.0 + self.cfg.rho)).ceil() as u64 + 1
     }
 
     /// A renewal from `name`, principal of `epoch` (witness time
@@ -206,8 +213,32 @@ impl WitnessCore {
     /// Granted when it is the recorded principal (a restart: its old
     /// incarnation is gone, the log directory's lock says so) or when no
     /// principal was ever recorded. The epoch granted is above both the
-    /// witness's and the node's.
-    pub fn on_claim(&mut self, now_ms: u64, last_epoch: u64, name: &str) -> PromoteReply {
+    /// witness's and the node's. `claim_id` names one start: a retry, or a
+    /// late copy of the request, gets the epoch already granted to it
+    /// (and changes nothing), never a second one that would depose the
+    /// claimant's own running epoch.
+    pub fn on_claim(
+        &mut self,
+        now_ms: u64,
+        last_epoch: u64,
+        name: &str,
+        claim_id: u64,
+    ) -> PromoteReply {
+        if let Some((n, id, epoch)) = &self.last_claim {
+            if n == name && *id == claim_id {
+                return if self.epoch == *epoch && self.principal.as_deref() == Some(name) {
+                    PromoteReply::Granted { epoch: *epoch }
+                } else {
+                    PromoteReply::Refused {
+                        why: format!(
+                            "this claim was granted epoch {epoch}, which is over (current: {} of {})",
+                            self.principal.as_deref().unwrap_or("none"),
+                            self.epoch
+                        ),
+                    }
+                };
+            }
+        }
         match self.principal.as_deref() {
             Some(p) if p != name => PromoteReply::Refused {
                 why: format!(
@@ -217,6 +248,7 @@ impl WitnessCore {
             },
             _ => {
                 self.grant(now_ms, self.epoch.max(last_epoch) + 1, name);
+                self.last_claim = Some((name.to_string(), claim_id, self.epoch));
                 PromoteReply::Granted { epoch: self.epoch }
             }
         }
@@ -381,12 +413,15 @@ mod tests {
     fn claims_go_to_the_recorded_principal_or_to_the_first_node_only() {
         let mut w = WitnessCore::new(LeaseConfig::default(), 0, 0, None, false);
         // The first claim takes an epoch above the node's own history.
-        assert_eq!(w.on_claim(0, 4, "a"), PromoteReply::Granted { epoch: 5 });
+        assert_eq!(w.on_claim(0, 4, "a", 1), PromoteReply::Granted { epoch: 5 });
         assert!(
-            matches!(w.on_claim(1, 9, "b"), PromoteReply::Refused { why } if why.contains("mirror"))
+            matches!(w.on_claim(1, 9, "b", 2), PromoteReply::Refused { why } if why.contains("mirror"))
         );
         // A restart of the principal is a new epoch.
-        assert_eq!(w.on_claim(2, 5, "a"), PromoteReply::Granted { epoch: 6 });
+        assert_eq!(w.on_claim(2, 5, "a", 3), PromoteReply::Granted { epoch: 6 });
+        // A retry (or a late copy) of that claim is the same grant, and
+        // changes nothing.
+        assert_eq!(w.on_claim(2, 5, "a", 3), PromoteReply::Granted { epoch: 6 });
         // The epoch the witness granted is the one renewals name.
         assert!(matches!(
             w.on_renew(3, 5, "a", false),

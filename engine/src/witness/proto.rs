@@ -38,6 +38,8 @@ pub enum Request {
         database_id: [u8; 16],
         name: String,
         last_epoch: u64,
+        /// One per start of the claimant: retries carry the same.
+        claim_id: u64,
     },
     /// The principal of `epoch` renews its lease.
     Renew {
@@ -198,7 +200,13 @@ impl Request {
                 database_id,
                 name,
                 last_epoch,
-            } => w.u8(1).bytes16(database_id).str(name).u64(*last_epoch),
+                claim_id,
+            } => w
+                .u8(1)
+                .bytes16(database_id)
+                .str(name)
+                .u64(*last_epoch)
+                .u64(*claim_id),
             Request::Renew {
                 database_id,
                 name,
@@ -245,6 +253,7 @@ impl Request {
                 database_id: r.bytes16()?,
                 name: r.str()?,
                 last_epoch: r.u64()?,
+                claim_id: r.u64()?,
             },
             2 => Request::Renew {
                 database_id: r.bytes16()?,
@@ -443,6 +452,7 @@ mod tests {
                 database_id: db,
                 name: "127.0.0.1:7400".into(),
                 last_epoch: 9,
+                claim_id: 77,
             },
             Request::Renew {
                 database_id: db,

@@ -262,8 +262,11 @@ fn decide(sh: &Shared, req: &Request) -> Reply {
     let before = core.clone();
     let reply = match req {
         Request::Claim {
-            name, last_epoch, ..
-        } => promote_reply(core.on_claim(now_ms, *last_epoch, name)),
+            name,
+            last_epoch,
+            claim_id,
+            ..
+        } => promote_reply(core.on_claim(now_ms, *last_epoch, name, *claim_id)),
         Request::Renew {
             name,
             epoch,
