@@ -307,12 +307,13 @@ mod tests {
             w.on_renew(0, 3, "p", false),
             RenewReply::Lease { .. }
         ));
+        // L·(1 + ρ) = 1010 ms, plus 1 ms for whole-millisecond readings.
         assert!(matches!(
-            w.on_promote(1009, 3, "m", true, false),
+            w.on_promote(1010, 3, "m", true, false),
             PromoteReply::Refused { .. }
         ));
         assert_eq!(
-            w.on_promote(1010, 3, "m", true, false),
+            w.on_promote(1011, 3, "m", true, false),
             PromoteReply::Granted { epoch: 4 }
         );
         // The old principal and the old epoch are done.
