@@ -957,7 +957,10 @@ impl Sim {
                 .on_claim(now, last_epoch, name, last_epoch)
             {
                 PromoteReply::Granted { epoch } => {
-                    self.record_grant(epoch, from, GrantKind::Claim);
+                    // A repeated claim gets the grant it already had.
+                    if self.grants.last().is_none_or(|g| g.epoch != epoch) {
+                        self.record_grant(epoch, from, GrantKind::Claim);
+                    }
                     Rep::Granted(epoch)
                 }
                 PromoteReply::Refused { why } => Rep::Refused(why),
@@ -1523,7 +1526,24 @@ impl Sim {
                     self.send(conn, n, PMsg::Eof);
                     return;
                 }
-                // (A reseed needs a purged log; logs are never trimmed here.)
+                // The principal reseeds a mirror whose last epoch it never
+                // had (logs are never trimmed here, so only that case).
+                // Modelled by its outcome: the mirror is emptied and
+                // caught up from the start of the log, which with an
+                // untrimmed log ends where a snapshot would.
+                PrincipalCommand::Reseed { why } if why.contains("does not contain") => {
+                    self.send(
+                        conn,
+                        n,
+                        PMsg::Msg(Message::Refuse {
+                            code: RefuseCode::EpochMismatch,
+                            reason: why,
+                        }),
+                    );
+                    self.prin(n).expect("principal").sess = None;
+                    self.send(conn, n, PMsg::Eof);
+                    return;
+                }
                 other => self.fail(format!("unexpected principal command {other:?}")),
             }
         }
