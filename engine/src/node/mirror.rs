@@ -421,6 +421,8 @@ struct Promoter {
     last_said: String,
     /// A promotion request got no answer: it may have been granted.
     uncertain: bool,
+    /// Sessions counted when the loss was last timed.
+    seen_sessions: u64,
 }
 
 impl Promoter {
@@ -435,6 +437,7 @@ impl Promoter {
             last_try: None,
             last_said: String::new(),
             uncertain: false,
+            seen_sessions: 0,
         }
     }
 
@@ -447,7 +450,11 @@ impl Promoter {
             self.lost_since = None;
             return false;
         }
-        if snap.sessions > 0 && self.lost_since.is_none() {
+        // The loss is timed from the end of the latest session (this is
+        // only called while disconnected, so a new session shows as a new
+        // count).
+        if snap.sessions > 0 && snap.sessions != self.seen_sessions {
+            self.seen_sessions = snap.sessions;
             self.lost_since = Some(Instant::now());
         }
         if self.last_try.is_some_and(|t| t.elapsed() < PROMOTE_EVERY) {

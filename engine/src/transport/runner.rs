@@ -762,6 +762,8 @@ pub fn serve_mirror<S: Storage, A: Applier>(
     status.update(|s| {
         s.connected = true;
         s.sessions += 1;
+        // A handover belongs to the session that received it.
+        s.handed_over = false;
         s.path = Some(path);
         s.zero_copy = zero_copy;
         s.state = Some(MirroringState::Synchronizing);
