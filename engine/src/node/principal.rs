@@ -40,6 +40,11 @@ struct Shared {
     witness: Option<Mutex<WitnessView>>,
     /// Resigned for a manual failover: the lease keeper stops.
     resigned: AtomicBool,
+    /// Started in an epoch a failover granted: its mirror is gone, so the
+    /// first renewal asks for exposure at once (the first commits need it;
+    /// waiting for them to ask would add a witness round trip to the
+    /// failover).
+    promoted: bool,
 }
 
 struct Watch {
@@ -181,6 +186,7 @@ impl Principal {
                 send_queue_age: None,
             }),
             resigned: AtomicBool::new(false),
+            promoted: granted.is_some(),
             witness: cfg.witness.as_ref().map(|w| {
                 Mutex::new(WitnessView {
                     addr: w.addr.to_string(),
@@ -767,6 +773,9 @@ fn lease_keeper(sh: &Shared) {
     let mut every =
         Duration::from_millis(sh.cfg.session.partner_timeout_ms / 4).max(Duration::from_millis(10));
     let mut exposed = false;
+    if sh.promoted {
+        progress.want_exposure();
+    }
     // End (monotonic ns) of the last lease of any kind; before the first,
     // a grace of one partner timeout (the claim just reached the witness).
     let mut lease_end_ns = monotonic_ns() + sh.cfg.session.partner_timeout_ms * 1_000_000;
