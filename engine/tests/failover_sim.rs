@@ -22,7 +22,7 @@
 //!   1 s: revoke the exposure lease, wait until the mirror hardened the log
 //!   written then, send `cover`); `Deposed` stops every acknowledgement
 //!   (`Detached::Refuse`, no quorum, shipping suspended) and the node
-//!   rejoins as mirror.
+//!   rejoins as mirror (even when the witness names this very node).
 //! * `commit::group::GroupCommit::commit_at` (refusals at entry) and
 //!   `Ticket::outcome` / `Ticket::reached` (Rule P gate): a commit is
 //!   acknowledged once hardened here and, for a remote level, once the
@@ -34,7 +34,15 @@
 //!   advance with the session's `Advance`; the mirror records a new epoch in
 //!   its history before the first batch of it, syncs after appends, applies
 //!   whole batches up to the limit, and its status says whether the session
-//!   was SYNCHRONIZED when it ended.
+//!   was SYNCHRONIZED when it ended. A `PrincipalCommand::Reseed` (the
+//!   mirror's last epoch is one the principal's history lacks; logs are
+//!   never trimmed here, so only that) sends a real `snapshot-begin` through
+//!   the real `MirrorSession`, of the state at LSN 0 (no bytes), with the
+//!   principal's history, and ends the session; the mirror
+//!   (`MirrorRun::restore_snapshot`) salvages its batches of the unknown
+//!   epoch (counted, not kept), restarts its log at 0 (`Log::reset`), adopts
+//!   the history and reconnects to catch up from the start, which with an
+//!   untrimmed log ends where a snapshot at a later LSN would.
 //! * `node::mirror::connect_loop` and `Promoter`: reconnect with backoff
 //!   (20 ms doubling to 1 s, reset after an attempt that lasted over 1 s);
 //!   between attempts, every 50 ms at most, ask the witness when forced
@@ -42,11 +50,21 @@
 //!   and the principal has been gone a partner timeout (query first: a
 //!   grant whose reply was lost shows as this node being principal; then
 //!   `promote` for the epoch it followed, or the current one if forced).
+//!   A promotion request that gets no answer makes the promoter
+//!   `uncertain` (in memory: a new start of the node forgets it): at the
+//!   top of the loop, before any connection, `Promoter::settle` queries
+//!   the witness (one call at a time, again 50 ms after one that got no
+//!   answer) and connects to nobody meanwhile; the witness naming this
+//!   node principal of a newer epoch makes it principal, any other answer
+//!   lets it connect.
 //! * `node::principal::claim`: a restarted principal asks the witness for
-//!   its epoch (retrying every 200 ms, giving up after 30 s); refused, it
-//!   starts as mirror. A restarted mirror starts as mirror. A granted
-//!   mirror starts as principal of the granted epoch on its log, synced
-//!   first (`Mirror::into_principal`), beginning the epoch in its history.
+//!   its epoch (retrying every 200 ms, giving up after 30 s) with a claim
+//!   id drawn once per start and carried by every retry, so the witness
+//!   (`WitnessCore::on_claim`) answers a retry or a late copy of a granted
+//!   claim with the same grant; refused, it starts as mirror. A restarted
+//!   mirror starts as mirror. A granted mirror starts as principal of the
+//!   granted epoch on its log, synced first (`Mirror::into_principal`),
+//!   beginning the epoch in its history.
 //! * Epoch histories (`replication::history::EpochHistory`) are kept in
 //!   memory with the same `begin` rule; they are durable, so they survive
 //!   crashes.
@@ -82,18 +100,24 @@
 //! 4. After healing and quiescing, one principal holds the witness's epoch,
 //!    one SYNCHRONIZED session runs, and both logs are byte-identical.
 //!
-//! Where the real glue breaks an invariant, the default run uses a fix or
-//! an operator's remedy instead, each a `Knobs` field with a regression
-//! test (ignored until the engine is fixed) that replays a seed without it.
+//! The glue modelled is the glue as fixed for the simulator's earlier
+//! findings (claim ids, the extra millisecond of `WitnessCore::wait_ms`,
+//! the reseed of a mirror of an unknown epoch, the uncertain promotion's
+//! settling query); the seeds that found them replay as passing
+//! `regression_seed_*` tests. Where the real glue still breaks invariant 4
+//! (nobody is principal after healing), the default run lets an operator
+//! force service (`Knobs::operator_restores_service`); each such case has
+//! an ignored regression test that replays its seed without the operator.
 //!
 //! A failing seed is printed with its replay command:
 //! MIRRORLOG_FAILOVER_SEED=<seed> replays it (with a trace of what
 //! happened), MIRRORLOG_FAILOVER_SEEDS=<n> runs n seeds (default 2,000),
 //! MIRRORLOG_FAILOVER_TRACE=1 prints every notable event as it happens,
-//! MIRRORLOG_FAILOVER_KNOBS turns fixes off (see `knobs()`); to explore,
-//! MIRRORLOG_FAILOVER_FIRST_SEED=<s> starts elsewhere,
-//! MIRRORLOG_FAILOVER_KEEP_GOING=1 runs every seed and lists the failing
-//! ones, MIRRORLOG_FAILOVER_SAY=1 names the seeds that needed a remedy.
+//! MIRRORLOG_FAILOVER_KNOBS=restore=0 turns the operator's remedy off (see
+//! `knobs()`); to explore, MIRRORLOG_FAILOVER_FIRST_SEED=<s> starts
+//! elsewhere, MIRRORLOG_FAILOVER_KEEP_GOING=1 runs every seed and lists
+//! the failing ones, MIRRORLOG_FAILOVER_SAY=1 names the seeds that needed
+//! the operator (and those with a reseed without forced service).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -101,12 +125,12 @@ use mirrorlog_engine::commit::Level;
 use mirrorlog_engine::log::frame::decode_header;
 use mirrorlog_engine::log::sim::{CrashMode, SimStorage};
 use mirrorlog_engine::log::{Compression, Log, LogOptions, RecordsBuf};
-use mirrorlog_engine::replication::catchup::{plan_catch_up, CatchUp, PrincipalLog};
+use mirrorlog_engine::replication::catchup::{plan_catch_up, CatchUpError, PrincipalLog};
 use mirrorlog_engine::replication::session::{
     MirrorCommand, MirrorProgress, MirrorSession, MirroringState, PrincipalCommand,
     PrincipalSession, SessionConfig,
 };
-use mirrorlog_engine::replication::wire::{Message, RefuseCode};
+use mirrorlog_engine::replication::wire::Message;
 use mirrorlog_engine::witness::{LeaseClock, LeaseConfig, PromoteReply, RenewReply, WitnessCore};
 
 // ---------------------------------------------------------------------------
@@ -258,6 +282,8 @@ enum PMsg {
 enum Req {
     Claim {
         last_epoch: u64,
+        /// One per start of the claimant, the same on every retry.
+        claim_id: u64,
     },
     Renew {
         epoch: u64,
@@ -321,12 +347,10 @@ enum Ev {
         node: usize,
         inc: u64,
     },
-    /// A deposed principal's embedder restarts it as mirror (or, with
-    /// `reclaim`, as principal: the witness named this very node).
+    /// A deposed principal's embedder restarts it as mirror.
     Rejoin {
         node: usize,
         inc: u64,
-        reclaim: bool,
     },
     Restart {
         node: usize,
@@ -414,8 +438,12 @@ enum Force {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CallKind {
+    /// `Promoter::attempt`'s query.
     Query,
+    /// `Promoter::attempt`'s promotion request.
     Promote,
+    /// `Promoter::settle`'s query.
+    Settle,
 }
 
 struct PromoteCall {
@@ -427,9 +455,19 @@ struct PromoteCall {
 
 #[derive(Clone, Copy, Debug)]
 enum MPhase {
-    Connecting { conn: usize, deadline_ns: f64 },
+    Connecting {
+        conn: usize,
+        deadline_ns: f64,
+    },
     Session,
-    Backoff { until_ns: f64 },
+    Backoff {
+        until_ns: f64,
+    },
+    /// The top of `connect_loop` while the promoter is `uncertain`: no
+    /// connection until a query settles it, asked again every 50 ms.
+    Settling {
+        next_ns: f64,
+    },
 }
 
 struct Mir {
@@ -448,13 +486,26 @@ struct Mir {
     force: Force,
     force_deadline_ns: f64,
     sync_pending: bool,
-    /// The principal refused this mirror's epoch as unknown.
-    refused_unknown_epoch: bool,
+    /// `Promoter::uncertain`: a promotion request got no answer (it may
+    /// have been granted). In memory: a new start forgets it.
+    uncertain: bool,
+    /// A reseed being received (`MirrorRun::snapshot`).
+    snapshot: Option<Incoming>,
     /// The epoch of the principal whose `start` this mirror last accepted.
     started_epoch: Option<u64>,
 }
 
+/// A snapshot being received: its LSN, the end of its first segment and
+/// the principal's history.
+struct Incoming {
+    lsn: u64,
+    segment_end: u64,
+    history: Vec<(u64, u64)>,
+}
+
 struct Claiming {
+    /// `principal::claim`'s id: one per start, the same on every retry.
+    claim_id: u64,
     started_ns: f64,
     next_ns: f64,
     call: Option<(u64, f64)>,
@@ -480,10 +531,6 @@ struct Node {
     role: Role,
     /// The role a restart resumes: principal (claim) or mirror.
     was_principal: bool,
-    /// This node asked the witness to promote it and has not heard the
-    /// outcome (kept durably by the fixed glue: see
-    /// `Knobs::query_after_unknown_grant`).
-    asked_promotion: bool,
 }
 
 struct Witness {
@@ -537,39 +584,23 @@ struct Ack {
     lost_at: Option<usize>,
 }
 
-/// What the world does beyond the real glue: fixes and operator remedies
-/// for the bugs the regression tests below replay (the default run has all
-/// of them on but `witness_extra_ms`, whose bug no seed has hit yet).
+/// What the world does beyond the real glue: an operator's remedy.
 #[derive(Clone, Copy, Debug)]
 struct Knobs {
-    /// A mirror refused because the principal does not know its last
-    /// epoch is reseeded (emptied) by the operator, as the design plans for
-    /// a mirror that cannot catch up. Counted in `Stats::reseeds`.
-    reseed_unknown_epoch: bool,
     /// After healing, if no node is principal for a while, the operator
     /// asks for forced service. Counted in `Stats::operator_restores`.
+    /// Still needed with the fixed glue, by the cases the ignored
+    /// regression tests at the end replay: a late claim of an earlier
+    /// start deposing its own claimant (seeds 2070, 3218, 5324), and a
+    /// mirror granted promotion that crashed before its settling query was
+    /// answered (seed 1039; the only one in the default 2,000).
     operator_restores_service: bool,
-    /// The witness waits one more millisecond than `wait_ms()`, covering
-    /// its whole-millisecond clock readings.
-    witness_extra_ms: bool,
-    /// A mirror that asked for a promotion and got no answer (the reply
-    /// was lost, or it crashed meanwhile) asks the witness (query) before
-    /// it connects to any principal again.
-    query_after_unknown_grant: bool,
-    /// A principal deposed in favour of itself (a stale or repeated claim
-    /// of its own was granted a newer epoch) claims again instead of
-    /// rejoining as mirror of itself.
-    reclaim_when_deposed_by_itself: bool,
 }
 
 impl Knobs {
     fn default_run() -> Knobs {
         Knobs {
-            reseed_unknown_epoch: true,
             operator_restores_service: true,
-            witness_extra_ms: false,
-            query_after_unknown_grant: true,
-            reclaim_when_deposed_by_itself: true,
         }
     }
 }
@@ -589,9 +620,25 @@ struct Stats {
     /// Of those, lost to forced service on a node that had not followed
     /// the replaced principal (its log diverged below its hardened LSN).
     lost_to_forced_diverged: u64,
+    /// Mirrors the principal reseeded (`PrincipalCommand::Reseed`: their
+    /// last epoch is one the principal's history lacks).
     reseeds: u64,
     /// Reseeds in a history without forced service.
     reseeds_unforced: u64,
+    /// Of those reseeds, the ones whose mirror had batches of the unknown
+    /// epoch to salvage.
+    reseeds_salvaging: u64,
+    /// Claims the witness answered from its record of the claim id (a
+    /// retry or a late copy): the same grant, or a refusal, never a new one.
+    repeated_claims: u64,
+    /// Promotion requests that got no answer (`Promoter::uncertain`).
+    uncertain_promotions: u64,
+    /// Of those, settled by the query as granted (the answer was lost).
+    lost_grants_found: u64,
+    /// Principals deposed in favour of themselves (a claim of an earlier
+    /// start, or one the restarted witness no longer recognised, was
+    /// granted a newer epoch).
+    deposed_by_itself: u64,
     operator_restores: u64,
     sim_events: u64,
 }
@@ -611,6 +658,11 @@ impl Stats {
         self.lost_to_forced_diverged += o.lost_to_forced_diverged;
         self.reseeds += o.reseeds;
         self.reseeds_unforced += o.reseeds_unforced;
+        self.reseeds_salvaging += o.reseeds_salvaging;
+        self.repeated_claims += o.repeated_claims;
+        self.uncertain_promotions += o.uncertain_promotions;
+        self.lost_grants_found += o.lost_grants_found;
+        self.deposed_by_itself += o.deposed_by_itself;
         self.operator_restores += o.operator_restores;
         self.sim_events += o.sim_events;
     }
@@ -730,7 +782,6 @@ impl Sim {
                 applied: 0,
                 role: Role::Down,
                 was_principal: false,
-                asked_promotion: false,
             }
         };
         let nodes = vec![mk(), mk()];
@@ -948,23 +999,39 @@ impl Sim {
     // --- the witness -------------------------------------------------------
 
     fn witness_handle(&mut self, from: usize, req: Req) -> Rep {
-        let mut now = self.wms();
+        let now = self.wms();
         let name = NAMES[from];
         let rep = match req {
-            Req::Claim { last_epoch } => match self
-                .witness
-                .core
-                .on_claim(now, last_epoch, name, last_epoch)
-            {
-                PromoteReply::Granted { epoch } => {
-                    // A repeated claim gets the grant it already had.
-                    if self.grants.last().is_none_or(|g| g.epoch != epoch) {
-                        self.record_grant(epoch, from, GrantKind::Claim);
+            Req::Claim {
+                last_epoch,
+                claim_id,
+            } => {
+                let before = self.witness.core.epoch;
+                match self.witness.core.on_claim(now, last_epoch, name, claim_id) {
+                    // A retry or a late copy of a granted claim gets the
+                    // grant it already had, and changes nothing.
+                    PromoteReply::Granted { epoch } if epoch == before => {
+                        self.stats.repeated_claims += 1;
+                        self.note(format!(
+                            "witness: {name}'s claim {claim_id:#x} again: the same epoch {epoch}"
+                        ));
+                        Rep::Granted(epoch)
                     }
-                    Rep::Granted(epoch)
+                    PromoteReply::Granted { epoch } => {
+                        self.note(format!(
+                            "witness: {name}'s claim {claim_id:#x} (last epoch {last_epoch}) is new"
+                        ));
+                        self.record_grant(epoch, from, GrantKind::Claim);
+                        Rep::Granted(epoch)
+                    }
+                    PromoteReply::Refused { why } => {
+                        if why.contains("this claim was granted") {
+                            self.stats.repeated_claims += 1;
+                        }
+                        Rep::Refused(why)
+                    }
                 }
-                PromoteReply::Refused { why } => Rep::Refused(why),
-            },
+            }
             Req::Renew { epoch, exposed } => {
                 let was = self.witness.core.exposed;
                 match self.witness.core.on_renew(now, epoch, name, exposed) {
@@ -991,10 +1058,6 @@ impl Sim {
                 synchronized,
                 forced,
             } => {
-                if self.cfg.knobs.witness_extra_ms {
-                    // Counts whole milliseconds conservatively.
-                    now = now.saturating_sub(1);
-                }
                 match self
                     .witness
                     .core
@@ -1069,8 +1132,12 @@ impl Sim {
 
     fn start_claiming(&mut self, n: usize) {
         let now = self.lns(n);
+        // A fresh id for this start (the real one is random).
+        let claim_id = self.id();
+        self.note(format!("{}: claims (claim id {claim_id:#x})", NAMES[n]));
         self.nodes[n].inc += 1;
         self.nodes[n].role = Role::Claiming(Claiming {
+            claim_id,
             started_ns: now,
             next_ns: now,
             call: None,
@@ -1104,7 +1171,15 @@ impl Sim {
             self.next_id += 1;
             let id = self.next_id;
             c.call = Some((id, now + CLAIM_CALL_MS * NS_PER_MS));
-            self.send_witness(n, id, Req::Claim { last_epoch: last });
+            let claim_id = c.claim_id;
+            self.send_witness(
+                n,
+                id,
+                Req::Claim {
+                    last_epoch: last,
+                    claim_id,
+                },
+            );
         }
     }
 
@@ -1167,7 +1242,6 @@ impl Sim {
         let node = &mut self.nodes[n];
         node.inc += 1;
         node.was_principal = true;
-        node.asked_promotion = false;
         let written = node.log.written_lsn();
         history_begin(&mut node.history, epoch, written);
         let hardened = node.log.hardened_lsn();
@@ -1224,7 +1298,8 @@ impl Sim {
             force: Force::None,
             force_deadline_ns: 0.0,
             sync_pending: false,
-            refused_unknown_epoch: false,
+            uncertain: false,
+            snapshot: None,
             started_epoch: None,
         }));
         self.note(format!(
@@ -1234,9 +1309,7 @@ impl Sim {
             self.nodes[n].log.last_epoch(),
             self.nodes[n].history
         ));
-        if !(self.cfg.knobs.query_after_unknown_grant && self.nodes[n].asked_promotion) {
-            self.mirror_connect(n);
-        }
+        self.mirror_connect(n);
         self.schedule_tick(n);
     }
 
@@ -1368,19 +1441,20 @@ impl Sim {
                     "{}: deposed in epoch {epoch}: stops acknowledging, rejoins as mirror",
                     NAMES[n]
                 ));
+                if by.as_deref() == Some(NAMES[n]) {
+                    // A claim of an earlier start (another claim id), or
+                    // one a restarted witness no longer recognised, was
+                    // granted a newer epoch: the embedder still rejoins it
+                    // as mirror (of its partner), and nobody is principal.
+                    self.stats.deposed_by_itself += 1;
+                    self.note(format!(
+                        "{}: the witness names this very node principal of a newer epoch",
+                        NAMES[n]
+                    ));
+                }
                 let inc = self.nodes[n].inc;
                 let d = self.rng.range(1, 100) as f64;
-                let reclaim = by.as_deref() == Some(NAMES[n])
-                    && self.cfg.knobs.reclaim_when_deposed_by_itself;
-                self.after_local(
-                    n,
-                    d,
-                    Ev::Rejoin {
-                        node: n,
-                        inc,
-                        reclaim,
-                    },
-                );
+                self.after_local(n, d, Ev::Rejoin { node: n, inc });
                 return;
             }
             _ => {}
@@ -1526,25 +1600,34 @@ impl Sim {
                     self.send(conn, n, PMsg::Eof);
                     return;
                 }
-                // The principal reseeds a mirror whose last epoch it never
-                // had (logs are never trimmed here, so only that case).
-                // Modelled by its outcome: the mirror is emptied and
-                // caught up from the start of the log, which with an
-                // untrimmed log ends where a snapshot would.
-                PrincipalCommand::Reseed { why } if why.contains("does not contain") => {
-                    self.send(
-                        conn,
-                        n,
-                        PMsg::Msg(Message::Refuse {
-                            code: RefuseCode::EpochMismatch,
-                            reason: why,
-                        }),
-                    );
+                // `runner::reseed`: the principal reseeds a mirror whose
+                // last epoch its history lacks (logs are never trimmed
+                // here, so only that case) from a snapshot, then ends the
+                // session. Modelled as a snapshot of the state at the
+                // start of the log (LSN 0, no bytes): the mirror empties
+                // its log and catches up from there, which with an
+                // untrimmed log ends where a later snapshot would.
+                PrincipalCommand::Reseed { why } => {
+                    let node = &self.nodes[n];
+                    if node.log.start_lsn() != 0 {
+                        self.fail(format!("a reseed ({why}) of a trimmed log"));
+                    }
+                    let begin = Message::SnapshotBegin {
+                        lsn: 0,
+                        segment_end: node.log.segment_end_at(0),
+                        total_bytes: 0,
+                        crc32c: 0,
+                        history: node.history.clone(),
+                    };
+                    self.note(format!(
+                        "{}: {why}: reseeds the mirror (snapshot at LSN 0, history {:?})",
+                        NAMES[n], node.history
+                    ));
+                    self.send(conn, n, PMsg::Msg(begin));
                     self.prin(n).expect("principal").sess = None;
                     self.send(conn, n, PMsg::Eof);
                     return;
                 }
-                other => self.fail(format!("unexpected principal command {other:?}")),
             }
         }
     }
@@ -1760,14 +1843,12 @@ impl Sim {
         m.phase = MPhase::Backoff {
             until_ns: now + m.backoff_ms * NS_PER_MS,
         };
-        if std::mem::take(&mut m.refused_unknown_epoch) && self.cfg.knobs.reseed_unknown_epoch {
-            self.reseed(n);
-        }
     }
 
     fn mirror_session_closed(&mut self, n: usize, why: &str) {
         let m = self.mir(n).expect("mirror");
         let Some(s) = m.sess.take() else { return };
+        m.snapshot = None;
         m.ended_sync = s.last_state == MirroringState::Synchronized;
         let ended_sync = m.ended_sync;
         self.send(s.conn, n, PMsg::Eof);
@@ -1778,8 +1859,11 @@ impl Sim {
         self.mirror_attempt_ended(n);
     }
 
-    /// The operator empties a mirror the principal cannot catch up.
-    fn reseed(&mut self, n: usize) {
+    /// `MirrorRun::restore_snapshot` for the modelled snapshot (LSN 0):
+    /// batches of a last epoch the principal's history lacks are salvaged
+    /// (counted here), the state machine restored, the log emptied and
+    /// restarted at the snapshot's LSN, the principal's history adopted.
+    fn restore_snapshot(&mut self, n: usize, lsn: u64, segment_end: u64, history: Vec<(u64, u64)>) {
         self.stats.reseeds += 1;
         if !self.grants.iter().any(|g| g.kind == GrantKind::Forced) {
             self.stats.reseeds_unforced += 1;
@@ -1787,19 +1871,35 @@ impl Sim {
                 eprintln!("seed {}: reseed without forced service", self.seed);
             }
         }
-        self.note(format!(
-            "{}: operator reseeds the mirror (log {}, history {:?})",
-            NAMES[n],
-            self.nodes[n].log.written_lsn(),
-            self.nodes[n].history
-        ));
-        let storage = SimStorage::new();
-        let (log, _) = Log::open_with(storage.clone(), opts()).unwrap();
         let node = &mut self.nodes[n];
-        node.storage = storage;
-        node.log = log;
-        node.history.clear();
-        node.applied = 0;
+        let mine = node.log.last_epoch();
+        let mut salvaged = 0;
+        if mine > 0 && !history.iter().any(|&(e, _)| e == mine) {
+            let from = node
+                .history
+                .iter()
+                .find(|&&(e, _)| e == mine)
+                .map_or(node.log.start_lsn(), |&(_, s)| s)
+                .max(node.log.start_lsn());
+            salvaged = node.log.written_lsn().saturating_sub(from);
+        }
+        let (written, old_history) = (node.log.written_lsn(), node.history.clone());
+        node.applied = lsn;
+        if let Err(e) = node.log.reset(lsn, Some(segment_end)) {
+            self.fail(format!(
+                "{}: the reseed cannot restart the log: {e}",
+                NAMES[n]
+            ));
+        }
+        let node = &mut self.nodes[n];
+        node.history = history;
+        if salvaged > 0 {
+            self.stats.reseeds_salvaging += 1;
+        }
+        self.note(format!(
+            "{}: reseeded at LSN {lsn} (its log was {written} with last epoch {mine}, history {old_history:?}; {salvaged} bytes of epoch {mine} salvaged)",
+            NAMES[n],
+        ));
     }
 
     fn mirror_receive(&mut self, n: usize, conn: usize, msg: PMsg) {
@@ -1844,17 +1944,9 @@ impl Sim {
                 }
             }
             PMsg::Msg(msg) => {
-                if let Message::Refuse {
-                    code: RefuseCode::EpochMismatch,
-                    reason,
-                } = &msg
-                {
-                    if reason.contains("does not contain") {
-                        let m = self.mir(n).expect("mirror");
-                        m.refused_unknown_epoch = true;
-                        let reason = reason.clone();
-                        self.note(format!("{}: refused by the principal: {reason}", NAMES[n]));
-                    }
+                if let Message::Refuse { reason, .. } = &msg {
+                    let reason = reason.clone();
+                    self.note(format!("{}: refused by the principal: {reason}", NAMES[n]));
                 }
                 let start = match &msg {
                     Message::Start { epoch, .. } => Some(*epoch),
@@ -1974,6 +2066,35 @@ impl Sim {
                         );
                     }
                 }
+                MirrorCommand::SnapshotBegin {
+                    lsn,
+                    segment_end,
+                    total_bytes,
+                    history,
+                    ..
+                } => {
+                    if total_bytes != 0 {
+                        self.fail(format!("a snapshot of {total_bytes} bytes"));
+                    }
+                    m.snapshot = Some(Incoming {
+                        lsn,
+                        segment_end,
+                        history,
+                    });
+                }
+                MirrorCommand::SnapshotDone => {
+                    let Some(Incoming {
+                        lsn,
+                        segment_end,
+                        history,
+                    }) = m.snapshot.take()
+                    else {
+                        self.fail("a snapshot end without its beginning".into())
+                    };
+                    self.restore_snapshot(n, lsn, segment_end, history);
+                    let m = self.mir(n).expect("mirror");
+                    q.extend(m.sess.as_mut().expect("session").s.on_rewound(nowms, lsn));
+                }
                 MirrorCommand::Close { reason } => {
                     self.mirror_session_closed(n, &reason);
                     return;
@@ -2041,14 +2162,35 @@ impl Sim {
         let node = &self.nodes[n];
         let last_local = history_last(&node.history).max(node.log.last_epoch());
         let next_id = self.id();
-        let fixed = self.cfg.knobs.query_after_unknown_grant;
         let Some(m) = self.mir(n) else { return };
         let Some(call) = m.call.take_if(|c| c.id == id && now < c.deadline_ns) else {
             return;
         };
-        let unknown = std::mem::take(&mut self.nodes[n].asked_promotion);
-        let Some(m) = self.mir(n) else { return };
         match (call.kind, rep) {
+            (CallKind::Settle, rep) => {
+                m.uncertain = false;
+                if let Rep::State {
+                    epoch,
+                    principal: Some(p),
+                } = &rep
+                {
+                    if p == NAMES[n] && *epoch > last_local {
+                        let epoch = *epoch;
+                        self.stats.lost_grants_found += 1;
+                        self.note(format!(
+                            "{}: the witness had granted it epoch {epoch} (its answer was lost): now principal",
+                            NAMES[n]
+                        ));
+                        self.become_principal(n, epoch);
+                        return;
+                    }
+                }
+                self.note(format!(
+                    "{}: its promotion was not granted ({rep:?}): connects again",
+                    NAMES[n]
+                ));
+                self.mirror_connect(n);
+            }
             (CallKind::Query, Rep::State { epoch, principal }) => {
                 if principal.as_deref() == Some(NAMES[n]) && epoch > last_local {
                     self.note(format!(
@@ -2056,10 +2198,6 @@ impl Sim {
                         NAMES[n]
                     ));
                     self.become_principal(n, epoch);
-                    return;
-                }
-                if unknown && fixed {
-                    // It was not granted: back to the loop.
                     return;
                 }
                 let principal_epoch = m.principal_epoch.max(last_local);
@@ -2077,7 +2215,6 @@ impl Sim {
                     forced: call.forced,
                 });
                 self.note(note);
-                self.nodes[n].asked_promotion = true;
                 self.send_witness(
                     n,
                     id,
@@ -2115,7 +2252,6 @@ impl Sim {
     fn mirror_tick(&mut self, n: usize) {
         let now = self.lns(n);
         let nowms = self.lms(n);
-        let fixed = self.cfg.knobs.query_after_unknown_grant;
         let m = self.mir(n).expect("mirror");
         if m.force == Force::Asked && now >= m.force_deadline_ns {
             m.force = Force::None;
@@ -2138,25 +2274,68 @@ impl Sim {
                     if now < c.deadline_ns {
                         return;
                     }
+                    if c.kind == CallKind::Promote {
+                        // No answer: it may have been granted.
+                        m.uncertain = true;
+                        self.stats.uncertain_promotions += 1;
+                        self.note(format!(
+                            "{}: no answer to its promotion request: uncertain",
+                            NAMES[n]
+                        ));
+                    }
+                    let m = self.mir(n).expect("mirror");
                     m.call = None;
                 }
-                let asking = fixed && self.nodes[n].asked_promotion;
                 let m = self.mir(n).expect("mirror");
-                if asking {
-                    // Fixed glue: find out before serving any principal.
-                    if m.last_try_ns
-                        .is_none_or(|l| now - l >= PROMOTE_EVERY_MS * NS_PER_MS)
-                    {
-                        self.promoter_attempt(n);
-                    }
-                } else if now >= until_ns {
+                if now >= until_ns {
                     m.backoff_ms = (m.backoff_ms * 2.0).min(BACKOFF_MAX_MS);
-                    self.mirror_connect(n);
+                    if m.uncertain {
+                        // The top of `connect_loop`: settle first.
+                        m.phase = MPhase::Settling { next_ns: now };
+                        self.promoter_settle(n);
+                    } else {
+                        self.mirror_connect(n);
+                    }
                 } else if self.promoter_due(n) {
                     self.promoter_attempt(n);
                 }
             }
+            MPhase::Settling { .. } => self.promoter_settle(n),
         }
+    }
+
+    /// `Promoter::settle` at the top of `connect_loop`: while uncertain,
+    /// query the witness (one call at a time, 50 ms after a failed one),
+    /// connecting to nobody.
+    fn promoter_settle(&mut self, n: usize) {
+        let now = self.lns(n);
+        let t = self.cfg.session.partner_timeout_ms as f64 * NS_PER_MS;
+        let id = self.id();
+        let m = self.mir(n).expect("mirror");
+        let MPhase::Settling { next_ns } = m.phase else {
+            return;
+        };
+        if let Some(c) = &m.call {
+            if now < c.deadline_ns {
+                return;
+            }
+            // No answer: still uncertain; ask again after 50 ms.
+            m.call = None;
+            m.phase = MPhase::Settling {
+                next_ns: now + PROMOTE_EVERY_MS * NS_PER_MS,
+            };
+            return;
+        }
+        if now < next_ns {
+            return;
+        }
+        m.call = Some(PromoteCall {
+            id,
+            kind: CallKind::Settle,
+            deadline_ns: now + t,
+            forced: false,
+        });
+        self.send_witness(n, id, Req::Query);
     }
 
     /// Refreshes the status snapshot, as the runner does every loop.
@@ -2361,9 +2540,9 @@ impl Sim {
             let since = *self.no_principal_since.get_or_insert(self.now);
             let cycle = self.cfg.session.partner_timeout_ms + self.cfg.lease.lease_ms;
             if self.cfg.knobs.operator_restores_service && self.now - since > 3 * cycle * 1000 {
-                // No principal: both are mirrors (a grant was lost or a
-                // granted node crashed before it started). The operator
-                // forces service on the node the witness names, or any.
+                // No principal: both are mirrors (see the `Knobs` field).
+                // The operator forces service on the node the witness
+                // names, or any.
                 let named = self.witness.core.principal.clone();
                 let n = (0..2)
                     .find(|&n| Some(NAMES[n]) == named.as_deref())
@@ -2514,18 +2693,10 @@ impl Sim {
                     self.settle(node);
                 }
             }
-            Ev::Rejoin { node, inc, reclaim } => {
+            Ev::Rejoin { node, inc } => {
                 if self.nodes[node].up && self.nodes[node].inc == inc {
-                    if reclaim {
-                        self.note(format!(
-                            "{}: the witness names this node principal of a newer epoch: claims again",
-                            NAMES[node]
-                        ));
-                        self.start_claiming(node);
-                    } else {
-                        self.nodes[node].was_principal = false;
-                        self.start_mirror(node);
-                    }
+                    self.nodes[node].was_principal = false;
+                    self.start_mirror(node);
                 }
             }
             Ev::Restart { node } => {
@@ -2718,10 +2889,9 @@ fn run_seed_with(seed: u64, knobs: Knobs) -> Stats {
     sim.stats
 }
 
-/// The default knobs, or as MIRRORLOG_FAILOVER_KNOBS says (a comma list
-/// of `reseed`, `restore`, `extra-ms`, `query`, `reclaim`, each with `=0`
-/// or `=1`):
-/// to explore what the real glue does without a remedy.
+/// The default knobs, or as MIRRORLOG_FAILOVER_KNOBS says (`restore=0`
+/// or `restore=1`): `restore=0` shows what the real glue does without the
+/// operator's remedy.
 fn knobs() -> Knobs {
     let mut k = Knobs::default_run();
     if let Ok(list) = std::env::var("MIRRORLOG_FAILOVER_KNOBS") {
@@ -2729,11 +2899,7 @@ fn knobs() -> Knobs {
             let (name, on) = item.split_once('=').expect("knob=0|1");
             let on = on == "1";
             match name {
-                "reseed" => k.reseed_unknown_epoch = on,
                 "restore" => k.operator_restores_service = on,
-                "extra-ms" => k.witness_extra_ms = on,
-                "query" => k.query_after_unknown_grant = on,
-                "reclaim" => k.reclaim_when_deposed_by_itself = on,
                 _ => panic!("unknown knob {name}"),
             }
         }
@@ -2792,29 +2958,50 @@ fn seeded_failovers_never_make_two_principals_or_lose_acknowledged_commits() {
             total.exposed_acks > 0,
             "nothing acknowledged exposed: {total:?}"
         );
+        // And the fixes the model now follows must be exercised.
+        assert!(
+            total.reseeds_salvaging > 0,
+            "the principal never reseeded a mirror with batches of an unknown epoch: {total:?}"
+        );
+        assert!(
+            total.repeated_claims > 0,
+            "no claim was repeated: {total:?}"
+        );
+        assert!(
+            total.lost_grants_found > 0,
+            "no uncertain promotion turned out granted: {total:?}"
+        );
     }
 }
 
-// ---------------------------------------------------------------------------
-// Bugs the simulator found in the engine: each is a failing test, ignored
-// until it is fixed. The default run avoids them with a documented knob.
+/// One seed with the real glue alone (no operator remedy): its stats.
+fn run_seed_unaided(seed: u64) -> Stats {
+    run_seed_with(
+        seed,
+        Knobs {
+            operator_restores_service: false,
+        },
+    )
+}
 
-/// Found by the simulator (seed 5774; also 7060, 7407, 7762, 8273 in the
-/// first 14,000): after an automatic failover the old principal can never
-/// rejoin. A mirror records an epoch in its history only with the first
-/// batch of it it appends (`runner::MirrorRun::record_epoch`); a mirror
-/// that followed a principal whose epoch shipped it nothing has no entry
-/// for that epoch, and keeps none once promoted. The old principal, which
-/// meanwhile wrote batches of that epoch that nobody acknowledged (cut off
-/// from both mirror and witness, it had no lease), rejoins with a position
-/// naming that epoch, and `plan_catch_up` refuses it as `UnknownEpoch`
-/// (`EpochMismatch`), at every reconnection. Its tail beyond where the new
-/// principal's next epoch starts was written by an incarnation the new
-/// principal never followed, so the cut belongs there (design: "the node
-/// that is behind in epochs truncates its log to that point").
+// ---------------------------------------------------------------------------
+// Bugs the simulator found, replayed with the glue as fixed since: each
+// seed ran into the bug with the old glue and must pass, unaided, now.
+
+/// An old principal whose last batch is of an epoch its promoted mirror
+/// followed without receiving a batch of it (first seen with seeds 5774
+/// and 1373). A mirror records an epoch in its history only with the first
+/// batch of it it appends (`runner::MirrorRun::record_epoch`), so the
+/// promoted mirror's history lacks that epoch, and the old principal, which
+/// meanwhile wrote batches of it that nobody acknowledged (cut off from
+/// both mirror and witness, it had no lease), rejoins with a position
+/// naming it. `plan_catch_up` still calls that `UnknownEpoch`; before the
+/// fix the session refused it (`EpochMismatch`) at every reconnection, for
+/// ever. Now `PrincipalSession` answers with a reseed, as for a purged log:
+/// the runner sends a snapshot and the mirror salvages its batches of the
+/// unknown epoch before it restores it.
 #[test]
-#[ignore = "bug: plan_catch_up refuses, for ever, an old principal whose last batch is of an epoch its promoted mirror followed without receiving a batch of it (the mirror's history lacks that epoch)"]
-fn regression_the_old_principal_cannot_rejoin_when_its_last_epoch_shipped_nothing_to_its_mirror() {
+fn regression_the_old_principal_is_reseeded_when_its_last_epoch_shipped_nothing_to_its_mirror() {
     let cfg = LeaseConfig {
         lease_ms: 1000,
         rho: 0.01,
@@ -2822,7 +3009,7 @@ fn regression_the_old_principal_cannot_rejoin_when_its_last_epoch_shipped_nothin
     let mut w = WitnessCore::new(cfg, 0, 0, None, false);
     // `a` becomes principal of epoch 1; `b` connects and is SYNCHRONIZED
     // before `a` wrote anything: b's log and history are empty.
-    assert_eq!(w.on_claim(0, 0, "a", 0), PromoteReply::Granted { epoch: 1 });
+    assert_eq!(w.on_claim(0, 0, "a", 1), PromoteReply::Granted { epoch: 1 });
     assert!(matches!(
         w.on_renew(10, 1, "a", false),
         RenewReply::Lease { .. }
@@ -2841,99 +3028,102 @@ fn regression_the_old_principal_cannot_rejoin_when_its_last_epoch_shipped_nothin
         epoch: 2,
     };
     // `a`, deposed, rejoins as b's mirror: last batch of epoch 1, log to 672.
-    // What `a` holds was never acknowledged and `b` never had it: cut at 0.
-    assert_eq!(
+    assert!(matches!(
         plan_catch_up(&b, 1, 672),
-        Ok(CatchUp {
-            from_lsn: 0,
-            truncate_to: Some(0)
+        Err(CatchUpError::UnknownEpoch {
+            mirror_epoch: 1,
+            ..
         })
-    );
-}
-
-/// The same, end to end (seed 1373): `b` followed epoch 1 without
-/// receiving a batch, was promoted to epoch 2, and refuses `a` at every
-/// reconnection; without the operator's reseed the world never converges
-/// (invariant 4).
-#[test]
-#[ignore = "bug: see regression_the_old_principal_cannot_rejoin_when_its_last_epoch_shipped_nothing_to_its_mirror"]
-fn regression_seed_1373_the_old_principal_never_rejoins_after_an_automatic_failover() {
-    run_seed_with(
-        1373,
-        Knobs {
-            reseed_unknown_epoch: false,
-            ..Knobs::default_run()
+    ));
+    let mut session = PrincipalSession::new(SessionConfig::default(), 0, 0, 0);
+    let cmds = session.on_message(
+        1,
+        Message::Position {
+            epoch: 1,
+            written_lsn: 672,
+            hardened_lsn: 672,
+            applied_lsn: 672,
         },
+        &b,
+    );
+    assert!(
+        cmds.iter().any(|c| matches!(c,
+            PrincipalCommand::Reseed { why } if why.contains("does not contain"))),
+        "the principal does not reseed a mirror whose last epoch it never had: {cmds:?}"
+    );
+    assert!(
+        !cmds.iter().any(|c| matches!(
+            c,
+            PrincipalCommand::Ship { .. }
+                | PrincipalCommand::Send(Message::Refuse { .. })
+                | PrincipalCommand::Close { .. }
+        )),
+        "the reseed comes instead of shipping or refusing: {cmds:?}"
     );
 }
 
-/// Found by the simulator (seed 1956; 1797, 3532, 4114, 4714 and 1485 too,
-/// in the first 6,000): a mirror's promotion was granted but the reply was
-/// lost (the witness connection reset after the witness decided).
-/// `node::mirror::Promoter::attempt` takes the error as "not promoted";
-/// `connect_loop` then reconnects to the old principal, which, cut off
-/// from the witness, does not know it is deposed: the mirror hardens its
-/// batches and the old principal acknowledges `remote-flush` commits in its
-/// epoch after the witness granted the next one to that very mirror
-/// (design: "a promoted mirror refuses the old epoch, so none of those can
-/// follow the grant"). Nothing is lost here (the granted node holds them),
-/// but the witness and the running principal disagree, and see the next
-/// test for how it ends. Fix, as the default run models it
-/// (`Knobs::query_after_unknown_grant`): a mirror that asked for promotion
-/// and did not hear the outcome remembers so durably and asks the witness
-/// (query) before it follows any principal again.
+/// Seed 1373, end to end: `a` was isolated, `b` (SYNCHRONIZED, having
+/// received no batch) was promoted to epoch 2 with history `[(2, 0)]`;
+/// `a`, deposed, rejoined with 1,000 bytes of epoch 1 nobody acknowledged.
+/// Before the fix `b` refused it at every reconnection and the world never
+/// converged (invariant 4) unless an operator reseeded `a`. Now `b`
+/// reseeds it at once (its epoch-1 bytes salvaged) and it catches up.
 #[test]
-#[ignore = "bug: a mirror whose promotion reply was lost follows the old principal again, which acknowledges commits after the grant"]
-fn regression_seed_1956_a_lost_grant_reply_lets_the_old_principal_acknowledge_after_the_grant() {
-    run_seed_with(
-        1956,
-        Knobs {
-            query_after_unknown_grant: false,
-            ..Knobs::default_run()
-        },
-    );
+fn regression_seed_1373_the_old_principal_is_reseeded_after_an_automatic_failover() {
+    let s = run_seed_unaided(1373);
+    assert!(s.reseeds_salvaging > 0, "no reseed happened: {s:?}");
 }
 
-/// Seed 2671: forced service on `b` was granted, the reply lost; `b`
-/// crashed and restarted as mirror (a new process: no session ended
-/// SYNCHRONIZED, no forced service asked, so `Promoter::due` never asks
-/// and never learns of its grant); `a` restarted, its claim was refused
-/// (`b` is principal) and it started as mirror. Both are mirrors for ever:
-/// only an operator's forced service on `b` (whose query shows the lost
-/// grant) restores service.
+/// Seed 1956: `b`'s automatic promotion was granted but the reply was
+/// lost (the witness connection reset after the witness decided). Before
+/// the fix `Promoter::attempt` took the error as "not promoted" and
+/// `connect_loop` reconnected to the old principal `a`, which, cut off
+/// from the witness, did not know it was deposed: `b` hardened its batches
+/// and `a` acknowledged `remote-flush` commits in epoch 1 after the witness
+/// granted epoch 2 to `b` (invariant 1). Now the lost answer makes `b`
+/// uncertain, it connects to nobody until `Promoter::settle`'s query
+/// answers, and the query shows the grant: `b` becomes principal.
 #[test]
-#[ignore = "bug: a mirror granted promotion that crashed before hearing it never learns it is principal; nobody is"]
-fn regression_seed_2671_a_granted_mirror_that_crashed_before_hearing_leaves_no_principal() {
-    run_seed_with(
-        2671,
-        Knobs {
-            query_after_unknown_grant: false,
-            operator_restores_service: false,
-            ..Knobs::default_run()
-        },
+fn regression_seed_1956_a_mirror_whose_grant_reply_was_lost_settles_before_following() {
+    let s = run_seed_unaided(1956);
+    assert!(
+        s.lost_grants_found > 0,
+        "the lost grant was not found by the settling query: {s:?}"
     );
 }
 
-/// Found by the simulator (seed 1065; 1142, 1529, 2070, 2105, 2572 too):
-/// `WitnessCore::on_claim` grants the recorded principal a new epoch on
-/// every claim. A restarting principal's claim is retried when no reply
-/// comes within a second, and a request held in a cut link reaches the
-/// witness when it heals, after the client gave up; so one restart can
-/// be granted two epochs. The node runs as principal of the first; its
-/// next renewal is `Deposed` in favour of itself (the second), and
-/// `lease_keeper`'s embedder restarts it as mirror of itself: no node is
-/// principal until an operator forces service. Fix, one of: a claim that
-/// repeats (the same `last_epoch`, the epoch granted never begun) gets
-/// the same epoch back; or a principal deposed in favour of itself claims
-/// again (as the default run models it,
-/// `Knobs::reclaim_when_deposed_by_itself`).
+/// Seed 2671: forced service on `b` was granted, the reply lost. Before
+/// the fix `b` went back to its connect loop (the old principal `a` was
+/// down), then crashed and restarted as mirror with nothing that would
+/// ever ask the witness again; `a` restarted, its claim was refused (`b`
+/// is principal) and it started as mirror: both mirrors for ever, until an
+/// operator forced service on `b`. Now `b` is uncertain and settles by
+/// query before it crashes: it becomes principal of the epoch granted.
+/// (A crash *before* the query answers still loses the grant: see
+/// `regression_seed_1039_...`.)
+#[test]
+fn regression_seed_2671_a_mirror_whose_forced_grant_reply_was_lost_finds_it_by_query() {
+    let s = run_seed_unaided(2671);
+    assert!(s.forced > 0, "no forced service: {s:?}");
+    assert!(
+        s.lost_grants_found > 0,
+        "the lost forced grant was not found by the settling query: {s:?}"
+    );
+}
+
+/// `WitnessCore::on_claim` with claim ids: a retry of a claim, or a late
+/// copy of it held in a cut link, names the same start (the same id) and
+/// gets the epoch already granted, changing nothing. Before the fix every
+/// claim of the recorded principal was granted a new epoch, so one
+/// restart could be granted two epochs and its own running epoch deposed
+/// (found with seeds 1065, 1142, 1529, 2070, 2105, 2572).
 #[test]
 fn regression_a_repeated_claim_deposes_its_own_claimant() {
     let mut w = WitnessCore::new(LeaseConfig::default(), 0, 2, Some("a".into()), false);
-    // `a` restarts (its log went through epoch 2) and claims; the first
-    // request is held in a cut link, the retry is granted.
+    // `a` restarts (its log went through epoch 2) and claims with id 7;
+    // the first request is held in a cut link, the retry is granted.
     assert_eq!(
-        w.on_claim(1000, 2, "a", 2),
+        w.on_claim(1000, 2, "a", 7),
         PromoteReply::Granted { epoch: 3 }
     );
     // `a` runs as principal of epoch 3; then the first request arrives.
@@ -2941,7 +3131,10 @@ fn regression_a_repeated_claim_deposes_its_own_claimant() {
         w.on_renew(1100, 3, "a", false),
         RenewReply::Lease { .. }
     ));
-    let _ = w.on_claim(1200, 2, "a", 2);
+    assert_eq!(
+        w.on_claim(1200, 2, "a", 7),
+        PromoteReply::Granted { epoch: 3 }
+    );
     assert!(
         matches!(w.on_renew(1300, 3, "a", false), RenewReply::Lease { .. }),
         "the running principal of epoch 3 was deposed by a copy of its own claim: {:?}",
@@ -2949,18 +3142,17 @@ fn regression_a_repeated_claim_deposes_its_own_claimant() {
     );
 }
 
-/// End to end (seed 1065): without the fix or an operator, no principal.
+/// Seed 1065, end to end: `b` restarted while cut off from the witness;
+/// its claim and a retry both reached the witness when the link healed.
+/// Before the fix the second was granted epoch 4 while `b` ran epoch 3,
+/// whose next renewal was `Deposed` in favour of `b` itself: `b` rejoined
+/// as mirror of itself and nobody was principal. Now the retry carries
+/// the same claim id and gets epoch 3 again.
 #[test]
-#[ignore = "bug: see regression_a_repeated_claim_deposes_its_own_claimant"]
-fn regression_seed_1065_a_repeated_claim_leaves_no_principal() {
-    run_seed_with(
-        1065,
-        Knobs {
-            reclaim_when_deposed_by_itself: false,
-            operator_restores_service: false,
-            ..Knobs::default_run()
-        },
-    );
+fn regression_seed_1065_a_repeated_claim_gets_the_same_epoch() {
+    let s = run_seed_unaided(1065);
+    assert!(s.repeated_claims > 0, "no claim was repeated: {s:?}");
+    assert_eq!(s.deposed_by_itself, 0, "{s:?}");
 }
 
 /// Rule W counts whole milliseconds: `witness::server` passes the core
@@ -2968,10 +3160,10 @@ fn regression_seed_1065_a_repeated_claim_leaves_no_principal() {
 /// the promotion, so `waited` can exceed the witness time that really
 /// passed by almost 1 ms, while the principal (`lease_keeper`) measures its
 /// lease in nanoseconds from the exact send time. With clocks at the ends
-/// of the ρ bound and a sub-millisecond delay, the grant comes up to ~1 ms
-/// before the old principal's lease ends: here 1009.49 ms of witness time
-/// after the renewal arrived, not the L·(1 + ρ) = 1010 ms Rule W requires.
-/// Fix: wait `wait_ms() + 1` whole milliseconds (or read the clock finer).
+/// of the ρ bound and a sub-millisecond delay, a wait of ⌈L·(1 + ρ)⌉ could
+/// grant up to ~1 ms before the old principal's lease ends: here 1009.49 ms
+/// of witness time after the renewal arrived, not the L·(1 + ρ) = 1010 ms
+/// Rule W requires. Fixed: `wait_ms()` is ⌈L·(1 + ρ)⌉ + 1.
 #[test]
 fn regression_a_whole_millisecond_witness_clock_grants_before_the_old_lease_ends() {
     let cfg = LeaseConfig {
@@ -3007,4 +3199,78 @@ fn regression_a_whole_millisecond_witness_clock_grants_before_the_old_lease_ends
         "granted after {:.3} ms of witness time, while the old lease is live",
         (w_clock(t) - w_clock(t_r)) / 1e6
     );
+}
+
+// ---------------------------------------------------------------------------
+// Where the real glue still fails: ignored until it is fixed. The default
+// run gets past them only with `Knobs::operator_restores_service`.
+
+/// A claim from an *earlier start* of the same node, held in a cut link
+/// (TCP retransmits it after the client gave up or the process died),
+/// reaches the witness after the node's next start was granted. Its claim
+/// id is another one, so `on_claim` takes it as a new claim of the
+/// recorded principal and grants a newer epoch: the running principal is
+/// deposed in favour of itself. Claim ids guard the retries of one start
+/// only.
+#[test]
+#[ignore = "bug: a late claim of an earlier start of the principal (another claim id) is granted a newer epoch and deposes the principal's running epoch"]
+fn regression_a_late_claim_of_an_earlier_start_deposes_its_own_claimant() {
+    let mut w = WitnessCore::new(LeaseConfig::default(), 0, 2, Some("a".into()), false);
+    // `a` restarts (claim id 7); the request is held in a cut link; `a`
+    // crashes and restarts again (claim id 8), and that claim is granted.
+    assert_eq!(
+        w.on_claim(1000, 2, "a", 8),
+        PromoteReply::Granted { epoch: 3 }
+    );
+    assert!(matches!(
+        w.on_renew(1100, 3, "a", false),
+        RenewReply::Lease { .. }
+    ));
+    // The held request of the first start arrives.
+    let _ = w.on_claim(1200, 2, "a", 7);
+    assert!(
+        matches!(w.on_renew(1300, 3, "a", false), RenewReply::Lease { .. }),
+        "the running principal of epoch 3 was deposed by a late claim of its own earlier start: {:?}",
+        w.on_renew(1300, 3, "a", false)
+    );
+}
+
+/// Seed 2070 (also 3218 and 5324 in the first 6,000; the only kind of
+/// failure left there besides seed 1039's). `b`, principal of epoch 2,
+/// crashed; the b–witness link was cut (13,385 ms, for 3.4 s); `b`
+/// restarted (14,269 ms) and claimed, the claim held in the cut link;
+/// crashed again (14,884 ms) and restarted (15,481 ms) with a new claim
+/// id (0x7d), also held. When the link healed (17,574 ms) the witness
+/// granted epoch 3 to claim 0x7d, answered its retry with epoch 3 again,
+/// then granted epoch 4 to the held claim of the first restart. `b` ran
+/// as principal of epoch 3 for 2 ms: its first renewal was `Deposed` in
+/// favour of `b` itself, and it rejoined as mirror (here of its partner;
+/// `tools::serve::watch_role` would follow whom the witness names, its own
+/// address: nobody either way). `a` was a mirror that had no session in
+/// this start (its claim had been refused), so it never asks. The
+/// witness names `b` principal of epoch 4 for ever and nobody serves
+/// (invariant 4).
+#[test]
+#[ignore = "bug: see regression_a_late_claim_of_an_earlier_start_deposes_its_own_claimant"]
+fn regression_seed_2070_a_late_claim_of_an_earlier_start_leaves_no_principal() {
+    run_seed_unaided(2070);
+}
+
+/// Seed 1039. Forced service on `b` was granted epoch 4 (6,175 ms) and the
+/// reply lost; the witness crashed (6,530 ms) before `b`'s request timed
+/// out (6,553 ms): `b` is uncertain and its settling queries go
+/// unanswered. `b` crashed (7,788 ms) while the witness was still down:
+/// `Promoter::uncertain` lives in memory, so the restarted `b` (9,170 ms,
+/// as mirror, the role it had) has forgotten it asked; a new `Promoter`
+/// with no session behind it and no forced service never asks the
+/// witness. `a` restarted and its claim was refused (`b` is principal of
+/// epoch 4): both are mirrors for ever, and the witness names `b`
+/// (invariant 4). The embedder in `tools::serve::start` asks the witness
+/// at start and would restart `b` as principal (a claim), which ends it
+/// (checked by modelling that start-up: this seed then converges); the
+/// engine glue itself keeps nothing that would.
+#[test]
+#[ignore = "bug: a mirror whose promotion was granted, the answer lost, and which crashed before a query settled it, restarts as mirror and never learns it is principal; nobody is"]
+fn regression_seed_1039_a_granted_mirror_that_crashed_before_settling_leaves_no_principal() {
+    run_seed_unaided(1039);
 }

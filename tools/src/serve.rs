@@ -677,6 +677,24 @@ fn watch_role(server: &Arc<Server>, spec: &Spec) {
                     // Resigned, the handover not sent yet: wait for it.
                     continue;
                 }
+                if follow == spec.o.partner && deposed.is_some() {
+                    // Deposed in favour of this very node: a claim of an
+                    // earlier start of it, delayed in the network, was
+                    // granted a newer epoch. Nobody else is principal:
+                    // claim again (a new start, a new claim id).
+                    drop(node);
+                    let why = "claiming again (a stale claim of this node deposed it)";
+                    spec.logger.line(&format!("mirrorlog: {why}"));
+                    let r = server.switch(why, None, |old| {
+                        drop(old);
+                        spec.principal(None, true).map(Node::Principal)
+                    });
+                    if let Err(e) = r {
+                        spec.logger
+                            .line(&format!("mirrorlog: could not claim again: {e}"));
+                    }
+                    continue;
+                }
                 drop(node);
                 let why = format!("rejoining as mirror of {follow}");
                 spec.logger.line(&format!("mirrorlog: {why}"));
