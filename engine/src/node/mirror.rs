@@ -518,7 +518,17 @@ impl Promoter {
             forced,
         };
         match client.call(&req, timeout) {
-            Ok(Reply::Granted { epoch }) => Some(promotion(epoch)),
+            Ok(Reply::Granted { epoch: granted }) => {
+                let mut p = promotion(granted);
+                // The bound holds only for the principal this mirror last
+                // streamed from: if the epoch replaced is another one (this
+                // node restarted, or followed an older epoch), what that
+                // principal wrote is not known here.
+                if forced && epoch != sh.principal_epoch.load(Ordering::Acquire) {
+                    p.loss_bound_bytes = None;
+                }
+                Some(p)
+            }
             Ok(Reply::Refused { why }) => {
                 if forced && !why.contains("lease may still be live") {
                     *sh.force.lock().expect("force") = Force::Refused(why.clone());
