@@ -68,6 +68,30 @@
 //! * Epoch histories (`replication::history::EpochHistory`) are kept in
 //!   memory with the same `begin` rule; they are durable, so they survive
 //!   crashes.
+//! * Disk faults: `SimStorage::fail_syncs_after(k)` (k ≤ 3) on a node's
+//!   log storage, so from then on every sync of it fails with EIO (a
+//!   batch's msync, the sync sealing a full segment inside an append, the
+//!   syncs of a truncation or a reseed's reset), and the real `Log`
+//!   poisons itself. The glue, as the node has it (nothing in `node::*`
+//!   reacts to a poisoned log): the principal's `GroupCommit` refuses new
+//!   commits (`CommitError::Poisoned`), fails the batch whose append
+//!   failed, and `Ticket::outcome` checks the level before the failure,
+//!   so a waiting commit stays acknowledged only if hardened before the
+//!   poisoning and covered, every other one fails; the principal keeps its
+//!   lease keeper and its mirror session. The mirror's runner ends the
+//!   session with the error (append, sync, truncate, reset), its status
+//!   SYNCHRONIZED or not as it was, and every later session ends the same
+//!   way. A granted mirror whose hand-over sync fails (`Principal::open`,
+//!   so `into_principal` errs and the embedder's switch fails: the node
+//!   serves nothing) is modelled as a process that exits. The operator
+//!   restarts a poisoned node 50 ms to two cycles after the glue first
+//!   met the failure: a crash image (what of the unsynced tail reached
+//!   the disk is chance, as after a failed fsync) and a start 20–500 ms
+//!   later, on a sound disk; a node that exited on a failed promotion is
+//!   restarted as principal (`Knobs::reclaim_failed_promotion`). Not
+//!   modelled: faults of the epoch history file (in memory here), failed
+//!   writes and reads (`SimStorage` injects failed syncs only), and data
+//!   a sync reported durable going missing.
 //!
 //! The world: per-node clocks whose rates drift within `[1 − ρ, 1 + ρ]`
 //! with arbitrary offsets; message delays well below the partner timeout;
@@ -80,7 +104,9 @@
 //! witness can decide on a request nobody waits for any more. Faults:
 //! partitions of each link, isolated partners, flapping links, crashes and
 //! restarts of all three, clock rate changes, safety full/off phases,
-//! per-commit levels, and forced service asked by an "operator" at random.
+//! per-commit levels, forced service asked by an "operator" at random,
+//! and (for 40% of the seeds, from their own random stream) disk faults
+//! on the principal's or the mirror's log, one every 4 to 16 cycles.
 //! Clients commit to either partner (a stale principal gets clients too).
 //! Then every fault heals and the world quiesces.
 //!
@@ -88,7 +114,9 @@
 //! 1. At most one node ever holds an epoch as principal, only the one the
 //!    witness granted it to, and every acknowledgement by the principal of
 //!    epoch `E` happens while `E` is the newest epoch granted (so never
-//!    after a later grant, and two nodes never acknowledge at once).
+//!    after a later grant, and two nodes never acknowledge at once), and
+//!    none beyond its log's hardened LSN (which a failed sync does not
+//!    advance: a commit whose batch's sync failed is never acknowledged).
 //! 2. An acknowledged commit is lost (not byte for byte at its LSN in the
 //!    final principal's log) only if forced service was granted after it.
 //! 3. An acknowledged commit lost to forced service on a mirror that was
@@ -113,8 +141,9 @@
 //! MIRRORLOG_FAILOVER_SEED=<seed> replays it (with a trace of what
 //! happened), MIRRORLOG_FAILOVER_SEEDS=<n> runs n seeds (default 2,000),
 //! MIRRORLOG_FAILOVER_TRACE=1 prints every notable event as it happens,
-//! MIRRORLOG_FAILOVER_KNOBS=restore=0 turns the operator's remedy off (see
-//! `knobs()`); to explore, MIRRORLOG_FAILOVER_FIRST_SEED=<s> starts
+//! MIRRORLOG_FAILOVER_KNOBS=restore=0 turns the operator's remedy off,
+//! `disk=0` the disk faults, `reclaim=0` the operator's restart of a
+//! failed promotion as principal (see `knobs()`); to explore, MIRRORLOG_FAILOVER_FIRST_SEED=<s> starts
 //! elsewhere, MIRRORLOG_FAILOVER_KEEP_GOING=1 runs every seed and lists
 //! the failing ones, MIRRORLOG_FAILOVER_SAY=1 names the seeds that needed
 //! the operator (and those with a reseed without forced service).
@@ -364,6 +393,13 @@ enum Ev {
     },
     Commit,
     Fault,
+    /// A disk fault: a node's log storage fails its next syncs (EIO).
+    DiskFault,
+    /// The operator restarts a node whose log is poisoned (or whose
+    /// process exited on a failed promotion).
+    OperatorRestart {
+        node: usize,
+    },
     EndFaults,
     Check,
 }
@@ -531,6 +567,9 @@ struct Node {
     role: Role,
     /// The role a restart resumes: principal (claim) or mirror.
     was_principal: bool,
+    /// A failed sync poisoned this log and the glue noticed: the operator
+    /// restart is scheduled (cleared by the crash image of a restart).
+    disk_failed: bool,
 }
 
 struct Witness {
@@ -593,14 +632,31 @@ struct Knobs {
     /// regression tests at the end replay: a late claim of an earlier
     /// start deposing its own claimant (seeds 2070, 3218, 5324), and a
     /// mirror granted promotion that crashed before its settling query was
-    /// answered (seed 1039; the only one in the default 2,000).
+    /// answered (seed 1039; in the default 2,000 also seed 1051, after a
+    /// disk fault changed its course).
     operator_restores_service: bool,
+    /// Disk faults (failed syncs of a node's log, see `Sim::disk_fault`).
+    /// Drawn from their own random stream, so a seed replays as before
+    /// until its first disk fault, and exactly as before with them off
+    /// (the regression replays turn them off).
+    disk_faults: bool,
+    /// A mirror granted promotion whose hand-over sync fails (a disk
+    /// fault: `into_principal` errs, the embedder's switch fails) is
+    /// restarted by the operator *as principal* (it claims), as the log
+    /// line "could not become principal of epoch E" suggests. Without it,
+    /// it restarts as the mirror it was, forgets the grant and follows the
+    /// old principal again, which then acknowledges commits in an epoch
+    /// the witness has superseded (invariant 1): the ignored
+    /// `regression_seed_815_*` test replays that.
+    reclaim_failed_promotion: bool,
 }
 
 impl Knobs {
     fn default_run() -> Knobs {
         Knobs {
             operator_restores_service: true,
+            disk_faults: true,
+            reclaim_failed_promotion: true,
         }
     }
 }
@@ -640,6 +696,20 @@ struct Stats {
     /// granted a newer epoch).
     deposed_by_itself: u64,
     operator_restores: u64,
+    /// Disk faults injected (a node's storage armed to fail its syncs).
+    disk_faults: u64,
+    /// Logs poisoned by a failed sync, on a principal and on a mirror (or
+    /// a claimant / a promoted mirror's hand-over sync).
+    poisoned_principals: u64,
+    poisoned_mirrors: u64,
+    /// Commits failed because the log was poisoned (waiting ones that had
+    /// not reached their level; their batch's sync failed, or a remote
+    /// level was still missing).
+    poisoned_commits: u64,
+    /// Of those, commits whose batch was never hardened locally.
+    poisoned_unsynced: u64,
+    /// Granted promotions whose hand-over sync failed (the process exits).
+    failed_promotions: u64,
     sim_events: u64,
 }
 
@@ -664,6 +734,12 @@ impl Stats {
         self.lost_grants_found += o.lost_grants_found;
         self.deposed_by_itself += o.deposed_by_itself;
         self.operator_restores += o.operator_restores;
+        self.disk_faults += o.disk_faults;
+        self.poisoned_principals += o.poisoned_principals;
+        self.poisoned_mirrors += o.poisoned_mirrors;
+        self.poisoned_commits += o.poisoned_commits;
+        self.poisoned_unsynced += o.poisoned_unsynced;
+        self.failed_promotions += o.failed_promotions;
         self.sim_events += o.sim_events;
     }
 }
@@ -684,6 +760,8 @@ struct Cfg {
     /// Commits per thousand asking for `local` or `remote-write`.
     low_levels_per_mille: u64,
     fault_gap_us: (u64, u64),
+    /// Gap between disk faults (none for most seeds).
+    disk_fault_gap_us: Option<(u64, u64)>,
     faults_end_us: u64,
     knobs: Knobs,
 }
@@ -691,6 +769,8 @@ struct Cfg {
 struct Sim {
     seed: u64,
     rng: Rng,
+    /// Disk faults' own random stream (see `Knobs::disk_faults`).
+    disk_rng: Rng,
     cfg: Cfg,
     now: u64,
     queue: BTreeMap<(u64, u64), Ev>,
@@ -748,6 +828,9 @@ impl Sim {
             (1000, t_ms * 1000 / 6)
         };
         let cycle_us = (t_ms + lease_ms) * 1000;
+        let mut disk_rng = Rng::new(seed ^ 0xD15C_FA17_D15C_FA17);
+        let disk_fault_gap_us =
+            (knobs.disk_faults && disk_rng.chance(0.4)).then_some((4 * cycle_us, 16 * cycle_us));
         let cfg = Cfg {
             session,
             lease,
@@ -758,6 +841,7 @@ impl Sim {
             commit_gap_us: rng.range(5, 60) * 1000,
             low_levels_per_mille: [0, 0, 0, 2, 20][rng.below(5) as usize],
             fault_gap_us: (cycle_us / 4, cycle_us * 2),
+            disk_fault_gap_us,
             faults_end_us: cycle_us * rng.range(15, 30),
             knobs,
         };
@@ -782,6 +866,7 @@ impl Sim {
                 applied: 0,
                 role: Role::Down,
                 was_principal: false,
+                disk_failed: false,
             }
         };
         let nodes = vec![mk(), mk()];
@@ -794,6 +879,7 @@ impl Sim {
         let mut sim = Sim {
             seed,
             rng,
+            disk_rng,
             cfg,
             now: 0,
             queue: BTreeMap::new(),
@@ -828,6 +914,10 @@ impl Sim {
         sim.at(1000, Ev::Commit);
         let g = sim.fault_gap();
         sim.at(g, Ev::Fault);
+        if let Some((lo, hi)) = sim.cfg.disk_fault_gap_us {
+            let g = sim.disk_rng.range(lo, hi);
+            sim.at(g, Ev::DiskFault);
+        }
         let end = sim.cfg.faults_end_us;
         sim.at(end, Ev::EndFaults);
         sim
@@ -1230,12 +1320,29 @@ impl Sim {
                 ));
             }
         }
-        self.holders.insert(epoch, n);
         if matches!(self.nodes[n].role, Role::Mirror(_)) {
             // `Mirror::into_principal`: what the mirror received but had
-            // not synced becomes durable before the principal builds on it.
-            self.nodes[n].log.sync().expect("the promoted mirror syncs");
+            // not synced becomes durable before the principal builds on it
+            // (`Principal::open`). If that sync fails (a disk fault, or a
+            // log an earlier failed sync poisoned), `into_principal` returns
+            // `NodeError::Io` and the process exits without starting the
+            // epoch; the operator restarts it (as the mirror it was).
+            if let Err(e) = self.nodes[n].log.sync() {
+                self.stats.failed_promotions += 1;
+                self.disk_failed(n, &format!("syncing the promoted mirror's log: {e}"));
+                self.note(format!(
+                    "{}: granted epoch {epoch}, but cannot start as principal: the process exits",
+                    NAMES[n]
+                ));
+                if self.cfg.knobs.reclaim_failed_promotion {
+                    // See `Knobs::reclaim_failed_promotion`.
+                    self.nodes[n].was_principal = true;
+                }
+                self.crash(n);
+                return;
+            }
         }
+        self.holders.insert(epoch, n);
         self.close_mirror_conn(n);
         let now = self.lns(n);
         let t = self.cfg.session.partner_timeout_ms as f64 * NS_PER_MS;
@@ -1298,7 +1405,9 @@ impl Sim {
             force: Force::None,
             force_deadline_ns: 0.0,
             sync_pending: false,
-            uncertain: false,
+            // `Promoter::new`: with a witness, a mirror starts by settling
+            // whether it was granted an epoch it never heard of.
+            uncertain: true,
             snapshot: None,
             started_epoch: None,
         }));
@@ -1309,7 +1418,9 @@ impl Sim {
             self.nodes[n].log.last_epoch(),
             self.nodes[n].history
         ));
-        self.mirror_connect(n);
+        let now = self.lns(n);
+        self.mir(n).expect("mirror").phase = MPhase::Settling { next_ns: now };
+        self.promoter_settle(n);
         self.schedule_tick(n);
     }
 
@@ -1490,10 +1601,26 @@ impl Sim {
             return;
         }
         let epoch = p.epoch;
+        if self.nodes[n].log.poisoned().is_some() {
+            // `GroupCommit::commit_at` refuses: `CommitError::Poisoned`.
+            return;
+        }
         self.tag += 1;
         let b = batch(&mut self.rng, self.tag);
+        let pos = match self.nodes[n].log.append(epoch, &b) {
+            Ok(pos) => pos,
+            Err(e) => {
+                // `write_batch`: the batch fails (`CommitError::Append`);
+                // a failure that poisoned the log (the sync sealing a full
+                // segment) fails every waiting commit too (`settle`).
+                if self.nodes[n].log.poisoned().is_none() {
+                    self.fail(format!("{}: the principal cannot append: {e}", NAMES[n]));
+                }
+                self.disk_failed(n, &format!("appending a batch: {e}"));
+                return;
+            }
+        };
         let node = &mut self.nodes[n];
-        let pos = node.log.append(epoch, &b).expect("the principal appends");
         let (written, hardened) = (node.log.written_lsn(), node.log.hardened_lsn());
         let nowms = self.lms(n);
         let p = self.prin(n).expect("principal");
@@ -1521,9 +1648,20 @@ impl Sim {
 
     fn psync(&mut self, n: usize) {
         let nowms = self.lms(n);
-        let node = &mut self.nodes[n];
-        let hardened = node.log.sync().expect("the principal syncs");
-        let written = node.log.written_lsn();
+        let hardened = match self.nodes[n].log.sync() {
+            Ok(h) => h,
+            Err(e) => {
+                // `write_batch`: the sync failed and poisoned the log; the
+                // batch stays unhardened, `progress.fail` fails every
+                // waiting commit that has not reached its level (`settle`).
+                self.disk_failed(n, &format!("syncing the principal's log: {e}"));
+                if let Some(p) = self.prin(n) {
+                    p.sync_pending = false;
+                }
+                return;
+            }
+        };
+        let written = self.nodes[n].log.written_lsn();
         let Some(p) = self.prin(n) else { return };
         p.sync_pending = false;
         for t in p.tickets.iter_mut() {
@@ -1700,6 +1838,8 @@ impl Sim {
     /// `Ticket::outcome` for every waiting commit; records acknowledgements.
     fn settle_tickets(&mut self, n: usize) {
         let now = self.lns(n);
+        // `progress.fail`: the log is poisoned.
+        let failed = self.nodes[n].log.poisoned().is_some();
         let Some(p) = self.prin(n) else { return };
         if p.tickets.is_empty() {
             return;
@@ -1707,6 +1847,7 @@ impl Sim {
         let live = p.exposure.live(now as u64);
         let attached = p.sess.is_some();
         let mut done = Vec::new();
+        let (mut poisoned, mut unsynced) = (0, 0);
         let mut i = 0;
         while i < p.tickets.len() {
             let t = &p.tickets[i];
@@ -1715,8 +1856,17 @@ impl Sim {
                 && (t.level == Level::Local || p.remote[t.level.index()] >= t.end)
                 && (!uncovered || live);
             let detached = t.level.is_remote() && !attached;
+            // `Ticket::outcome`: the level is checked before the failure
+            // (a batch hardened before the log was poisoned, and covered,
+            // stays acknowledged), the failure before anything else.
             let outcome = if reached {
                 Some(Some(false))
+            } else if failed {
+                poisoned += 1;
+                if !t.hardened {
+                    unsynced += 1;
+                }
+                Some(None)
             } else if p.no_quorum && (uncovered || detached) && !live {
                 Some(None)
             } else if detached {
@@ -1752,6 +1902,8 @@ impl Sim {
             }
         }
         let epoch = p.epoch;
+        self.stats.poisoned_commits += poisoned;
+        self.stats.poisoned_unsynced += unsynced;
         for (t, exposed) in done {
             self.record_ack(n, epoch, t, exposed);
         }
@@ -1777,6 +1929,19 @@ impl Sim {
                 t.level.name(),
                 if exposed { ", exposed" } else { "" },
                 holder.map(|h| NAMES[h]),
+            ));
+        }
+        // No acknowledgement of a batch this node's log never hardened (a
+        // failed sync poisons the log and never advances the hardened LSN).
+        let hardened = self.nodes[n].log.hardened_lsn();
+        if t.end > hardened {
+            self.fail(format!(
+                "{} acknowledged a commit (LSN {}..{}, {}) its log hardened only to {hardened} (poisoned: {:?})",
+                NAMES[n],
+                t.start,
+                t.end,
+                t.level.name(),
+                self.nodes[n].log.poisoned()
             ));
         }
         let v = self.nodes[n]
@@ -1863,7 +2028,13 @@ impl Sim {
     /// batches of a last epoch the principal's history lacks are salvaged
     /// (counted here), the state machine restored, the log emptied and
     /// restarted at the snapshot's LSN, the principal's history adopted.
-    fn restore_snapshot(&mut self, n: usize, lsn: u64, segment_end: u64, history: Vec<(u64, u64)>) {
+    fn restore_snapshot(
+        &mut self,
+        n: usize,
+        lsn: u64,
+        segment_end: u64,
+        history: Vec<(u64, u64)>,
+    ) -> bool {
         self.stats.reseeds += 1;
         if !self.grants.iter().any(|g| g.kind == GrantKind::Forced) {
             self.stats.reseeds_unforced += 1;
@@ -1886,10 +2057,16 @@ impl Sim {
         let (written, old_history) = (node.log.written_lsn(), node.history.clone());
         node.applied = lsn;
         if let Err(e) = node.log.reset(lsn, Some(segment_end)) {
-            self.fail(format!(
-                "{}: the reseed cannot restart the log: {e}",
-                NAMES[n]
-            ));
+            if node.log.poisoned().is_none() {
+                self.fail(format!(
+                    "{}: the reseed cannot restart the log: {e}",
+                    NAMES[n]
+                ));
+            }
+            // A poisoned log (or a reset whose I/O failed and poisoned it):
+            // `restore_snapshot` fails and the session ends with the error.
+            self.disk_failed(n, &format!("restarting the log for a reseed: {e}"));
+            return false;
         }
         let node = &mut self.nodes[n];
         node.history = history;
@@ -1900,6 +2077,7 @@ impl Sim {
             "{}: reseeded at LSN {lsn} (its log was {written} with last epoch {mine}, history {old_history:?}; {salvaged} bytes of epoch {mine} salvaged)",
             NAMES[n],
         ));
+        true
     }
 
     fn mirror_receive(&mut self, n: usize, conn: usize, msg: PMsg) {
@@ -2007,7 +2185,15 @@ impl Sim {
                 MirrorCommand::Truncate(t) => {
                     let node = &mut self.nodes[n];
                     let before = node.log.written_lsn();
-                    node.log.truncate(t).expect("the mirror truncates");
+                    if let Err(e) = node.log.truncate(t) {
+                        if node.log.poisoned().is_none() {
+                            self.fail(format!("{}: the mirror cannot truncate: {e}", NAMES[n]));
+                        }
+                        // The runner ends the session with the error.
+                        self.disk_failed(n, &format!("truncating the mirror's log: {e}"));
+                        self.mirror_session_closed(n, &format!("truncating the log: {e}"));
+                        return;
+                    }
                     self.note(format!(
                         "{}: cuts its log at {t} (was {before}), as the principal's history says",
                         NAMES[n]
@@ -2021,6 +2207,13 @@ impl Sim {
                         history_begin(&mut node.history, header.epoch, w);
                     }
                     if let Err(e) = node.log.append_frame(&frame) {
+                        if node.log.poisoned().is_some() {
+                            // A poisoned log (or the sync sealing a full
+                            // segment failed): the session ends with it.
+                            self.disk_failed(n, &format!("appending a shipped frame: {e}"));
+                            self.mirror_session_closed(n, &format!("appending to the log: {e}"));
+                            return;
+                        }
                         self.fail(format!(
                             "{}: a shipped frame does not continue the mirror's log: {e}",
                             NAMES[n]
@@ -2091,7 +2284,10 @@ impl Sim {
                     else {
                         self.fail("a snapshot end without its beginning".into())
                     };
-                    self.restore_snapshot(n, lsn, segment_end, history);
+                    if !self.restore_snapshot(n, lsn, segment_end, history) {
+                        self.mirror_session_closed(n, "restoring the snapshot failed");
+                        return;
+                    }
                     let m = self.mir(n).expect("mirror");
                     q.extend(m.sess.as_mut().expect("session").s.on_rewound(nowms, lsn));
                 }
@@ -2106,7 +2302,22 @@ impl Sim {
 
     fn msync(&mut self, n: usize) {
         let nowms = self.lms(n);
-        let h = self.nodes[n].log.sync().expect("the mirror syncs");
+        let h = match self.nodes[n].log.sync() {
+            Ok(h) => h,
+            Err(e) => {
+                // `MirrorRun::flush`: the session ends with the error (its
+                // status says whether it was SYNCHRONIZED then); every
+                // later session fails on the poisoned log the same way.
+                self.disk_failed(n, &format!("syncing the mirror's log: {e}"));
+                if let Some(m) = self.mir(n) {
+                    m.sync_pending = false;
+                    if m.sess.is_some() {
+                        self.mirror_session_closed(n, &format!("syncing the mirror's log: {e}"));
+                    }
+                }
+                return;
+            }
+        };
         let Some(m) = self.mir(n) else { return };
         m.sync_pending = false;
         if let Some(s) = m.sess.as_mut() {
@@ -2370,6 +2581,7 @@ impl Sim {
             Log::open_with(node.storage.clone(), opts()).expect("a crashed log recovers");
         node.log = log;
         node.applied = 0;
+        node.disk_failed = false;
         self.note(format!(
             "{}: crashes; recovers log to {} (last epoch {})",
             NAMES[n], report.end_lsn, report.last_epoch
@@ -2506,6 +2718,80 @@ impl Sim {
         }
     }
 
+    /// A disk fault: the log storage of the principal or of the mirror
+    /// (even odds) fails its syncs with EIO from the next one or one of
+    /// the few after it on (`SimStorage::fail_syncs_after`), until the
+    /// process restarts (the crash image of a restart is a sound disk).
+    /// The real `Log` poisons itself on the failed sync.
+    fn disk_fault(&mut self) {
+        let principal = (0..2).find(|&n| matches!(self.nodes[n].role, Role::Principal(_)));
+        let side = self.disk_rng.below(2);
+        let n = match principal {
+            Some(p) if side == 0 => p,
+            Some(p) => 1 - p,
+            None => self.disk_rng.below(2) as usize,
+        };
+        let after = self.disk_rng.below(4);
+        if !self.nodes[n].up {
+            return;
+        }
+        self.stats.disk_faults += 1;
+        self.note(format!(
+            "fault: {}'s disk fails every sync after {after} more",
+            NAMES[n]
+        ));
+        self.nodes[n].storage.fail_syncs_after(after);
+    }
+
+    /// The glue met a failed log operation of a poisoned log: the node
+    /// reports the error and runs on crippled (a principal refuses every
+    /// commit but keeps its lease and its mirror; a mirror's sessions end
+    /// with the error), until the operator restarts the process.
+    fn disk_failed(&mut self, n: usize, what: &str) {
+        if self.nodes[n].disk_failed {
+            return;
+        }
+        if self.nodes[n].log.poisoned().is_none() {
+            self.fail(format!("{}: {what}, but the log is not poisoned", NAMES[n]));
+        }
+        self.nodes[n].disk_failed = true;
+        if matches!(self.nodes[n].role, Role::Principal(_)) {
+            self.stats.poisoned_principals += 1;
+        } else {
+            self.stats.poisoned_mirrors += 1;
+        }
+        self.note(format!(
+            "{}: disk failure: {what}; the log is poisoned (written {}, hardened {})",
+            NAMES[n],
+            self.nodes[n].log.written_lsn(),
+            self.nodes[n].log.hardened_lsn()
+        ));
+        let cycle = self.cfg.session.partner_timeout_ms + self.cfg.lease.lease_ms;
+        let d = self.disk_rng.range(50, 2 * cycle) * 1000;
+        self.at(self.now + d, Ev::OperatorRestart { node: n });
+    }
+
+    /// The operator restarts a node whose log is poisoned: the process
+    /// stops (a crash image: what reached the disk of the unsynced tail is
+    /// left to chance, as after a failed fsync) and starts again a little
+    /// later; a node whose process exited is started again.
+    fn operator_restart(&mut self, n: usize) {
+        if !self.nodes[n].up {
+            self.restart(n);
+            return;
+        }
+        if self.nodes[n].log.poisoned().is_none() {
+            return;
+        }
+        self.note(format!(
+            "operator: restarts {} (its log is poisoned)",
+            NAMES[n]
+        ));
+        self.crash(n);
+        let d = self.disk_rng.range(20, 500) * 1000;
+        self.at(self.now + d, Ev::OperatorRestart { node: n });
+    }
+
     fn heal(&mut self, links: Vec<usize>) {
         if self.healing {
             return;
@@ -2522,6 +2808,15 @@ impl Sim {
         self.heal_started = self.now;
         self.cut = [0; 3];
         self.link_healed();
+        for (n, name) in NAMES.iter().enumerate() {
+            // Disks heal: an armed fault is disarmed, a poisoned log's
+            // node restarted.
+            self.nodes[n].storage.fail_syncs_after(u64::MAX);
+            if self.nodes[n].up && self.nodes[n].log.poisoned().is_some() {
+                self.note(format!("operator: restarts {name} (its log is poisoned)"));
+                self.crash(n);
+            }
+        }
         for n in 0..2 {
             if !self.nodes[n].up {
                 self.restart(n);
@@ -2735,6 +3030,21 @@ impl Sim {
                 let g = self.fault_gap();
                 self.at(self.now + g, Ev::Fault);
             }
+            Ev::DiskFault => {
+                if self.healing {
+                    return;
+                }
+                self.disk_fault();
+                if let Some((lo, hi)) = self.cfg.disk_fault_gap_us {
+                    let g = self.disk_rng.range(lo, hi);
+                    self.at(self.now + g, Ev::DiskFault);
+                }
+            }
+            Ev::OperatorRestart { node } => {
+                if !self.healing {
+                    self.operator_restart(node);
+                }
+            }
             Ev::EndFaults => self.end_faults(),
             Ev::Check => self.check(),
         }
@@ -2889,9 +3199,11 @@ fn run_seed_with(seed: u64, knobs: Knobs) -> Stats {
     sim.stats
 }
 
-/// The default knobs, or as MIRRORLOG_FAILOVER_KNOBS says (`restore=0`
-/// or `restore=1`): `restore=0` shows what the real glue does without the
-/// operator's remedy.
+/// The default knobs, or as MIRRORLOG_FAILOVER_KNOBS says (a comma
+/// list of `restore`, `disk`, `reclaim` `=0|1`): `restore=0` shows what
+/// the real glue does without the operator's remedy, `disk=0` turns the
+/// disk faults off (the seeds then replay as before they existed),
+/// `reclaim=0` restarts a failed promotion as the mirror it was.
 fn knobs() -> Knobs {
     let mut k = Knobs::default_run();
     if let Ok(list) = std::env::var("MIRRORLOG_FAILOVER_KNOBS") {
@@ -2900,6 +3212,8 @@ fn knobs() -> Knobs {
             let on = on == "1";
             match name {
                 "restore" => k.operator_restores_service = on,
+                "disk" => k.disk_faults = on,
+                "reclaim" => k.reclaim_failed_promotion = on,
                 _ => panic!("unknown knob {name}"),
             }
         }
@@ -2971,6 +3285,22 @@ fn seeded_failovers_never_make_two_principals_or_lose_acknowledged_commits() {
             total.lost_grants_found > 0,
             "no uncertain promotion turned out granted: {total:?}"
         );
+        // Disk faults, when on: a failed sync poisoned a principal's and
+        // a mirror's log, and commits waiting on a poisoned log failed.
+        if knobs().disk_faults {
+            assert!(
+                total.poisoned_principals > 0,
+                "no disk fault poisoned a principal's log: {total:?}"
+            );
+            assert!(
+                total.poisoned_mirrors > 0,
+                "no disk fault poisoned a mirror's log: {total:?}"
+            );
+            assert!(
+                total.poisoned_unsynced > 0,
+                "no commit's batch failed its sync: {total:?}"
+            );
+        }
     }
 }
 
@@ -2980,6 +3310,8 @@ fn run_seed_unaided(seed: u64) -> Stats {
         seed,
         Knobs {
             operator_restores_service: false,
+            disk_faults: false,
+            reclaim_failed_promotion: false,
         },
     )
 }
@@ -3068,10 +3400,16 @@ fn regression_the_old_principal_is_reseeded_when_its_last_epoch_shipped_nothing_
 /// Before the fix `b` refused it at every reconnection and the world never
 /// converged (invariant 4) unless an operator reseeded `a`. Now `b`
 /// reseeds it at once (its epoch-1 bytes salvaged) and it catches up.
+///
+/// Since mirrors settle with the witness when they start, seed 1373 takes
+/// another course; the test replays the seeds from 1373 on until one
+/// reseeds a rejoining node (salvaging its batches), all invariants held.
 #[test]
 fn regression_seed_1373_the_old_principal_is_reseeded_after_an_automatic_failover() {
-    let s = run_seed_unaided(1373);
-    assert!(s.reseeds_salvaging > 0, "no reseed happened: {s:?}");
+    (1373..1373 + 2000)
+        .map(run_seed_unaided)
+        .find(|s| s.reseeds_salvaging > 0)
+        .expect("no seed from 1373 on reseeds a rejoining node");
 }
 
 /// Seed 1956: `b`'s automatic promotion was granted but the reply was
@@ -3103,12 +3441,13 @@ fn regression_seed_1956_a_mirror_whose_grant_reply_was_lost_settles_before_follo
 /// `regression_seed_1039_...`.)
 #[test]
 fn regression_seed_2671_a_mirror_whose_forced_grant_reply_was_lost_finds_it_by_query() {
-    let s = run_seed_unaided(2671);
-    assert!(s.forced > 0, "no forced service: {s:?}");
-    assert!(
-        s.lost_grants_found > 0,
-        "the lost forced grant was not found by the settling query: {s:?}"
-    );
+    // Since mirrors settle with the witness when they start, seed 2671
+    // takes another course: replay from 2671 on until a lost grant is
+    // found by a settling query.
+    (2671..2671 + 2000)
+        .map(run_seed_unaided)
+        .find(|s| s.lost_grants_found > 0)
+        .expect("no seed from 2671 on finds a lost grant by its query");
 }
 
 /// `WitnessCore::on_claim` with claim ids: a retry of a claim, or a late
@@ -3150,8 +3489,12 @@ fn regression_a_repeated_claim_deposes_its_own_claimant() {
 /// the same claim id and gets epoch 3 again.
 #[test]
 fn regression_seed_1065_a_repeated_claim_gets_the_same_epoch() {
-    let s = run_seed_unaided(1065);
-    assert!(s.repeated_claims > 0, "no claim was repeated: {s:?}");
+    // Since mirrors settle with the witness when they start, seed 1065
+    // takes another course: replay from 1065 on until a claim repeats.
+    let s = (1065..1065 + 2000)
+        .map(run_seed_unaided)
+        .find(|s| s.repeated_claims > 0)
+        .expect("no seed from 1065 on repeats a claim");
     assert_eq!(s.deposed_by_itself, 0, "{s:?}");
 }
 
@@ -3251,7 +3594,6 @@ fn regression_a_late_claim_of_an_earlier_start_deposes_its_own_claimant() {
 /// witness names `b` principal of epoch 4 for ever and nobody serves
 /// (invariant 4).
 #[test]
-#[ignore = "bug: see regression_a_late_claim_of_an_earlier_start_deposes_its_own_claimant"]
 fn regression_seed_2070_a_late_claim_of_an_earlier_start_leaves_no_principal() {
     run_seed_unaided(2070);
 }
@@ -3270,7 +3612,43 @@ fn regression_seed_2070_a_late_claim_of_an_earlier_start_leaves_no_principal() {
 /// (checked by modelling that start-up: this seed then converges); the
 /// engine glue itself keeps nothing that would.
 #[test]
-#[ignore = "bug: a mirror whose promotion was granted, the answer lost, and which crashed before a query settled it, restarts as mirror and never learns it is principal; nobody is"]
 fn regression_seed_1039_a_granted_mirror_that_crashed_before_settling_leaves_no_principal() {
     run_seed_unaided(1039);
+}
+
+/// Found by disk faults (seeds 336, 815, 1925 of the default run). A
+/// mirror whose log a failed fsync poisoned keeps reconnecting, each
+/// session ending on the poisoned log, so it is often disconnected; the
+/// operator asks it for forced service while the principal (`a`, epoch 1)
+/// is cut off from the witness, and the witness grants `b` epoch 2
+/// (forced, its hardened LSN 20328). `Mirror::into_principal` then fails:
+/// `Principal::open` first syncs the handed-over log, which is poisoned
+/// (`NodeError::Io`), so the embedder's switch fails and the node serves
+/// nothing until the operator restarts it. Nothing durable recorded the
+/// grant (the epoch is begun in the history only after that sync), so the
+/// restarted node starts as the mirror it was, with `Promoter::uncertain`
+/// false, and connects to `a` at once: `a`, still principal of epoch 1
+/// (lease expired, but a remote-flush commit with its mirror attached
+/// needs no lease), runs a SYNCHRONIZED session with it and acknowledges
+/// remote-flush commits in epoch 1 although the witness granted epoch 2
+/// (invariant 1: the holder of an epoch acknowledges only while no later
+/// epoch is granted). What `a` acknowledges is hardened on `b`, and `b`
+/// can only take epoch 2 later (by the lost-grant query) from that log,
+/// so no acknowledged commit is lost in these seeds; but the witness names
+/// a principal that follows another node, the forced grant's loss bound
+/// is wrong, and service depends on `b` finding its grant by a query
+/// once `a` is deposed. A fix in the glue: record the grant durably
+/// before the hand-over sync, or have a (re)started mirror settle with
+/// the witness before following anyone (the seed-1039 bug's remedy too).
+/// The default run has the operator restart such a node as principal
+/// (`Knobs::reclaim_failed_promotion`); this replays the seed without.
+#[test]
+fn regression_seed_815_a_failed_promotion_is_forgotten_and_the_old_principal_keeps_acknowledging() {
+    run_seed_with(
+        815,
+        Knobs {
+            reclaim_failed_promotion: false,
+            ..Knobs::default_run()
+        },
+    );
 }

@@ -436,7 +436,11 @@ impl Promoter {
             lost_since: None,
             last_try: None,
             last_said: String::new(),
-            uncertain: false,
+            // A mirror that starts with a witness first asks it whether
+            // it is principal: a grant whose answer a crash (or a failed
+            // hand-over) lost would otherwise be forgotten, and it would
+            // follow the old principal again.
+            uncertain: sh.cfg.witness.is_some(),
             seen_sessions: 0,
         }
     }
