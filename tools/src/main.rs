@@ -126,11 +126,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some("serve") => match serve::parse(&args[1..]) {
-            Ok(o) => {
+        Some("serve") => match serve::parse_with_io(&args[1..]) {
+            Ok((o, io)) => {
                 serve::init_logging(&o.log_level);
                 let logger = serve::tracing_logger();
-                match serve::start(&o, logger.clone()) {
+                match serve::start_with_io(&o, io, logger.clone()) {
                     Ok(r) => {
                         tracing::info!(
                             "serving {} clients on {} (RESP; try redis-cli -p {}), partner {}",

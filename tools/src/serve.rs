@@ -15,7 +15,7 @@ use mirrorlog_engine::witness::client::WitnessClient;
 use mirrorlog_engine::witness::proto::{Reply, Request};
 
 use crate::kv::{Effect, KvApplier};
-use crate::server::{Node, Server, ServerOptions};
+use crate::server::{IoMode, Node, Server, ServerOptions};
 
 pub const SERVE_USAGE: &str = "\
 mirrorlog serve --role principal|mirror --dir DIR --secret-file FILE [OPTIONS]
@@ -60,6 +60,9 @@ mirrorlog serve --config FILE [OPTIONS]
     --transport auto|io_uring|blocking   partner transport (default auto)
     --password P              require AUTH P from clients
     --max-clients N           default 10000
+    --io epoll|threads        how client connections are served: one epoll event
+                              loop for all of them, or one thread each
+                              (default epoll)
     --max-bulk-bytes N        largest value or argument a client may send
                               (default 512 MiB, as Redis)
     --max-args N              most arguments in one command (default 1048576)
@@ -143,6 +146,7 @@ struct FileConfig {
     transport: Option<String>,
     password: Option<String>,
     max_clients: Option<u64>,
+    io: Option<String>,
     idle_timeout_secs: Option<u64>,
     segment_bytes: Option<u64>,
     retention_max_bytes: Option<u64>,
@@ -183,6 +187,7 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
     put("transport", c.transport);
     put("password", c.password);
     put("max_clients", c.max_clients.map(|n| n.to_string()));
+    put("io", c.io);
     put(
         "idle_timeout_secs",
         c.idle_timeout_secs.map(|n| n.to_string()),
@@ -205,7 +210,13 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
 
 /// Parses `serve`'s arguments; a `--config FILE` supplies defaults the
 /// other flags override. An error names the flag, or the file and its key.
+/// (`--io` is not part of [`ServeOptions`]; see [`parse_with_io`].)
 pub fn parse(args: &[String]) -> Result<ServeOptions, String> {
+    parse_with_io(args).map(|(o, _)| o)
+}
+
+/// [`parse`], and how client connections are to be served (`--io`).
+pub fn parse_with_io(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
     let mut from_file = Vec::new();
     let mut rest = Vec::new();
     let mut it = args.iter();
@@ -249,7 +260,7 @@ pub fn parse(args: &[String]) -> Result<ServeOptions, String> {
     parse_flags(&all)
 }
 
-fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
+fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
     let mut role = None;
     let mut dir = None;
     let mut secret = None;
@@ -267,6 +278,7 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
     let mut transport = TransportChoice::Auto;
     let mut password = None;
     let mut max_clients = 10_000;
+    let mut io = IoMode::default();
     let mut idle = None;
     let mut checkpoint_every = Some(Duration::from_secs(60));
     let mut segment_bytes = None;
@@ -329,6 +341,7 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
                     .filter(|&n| n > 0)
                     .ok_or_else(|| format!("--max-clients {v:?}: expected a positive number"))?
             }
+            "--io" => io = value()?.parse().map_err(|e| format!("--io {e}"))?,
             "--idle-timeout-secs" => {
                 let v = value()?;
                 idle = Some(Duration::from_secs(v.parse().map_err(|_| {
@@ -399,7 +412,7 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
             )
         }
     };
-    Ok(ServeOptions {
+    let o = ServeOptions {
         principal,
         dir: dir.ok_or("--dir is required")?,
         secret_file: secret.ok_or("--secret-file is required")?,
@@ -422,7 +435,8 @@ fn parse_flags(args: &[String]) -> Result<ServeOptions, String> {
         retention_max_bytes,
         log_level,
         limits,
-    })
+    };
+    Ok((o, io))
 }
 
 /// A started server: the node, the client listener's address.
@@ -715,6 +729,11 @@ fn watch_role(server: &Arc<Server>, spec: &Spec) {
 
 /// Starts the node and binds the client port.
 pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
+    start_with_io(o, IoMode::default(), logger)
+}
+
+/// [`start`], serving clients as `io` says.
+pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Running, String> {
     std::fs::create_dir_all(&o.dir).map_err(|e| format!("creating {}: {e}", o.dir.display()))?;
     let secret = Secret::load(&o.secret_file)
         .map_err(|e| format!("--secret-file {}: {e}", o.secret_file.display()))?;
@@ -776,6 +795,7 @@ pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
         ),
     };
     let opts = ServerOptions {
+        io,
         max_clients: o.max_clients,
         idle_timeout: o.idle_timeout,
         password: o.password.clone(),

@@ -1,9 +1,11 @@
 //! `mirrorlog serve`: the RESP key-value server on a principal or a mirror.
 //!
-//! One thread per client (bounded by `max_clients`). A client's pipelined
-//! commands are parsed together; writes go to group commit in arrival order
-//! and their replies are sent, in order, once each reached the connection's
-//! commit level, so a pipeline becomes a few batches, not one per command.
+//! Clients are served either by one event loop (epoll, [`IoMode::Epoll`],
+//! see `event_loop`) or by one thread per client ([`IoMode::Threads`]);
+//! both bounded by `max_clients`. A client's pipelined commands are parsed
+//! together; writes go to group commit in arrival order and their replies
+//! are sent, in order, once each reached the connection's commit level, so
+//! a pipeline becomes a few batches, not one per command.
 //!
 //! On the principal a write takes the store's write lock, computes its
 //! effects, hands them to group commit and applies them to the store before
@@ -26,6 +28,8 @@ use mirrorlog_engine::replication::session::MirroringState;
 use crate::kv::{glob_match, Effect, KvApplier, Shared, Store};
 use crate::resp::{parse_command, Limits, Reply};
 
+mod event_loop;
+
 /// How long a command waits for a role change in progress before it is
 /// answered `-TRYAGAIN`.
 const SWITCH_WAIT_MAX: Duration = Duration::from_secs(5);
@@ -37,8 +41,44 @@ pub enum Node {
     Switching(String),
 }
 
+/// How client connections are served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoMode {
+    /// One thread (epoll) serves every connection; a commit in flight
+    /// wakes it through an eventfd; commands that may block for long
+    /// (WAIT, MIRROR FAILOVER / FORCE-SERVICE / CHECKPOINT, anything during
+    /// a role change) run on a helper thread of their own.
+    #[default]
+    Epoll,
+    /// One thread per connection, which sleeps while its commits are in
+    /// flight.
+    Threads,
+}
+
+impl std::str::FromStr for IoMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IoMode, String> {
+        match s {
+            "epoll" => Ok(IoMode::Epoll),
+            "threads" => Ok(IoMode::Threads),
+            _ => Err(format!("{s:?}: expected epoll or threads")),
+        }
+    }
+}
+
+impl std::fmt::Display for IoMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoMode::Epoll => "epoll",
+            IoMode::Threads => "threads",
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
+    /// How client connections are served.
+    pub io: IoMode,
     pub limits: Limits,
     pub max_clients: usize,
     /// Close clients idle this long (None: never).
@@ -59,6 +99,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> ServerOptions {
         ServerOptions {
+            io: IoMode::default(),
             limits: Limits::default(),
             max_clients: 10_000,
             idle_timeout: None,
@@ -178,6 +219,9 @@ impl Server {
 
     /// Serves clients on `listener` until [`Server::stop`].
     pub fn serve(self: &Arc<Server>, listener: TcpListener) -> std::io::Result<()> {
+        if self.opts.io == IoMode::Epoll {
+            return event_loop::serve(self, listener);
+        }
         listener.set_nonblocking(true)?;
         while !self.stop.load(Ordering::Acquire) {
             let (stream, _) = match listener.accept() {
@@ -206,7 +250,8 @@ impl Server {
     }
 
     /// Stops accepting clients and closes every client connection (within
-    /// its 200 ms read timeout); `serve` returns.
+    /// its 200 ms read timeout, or the event loop's 100 ms wait); `serve`
+    /// returns.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
     }
@@ -215,17 +260,8 @@ impl Server {
         s.set_nonblocking(false)?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let mut conn = Conn {
-            level: None,
-            authed: self.opts.password.is_none(),
-            multi: None,
-            multi_dirty: false,
-            proto: 2,
-            multi_bytes: 0,
-            last_write_end: 0,
-            name: None,
-        };
-        let cap = self.opts.limits.max_bulk + self.opts.limits.max_inline + 1024;
+        let mut conn = self.new_conn();
+        let cap = self.query_cap();
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 64 << 10];
         let mut out = Vec::new();
@@ -311,43 +347,78 @@ impl Server {
         }
     }
 
+    /// A new connection's state.
+    fn new_conn(&self) -> Conn {
+        Conn {
+            level: None,
+            authed: self.opts.password.is_none(),
+            multi: None,
+            multi_dirty: false,
+            proto: 2,
+            multi_bytes: 0,
+            last_write_end: 0,
+            name: None,
+        }
+    }
+
+    /// Most unparsed bytes a client may have buffered.
+    fn query_cap(&self) -> usize {
+        self.opts.limits.max_bulk + self.opts.limits.max_inline + 1024
+    }
+
     fn resolve(&self, o: Outcome, conn: &mut Conn) -> Reply {
         match o {
             Outcome::Now(r) => r,
-            Outcome::After(ticket, r) => match ticket.wait() {
-                Ok(c) => {
-                    conn.last_write_end = conn.last_write_end.max(c.lsn_end);
-                    r
+            Outcome::After(ticket, r) => self.settle(ticket.wait(), r, conn),
+        }
+    }
+
+    /// The reply to a write whose commit ended with `result`.
+    fn settle(
+        &self,
+        result: Result<mirrorlog_engine::commit::Committed, CommitError>,
+        r: Reply,
+        conn: &mut Conn,
+    ) -> Reply {
+        match result {
+            Ok(c) => {
+                conn.last_write_end = conn.last_write_end.max(c.lsn_end);
+                r
+            }
+            Err(e) => {
+                if matches!(
+                    e,
+                    CommitError::Poisoned(_) | CommitError::Lost(_) | CommitError::Append(_)
+                ) {
+                    *self.broken.lock().expect("broken lock") = Some(e.to_string());
                 }
-                Err(e) => {
-                    if matches!(
-                        e,
-                        CommitError::Poisoned(_) | CommitError::Lost(_) | CommitError::Append(_)
-                    ) {
-                        *self.broken.lock().expect("broken lock") = Some(e.to_string());
-                    }
-                    Reply::err(format!("ERR the write was not committed: {e}"))
-                }
-            },
+                Reply::err(format!("ERR the write was not committed: {e}"))
+            }
         }
     }
 
     fn command(&self, conn: &mut Conn, args: &[Vec<u8>]) -> Outcome {
+        self.command_opt(conn, args, true)
+            .expect("a command that may wait always has an outcome")
+    }
+
+    /// Runs a command; with `may_wait` false it returns None, having done
+    /// nothing, instead of waiting for a role change in progress.
+    fn command_opt(&self, conn: &mut Conn, args: &[Vec<u8>], may_wait: bool) -> Option<Outcome> {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-        let now = Outcome::Now;
         if !conn.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
-            return now(Reply::err("NOAUTH Authentication required."));
+            return Some(Outcome::Now(Reply::err("NOAUTH Authentication required.")));
         }
         if let Some(why) = self.broken.lock().expect("broken lock").clone() {
-            return now(Reply::err(format!(
+            return Some(Outcome::Now(Reply::err(format!(
                 "ERR this server's log failed ({why}); restart it"
-            )));
+            ))));
         }
         if let Node::Switching(_) = &*self.node() {
-            if !matches!(
-                name.as_str(),
-                "PING" | "INFO" | "MIRROR" | "ROLE" | "CLIENT" | "COMMAND" | "HELLO" | "AUTH"
-            ) {
+            if waits_for_switch(&name) {
+                if !may_wait {
+                    return None;
+                }
                 // A role change takes milliseconds: the command waits for
                 // it (plain Redis clients do not retry TRYAGAIN), then runs
                 // on the node as it is (a write on a new mirror gets
@@ -357,12 +428,17 @@ impl Server {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 if let Node::Switching(why) = &*self.node() {
-                    return now(Reply::err(format!(
+                    return Some(Outcome::Now(Reply::err(format!(
                         "TRYAGAIN this node is changing role ({why}); retry shortly"
-                    )));
+                    ))));
                 }
             }
         }
+        Some(self.run(conn, name, args))
+    }
+
+    fn run(&self, conn: &mut Conn, name: String, args: &[Vec<u8>]) -> Outcome {
+        let now = Outcome::Now;
         if let Some(q) = &mut conn.multi {
             match name.as_str() {
                 "EXEC" => {
@@ -991,6 +1067,14 @@ struct Conn {
     /// End LSN of this connection's last acknowledged write (for WAIT).
     last_write_end: u64,
     name: Option<Vec<u8>>,
+}
+
+/// Whether a command waits for a role change in progress to end.
+fn waits_for_switch(name: &str) -> bool {
+    !matches!(
+        name,
+        "PING" | "INFO" | "MIRROR" | "ROLE" | "CLIENT" | "COMMAND" | "HELLO" | "AUTH"
+    )
 }
 
 fn is_write(name: &str) -> bool {

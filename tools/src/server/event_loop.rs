@@ -1,0 +1,580 @@
+//! The event-loop client server ([`IoMode::Epoll`](super::IoMode)): one
+//! thread serves every connection with epoll.
+//!
+//! Each connection keeps its input, the outcomes of the commands it sent
+//! (in order) and its output. A write's commit in flight is a [`Ticket`]
+//! polled as a future: the loop's waker signals an eventfd in the epoll
+//! set, and on waking the loop polls the connections whose first pending
+//! reply is a commit. Replies are encoded strictly in order, so a pipeline
+//! keeps its order; a connection stops being read while it has much output
+//! unsent or many replies pending (back-pressure).
+//!
+//! Commands that may block for long (WAIT, MIRROR FAILOVER, FORCE-SERVICE
+//! and CHECKPOINT, and any command that would wait for a role change in
+//! progress) run on a helper thread once every earlier reply of their
+//! connection is resolved; the connection's state goes with them and comes
+//! back with the reply through a channel and the eventfd, and nothing more
+//! is read from it meanwhile.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use mirrorlog_engine::wake::Wakeup;
+
+use super::{Conn, Outcome, Server};
+use crate::resp::{parse_command, Reply};
+
+const LISTENER: u64 = 0;
+const WAKE: u64 = 1;
+/// Longest sleep in `epoll_wait`: how soon a stop or an idle timeout is
+/// noticed.
+const TICK_MS: i32 = 100;
+/// Unsent output beyond which a connection's further commands wait.
+const OUT_HIGH: usize = 1 << 20;
+/// Unresolved replies beyond which a connection's further commands wait.
+const PENDING_MAX: usize = 1024;
+/// Bytes read from one connection per readiness event (fairness).
+const READ_CHUNK: usize = 64 << 10;
+
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new() -> io::Result<Epoll> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: valid descriptors and a valid event struct.
+        if unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn wait(&self, evs: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+        // SAFETY: `evs` is valid for `evs.len()` events.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                evs.as_mut_ptr(),
+                evs.len() as i32,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        Ok(n as usize)
+    }
+}
+
+/// The loop's waker: a commit's progress signals the eventfd (only while
+/// the loop is armed, i.e. about to sleep; it re-polls before sleeping).
+struct LoopWake(Wakeup);
+
+impl Wake for LoopWake {
+    fn wake(self: Arc<Self>) {
+        self.0.signal();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.signal();
+    }
+}
+
+struct Client {
+    sock: TcpStream,
+    /// None while a helper thread runs a command for this connection.
+    conn: Option<Conn>,
+    buf: Vec<u8>,
+    /// Outcomes not yet encoded, in order, with the protocol to encode in.
+    pending: VecDeque<(Outcome, u8)>,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// A command to run on a helper thread once `pending` is empty.
+    blocked: Option<Vec<Vec<u8>>>,
+    /// QUIT or a protocol error: close once the replies are out.
+    closing: bool,
+    /// The client closed its side: close once what it sent is answered.
+    eof: bool,
+    /// The last parse found no complete command left in `buf`.
+    exhausted: bool,
+    idle_since: Instant,
+    /// Events registered in epoll (None: not registered).
+    events: Option<u32>,
+}
+
+impl Client {
+    fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+}
+
+/// A command that can block its thread for long inside `Server::command`
+/// (a role change in progress is caught by `command_opt`).
+fn blocks(conn: &Conn, args: &[Vec<u8>]) -> bool {
+    if conn.multi.is_some() {
+        // Queued or refused at once (EXEC waits for nothing but commits).
+        return false;
+    }
+    if args[0].eq_ignore_ascii_case(b"WAIT") {
+        return true;
+    }
+    args[0].eq_ignore_ascii_case(b"MIRROR")
+        && args.get(1).is_some_and(|s| {
+            s.eq_ignore_ascii_case(b"FAILOVER")
+                || s.eq_ignore_ascii_case(b"FORCE-SERVICE")
+                || s.eq_ignore_ascii_case(b"CHECKPOINT")
+        })
+}
+
+struct Loop<'a> {
+    server: &'a Arc<Server>,
+    ep: Epoll,
+    wake: Arc<LoopWake>,
+    waker: Waker,
+    clients: HashMap<u64, Client>,
+    next_id: u64,
+    /// Connections whose first pending outcome is a commit in flight.
+    waiting: HashSet<u64>,
+    done_tx: Sender<(u64, Conn, Reply)>,
+    done_rx: Receiver<(u64, Conn, Reply)>,
+    chunk: Vec<u8>,
+}
+
+/// Serves clients on `listener` until [`Server::stop`].
+pub(super) fn serve(server: &Arc<Server>, listener: TcpListener) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let ep = Epoll::new()?;
+    let wake = Arc::new(LoopWake(Wakeup::new()?));
+    ep.ctl(
+        libc::EPOLL_CTL_ADD,
+        listener.as_raw_fd(),
+        libc::EPOLLIN as u32,
+        LISTENER,
+    )?;
+    ep.ctl(libc::EPOLL_CTL_ADD, wake.0.fd(), libc::EPOLLIN as u32, WAKE)?;
+    let (done_tx, done_rx) = channel();
+    let mut l = Loop {
+        server,
+        ep,
+        waker: Waker::from(wake.clone()),
+        wake,
+        clients: HashMap::new(),
+        next_id: 2,
+        waiting: HashSet::new(),
+        done_tx,
+        done_rx,
+        chunk: vec![0u8; READ_CHUNK],
+    };
+    let r = l.run(&listener);
+    let ids: Vec<u64> = l.clients.keys().copied().collect();
+    for id in ids {
+        l.close(id);
+    }
+    r
+}
+
+impl Loop<'_> {
+    fn run(&mut self, listener: &TcpListener) -> io::Result<()> {
+        let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut last_tick = Instant::now();
+        loop {
+            if self.server.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let n = self.ep.wait(&mut evs, TICK_MS)?;
+            for ev in &evs[..n] {
+                let (token, events) = (ev.u64, ev.events);
+                match token {
+                    LISTENER => self.accept(listener)?,
+                    WAKE => self.wake.0.drain(),
+                    id => self.on_event(id, events),
+                }
+            }
+            // Armed before re-checking: a wake-up from here on makes the
+            // eventfd readable, so nothing is missed while asleep.
+            self.wake.0.arm();
+            while let Ok((id, conn, reply)) = self.done_rx.try_recv() {
+                self.back_from_helper(id, conn, reply);
+            }
+            let waiting: Vec<u64> = self.waiting.iter().copied().collect();
+            for id in waiting {
+                self.drive(id);
+            }
+            if last_tick.elapsed() >= Duration::from_millis(TICK_MS as u64) {
+                last_tick = Instant::now();
+                self.close_idle();
+            }
+        }
+    }
+
+    fn accept(&mut self, listener: &TcpListener) -> io::Result<()> {
+        loop {
+            let (stream, _) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let server = self.server;
+            if server.clients.load(Ordering::Acquire) >= server.opts.max_clients {
+                server.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                let mut s = stream;
+                let _ = s.write_all(b"-ERR max number of clients reached\r\n");
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let c = Client {
+                sock: stream,
+                conn: Some(server.new_conn()),
+                buf: Vec::new(),
+                pending: VecDeque::new(),
+                out: Vec::new(),
+                out_pos: 0,
+                blocked: None,
+                closing: false,
+                eof: false,
+                exhausted: true,
+                idle_since: Instant::now(),
+                events: None,
+            };
+            server.clients.fetch_add(1, Ordering::AcqRel);
+            server.stats.connections.fetch_add(1, Ordering::Relaxed);
+            self.clients.insert(id, c);
+            self.update_interest(id);
+        }
+    }
+
+    fn on_event(&mut self, id: u64, events: u32) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if c.conn.is_none() {
+            // Left the epoll set for a helper after this event was taken.
+            return;
+        }
+        if events & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
+            self.close(id);
+            return;
+        }
+        if events & libc::EPOLLIN as u32 != 0 {
+            match c.sock.read(&mut self.chunk) {
+                Ok(0) => c.eof = true,
+                Ok(n) => {
+                    c.buf.extend_from_slice(&self.chunk[..n]);
+                    c.exhausted = false;
+                    c.idle_since = Instant::now();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => {
+                    self.close(id);
+                    return;
+                }
+            }
+        }
+        self.drive(id);
+    }
+
+    /// Moves a connection on as far as it goes without blocking: resolves
+    /// its pending replies in order, runs more of its commands, hands a
+    /// blocking one to a helper, writes what it can, closes it when done.
+    fn drive(&mut self, id: u64) {
+        let server = self.server;
+        let waker = self.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            let Some(c) = self.clients.get_mut(&id) else {
+                self.waiting.remove(&id);
+                return;
+            };
+            // Resolve what is ready, in order.
+            while let Some((o, _)) = c.pending.front_mut() {
+                let result = match o {
+                    Outcome::Now(_) => None,
+                    Outcome::After(ticket, _) => match Pin::new(ticket).poll(&mut cx) {
+                        Poll::Ready(r) => Some(r),
+                        Poll::Pending => break,
+                    },
+                };
+                let (o, proto) = c.pending.pop_front().expect("front");
+                let reply = match (o, result) {
+                    (Outcome::Now(r), _) => r,
+                    (Outcome::After(_, r), Some(result)) => {
+                        let conn = c.conn.as_mut().expect("pending replies keep the conn");
+                        server.settle(result, r, conn)
+                    }
+                    (Outcome::After(..), None) => unreachable!("polled ready"),
+                };
+                reply.encode_proto(&mut c.out, proto);
+            }
+            if !c.pending.is_empty() || c.conn.is_none() {
+                break;
+            }
+            if let Some(args) = c.blocked.take() {
+                let conn = c.conn.take().expect("checked");
+                // What is already encoded goes out before the helper runs.
+                if flush(c).is_err() {
+                    self.close(id);
+                    return;
+                }
+                self.run_on_helper(id, conn, args);
+                return;
+            }
+            if c.closing || c.eof && c.exhausted {
+                break;
+            }
+            // Out first, so a pause for unsent output ends as soon as the
+            // socket takes it.
+            if flush(c).is_err() {
+                self.close(id);
+                return;
+            }
+            if !self.parse(id) {
+                break;
+            }
+        }
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if flush(c).is_err() {
+            self.close(id);
+            return;
+        }
+        let done = c.pending.is_empty()
+            && c.conn.is_some()
+            && c.blocked.is_none()
+            && (c.closing || c.eof && c.exhausted);
+        if done && c.unsent() == 0 {
+            self.close(id);
+            return;
+        }
+        if matches!(c.pending.front(), Some((Outcome::After(..), _))) {
+            self.waiting.insert(id);
+        } else {
+            self.waiting.remove(&id);
+        }
+        self.update_interest(id);
+    }
+
+    /// Runs the connection's buffered commands until one must wait
+    /// (blocking, back-pressure, QUIT, an error) or none is left; whether
+    /// anything was consumed.
+    fn parse(&mut self, id: u64) -> bool {
+        let server = self.server;
+        let c = self.clients.get_mut(&id).expect("caller checked");
+        let conn = c.conn.as_mut().expect("caller checked");
+        let limits = &server.opts.limits;
+        let mut used = 0;
+        let mut progressed = false;
+        while !c.closing
+            && c.blocked.is_none()
+            && c.out.len() - c.out_pos < OUT_HIGH
+            && c.pending.len() < PENDING_MAX
+        {
+            match parse_command(&c.buf[used..], limits) {
+                Ok(Some((args, n))) => {
+                    used += n;
+                    progressed = true;
+                    if args.is_empty() {
+                        continue;
+                    }
+                    server.stats.commands.fetch_add(1, Ordering::Relaxed);
+                    if args[0].eq_ignore_ascii_case(b"QUIT") {
+                        c.pending.push_back((Outcome::Now(Reply::ok()), conn.proto));
+                        c.closing = true;
+                        break;
+                    }
+                    if blocks(conn, &args) {
+                        c.blocked = Some(args);
+                        break;
+                    }
+                    match server.command_opt(conn, &args, false) {
+                        Some(o) => c.pending.push_back((o, conn.proto)),
+                        None => {
+                            c.blocked = Some(args);
+                            break;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    c.exhausted = true;
+                    break;
+                }
+                Err(e) => {
+                    c.pending
+                        .push_back((Outcome::Now(Reply::err(format!("ERR {e}"))), conn.proto));
+                    c.closing = true;
+                    progressed = true;
+                    break;
+                }
+            }
+        }
+        c.buf.drain(..used);
+        if c.exhausted && !c.closing && c.buf.len() > server.query_cap() {
+            c.pending.push_back((
+                Outcome::Now(Reply::err(
+                    "ERR Protocol error: client query buffer exceeds the limit",
+                )),
+                conn.proto,
+            ));
+            c.closing = true;
+            progressed = true;
+        }
+        progressed
+    }
+
+    fn run_on_helper(&mut self, id: u64, mut conn: Conn, args: Vec<Vec<u8>>) {
+        // Out of the epoll set meanwhile (it reads nothing; a hang-up is
+        // seen when it is back).
+        self.set_events(id, None);
+        self.waiting.remove(&id);
+        let server = self.server.clone();
+        let tx = self.done_tx.clone();
+        let wake = self.wake.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mirrorlog-client-helper".into())
+            .spawn(move || {
+                let o = server.command(&mut conn, &args);
+                let reply = server.resolve(o, &mut conn);
+                if tx.send((id, conn, reply)).is_ok() {
+                    wake.0.force();
+                }
+            });
+        if spawned.is_err() {
+            self.close(id);
+        }
+    }
+
+    fn back_from_helper(&mut self, id: u64, conn: Conn, reply: Reply) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        c.pending.push_back((Outcome::Now(reply), conn.proto));
+        c.conn = Some(conn);
+        self.drive(id);
+    }
+
+    fn close_idle(&mut self) {
+        let Some(t) = self.server.opts.idle_timeout else {
+            return;
+        };
+        let idle: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.conn.is_some()
+                    && c.pending.is_empty()
+                    && c.blocked.is_none()
+                    && c.unsent() == 0
+                    && c.idle_since.elapsed() >= t
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.close(id);
+        }
+    }
+
+    /// The events the connection wants now, registered.
+    fn update_interest(&mut self, id: u64) {
+        let Some(c) = self.clients.get(&id) else {
+            return;
+        };
+        if c.conn.is_none() {
+            return self.set_events(id, None);
+        }
+        let read = c.conn.is_some()
+            && c.blocked.is_none()
+            && !c.closing
+            && !c.eof
+            && c.unsent() < OUT_HIGH
+            && c.pending.len() < PENDING_MAX;
+        let mut ev = 0u32;
+        if read {
+            ev |= libc::EPOLLIN as u32;
+        }
+        if c.unsent() > 0 {
+            ev |= libc::EPOLLOUT as u32;
+        }
+        self.set_events(id, Some(ev));
+    }
+
+    fn set_events(&mut self, id: u64, want: Option<u32>) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if c.events == want {
+            return;
+        }
+        let fd = c.sock.as_raw_fd();
+        let r = match (c.events, want) {
+            (None, Some(ev)) => self.ep.ctl(libc::EPOLL_CTL_ADD, fd, ev, id),
+            (Some(_), Some(ev)) => self.ep.ctl(libc::EPOLL_CTL_MOD, fd, ev, id),
+            (Some(_), None) => self.ep.ctl(libc::EPOLL_CTL_DEL, fd, 0, id),
+            (None, None) => Ok(()),
+        };
+        c.events = want;
+        if r.is_err() {
+            self.close(id);
+        }
+    }
+
+    fn close(&mut self, id: u64) {
+        if let Some(c) = self.clients.remove(&id) {
+            if c.events.is_some() {
+                let _ = self.ep.ctl(libc::EPOLL_CTL_DEL, c.sock.as_raw_fd(), 0, id);
+            }
+            self.server.clients.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.waiting.remove(&id);
+    }
+}
+
+/// Writes what the socket takes now.
+fn flush(c: &mut Client) -> io::Result<()> {
+    while c.out_pos < c.out.len() {
+        match c.sock.write(&c.out[c.out_pos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => c.out_pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if c.out_pos == c.out.len() {
+        c.out.clear();
+        c.out_pos = 0;
+    } else if c.out_pos > OUT_HIGH {
+        c.out.drain(..c.out_pos);
+        c.out_pos = 0;
+    }
+    Ok(())
+}
