@@ -86,6 +86,29 @@ pub struct Store {
 }
 
 impl Store {
+    /// Becomes the newest valid checkpoint in `node_dir` and returns its
+    /// LSN, or (there is none) the empty store at `empty_lsn`. `warn` hears
+    /// of every checkpoint skipped.
+    pub fn load_newest_checkpoint(
+        &mut self,
+        node_dir: &std::path::Path,
+        empty_lsn: u64,
+        warn: impl FnMut(String),
+    ) -> Option<u64> {
+        match crate::checkpoint::load_newest(node_dir, warn) {
+            Some(c) => {
+                self.map = c.map;
+                self.lsn = c.lsn;
+                Some(c.lsn)
+            }
+            None => {
+                self.map.clear();
+                self.lsn = empty_lsn;
+                None
+            }
+        }
+    }
+
     pub fn apply(&mut self, e: &Effect) {
         match e {
             Effect::Set(k, v) => {
@@ -147,18 +170,8 @@ impl Applier for KvApplier {
             return Err("this store has no directory to reload a checkpoint from".into());
         };
         crate::checkpoint::set_aside_above(dir, lsn)?;
-        let loaded = crate::checkpoint::load_newest(dir, |_| {});
         let mut s = self.store.write().map_err(|_| "store lock poisoned")?;
-        match loaded {
-            Some(c) => {
-                s.map = c.map;
-                s.lsn = c.lsn;
-            }
-            None => {
-                s.map.clear();
-                s.lsn = 0;
-            }
-        }
+        s.load_newest_checkpoint(dir, 0, |_| {});
         Ok(s.lsn)
     }
 }

@@ -542,19 +542,9 @@ impl Spec {
     fn catch_up_store(&self, p: &Principal, fresh: bool) -> Result<(), String> {
         let mut st = self.store.write().expect("store");
         if fresh {
-            let checkpoint = crate::checkpoint::load_newest(&self.o.dir, |w| {
+            st.load_newest_checkpoint(&self.o.dir, p.log().start_lsn(), |w| {
                 self.logger.line(&format!("mirrorlog: {w}"))
             });
-            match checkpoint {
-                Some(c) => {
-                    st.map = c.map;
-                    st.lsn = c.lsn;
-                }
-                None => {
-                    st.map.clear();
-                    st.lsn = p.log().start_lsn();
-                }
-            }
         }
         let log = p.log();
         let from = st.lsn;
@@ -584,24 +574,13 @@ impl Spec {
     /// newest checkpoint (or empty), and the applier goes on from there.
     fn mirror(&self, principal: SocketAddr) -> Result<Mirror<KvApplier>, String> {
         let cfg = self.config()?;
-        let checkpoint = crate::checkpoint::load_newest(&self.o.dir, |w| {
-            self.logger.line(&format!("mirrorlog: {w}"))
-        });
-        let from = {
-            let mut st = self.store.write().expect("store");
-            match checkpoint {
-                Some(c) => {
-                    st.map = c.map;
-                    st.lsn = c.lsn;
-                    Some(c.lsn)
-                }
-                None => {
-                    st.map.clear();
-                    st.lsn = 0;
-                    None
-                }
-            }
-        };
+        let from = self
+            .store
+            .write()
+            .expect("store")
+            .load_newest_checkpoint(&self.o.dir, 0, |w| {
+                self.logger.line(&format!("mirrorlog: {w}"))
+            });
         let applier = KvApplier {
             store: self.store.clone(),
             dir: Some(self.o.dir.clone()),
