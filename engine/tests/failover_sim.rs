@@ -87,8 +87,9 @@
 //!   restarts a poisoned node 50 ms to two cycles after the glue first
 //!   met the failure: a crash image (what of the unsynced tail reached
 //!   the disk is chance, as after a failed fsync) and a start 20–500 ms
-//!   later, on a sound disk; a node that exited on a failed promotion is
-//!   restarted as principal (`Knobs::reclaim_failed_promotion`). Not
+//!   later, on a sound disk; a node that exited on a failed promotion
+//!   restarts as the mirror it was and finds its grant by settling with
+//!   the witness. Not
 //!   modelled: faults of the epoch history file (in memory here), failed
 //!   writes and reads (`SimStorage` injects failed syncs only), and data
 //!   a sync reported durable going missing.
@@ -132,18 +133,19 @@
 //! findings (claim ids, the extra millisecond of `WitnessCore::wait_ms`,
 //! the reseed of a mirror of an unknown epoch, the uncertain promotion's
 //! settling query); the seeds that found them replay as passing
-//! `regression_seed_*` tests. Where the real glue still breaks invariant 4
-//! (nobody is principal after healing), the default run lets an operator
-//! force service (`Knobs::operator_restores_service`); each such case has
-//! an ignored regression test that replays its seed without the operator.
+//! `regression_seed_*` tests, as do those of the cases that once needed
+//! an operator's forced service (nobody principal after healing) until
+//! mirrors settled with the witness at start. The default run is the real
+//! glue alone; the operator's remedies (`Knobs`) stay, off, for
+//! experiments.
 //!
 //! A failing seed is printed with its replay command:
 //! MIRRORLOG_FAILOVER_SEED=<seed> replays it (with a trace of what
 //! happened), MIRRORLOG_FAILOVER_SEEDS=<n> runs n seeds (default 2,000),
 //! MIRRORLOG_FAILOVER_TRACE=1 prints every notable event as it happens,
-//! MIRRORLOG_FAILOVER_KNOBS=restore=0 turns the operator's remedy off,
-//! `disk=0` the disk faults, `reclaim=0` the operator's restart of a
-//! failed promotion as principal (see `knobs()`); to explore, MIRRORLOG_FAILOVER_FIRST_SEED=<s> starts
+//! MIRRORLOG_FAILOVER_KNOBS=restore=1 turns the operator's forced service
+//! on, `reclaim=1` the operator's restart of a failed promotion as
+//! principal, `disk=0` the disk faults off (see `knobs()`); to explore, MIRRORLOG_FAILOVER_FIRST_SEED=<s> starts
 //! elsewhere, MIRRORLOG_FAILOVER_KEEP_GOING=1 runs every seed and lists
 //! the failing ones, MIRRORLOG_FAILOVER_SAY=1 names the seeds that needed
 //! the operator (and those with a reseed without forced service).
@@ -628,12 +630,9 @@ struct Ack {
 struct Knobs {
     /// After healing, if no node is principal for a while, the operator
     /// asks for forced service. Counted in `Stats::operator_restores`.
-    /// Still needed with the fixed glue, by the cases the ignored
-    /// regression tests at the end replay: a late claim of an earlier
-    /// start deposing its own claimant (seeds 2070, 3218, 5324), and a
-    /// mirror granted promotion that crashed before its settling query was
-    /// answered (seed 1039; in the default 2,000 also seed 1051, after a
-    /// disk fault changed its course).
+    /// Off by default: it was needed (seeds 1039, 1051, 2070, 3218, 5324)
+    /// until mirrors settled with the witness when they start; with that,
+    /// 5,000 seeds pass without it. Kept for experiments.
     operator_restores_service: bool,
     /// Disk faults (failed syncs of a node's log, see `Sim::disk_fault`).
     /// Drawn from their own random stream, so a seed replays as before
@@ -646,17 +645,21 @@ struct Knobs {
     /// line "could not become principal of epoch E" suggests. Without it,
     /// it restarts as the mirror it was, forgets the grant and follows the
     /// old principal again, which then acknowledges commits in an epoch
-    /// the witness has superseded (invariant 1): the ignored
-    /// `regression_seed_815_*` test replays that.
+    /// the witness has superseded (invariant 1): `regression_seed_815_*`
+    /// replays that. Off by default: a mirror now settles with the witness
+    /// when it starts and finds its grant.
     reclaim_failed_promotion: bool,
 }
 
 impl Knobs {
+    /// The real glue alone: since mirrors settle with the witness when
+    /// they start, no seed of the default run needs an operator (the
+    /// knobs stay, off, for replays and experiments).
     fn default_run() -> Knobs {
         Knobs {
-            operator_restores_service: true,
+            operator_restores_service: false,
             disk_faults: true,
-            reclaim_failed_promotion: true,
+            reclaim_failed_promotion: false,
         }
     }
 }
