@@ -6,60 +6,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mirrorlog::client::Client;
 use mirrorlog::resp::Reply;
 
-use common::{free_port, secret, tempdir, Served};
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn info(port: u16) -> String {
-    let Ok(mut c) = Client::connect(addr(port), Duration::from_secs(2)) else {
-        return String::new();
-    };
-    match c.call(&[b"INFO"]) {
-        Ok(Reply::Bulk(b)) => String::from_utf8_lossy(&b).into_owned(),
-        _ => String::new(),
-    }
-}
-
-fn field(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn serve(args: &[String], log: &Path) -> Served {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Served(
-        Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
-            .arg("serve")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
-    )
-}
+use common::{addr, field, free_port, info, secret, serve, tempdir, wait_for};
 
 #[test]
 fn a_mirror_whose_log_was_deleted_is_reseeded_and_holds_every_write() {

@@ -2,9 +2,13 @@
 #![allow(dead_code)] // each test crate uses a different subset
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mirrorlog::client::Client;
+use mirrorlog::resp::Reply;
 
 /// A fresh directory under the system temp dir, unique to this process.
 pub fn tempdir(prefix: &str, tag: &str) -> PathBuf {
@@ -58,4 +62,53 @@ impl Drop for Served {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+// Helpers of the tests that drive `mirrorlog serve` processes: the
+// address of a port, `INFO` (all sections) as text, one numeric field of
+// it, waiting for a condition, and a `serve` child with its log.
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+pub fn info(port: u16) -> String {
+    let Ok(mut c) = Client::connect(addr(port), Duration::from_secs(2)) else {
+        return String::new();
+    };
+    match c.call(&[b"INFO"]) {
+        Ok(Reply::Bulk(b)) => String::from_utf8_lossy(&b).into_owned(),
+        _ => String::new(),
+    }
+}
+
+pub fn field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn serve(args: &[String], log: &Path) -> Served {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Served(
+        Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    )
 }
