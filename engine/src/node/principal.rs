@@ -784,6 +784,13 @@ fn lease_keeper(sh: &Shared) {
     // Leaving exposure: the exposure lease was revoked when the log ended
     // here; once the mirror hardened up to it, every commit acknowledged
     // in this epoch is on the mirror, and the witness may hear so.
+    // Once the last lease of any kind ran out: no quorum (said once).
+    let lapse = |lease_end_ns: u64| {
+        if monotonic_ns() >= lease_end_ns && !progress.no_quorum() {
+            progress.set_no_quorum(true);
+            log.line("mirrorlog[principal]: the witness lease ran out: commits the mirror does not harden are refused (no quorum)");
+        }
+    };
     let mut clearing: Option<u64> = None;
     let mut last_want = Instant::now();
     while !sh.stop.load(Ordering::Acquire) {
@@ -827,10 +834,7 @@ fn lease_keeper(sh: &Shared) {
         let wanted = want_now && !exposed;
         if !wanted && !cover && Instant::now() < next {
             std::thread::sleep(Duration::from_millis(2));
-            if monotonic_ns() >= lease_end_ns && !progress.no_quorum() {
-                progress.set_no_quorum(true);
-                log.line("mirrorlog[principal]: the witness lease ran out: commits the mirror does not harden are refused (no quorum)");
-            }
+            lapse(lease_end_ns);
             continue;
         }
         let ask_exposed = (exposed || wanted) && clearing.is_none();
@@ -933,9 +937,6 @@ fn lease_keeper(sh: &Shared) {
             .checked_sub(monotonic_ns())
             .map(|ns| ns / 1_000_000);
         drop(v);
-        if monotonic_ns() >= lease_end_ns && !progress.no_quorum() {
-            progress.set_no_quorum(true);
-            log.line("mirrorlog[principal]: the witness lease ran out: commits the mirror does not harden are refused (no quorum)");
-        }
+        lapse(lease_end_ns);
     }
 }
