@@ -11,34 +11,15 @@ use std::time::Duration;
 use mirrorlog::client::Client;
 use mirrorlog::resp::Reply;
 
-use common::{addr, field, free_port, info, secret, serve, tempdir, wait_for};
+use common::{addr, field, free_port, info, secret, serve, small_node_args, tempdir, wait_for};
 
 #[test]
 fn a_mirror_whose_log_was_deleted_is_reseeded_and_holds_every_write() {
     let d = tempdir("reseed-proc", "main");
     let s = secret(&d);
     let (pport, mport, partner) = (free_port(), free_port(), free_port());
-    let common = |role: &str, sub: &str, port: u16| -> Vec<String> {
-        [
-            "--role",
-            role,
-            "--dir",
-            &d.join(sub).display().to_string(),
-            "--secret-file",
-            &s.display().to_string(),
-            "--port",
-            &port.to_string(),
-            "--partner",
-            &format!("127.0.0.1:{partner}"),
-            "--segment-bytes",
-            "262144",
-            "--checkpoint-secs",
-            "1",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect()
-    };
+    let common =
+        |role: &str, sub: &str, port: u16| small_node_args(&d, &s, role, sub, port, partner);
     let mut pargs = common("principal", "p", pport);
     pargs.extend(["--retention-max-bytes".into(), "400000".into()]);
     let _p = serve(&pargs, &d.join("p.log"));

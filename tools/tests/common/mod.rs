@@ -112,3 +112,35 @@ pub fn serve(args: &[String], log: &Path) -> Served {
             .unwrap(),
     )
 }
+
+/// `serve` flags for a node of a reseed test: its directory `dir/sub`,
+/// client port, the partners' address, 256 KiB segments and a checkpoint
+/// every second (so log deletion and reseeds happen quickly).
+pub fn small_node_args(
+    dir: &Path,
+    secret: &Path,
+    role: &str,
+    sub: &str,
+    port: u16,
+    partner: u16,
+) -> Vec<String> {
+    [
+        "--role",
+        role,
+        "--dir",
+        &dir.join(sub).display().to_string(),
+        "--secret-file",
+        &secret.display().to_string(),
+        "--port",
+        &port.to_string(),
+        "--partner",
+        &format!("127.0.0.1:{partner}"),
+        "--segment-bytes",
+        "262144",
+        "--checkpoint-secs",
+        "1",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
