@@ -11,11 +11,14 @@
 
 mod failover_bench;
 mod floor;
+mod histo;
+mod loadgen;
 mod local_commit;
 mod mirroring;
 mod mirroring_report;
 mod report;
 mod resp_bench;
+mod results;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
