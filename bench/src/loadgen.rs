@@ -216,7 +216,6 @@ fn tight_timer_slack() {
 
 /// A whole run: every client's results merged.
 pub struct RunOut {
-    pub load: Load,
     pub ops: u64,
     pub seconds: f64,
     pub hist: Histogram<u64>,
@@ -309,7 +308,6 @@ pub fn run(
         outs
     });
     let mut run = RunOut {
-        load,
         ops: 0,
         seconds: timed.as_secs_f64(),
         hist: new_histogram(),

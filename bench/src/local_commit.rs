@@ -524,7 +524,7 @@ pub(crate) fn pipelined_worker(
 
 /// A commit's outcome; one acknowledged *exposed* (the mirror was lost
 /// mid-case) did not reach its level and would flatter the numbers.
-fn check_reached(
+pub(crate) fn check_reached(
     r: Result<mirrorlog_engine::commit::Committed, mirrorlog_engine::commit::CommitError>,
 ) -> Result<(), String> {
     match r {

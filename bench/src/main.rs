@@ -12,10 +12,12 @@
 mod failover_bench;
 mod floor;
 mod histo;
+mod latency;
 mod loadgen;
 mod local_commit;
 mod mirroring;
 mod mirroring_report;
+mod progress;
 mod report;
 mod resp_bench;
 mod results;
@@ -183,6 +185,7 @@ impl Data {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
+    Latency,
     LocalCommit,
     Mirroring,
     Resp,
@@ -193,6 +196,12 @@ pub enum Scenario {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub scenario: Scenario,
+    /// latency: the parts to run, runs per case, the open-loop sweep's
+    /// rates as fractions of the closed-loop throughput, and its p99 target.
+    pub parts: Vec<latency::Part>,
+    pub repeat: usize,
+    pub sweep: Vec<f64>,
+    pub p99_target_us: f64,
     /// mirroring: levels and transport paths to run.
     pub levels: Vec<Level>,
     pub transports: Vec<TransportChoice>,
@@ -362,18 +371,22 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut partner_timeout_ms = 1000u64;
     let mut catchup_mb = None;
     let mut mirrorlog_bin = None;
+    let mut parts = latency::Part::ALL.to_vec();
+    let mut repeat = None;
+    let mut sweep = vec![0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.2];
+    let mut p99_target_ms = 2.0;
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         if !arg.starts_with('-') {
             match (arg.as_str(), &scenario) {
                 ("help", None) => return Ok(Parsed::Help),
-                ("local-commit" | "mirroring" | "resp" | "failover", None) => {
+                ("latency" | "local-commit" | "mirroring" | "resp" | "failover", None) => {
                     scenario = Some(arg)
                 }
                 (_, None) => {
                     return Err(format!(
-                        "unknown scenario {arg:?}; the scenarios are: local-commit, mirroring, resp, failover"
+                        "unknown scenario {arg:?}; the scenarios are: latency, local-commit, mirroring, resp, failover (and the commands compare, help)"
                     ))
                 }
                 (_, Some(_)) => return Err(format!("unexpected argument {arg:?}")),
@@ -455,6 +468,40 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
                 catchup_mb = Some(n as u64);
             }
             "--mirrorlog" => mirrorlog_bin = Some(PathBuf::from(value()?)),
+            "--parts" => parts = parse_list(&flag, &value()?, latency::Part::parse)?,
+            "--repeat" => {
+                let n = parse_usize(&flag, &value()?, 1)?;
+                if n > 100 {
+                    return Err("--repeat: at most 100".into());
+                }
+                repeat = Some(n);
+            }
+            "--sweep" => {
+                let v = value()?;
+                sweep = if v == "none" {
+                    Vec::new()
+                } else {
+                    parse_list(&flag, &v, |x| {
+                        let f: f64 = x.parse().map_err(|_| {
+                            format!("--sweep expects fractions like 0.5,0.9,1.1 or none, got {x:?}")
+                        })?;
+                        if !(f.is_finite() && f > 0.0 && f <= 10.0) {
+                            return Err(format!("--sweep: fractions must be in (0, 10], got {x}"));
+                        }
+                        Ok(f)
+                    })?
+                };
+            }
+            "--p99-target-ms" => {
+                let v = value()?;
+                let x: f64 = v
+                    .parse()
+                    .map_err(|_| format!("--p99-target-ms expects milliseconds, got {v:?}"))?;
+                if !(x.is_finite() && x > 0.0) {
+                    return Err(format!("--p99-target-ms must be positive, got {v:?}"));
+                }
+                p99_target_ms = x;
+            }
             "--levels" => levels = parse_list(&flag, &value()?, |s| s.parse::<Level>())?,
             "--transports" => {
                 transports = parse_list(&flag, &value()?, |s| match s {
@@ -492,10 +539,11 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     dedup(&mut committers);
     dedup(&mut sizes);
     let scenario = match scenario.as_deref() {
+        Some("local-commit") => Scenario::LocalCommit,
         Some("mirroring") => Scenario::Mirroring,
         Some("resp") => Scenario::Resp,
         Some("failover") => Scenario::Failover,
-        _ => Scenario::LocalCommit,
+        _ => Scenario::Latency,
     };
     if scenario == Scenario::Mirroring && !data_given {
         // Mirroring ships what the log holds; compressible records are the
@@ -504,9 +552,16 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     }
     dedup(&mut data);
     dedup(&mut levels);
+    dedup(&mut parts);
     dedup(&mut transports);
 
-    let seconds = seconds.unwrap_or(if quick { 1.0 } else { 3.0 });
+    let latency = scenario == Scenario::Latency;
+    let seconds = seconds.unwrap_or(match (latency, quick) {
+        (true, true) => 0.5,
+        (true, false) => 2.0,
+        (false, true) => 1.0,
+        (false, false) => 3.0,
+    });
     let warmup = warmup.unwrap_or(if quick { 0.2 } else { 0.5 });
     let base_dir = dir.unwrap_or_else(std::env::temp_dir);
     let stamp = SystemTime::now()
@@ -520,6 +575,10 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     ));
     Ok(Parsed::Run(Box::new(Config {
         scenario,
+        parts,
+        repeat: repeat.unwrap_or(if quick { 1 } else { 3 }),
+        sweep,
+        p99_target_us: p99_target_ms * 1000.0,
         levels,
         transports,
         connections,
@@ -614,6 +673,14 @@ fn run(cfg: &Config) -> Result<(), String> {
         );
     }
     match cfg.scenario {
+        Scenario::Latency => {
+            let (suite, info) = latency::run(cfg)?;
+            print!("{}", latency::render(cfg, &suite, &machine));
+            if let Some(path) = &cfg.json {
+                report::write_json_value(path, &latency::to_json(cfg, &suite, &machine, &info))?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
         Scenario::LocalCommit => {
             let suite = local_commit::run(cfg)?;
             print!("{}", report::render(cfg, &machine, &suite));
@@ -653,8 +720,70 @@ fn run(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Err once Ctrl-C (SIGINT) or SIGTERM arrived, so a long run stops
+/// between steps and its guards clean up what it started.
+pub fn check_interrupted() -> Result<(), String> {
+    Ok(())
+}
+
+/// `mirrorlog-bench compare OLD.json NEW.json [--threshold PCT] [--fail-on-regression]`
+fn compare_command(args: &[String]) -> Result<ExitCode, String> {
+    let mut files = Vec::new();
+    let mut threshold = 0.10;
+    let mut fail = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--threshold" => {
+                let v = it.next().ok_or("--threshold needs a percentage")?;
+                let x: f64 = v
+                    .trim_end_matches('%')
+                    .parse()
+                    .map_err(|_| format!("--threshold expects a percentage like 10, got {v:?}"))?;
+                if !(x.is_finite() && (0.0..100.0).contains(&x)) {
+                    return Err(format!("--threshold must be from 0 to 100, got {v:?}"));
+                }
+                threshold = x / 100.0;
+            }
+            "--fail-on-regression" => fail = true,
+            f if f.starts_with('-') => return Err(format!("compare: unknown option {f:?}")),
+            f => files.push(PathBuf::from(f)),
+        }
+    }
+    let [old, new] = files.as_slice() else {
+        return Err(
+            "compare needs two result files: mirrorlog-bench compare OLD.json NEW.json".into(),
+        );
+    };
+    let read = |p: &Path| -> Result<serde_json::Value, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", p.display()))
+    };
+    let (text, regressions) = results::compare(&read(old)?, &read(new)?, threshold)?;
+    println!(
+        "comparing {} (old) with {} (new)",
+        old.display(),
+        new.display()
+    );
+    print!("{text}");
+    Ok(if fail && regressions > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("compare") {
+        return match compare_command(&args[1..]) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("mirrorlog-bench compare: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some("mirror-node") {
         // The mirror process of the mirroring scenario (not for users).
         return match mirroring::mirror_node(&args[1..]) {

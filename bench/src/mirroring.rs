@@ -253,7 +253,7 @@ impl Applier for Counter {
     }
 }
 
-struct ChildMirror {
+pub(crate) struct ChildMirror {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -312,12 +312,12 @@ impl ChildMirror {
         Ok(m)
     }
 
-    fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         self.stderr.lock().expect("stderr lines").join("\n")
     }
 
     /// Closes its standard input and waits for a clean exit.
-    fn stop(mut self) -> Result<(), String> {
+    pub(crate) fn stop(mut self) -> Result<(), String> {
         drop(self.child.stdin.take());
         let status = self.child.wait().map_err(|e| e.to_string())?;
         if !status.success() {
@@ -404,16 +404,16 @@ fn path_name(t: TransportChoice) -> &'static str {
     }
 }
 
-fn run_path(
+/// A principal in this process and a mirror in a child process, attached
+/// and synchronized over `choice`. `tag` names their directories.
+pub(crate) fn start_pair(
     cfg: &Config,
+    tag: &str,
     choice: TransportChoice,
-    specs: &[MirrorCaseSpec],
     secret: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<PathRun, String> {
-    let name = path_name(choice);
-    let pdir = cfg.scratch.join(format!("principal-{name}"));
-    let mdir = cfg.scratch.join(format!("mirror-{name}"));
+) -> Result<(Principal, ChildMirror), String> {
+    let pdir = cfg.scratch.join(format!("principal-{tag}"));
+    let mdir = cfg.scratch.join(format!("mirror-{tag}"));
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut pcfg = NodeConfig::new(&pdir, identity(secret)?);
     pcfg.log = cfg.log_options();
@@ -429,11 +429,24 @@ fn run_path(
     });
     if !attached {
         return Err(format!(
-            "the mirror did not attach over {name} within 10 s\nprincipal: {}\nmirror: {}",
+            "the mirror did not attach over {} within 10 s\nprincipal: {}\nmirror: {}",
+            path_name(choice),
             lines.lock().expect("lines").join("\n"),
             child.stderr_text()
         ));
     }
+    Ok((principal, child))
+}
+
+fn run_path(
+    cfg: &Config,
+    choice: TransportChoice,
+    specs: &[MirrorCaseSpec],
+    secret: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathRun, String> {
+    let name = path_name(choice);
+    let (principal, child) = start_pair(cfg, name, choice, secret)?;
     let path = principal.status().transport;
     let mut results = Vec::new();
     for spec in specs {
@@ -457,7 +470,7 @@ fn run_path(
     })
 }
 
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !f() {
         if Instant::now() >= deadline {

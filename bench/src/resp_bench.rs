@@ -108,8 +108,8 @@ fn cases(cfg: &Config) -> Vec<Case> {
     v
 }
 
-struct Pair {
-    principal: SocketAddr,
+pub(crate) struct Pair {
+    pub(crate) principal: SocketAddr,
     servers: Vec<Arc<mirrorlog::server::Server>>,
 }
 
@@ -124,7 +124,7 @@ impl Drop for Pair {
     }
 }
 
-fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair, String> {
+pub(crate) fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair, String> {
     let dir = cfg.scratch.join(format!("resp-{tag}"));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let secret = dir.join("secret");

@@ -338,7 +338,6 @@ mod tests {
         let mut h = new_histogram();
         h.record_n(lat_ns, ops).unwrap();
         RunOut {
-            load: Load::Closed { clients: 8 },
             ops,
             seconds: 1.0,
             hist: h,
