@@ -94,7 +94,13 @@ impl Floors {
     /// local fdatasync runs alongside); remote-flush and remote-apply = the
     /// round trip plus the mirror's fdatasync.
     pub fn commit_floor(&self, level: Level) -> u64 {
-        let (f, r) = (self.fsync_p50(), self.rtt_p50());
+        self.commit_floor_with(level, 0)
+    }
+
+    /// [`Floors::commit_floor`] with `added_rtt` ns more between the
+    /// principal and the mirror.
+    pub fn commit_floor_with(&self, level: Level, added_rtt: u64) -> u64 {
+        let (f, r) = (self.fsync_p50(), self.rtt_p50() + added_rtt);
         match level {
             Level::Local => f,
             Level::RemoteWrite => f.max(r),
@@ -225,7 +231,7 @@ fn template(system: &str, mode: &str, op: &str, load: Load) -> Case {
     }
 }
 
-type Made<'a> = Box<dyn Client + Send + 'a>;
+pub(crate) type Made<'a> = Box<dyn Client + Send + 'a>;
 
 /// Runs `case` (its load) `repeats` times, each with fresh clients from
 /// `make(client_index, seed)`.
@@ -288,7 +294,7 @@ fn sweep<'a>(
     })
 }
 
-fn engine_client<'a>(
+pub(crate) fn engine_client<'a>(
     gc: &'a GroupCommit<FsStorage>,
     level: Level,
     gen: RecordGen,
@@ -377,9 +383,11 @@ fn engine_mirror(
 ) -> Result<Map<String, Value>, String> {
     let secret = cfg.scratch.join("latency.secret");
     crate::mirroring::write_secret(&secret)?;
+    let added = Duration::from_secs_f64(cfg.added_rtt_ms / 1e3);
     let (principal, child) =
-        crate::mirroring::start_pair(cfg, "latency", TransportChoice::Auto, &secret)?;
+        crate::mirroring::start_pair(cfg, "latency", TransportChoice::Auto, &secret, added)?;
     let mut info = Map::new();
+    info.insert("added_rtt_ms".into(), json!(cfg.added_rtt_ms));
     info.insert(
         "transport".into(),
         json!(principal.status().transport.map(|t| t.to_string())),
@@ -406,7 +414,11 @@ fn engine_mirror(
             let mut c = template("engine+mirror", level.name(), "commit", load);
             c.durability = durability(level).into();
             c.pipeline = depth;
-            c.floor_ns = Some(floors.commit_floor(level));
+            c.floor_ns = Some(floors.commit_floor_with(level, added.as_nanos() as u64));
+            if cfg.added_rtt_ms > 0.0 {
+                c.extra
+                    .insert("added_rtt_ms".into(), json!(cfg.added_rtt_ms));
+            }
             let mut make = |_, seed| {
                 Ok(engine_client(
                     gc,
@@ -437,6 +449,16 @@ fn engine_mirror(
 enum RespOp {
     Set,
     Get,
+}
+
+/// A RESP client doing one SET of a random key at a time (with the
+/// per-connection commit level, if given).
+pub(crate) fn resp_set_client<'a>(
+    addr: std::net::SocketAddr,
+    level: Option<Level>,
+    seed: u64,
+) -> Result<Made<'a>, String> {
+    resp_client(addr, RespOp::Set, level, 1, seed)
 }
 
 /// A RESP client doing SET (or GET) of random keys, `depth` per round.
@@ -750,6 +772,7 @@ pub fn to_json(cfg: &Config, s: &Suite, machine: &Machine, info: &Map<String, Va
             "levels": cfg.levels.iter().map(|l| l.name()).collect::<Vec<_>>(),
             "sweep_fractions": cfg.sweep,
             "p99_target_us": cfg.p99_target_us,
+            "added_rtt_ms": cfg.added_rtt_ms,
             "segment_bytes": cfg.segment_bytes,
             "compression": crate::compression_name(cfg.compression),
             "resp_value_bytes": VALUE_BYTES,

@@ -9,6 +9,7 @@
 //!
 //! Run `mirrorlog-bench --help` for the options.
 
+mod delay_proxy;
 mod failover_bench;
 mod floor;
 mod histo;
@@ -17,6 +18,7 @@ mod loadgen;
 mod local_commit;
 mod mirroring;
 mod mirroring_report;
+mod peers;
 mod progress;
 mod report;
 mod resp_bench;
@@ -35,9 +37,45 @@ mirrorlog-bench: latency and throughput benchmarks for mirrorlog
 
 USAGE:
     mirrorlog-bench [SCENARIO] [OPTIONS]
+    mirrorlog-bench compare OLD.json NEW.json [--threshold PCT] [--fail-on-regression]
 
 SCENARIOS:
-    local-commit    (default) Group commit on this machine: 1, 8 and 64
+    latency         (default) The latency suite. Parts (--parts): engine-local
+                    (the engine in this process, local commits; every
+                    --sizes x --data), engine-mirror (a principal here and a
+                    mirror in a child process over loopback; every
+                    --levels), resp (the key-value server, principal +
+                    mirror; safety off, safety full, per-connection
+                    remote-apply; SET, and GET). Closed loop at every
+                    --connections count and 8 clients pipelining --pipeline
+                    deep; each case --repeat times (median ops/s, spread,
+                    merged histogram). Open-loop sweeps (--sweep fractions of
+                    the closed-loop rate at the most clients; latency timed
+                    from each operation's intended start, so coordinated
+                    omission is corrected, as wrk2 does) for engine
+                    remote-flush and RESP safety full and off, with the
+                    highest rate holding --p99-target-ms. Floors in the same
+                    run, before and after: pwrite+fdatasync of 100 B and a
+                    loopback round trip; each case shows its ops/s as a share
+                    of clients x pipeline / floor latency. Target: safety
+                    full costs at most 1.5x the safety-off p50 at 1 client.
+                    Default run about 7 minutes; --quick about 1.
+    peers           mirrorlog next to PostgreSQL 15 (one streaming standby,
+                    synchronous_commit local / remote_write / on /
+                    remote_apply; INSERT into an append-only table) and
+                    Redis 7 (one replica, appendfsync always; SET, and SET
+                    + WAIT 1 0), all on 127.0.0.1 and started here (install
+                    them first: bench/peers/install.sh), and the engine API;
+                    one 100-byte record per transaction, closed loop at
+                    every --connections count, systems interleaved. Prints
+                    one side-by-side table and writes it as JSON and Markdown
+                    (--json FILE, Markdown beside it; default
+                    peers-<time>.json in the current directory). Targets:
+                    safety full at the most clients >= 5x PostgreSQL
+                    synchronous_commit=on and >= 3x Redis SET+WAIT ops/s,
+                    with a lower p99 than both. Everything it started is
+                    stopped by PID at the end, on failure and on Ctrl-C.
+    local-commit    Group commit on this machine: 1, 8 and 64
                     concurrent committers and a pipelined client (many
                     commits in flight per thread), records of 100 B and
                     4 KiB, compressible and incompressible. Reports
@@ -99,6 +137,11 @@ SCENARIOS:
                     file system. (3) Reseed: not implemented, not measured.
                     Target: failover p99 within the partner timeout +
                     500 ms (PASS/MISS).
+    compare         Reads two result files (latency or peers --json) and
+                    prints, per case in both, new/old ratios of ops/s, p50
+                    and p99, flagging changes past --threshold (default 10%)
+                    as REGRESSION or better; --fail-on-regression exits 1
+                    when there is one.
     help            Print this help.
 
 OPTIONS:
@@ -107,11 +150,13 @@ OPTIONS:
                            and removed at the end. Default: a new directory
                            under the system temp dir ($TMPDIR or /tmp).
     --seconds S            Timed seconds per case and per floor measurement
-                           (default 3; 1-committer cases take twice as long,
-                           half of it spent on the interleaved floor).
+                           (default 2 for latency and peers, else 3;
+                           local-commit's 1-committer cases take twice as
+                           long, half of it spent on the interleaved floor).
     --warmup S             Untimed warm-up seconds before each case and floor
                            (default 0.5).
-    --quick                Smoke run: --seconds 1 --warmup 0.2 unless given.
+    --quick                Smoke run: --seconds 1 (latency, peers: 0.5,
+                           --repeat 1) --warmup 0.2 unless given.
     --json FILE            Also write all results, floors, targets and machine
                            information as JSON to FILE (via FILE.tmp + rename).
     --committers LIST      Blocking committer thread counts (default 1,8,64);
@@ -133,9 +178,9 @@ OPTIONS:
     --compression C        zstd:LEVEL or off (default zstd:1).
     --levels LIST          mirroring: commit levels (default
                            local,remote-write,remote-flush,remote-apply).
-    --connections LIST     resp: client connections (default 1,8,32).
-    --pipeline N           resp: depth of the pipelined mode (default 32;
-                           1 skips it).
+    --connections LIST     latency, peers, resp: clients (default 1,8,32).
+    --pipeline N           latency, resp: depth of the pipelined mode (default
+                           32; 1 skips it).
     --transports LIST      mirroring: io_uring,blocking (default both; an
                            unavailable io_uring is reported and skipped).
     --runs N               failover: SIGKILL failovers to measure (default 20;
@@ -145,6 +190,17 @@ OPTIONS:
     --catchup-mb N         failover: MB (10^6 B) of values written while the
                            mirror is down (default 200; --quick: 20; 0 skips
                            the catch-up).
+    --parts LIST           latency: engine-local,engine-mirror,resp (default all).
+    --repeat N             latency, peers: runs per case (default 3; --quick 1).
+    --sweep LIST           latency: open-loop rates as fractions of the
+                           closed-loop ops/s (default
+                           0.1,0.25,0.5,0.75,0.9,1.0,1.2; none skips).
+    --p99-target-ms X      latency: the sweep's p99 target (default 2).
+    --added-rtt-ms X       latency: the engine-mirror part's mirror connects
+                           through a proxy on 127.0.0.1 that delays each
+                           direction by X/2 ms (a mirror X ms away; bandwidth
+                           not limited). Default 0: direct.
+    --systems LIST         peers: postgresql,redis,mirrorlog,engine (default all).
     --mirrorlog PATH       failover: the mirrorlog binary (default: $MIRRORLOG_BIN,
                            else `mirrorlog` next to this binary; build it with
                            cargo build --release -p mirrorlog and the same
@@ -159,6 +215,9 @@ DURABILITY:
 
 EXAMPLES:
     mirrorlog-bench
+    mirrorlog-bench --quick --json /tmp/quick.json
+    mirrorlog-bench latency --json new.json && mirrorlog-bench compare old.json new.json
+    bench/peers/install.sh && mirrorlog-bench peers --json /tmp/peers.json
     mirrorlog-bench local-commit --json /tmp/bench-local.json
     mirrorlog-bench mirroring --json /tmp/bench-mirroring.json
     mirrorlog-bench failover --runs 20 --partner-timeout-ms 1000 --json /tmp/bench-failover.json
@@ -186,6 +245,7 @@ impl Data {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
     Latency,
+    Peers,
     LocalCommit,
     Mirroring,
     Resp,
@@ -202,6 +262,11 @@ pub struct Config {
     pub repeat: usize,
     pub sweep: Vec<f64>,
     pub p99_target_us: f64,
+    /// latency: extra round-trip time between principal and mirror in the
+    /// engine-mirror part (a delaying proxy), in ms.
+    pub added_rtt_ms: f64,
+    /// peers: which systems to run (postgresql, redis, mirrorlog, engine).
+    pub systems: Vec<String>,
     /// mirroring: levels and transport paths to run.
     pub levels: Vec<Level>,
     pub transports: Vec<TransportChoice>,
@@ -375,18 +440,22 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut repeat = None;
     let mut sweep = vec![0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.2];
     let mut p99_target_ms = 2.0;
+    let mut added_rtt_ms = 0.0;
+    let mut systems: Vec<String> = ["postgresql", "redis", "mirrorlog", "engine"]
+        .map(String::from)
+        .to_vec();
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         if !arg.starts_with('-') {
             match (arg.as_str(), &scenario) {
                 ("help", None) => return Ok(Parsed::Help),
-                ("latency" | "local-commit" | "mirroring" | "resp" | "failover", None) => {
+                ("latency" | "peers" | "local-commit" | "mirroring" | "resp" | "failover", None) => {
                     scenario = Some(arg)
                 }
                 (_, None) => {
                     return Err(format!(
-                        "unknown scenario {arg:?}; the scenarios are: latency, local-commit, mirroring, resp, failover (and the commands compare, help)"
+                        "unknown scenario {arg:?}; the scenarios are: latency, peers, local-commit, mirroring, resp, failover (and the commands compare, help)"
                     ))
                 }
                 (_, Some(_)) => return Err(format!("unexpected argument {arg:?}")),
@@ -468,6 +537,11 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
                 catchup_mb = Some(n as u64);
             }
             "--mirrorlog" => mirrorlog_bin = Some(PathBuf::from(value()?)),
+            "--systems" => {
+                systems = parse_list(&flag, &value()?, |x| {
+                    peers::parse_system(x).map(String::from)
+                })?
+            }
             "--parts" => parts = parse_list(&flag, &value()?, latency::Part::parse)?,
             "--repeat" => {
                 let n = parse_usize(&flag, &value()?, 1)?;
@@ -491,6 +565,16 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
                         Ok(f)
                     })?
                 };
+            }
+            "--added-rtt-ms" => {
+                let v = value()?;
+                let x: f64 = v
+                    .parse()
+                    .map_err(|_| format!("--added-rtt-ms expects milliseconds, got {v:?}"))?;
+                if !(x.is_finite() && (0.0..=10_000.0).contains(&x)) {
+                    return Err(format!("--added-rtt-ms must be from 0 to 10000, got {v:?}"));
+                }
+                added_rtt_ms = x;
             }
             "--p99-target-ms" => {
                 let v = value()?;
@@ -540,6 +624,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     dedup(&mut sizes);
     let scenario = match scenario.as_deref() {
         Some("local-commit") => Scenario::LocalCommit,
+        Some("peers") => Scenario::Peers,
         Some("mirroring") => Scenario::Mirroring,
         Some("resp") => Scenario::Resp,
         Some("failover") => Scenario::Failover,
@@ -555,7 +640,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     dedup(&mut parts);
     dedup(&mut transports);
 
-    let latency = scenario == Scenario::Latency;
+    let latency = matches!(scenario, Scenario::Latency | Scenario::Peers);
     let seconds = seconds.unwrap_or(match (latency, quick) {
         (true, true) => 0.5,
         (true, false) => 2.0,
@@ -579,6 +664,8 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         repeat: repeat.unwrap_or(if quick { 1 } else { 3 }),
         sweep,
         p99_target_us: p99_target_ms * 1000.0,
+        systems,
+        added_rtt_ms,
         levels,
         transports,
         connections,
@@ -674,12 +761,22 @@ fn run(cfg: &Config) -> Result<(), String> {
     }
     match cfg.scenario {
         Scenario::Latency => {
+            peers::procs::install_interrupt_handler();
             let (suite, info) = latency::run(cfg)?;
             print!("{}", latency::render(cfg, &suite, &machine));
             if let Some(path) = &cfg.json {
                 report::write_json_value(path, &latency::to_json(cfg, &suite, &machine, &info))?;
                 eprintln!("wrote {}", path.display());
             }
+        }
+        Scenario::Peers => {
+            let (json_path, md_path) = peers::outputs(cfg);
+            check_json_target(&json_path)?;
+            let r = peers::run(cfg)?;
+            print!("{}", peers::render(&r, cfg, &machine));
+            report::write_json_value(&json_path, &peers::to_json(&r, cfg, &machine))?;
+            peers::write_text(&md_path, &peers::markdown(&r, cfg, &machine))?;
+            eprintln!("wrote {} and {}", json_path.display(), md_path.display());
         }
         Scenario::LocalCommit => {
             let suite = local_commit::run(cfg)?;
@@ -723,7 +820,11 @@ fn run(cfg: &Config) -> Result<(), String> {
 /// Err once Ctrl-C (SIGINT) or SIGTERM arrived, so a long run stops
 /// between steps and its guards clean up what it started.
 pub fn check_interrupted() -> Result<(), String> {
-    Ok(())
+    if peers::procs::interrupted() {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
 }
 
 /// `mirrorlog-bench compare OLD.json NEW.json [--threshold PCT] [--fail-on-regression]`

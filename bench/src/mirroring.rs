@@ -255,6 +255,9 @@ impl Applier for Counter {
 
 pub(crate) struct ChildMirror {
     child: Child,
+    /// The delay proxy between the mirror and the principal, if any (it
+    /// lives as long as the mirror).
+    proxy: Option<crate::delay_proxy::DelayProxy>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -302,7 +305,11 @@ impl ChildMirror {
         let mut line = String::new();
         out.read_line(&mut line)
             .map_err(|e| format!("reading the mirror process: {e}"))?;
-        let m = ChildMirror { child, stderr };
+        let m = ChildMirror {
+            child,
+            stderr,
+            proxy: None,
+        };
         if line.trim() != "ready" {
             return Err(format!(
                 "the mirror process did not start: {}",
@@ -406,11 +413,15 @@ fn path_name(t: TransportChoice) -> &'static str {
 
 /// A principal in this process and a mirror in a child process, attached
 /// and synchronized over `choice`. `tag` names their directories.
+///
+/// With `added_rtt`, the mirror reaches the principal through a
+/// [`crate::delay_proxy::DelayProxy`] adding half of it each way.
 pub(crate) fn start_pair(
     cfg: &Config,
     tag: &str,
     choice: TransportChoice,
     secret: &Path,
+    added_rtt: Duration,
 ) -> Result<(Principal, ChildMirror), String> {
     let pdir = cfg.scratch.join(format!("principal-{tag}"));
     let mdir = cfg.scratch.join(format!("mirror-{tag}"));
@@ -423,7 +434,20 @@ pub(crate) fn start_pair(
     pcfg.logger = Logger::new(move |s| l.lock().expect("lines").push(s.to_string()));
     let principal = Principal::start(pcfg, "127.0.0.1:0".parse().expect("address"))
         .map_err(|e| format!("starting the principal: {e}"))?;
-    let child = ChildMirror::spawn(cfg, &mdir, secret, principal.local_addr(), choice)?;
+    let proxy = if added_rtt > Duration::ZERO {
+        Some(crate::delay_proxy::DelayProxy::start(
+            principal.local_addr(),
+            added_rtt / 2,
+        )?)
+    } else {
+        None
+    };
+    let to = proxy
+        .as_ref()
+        .map(|p| p.addr())
+        .unwrap_or(principal.local_addr());
+    let mut child = ChildMirror::spawn(cfg, &mdir, secret, to, choice)?;
+    child.proxy = proxy;
     let attached = wait_for(Duration::from_secs(10), || {
         principal.status().state == MirroringState::Synchronized
     });
@@ -446,7 +470,7 @@ fn run_path(
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathRun, String> {
     let name = path_name(choice);
-    let (principal, child) = start_pair(cfg, name, choice, secret)?;
+    let (principal, child) = start_pair(cfg, name, choice, secret, Duration::ZERO)?;
     let path = principal.status().transport;
     let mut results = Vec::new();
     for spec in specs {

@@ -61,7 +61,12 @@ impl Case {
 
     /// Short label for tables.
     pub fn label(&self) -> String {
-        let mut s = format!("{} {} {}", self.system, self.mode, self.op);
+        // "redis SET+WAIT 1 0", not "redis SET+WAIT 1 0 SET".
+        let mut s = if self.mode.starts_with(&self.op) {
+            format!("{} {}", self.system, self.mode)
+        } else {
+            format!("{} {} {}", self.system, self.mode, self.op)
+        };
         if self.record_bytes != 100 {
             let _ = write!(s, " {}", crate::report::size_name(self.record_bytes));
         }
@@ -172,7 +177,7 @@ pub fn table(cases: &[Case]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "  {:<44} {:>14} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
+        "  {:<50} {:>14} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
         "case", "load", "ops/s", "spread", "p50", "p90", "p99", "p99.9", "max", "limit"
     );
     for c in cases {
@@ -187,7 +192,7 @@ pub fn table(cases: &[Case]) -> String {
         }
         let _ = writeln!(
             o,
-            "  {:<44} {:>14} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
+            "  {:<50} {:>14} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
             c.label(),
             load,
             thousands(c.ops_per_s()),

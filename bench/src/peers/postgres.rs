@@ -135,7 +135,10 @@ impl PgCluster {
         )?;
         let mut conn = wait_for_server(&mut primary_proc, primary)?;
 
-        log(&format!("postgres: pg_basebackup to {}", standby_dir.display()));
+        log(&format!(
+            "postgres: pg_basebackup to {}",
+            standby_dir.display()
+        ));
         let mut basebackup = pg_command(&bin.pg_basebackup, run_as, &root);
         basebackup
             .arg("-D")
@@ -204,7 +207,10 @@ impl PgCluster {
             settings.push((name.to_string(), conn.query_one(&format!("SHOW {name}"))?));
         }
         for required in [("fsync", "on"), ("full_page_writes", "on")] {
-            if !settings.iter().any(|(n, v)| n == required.0 && v == required.1) {
+            if !settings
+                .iter()
+                .any(|(n, v)| n == required.0 && v == required.1)
+            {
                 return Err(format!(
                     "postgres primary runs with {} not {}: {settings:?}",
                     required.0, required.1
@@ -292,6 +298,8 @@ fn postgres_user() -> Result<Option<User>, String> {
         return Ok(None);
     }
     let name = c"postgres";
+    // SAFETY: passwd is plain integers and pointers; all-zero is a valid
+    // value (null pointers) that getpwnam_r overwrites.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 << 10];
     let mut found: *mut libc::passwd = std::ptr::null_mut();
@@ -357,7 +365,14 @@ fn pg_command(bin: &Path, run_as: Option<User>, cwd: &Path) -> Command {
     // A working directory the postgres user can enter; the C locale, so no
     // locale needs to be installed; and no PG* variables of ours leaking in.
     c.current_dir(cwd).env("LC_ALL", "C");
-    for v in ["PGDATA", "PGOPTIONS", "PGAPPNAME", "PGSERVICE", "PGHOST", "PGPORT"] {
+    for v in [
+        "PGDATA",
+        "PGOPTIONS",
+        "PGAPPNAME",
+        "PGSERVICE",
+        "PGHOST",
+        "PGPORT",
+    ] {
         c.env_remove(v);
     }
     if let Some(u) = run_as {
@@ -676,10 +691,7 @@ impl PgConn {
             return Err("a query cannot contain NUL".to_string());
         }
         let mut rows = Vec::new();
-        self.send_query(
-            |q| q.extend_from_slice(sql.as_bytes()),
-            Some(&mut rows),
-        )?;
+        self.send_query(|q| q.extend_from_slice(sql.as_bytes()), Some(&mut rows))?;
         Ok(rows)
     }
 
@@ -1095,11 +1107,15 @@ mod tests {
         let mut c = PgConn::connect(addr, "test").expect("connects");
         assert_eq!(c.parameter("server_version"), Some("15.20"));
         assert_eq!(
-            c.query_first_column("SELECT sync_state FROM x").expect("query"),
+            c.query_first_column("SELECT sync_state FROM x")
+                .expect("query"),
             vec![Some("sync".to_string())]
         );
         let e = c.execute("SELECT nope").expect_err("fails");
-        assert!(e.contains("column \"nope\" does not exist (SQLSTATE 42703)"), "{e}");
+        assert!(
+            e.contains("column \"nope\" does not exist (SQLSTATE 42703)"),
+            "{e}"
+        );
         server.join().expect("server thread");
     }
 
@@ -1129,9 +1145,17 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let t = Instant::now();
         let mut cluster = PgCluster::start(&dir, &mut |l| eprintln!("{l}")).expect("starts");
-        eprintln!("start: {:.2} s, {}", t.elapsed().as_secs_f64(), cluster.version);
+        eprintln!(
+            "start: {:.2} s, {}",
+            t.elapsed().as_secs_f64(),
+            cluster.version
+        );
         eprintln!("settings: {:?}", cluster.settings);
-        assert!(cluster.version.starts_with("PostgreSQL 15"), "{}", cluster.version);
+        assert!(
+            cluster.version.starts_with("PostgreSQL 15"),
+            "{}",
+            cluster.version
+        );
         let pids = cluster.pids();
         let mut inserted = 0;
         for (i, mode) in PgMode::ALL.into_iter().enumerate() {
@@ -1165,11 +1189,14 @@ mod tests {
                 .expect("lengths"),
             "4096 4096"
         );
-        let e = s.execute("INSERT INTO bench VALUES ('x')").expect_err("read-only");
+        let e = s
+            .execute("INSERT INTO bench VALUES ('x')")
+            .expect_err("read-only");
         assert!(e.contains("read-only transaction"), "{e}");
         let mut p = PgConn::connect(cluster.primary, "test").expect("primary");
         assert_eq!(
-            p.query_one("SELECT count(DISTINCT v) FROM bench").expect("distinct"),
+            p.query_one("SELECT count(DISTINCT v) FROM bench")
+                .expect("distinct"),
             inserted.to_string()
         );
         let t = Instant::now();
@@ -1177,7 +1204,10 @@ mod tests {
         drop(cluster);
         eprintln!("stop: {:.2} s", t.elapsed().as_secs_f64());
         for pid in pids {
-            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} still runs");
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "pid {pid} still runs"
+            );
         }
         std::fs::remove_dir_all(&dir).expect("removing the cluster directory");
     }

@@ -107,7 +107,10 @@ impl Spawned {
     /// The exit status if the child has exited (and is now reaped).
     pub fn try_exited(&mut self) -> Result<Option<ExitStatus>, String> {
         let Some(child) = self.child.as_mut() else {
-            return Err(format!("{} (pid {}) was already stopped", self.name, self.pid));
+            return Err(format!(
+                "{} (pid {}) was already stopped",
+                self.name, self.pid
+            ));
         };
         match child.try_wait() {
             Ok(Some(status)) => {
@@ -383,8 +386,8 @@ mod tests {
 
     #[test]
     fn wait_until_times_out_naming_what_it_waited_for() {
-        let e = wait_until(Duration::from_millis(30), "the moon", || Ok(false))
-            .expect_err("times out");
+        let e =
+            wait_until(Duration::from_millis(30), "the moon", || Ok(false)).expect_err("times out");
         assert!(e.contains("the moon"), "{e}");
     }
 
@@ -405,7 +408,9 @@ mod tests {
     fn filler_is_printable_and_needs_no_quoting() {
         let f = filler(4096, 7);
         assert_eq!(f.len(), 4096);
-        assert!(f.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'));
+        assert!(f
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'));
         assert_ne!(filler(64, 7), filler(64, 8));
     }
 }
