@@ -23,8 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use mirrorlog::client::Client as RespClient;
-use mirrorlog::resp::Reply;
 use mirrorlog_engine::commit::{CommitOptions, GroupCommit, Level};
 use mirrorlog_engine::log::{FsStorage, Log};
 use mirrorlog_engine::node::Safety;
@@ -34,10 +32,12 @@ use serde_json::{json, Map, Value};
 
 use crate::floor::{self, SyncKind};
 use crate::loadgen::{self, Client, Load};
-use crate::local_commit::{check_reached, RecordGen, XorShift};
+use crate::local_commit::{check_reached, RecordGen};
+use crate::multiplex::WireConn;
 use crate::progress::Progress;
 use crate::report::{fmt_us, thousands, Machine};
 use crate::results::{self, Case};
+use crate::wires::{RespOp, RespWire};
 use crate::{histo, Config, Data};
 
 /// The parts of the suite (`--parts`).
@@ -71,7 +71,7 @@ impl Part {
 
 /// The RESP database's values (the issue's ~100-byte record).
 pub const VALUE_BYTES: usize = 100;
-const KEYS: u64 = 100_000;
+use crate::wires::KEYS;
 
 /// The floors of this run.
 pub struct Floors {
@@ -233,14 +233,22 @@ fn template(system: &str, mode: &str, op: &str, load: Load) -> Case {
 
 pub(crate) type Made<'a> = Box<dyn Client + Send + 'a>;
 
+/// How a case's clients are made: blocking clients, one thread each (the
+/// in-process engine), or connections for the event-driven generator
+/// (network servers; see [`crate::multiplex`]).
+pub(crate) enum Maker<'m, 'a> {
+    Threads(&'m mut dyn FnMut(usize, u64) -> Result<Made<'a>, String>),
+    Wires(&'m mut dyn FnMut(usize, u64) -> Result<WireConn, String>),
+}
+
 /// Runs `case` (its load) `repeats` times, each with fresh clients from
 /// `make(client_index, seed)`.
-fn measure<'a>(
+pub(crate) fn measure(
     cfg: &Config,
     progress: &mut Progress,
     mut case: Case,
     repeats: usize,
-    make: &mut dyn FnMut(usize, u64) -> Result<Made<'a>, String>,
+    make: &mut Maker,
 ) -> Result<Case, String> {
     let label = format!("{} {}", case.label(), case.load.describe());
     progress.begin(&label);
@@ -248,25 +256,47 @@ fn measure<'a>(
     let timed = Duration::from_secs_f64(cfg.seconds);
     for r in 0..repeats {
         crate::check_interrupted()?;
-        let clients = (0..case.load.clients())
-            .map(|i| make(i, (r * 1000 + i + 1) as u64))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{label}: {e}"))?;
-        let out = loadgen::run(case.load, clients, warmup, timed, &mut |done| {
-            progress.tick((r as f64 + done) / repeats as f64)
-        })
+        let n = case.load.clients();
+        let seed = |i: usize| (r * 1000 + i + 1) as u64;
+        let mut tick = |done: f64| progress.tick((r as f64 + done) / repeats as f64);
+        let out = match make {
+            Maker::Threads(make) => {
+                let clients = (0..n)
+                    .map(|i| make(i, seed(i)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("{label}: {e}"))?;
+                loadgen::run(case.load, clients, warmup, timed, &mut tick)
+            }
+            Maker::Wires(make) => {
+                let conns = (0..n)
+                    .map(|i| make(i, seed(i)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("{label}: {e}"))?;
+                crate::multiplex::run(case.load, conns, cfg.gen_threads, warmup, timed, &mut tick)
+            }
+        }
         .map_err(|e| format!("{label}: {e}"))?;
         case.runs.push(out);
     }
+    case.extra.insert(
+        "generator".into(),
+        json!(match make {
+            Maker::Threads(_) => "a blocking thread per client".to_string(),
+            Maker::Wires(_) => format!(
+                "event-driven: {} thread(s), nonblocking sockets + epoll",
+                cfg.gen_threads.min(case.load.clients())
+            ),
+        }),
+    );
     Ok(case)
 }
 
 /// The open-loop sweep around `base` (already measured closed loop).
-fn sweep<'a>(
+fn sweep(
     cfg: &Config,
     progress: &mut Progress,
     base: &Case,
-    make: &mut dyn FnMut(usize, u64) -> Result<Made<'a>, String>,
+    make: &mut Maker,
 ) -> Result<Sweep, String> {
     let closed = base.ops_per_s();
     let clients = base.load.clients();
@@ -356,14 +386,15 @@ fn engine_local(
                 c.floor_ns = Some(floors.commit_floor(Level::Local));
                 let r = {
                     let gc = &gc;
-                    measure(cfg, progress, c, cfg.repeat, &mut |_, seed| {
+                    let mut make = |_, seed| {
                         Ok(engine_client(
                             gc,
                             Level::Local,
                             RecordGen::new(data, size, seed),
                             depth,
                         ))
-                    })
+                    };
+                    measure(cfg, progress, c, cfg.repeat, &mut Maker::Threads(&mut make))
                 };
                 gc.shutdown();
                 let _ = std::fs::remove_dir_all(&dir);
@@ -427,6 +458,7 @@ fn engine_mirror(
                     depth,
                 ))
             };
+            let mut make = Maker::Threads(&mut make);
             let case = measure(cfg, progress, c, cfg.repeat, &mut make)?;
             settle()?;
             if level == Level::RemoteFlush
@@ -445,61 +477,22 @@ fn engine_mirror(
     Ok(info)
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum RespOp {
-    Set,
-    Get,
-}
-
-/// A RESP client doing one SET of a random key at a time (with the
-/// per-connection commit level, if given).
-pub(crate) fn resp_set_client<'a>(
-    addr: std::net::SocketAddr,
-    level: Option<Level>,
-    seed: u64,
-) -> Result<Made<'a>, String> {
-    resp_client(addr, RespOp::Set, level, 1, seed)
-}
-
-/// A RESP client doing SET (or GET) of random keys, `depth` per round.
-fn resp_client<'a>(
+/// A connection for the event-driven generator to the RESP server at
+/// `addr`: `depth` SETs (or GETs) of random keys a round, at the commit
+/// `level` if given (per connection, `MIRROR LEVEL`).
+pub(crate) fn resp_wire(
     addr: std::net::SocketAddr,
     op: RespOp,
     level: Option<Level>,
     depth: usize,
     seed: u64,
-) -> Result<Made<'a>, String> {
-    let mut c = RespClient::connect(addr, Duration::from_secs(10))
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    if let Some(l) = level {
-        match c.call(&[b"MIRROR", b"LEVEL", l.name().as_bytes()]) {
-            Ok(Reply::Error(e)) => return Err(format!("MIRROR LEVEL {}: {e}", l.name())),
-            Err(e) => return Err(format!("MIRROR LEVEL {}: {e}", l.name())),
-            Ok(_) => {}
-        }
-    }
-    let mut rng = XorShift::new(seed);
-    let mut value = vec![0u8; VALUE_BYTES];
-    let mut keys: Vec<String> = Vec::with_capacity(depth);
-    Ok(Box::new(move || {
-        keys.clear();
-        keys.extend((0..depth).map(|_| format!("key:{:06}", rng.next_u64() % KEYS)));
-        rng.fill(&mut value);
-        let cmds: Vec<Vec<&[u8]>> = keys
-            .iter()
-            .map(|k| match op {
-                RespOp::Set => vec![&b"SET"[..], k.as_bytes(), &value[..]],
-                RespOp::Get => vec![&b"GET"[..], k.as_bytes()],
-            })
-            .collect();
-        let replies = c.pipeline(&cmds).map_err(|e| e.to_string())?;
-        for r in &replies {
-            if let Reply::Error(e) = r {
-                return Err(format!("server error: {e}"));
-            }
-        }
-        Ok(replies.len() as u64)
-    }))
+) -> Result<WireConn, String> {
+    let setup: Vec<[&[u8]; 3]> = level
+        .map(|l| [&b"MIRROR"[..], &b"LEVEL"[..], l.name().as_bytes()])
+        .into_iter()
+        .collect();
+    let setup: Vec<&[&[u8]]> = setup.iter().map(|c| &c[..]).collect();
+    crate::wires::resp_conn(addr, &setup, RespWire::new(op, VALUE_BYTES, depth, seed))
 }
 
 fn resp(
@@ -552,7 +545,8 @@ fn resp(
             c.data = Data::Incompressible.name().into();
             c.pipeline = depth;
             c.floor_ns = Some(rtt + floors.commit_floor(floor_level));
-            let mut make = |_, seed| resp_client(addr, RespOp::Set, level, depth, seed);
+            let mut make = |_, seed| resp_wire(addr, RespOp::Set, level, depth, seed);
+            let mut make = Maker::Wires(&mut make);
             let case = measure(cfg, progress, c, cfg.repeat, &mut make)?;
             if level.is_none()
                 && depth == 1
@@ -570,8 +564,14 @@ fn resp(
                 let mut c = template("mirrorlog", mode, "GET", load);
                 c.durability = "read from the principal's applied state".into();
                 c.floor_ns = Some(rtt);
-                let mut make = |_, seed| resp_client(addr, RespOp::Get, None, 1, seed);
-                out.push(measure(cfg, progress, c, cfg.repeat, &mut make)?);
+                let mut make = |_, seed| resp_wire(addr, RespOp::Get, None, 1, seed);
+                out.push(measure(
+                    cfg,
+                    progress,
+                    c,
+                    cfg.repeat,
+                    &mut Maker::Wires(&mut make),
+                )?);
                 if clients == 1 && sweep_clients(cfg) == 1 {
                     break;
                 }
@@ -777,6 +777,7 @@ pub fn to_json(cfg: &Config, s: &Suite, machine: &Machine, info: &Map<String, Va
             "compression": crate::compression_name(cfg.compression),
             "resp_value_bytes": VALUE_BYTES,
             "resp_keys": KEYS,
+            "generator_threads": cfg.gen_threads,
         },
         "machine": machine_json(machine, &s.io_uring),
         "info": Value::Object(info.clone()),

@@ -116,6 +116,99 @@ fn record_n(h: &mut Histogram<u64>, v: u64, n: u64) {
     let _ = h.record_n(v.max(1), n);
 }
 
+/// One client's pacing and accounting: when its next operation is due,
+/// and what each completion records. The blocking loop ([`client_loop`])
+/// and the event-driven driver ([`crate::multiplex`]) share it, so the
+/// open-loop arithmetic exists once (and is tested once).
+pub struct Pacer {
+    schedule: Option<Schedule>,
+    win: Window,
+    /// Open loop: index of the next intended operation.
+    k: u64,
+    /// The round in flight: the time its latency counts from.
+    from: u64,
+    /// Open loop: the pacer told the caller to wait for the next start
+    /// (it was not behind), so the start's lateness is the generator's.
+    waited: bool,
+    pub out: ClientOut,
+}
+
+impl Pacer {
+    pub fn new(schedule: Option<Schedule>, win: Window) -> Pacer {
+        Pacer {
+            schedule,
+            win,
+            k: 0,
+            from: 0,
+            waited: false,
+            out: ClientOut {
+                ops: 0,
+                hist: new_histogram(),
+                backlog: 0,
+                lateness: new_histogram(),
+            },
+        }
+    }
+
+    /// When the next round should start (at or before `now`: at once), or
+    /// None when this client is done. An open loop that is behind when the
+    /// window closes records what was due and never issued (as backlog,
+    /// with the wait it had accrued) and is done.
+    pub fn next(&mut self, now: u64) -> Option<u64> {
+        match self.schedule {
+            None => (now < self.win.end).then_some(now),
+            Some(s) => {
+                let intended = s.intended(self.k);
+                if intended >= self.win.end {
+                    return None;
+                }
+                if now >= self.win.end {
+                    let mut j = self.k;
+                    loop {
+                        let due = s.intended(j);
+                        if due >= self.win.end {
+                            break;
+                        }
+                        if due >= self.win.timed_from {
+                            record_n(&mut self.out.hist, now - due, 1);
+                            self.out.backlog += 1;
+                        }
+                        j += 1;
+                    }
+                    self.k = j;
+                    return None;
+                }
+                self.waited = now < intended;
+                Some(intended)
+            }
+        }
+    }
+
+    /// The round [`Pacer::next`] allowed was sent at `now`.
+    pub fn issued(&mut self, now: u64) {
+        match self.schedule {
+            None => self.from = now,
+            Some(s) => {
+                self.from = s.intended(self.k);
+                if self.waited && self.from >= self.win.timed_from {
+                    record_n(&mut self.out.lateness, now.saturating_sub(self.from), 1);
+                }
+            }
+        }
+    }
+
+    /// The round in flight completed `ops` operations at `now`.
+    pub fn completed(&mut self, now: u64, ops: u64) {
+        if self.from >= self.win.timed_from {
+            record_n(&mut self.out.hist, now.saturating_sub(self.from), ops);
+            self.out.ops += ops;
+        }
+        if self.schedule.is_some() {
+            self.k += 1;
+        }
+    }
+}
+
 /// One client's loop. `schedule` None = closed loop. Stops early (and
 /// returns what it has) when `stop` is set.
 pub fn client_loop(
@@ -125,66 +218,21 @@ pub fn client_loop(
     win: Window,
     stop: &AtomicBool,
 ) -> Result<ClientOut, String> {
-    let mut out = ClientOut {
-        ops: 0,
-        hist: new_histogram(),
-        backlog: 0,
-        lateness: new_histogram(),
-    };
-    match schedule {
-        None => loop {
-            let t = clock.now();
-            if t >= win.end || stop.load(Ordering::Relaxed) {
-                return Ok(out);
-            }
-            let n = client.call()?;
-            let done = clock.now();
-            if t >= win.timed_from {
-                record_n(&mut out.hist, done - t, n);
-                out.ops += n;
-            }
-        },
-        Some(s) => {
-            let mut k = 0u64;
-            loop {
-                let intended = s.intended(k);
-                if intended >= win.end || stop.load(Ordering::Relaxed) {
-                    return Ok(out);
-                }
-                let now = clock.now();
-                if now >= win.end {
-                    // Fell behind: what was due and never issued has waited
-                    // at least until now.
-                    let mut j = k;
-                    loop {
-                        let due = s.intended(j);
-                        if due >= win.end {
-                            break;
-                        }
-                        if due >= win.timed_from {
-                            record_n(&mut out.hist, now - due, 1);
-                            out.backlog += 1;
-                        }
-                        j += 1;
-                    }
-                    return Ok(out);
-                }
-                if now < intended {
-                    clock.sleep_until(intended);
-                    let started = clock.now();
-                    if intended >= win.timed_from {
-                        record_n(&mut out.lateness, started.saturating_sub(intended), 1);
-                    }
-                }
-                let n = client.call()?;
-                let done = clock.now();
-                if intended >= win.timed_from {
-                    record_n(&mut out.hist, done - intended, n);
-                    out.ops += n;
-                }
-                k += 1;
-            }
+    let mut p = Pacer::new(schedule, win);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(p.out);
         }
+        let now = clock.now();
+        let Some(t) = p.next(now) else {
+            return Ok(p.out);
+        };
+        if t > now {
+            clock.sleep_until(t);
+        }
+        p.issued(clock.now());
+        let n = client.call()?;
+        p.completed(clock.now(), n);
     }
 }
 
@@ -206,7 +254,7 @@ impl Clock for RealClock {
 
 /// Asks the kernel to wake this thread's sleeps on time (the default timer
 /// slack of 50 us would otherwise show up as open-loop latency).
-fn tight_timer_slack() {
+pub(crate) fn tight_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes an integer argument and only changes
     // this thread's timer slack.
     unsafe {

@@ -18,10 +18,12 @@ mod loadgen;
 mod local_commit;
 mod mirroring;
 mod mirroring_report;
+mod multiplex;
 mod peers;
 mod progress;
 mod report;
 mod resp_bench;
+mod wires;
 mod results;
 
 use std::path::{Path, PathBuf};
@@ -196,6 +198,10 @@ OPTIONS:
                            closed-loop ops/s (default
                            0.1,0.25,0.5,0.75,0.9,1.0,1.2; none skips).
     --p99-target-ms X      latency: the sweep's p99 target (default 2).
+    --gen-threads N        latency, peers: threads of the event-driven load
+                           generator that drives every network client (RESP,
+                           PostgreSQL) over nonblocking sockets (default 1;
+                           the in-process engine clients are threads).
     --added-rtt-ms X       latency: the engine-mirror part's mirror connects
                            through a proxy on 127.0.0.1 that delays each
                            direction by X/2 ms (a mirror X ms away; bandwidth
@@ -265,6 +271,9 @@ pub struct Config {
     /// latency: extra round-trip time between principal and mirror in the
     /// engine-mirror part (a delaying proxy), in ms.
     pub added_rtt_ms: f64,
+    /// Threads of the event-driven generator that drives network clients
+    /// (latency's resp part, peers).
+    pub gen_threads: usize,
     /// peers: which systems to run (postgresql, redis, mirrorlog, engine).
     pub systems: Vec<String>,
     /// mirroring: levels and transport paths to run.
@@ -441,6 +450,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut sweep = vec![0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.2];
     let mut p99_target_ms = 2.0;
     let mut added_rtt_ms = 0.0;
+    let mut gen_threads = 1;
     let mut systems: Vec<String> = ["postgresql", "redis", "mirrorlog", "engine"]
         .map(String::from)
         .to_vec();
@@ -566,6 +576,12 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
                     })?
                 };
             }
+            "--gen-threads" => {
+                gen_threads = parse_usize(&flag, &value()?, 1)?;
+                if gen_threads > 64 {
+                    return Err("--gen-threads: at most 64".into());
+                }
+            }
             "--added-rtt-ms" => {
                 let v = value()?;
                 let x: f64 = v
@@ -666,6 +682,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         p99_target_us: p99_target_ms * 1000.0,
         systems,
         added_rtt_ms,
+        gen_threads,
         levels,
         transports,
         connections,

@@ -24,6 +24,19 @@ impl Client {
         })
     }
 
+    /// The connection itself, for a caller that speaks RESP on its own
+    /// from here (the benchmark's event-driven load generator). Call it
+    /// between commands: bytes already read and not yet parsed would be
+    /// lost, so that is a panic.
+    pub fn into_stream(self) -> TcpStream {
+        assert!(
+            self.buf.is_empty(),
+            "into_stream with {} unparsed bytes",
+            self.buf.len()
+        );
+        self.s
+    }
+
     /// Sends one command and reads its reply.
     pub fn call(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
         self.out.clear();

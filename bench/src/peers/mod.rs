@@ -22,12 +22,14 @@ use mirrorlog_engine::node::Safety;
 use mirrorlog_engine::transport::TransportChoice;
 use serde_json::{json, Map, Value};
 
-use crate::latency::{self, Floors};
-use crate::loadgen::{Client, Load};
+use crate::latency::{self, Floors, Maker};
+use crate::loadgen::Load;
 use crate::local_commit::RecordGen;
+use crate::multiplex::WireConn;
 use crate::progress::Progress;
 use crate::report::{fmt_us, thousands, Machine};
 use crate::results::{self, Case};
+use crate::wires::{self, RespOp, RespWire};
 use crate::{Config, Data};
 
 /// The record: one value of this many bytes per transaction.
@@ -112,6 +114,17 @@ fn floor_ns(t: Target, f: &Floors) -> u64 {
         }
         Target::Engine(level) => f.commit_floor(level),
     }
+}
+
+/// A PostgreSQL session with `synchronous_commit` set to `mode`, as a bare
+/// socket for the event-driven generator.
+fn pg_stream(
+    addr: std::net::SocketAddr,
+    mode: postgres::PgMode,
+) -> Result<std::net::TcpStream, String> {
+    let mut conn = postgres::PgConn::connect(addr, "mirrorlog-bench")?;
+    conn.execute(&format!("SET synchronous_commit = {}", mode.name()))?;
+    conn.into_stream()
 }
 
 /// Which systems to run (`--systems`).
@@ -242,55 +255,73 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
             if matches!(m.target, Target::Mirrorlog(..)) {
                 c.data = Data::Incompressible.name().into();
             }
-            let label = format!("{} {} c{clients}", m.system, m.mode);
-            progress.begin(&label);
-            let warmup = Duration::from_secs_f64(cfg.warmup);
-            let timed = Duration::from_secs_f64(cfg.seconds);
-            for r in 0..cfg.repeat {
-                let mut made: Vec<Box<dyn Client + Send + '_>> = Vec::with_capacity(clients);
-                for i in 0..clients {
-                    let seed = (r * 1000 + i + 1) as u64;
-                    let client: Box<dyn Client + Send + '_> = match m.target {
-                        Target::Pg(mode) => Box::new(postgres::client(
-                            pg.as_ref().expect("started").primary,
-                            mode,
-                            RECORD_BYTES,
-                            seed,
-                        )?),
-                        Target::Redis(mode) => Box::new(redis::client(
-                            rd.as_ref().expect("started").primary,
-                            mode,
-                            RECORD_BYTES,
-                            seed,
-                        )?),
-                        Target::Mirrorlog(safety, level) => {
-                            let pair = if safety == Safety::Full {
-                                &ml_full
-                            } else {
-                                &ml_off
-                            };
-                            latency::resp_set_client(
-                                pair.as_ref().expect("started").principal,
-                                level,
-                                seed,
-                            )?
-                        }
-                        Target::Engine(level) => latency::engine_client(
-                            engine.as_ref().expect("started").0.group_commit(),
+            let case = match m.target {
+                Target::Engine(level) => {
+                    let gc = engine.as_ref().expect("started").0.group_commit();
+                    let mut make = |_, seed| {
+                        Ok(latency::engine_client(
+                            gc,
                             level,
                             RecordGen::new(Data::Compressible, RECORD_BYTES, seed),
                             1,
-                        ),
+                        ))
                     };
-                    made.push(client);
+                    latency::measure(
+                        cfg,
+                        &mut progress,
+                        c,
+                        cfg.repeat,
+                        &mut Maker::Threads(&mut make),
+                    )?
                 }
-                let out = crate::loadgen::run(load, made, warmup, timed, &mut |d| {
-                    progress.tick((r as f64 + d) / cfg.repeat as f64)
-                })
-                .map_err(|e| format!("{label}: {e}"))?;
-                c.runs.push(out);
-            }
-            cases.push(c);
+                target => {
+                    let mut make = |_, seed| -> Result<WireConn, String> {
+                        match target {
+                            Target::Pg(mode) => Ok(wires::conn(
+                                pg_stream(pg.as_ref().expect("started").primary, mode)?,
+                                wires::PgInsertWire::new(RECORD_BYTES, seed),
+                            )),
+                            Target::Redis(mode) => wires::resp_conn(
+                                rd.as_ref().expect("started").primary,
+                                &[],
+                                RespWire::new(
+                                    if mode == redis::RedisMode::SetWait {
+                                        RespOp::SetWait
+                                    } else {
+                                        RespOp::Set
+                                    },
+                                    RECORD_BYTES,
+                                    1,
+                                    seed,
+                                ),
+                            ),
+                            Target::Mirrorlog(safety, level) => {
+                                let pair = if safety == Safety::Full {
+                                    &ml_full
+                                } else {
+                                    &ml_off
+                                };
+                                latency::resp_wire(
+                                    pair.as_ref().expect("started").principal,
+                                    RespOp::Set,
+                                    level,
+                                    1,
+                                    seed,
+                                )
+                            }
+                            Target::Engine(_) => unreachable!("handled above"),
+                        }
+                    };
+                    latency::measure(
+                        cfg,
+                        &mut progress,
+                        c,
+                        cfg.repeat,
+                        &mut Maker::Wires(&mut make),
+                    )?
+                }
+            };
+            cases.push(case);
         }
     }
     progress.begin("floors again (drift check)");
