@@ -134,9 +134,17 @@ impl Spawned {
         }
         // The child is not reaped yet (we hold it), so `pid` still names our
         // child and cannot have been reused by another process.
-        signal(pid, self.stop_signal);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
+        // The signal is repeated every second: a server may refuse a
+        // shutdown it cannot do yet and not retry it by itself (Redis while
+        // it writes its initial AOF). Repeating SIGTERM to Redis or SIGINT
+        // (fast shutdown) to PostgreSQL changes nothing else.
+        let start = Instant::now();
+        let mut signals_sent = 0;
+        while start.elapsed() < STOP_GRACE {
+            if start.elapsed() >= Duration::from_secs(signals_sent) {
+                signal(pid, self.stop_signal);
+                signals_sent += 1;
+            }
             match child.try_wait() {
                 Ok(Some(_)) => return Ok(()),
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
@@ -150,9 +158,12 @@ impl Spawned {
             (_, Err(e)) => Err(format!("{name} (pid {pid}): reaping after SIGKILL: {e}")),
             (Err(e), Ok(_)) => Err(format!("{name} (pid {pid}): SIGKILL: {e}")),
             (Ok(()), Ok(_)) => Err(format!(
-                "{name} (pid {pid}) did not stop within {} s of signal {}; killed it (SIGKILL)",
+                "{name} (pid {pid}) did not stop within {} s of signal {}; killed it (SIGKILL); \
+                 the end of its log {}:\n{}",
                 STOP_GRACE.as_secs(),
-                self.stop_signal
+                self.stop_signal,
+                self.log_path.display(),
+                self.log_tail(10)
             )),
         }
     }
@@ -310,13 +321,27 @@ pub fn wait_until(
 /// (no quote, backslash or control character).
 pub fn filler(bytes: usize, seed: u64) -> Vec<u8> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut x = seed | 1;
+    let mut x = seed_state(seed);
     (0..bytes)
         .map(|_| {
             x = xorshift(x);
             ALPHABET[(x >> 58) as usize]
         })
         .collect()
+}
+
+/// A non-zero xorshift state for `seed` (splitmix64's finaliser): nearby
+/// seeds (clients 0, 1, 2, ...) give unrelated sequences.
+pub fn seed_state(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    if z == 0 {
+        1
+    } else {
+        z
+    }
 }
 
 /// xorshift64: a fast, seedable generator for keys and fillers.
@@ -411,6 +436,10 @@ mod tests {
         assert!(f
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'));
-        assert_ne!(filler(64, 7), filler(64, 8));
+        // Every pair of nearby seeds differs (seed | 1 once made 2k and
+        // 2k+1 equal, so two clients wrote the same values).
+        for seed in 0..64 {
+            assert_ne!(filler(64, seed), filler(64, seed + 1), "seed {seed}");
+        }
     }
 }
