@@ -4,7 +4,9 @@
 //! be merged rather than averaged.
 
 use base64::Engine as _;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+#[cfg(test)]
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 

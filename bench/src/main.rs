@@ -23,8 +23,8 @@ mod peers;
 mod progress;
 mod report;
 mod resp_bench;
-mod wires;
 mod results;
+mod wires;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

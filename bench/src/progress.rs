@@ -73,15 +73,6 @@ impl Progress {
         self.last_len = line.chars().count();
     }
 
-    /// Prints a message on its own line (not overwritten by the bar).
-    pub fn note(&mut self, msg: &str) {
-        if self.tty && self.last_len > 0 {
-            eprint!("\r{}\r", " ".repeat(self.last_len));
-            self.last_len = 0;
-        }
-        eprintln!("{msg}");
-    }
-
     /// Ends the bar (a newline on a terminal).
     pub fn finish(&mut self) {
         if self.tty && self.last_len > 0 {

@@ -176,19 +176,31 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
     let mut settings = Map::new();
 
     progress.begin("starting the systems");
-    let pg = if want("postgresql") {
+    let mut pg = if want("postgresql") {
         let c = postgres::PgCluster::start(&cfg.scratch.join("pg"), &mut |s| eprintln!("  {s}"))?;
         versions.insert("postgresql".into(), json!(c.version));
-        settings.insert("postgresql".into(), settings_json(&c.settings));
+        let mut set = settings_json(&c.settings);
+        set["durability"] = json!(postgres::DURABILITY);
+        set["primary"] = json!(c.primary.to_string());
+        set["standby"] = json!(c.standby.to_string());
+        set["pids"] = json!(c.pids());
+        set["dir"] = json!(c.dir.display().to_string());
+        settings.insert("postgresql".into(), set);
         Some(c)
     } else {
         None
     };
     crate::check_interrupted()?;
-    let rd = if want("redis") {
+    let mut rd = if want("redis") {
         let r = redis::RedisPair::start(&cfg.scratch.join("redis"), &mut |s| eprintln!("  {s}"))?;
         versions.insert("redis".into(), json!(r.version));
-        settings.insert("redis".into(), settings_json(&r.settings));
+        let mut set = settings_json(&r.settings);
+        set["durability"] = json!(redis::DURABILITY);
+        set["primary"] = json!(r.primary.to_string());
+        set["replica"] = json!(r.replica.to_string());
+        set["pids"] = json!(r.pids());
+        set["dir"] = json!(r.dir.display().to_string());
+        settings.insert("redis".into(), set);
         Some(r)
     } else {
         None
@@ -235,6 +247,13 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
     for &clients in &cfg.connections {
         for m in &modes {
             crate::check_interrupted()?;
+            // Every server still up (one that died would fail every case).
+            if let Some(p) = pg.as_mut() {
+                p.check_running()?;
+            }
+            if let Some(r) = rd.as_mut() {
+                r.check_running()?;
+            }
             let load = Load::Closed { clients };
             let mut c = Case {
                 system: m.system.into(),
@@ -312,13 +331,23 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
                             Target::Engine(_) => unreachable!("handled above"),
                         }
                     };
-                    latency::measure(
+                    let r = latency::measure(
                         cfg,
                         &mut progress,
                         c,
                         cfg.repeat,
                         &mut Maker::Wires(&mut make),
-                    )?
+                    );
+                    // A peer that failed says why in its server logs.
+                    r.map_err(|e| match target {
+                        Target::Pg(_) => {
+                            format!("{e}\n{}", pg.as_ref().expect("started").log_tails(20))
+                        }
+                        Target::Redis(_) => {
+                            format!("{e}\n{}", rd.as_ref().expect("started").log_tails(20))
+                        }
+                        _ => e,
+                    })?
                 }
             };
             cases.push(case);

@@ -481,6 +481,7 @@ pub enum PgMode {
 }
 
 impl PgMode {
+    #[cfg(test)]
     pub const ALL: [PgMode; 4] = [
         PgMode::Local,
         PgMode::RemoteWrite,
@@ -499,25 +500,27 @@ impl PgMode {
     }
 }
 
+#[cfg(test)]
 /// One session inserting one record per transaction (see [`client`]).
 pub struct PgClient {
     conn: PgConn,
-    mode: PgMode,
     /// Printable filler the values are cut from.
     filler: Vec<u8>,
-    record_bytes: usize,
     calls: u64,
 }
 
+#[cfg(test)]
 // The load generator moves each client to its own thread.
 const _: fn() = || {
     fn send<T: Send>() {}
     send::<PgClient>();
 };
 
+#[cfg(test)]
 /// Width of the call counter that starts each value, so values differ.
 const COUNTER_DIGITS: usize = 20;
 
+#[cfg(test)]
 /// Connects to `addr` and sets the session's `synchronous_commit` to
 /// `mode`. Each [`PgClient::call`] inserts one value of `record_bytes`
 /// printable characters (at least 20: the call counter starts the value) as
@@ -533,13 +536,12 @@ pub fn client(
     let filler_bytes = record_bytes.saturating_sub(COUNTER_DIGITS);
     Ok(PgClient {
         conn,
-        mode,
         filler: procs::filler(filler_bytes, seed ^ 0x9e37_79b9_7f4a_7c15),
-        record_bytes,
         calls: 0,
     })
 }
 
+#[cfg(test)]
 impl PgClient {
     /// One autocommit INSERT of one value; `Ok(1)` once it is committed at
     /// this session's level.
@@ -555,26 +557,20 @@ impl PgClient {
         Ok(1)
     }
 
-    pub fn mode(&self) -> PgMode {
-        self.mode
-    }
-
-    pub fn record_bytes(&self) -> usize {
-        self.record_bytes
-    }
-
     /// The session, for other statements (e.g. checks in tests).
     pub fn conn(&mut self) -> &mut PgConn {
         &mut self.conn
     }
 }
 
+#[cfg(test)]
 impl crate::loadgen::Client for PgClient {
     fn call(&mut self) -> Result<u64, String> {
         PgClient::call(self)
     }
 }
 
+#[cfg(test)]
 /// The value of call `n`: the counter in 20 digits, then the filler. Both
 /// are printable ASCII without quote or backslash, so the value is a valid
 /// string literal between single quotes as it stands.
@@ -587,6 +583,7 @@ fn insert_value(n: u64, filler: &[u8], out: &mut Vec<u8>) {
         .all(|&b| b.is_ascii_graphic() && b != b'\'' && b != b'\\'));
 }
 
+#[cfg(test)]
 /// A string literal for `s` (single quotes doubled). Valid because the
 /// session has standard_conforming_strings on ([`PgConn::connect`] checks),
 /// so a backslash is an ordinary character. NUL cannot be in a text value.
@@ -747,6 +744,7 @@ impl PgConn {
 
     /// Sends a query whose text `build` appends (it must not add NUL) and
     /// reads to ReadyForQuery, ignoring rows.
+    #[cfg(test)]
     fn send_query_with(&mut self, build: impl FnOnce(&mut Vec<u8>)) -> Result<(), String> {
         self.send_query(build, None)
     }

@@ -256,6 +256,7 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+#[cfg(test)]
 /// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it
 /// for a listener we then close). Another process could take it before the
 /// server binds it; the server then fails to start and says so in its log.
@@ -316,6 +317,7 @@ pub fn wait_until(
     }
 }
 
+#[cfg(test)]
 /// A filler of printable ASCII from a xorshift generator, so values neither
 /// compress (PostgreSQL compresses large text values, pglz) nor need quoting
 /// (no quote, backslash or control character).
@@ -330,6 +332,7 @@ pub fn filler(bytes: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+#[cfg(test)]
 /// A non-zero xorshift state for `seed` (splitmix64's finaliser): nearby
 /// seeds (clients 0, 1, 2, ...) give unrelated sequences.
 pub fn seed_state(seed: u64) -> u64 {
@@ -345,6 +348,7 @@ pub fn seed_state(seed: u64) -> u64 {
 }
 
 /// xorshift64: a fast, seedable generator for keys and fillers.
+#[cfg(test)]
 pub fn xorshift(mut x: u64) -> u64 {
     x ^= x << 13;
     x ^= x >> 7;

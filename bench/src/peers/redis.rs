@@ -19,6 +19,7 @@ pub const DURABILITY: &str = "Redis: appendonly yes, appendfsync always (an fsyn
      also waits for WAIT 1 0, the replica's acknowledgement that it processed the write \
      (Redis 7.0 does not promise the replica's fsync; WAITAOF came in 7.2)";
 
+#[cfg(test)]
 /// How many distinct keys the clients write.
 const KEYS: u64 = 100_000;
 
@@ -330,6 +331,7 @@ pub enum RedisMode {
     SetWait,
 }
 
+#[cfg(test)]
 impl RedisMode {
     pub const ALL: [RedisMode; 2] = [RedisMode::Set, RedisMode::SetWait];
 
@@ -341,9 +343,11 @@ impl RedisMode {
     }
 }
 
+#[cfg(test)]
 /// Width of the call counter that starts each value, so values differ.
 const COUNTER_DIGITS: usize = 20;
 
+#[cfg(test)]
 /// One connection writing one random key per call (see [`client`]).
 pub struct RedisClient {
     c: Client,
@@ -356,12 +360,14 @@ pub struct RedisClient {
     calls: u64,
 }
 
+#[cfg(test)]
 // The load generator moves each client to its own thread.
 const _: fn() = || {
     fn send<T: Send>() {}
     send::<RedisClient>();
 };
 
+#[cfg(test)]
 /// Connects to `addr`. Each [`RedisClient::call`] sets one of 100,000 keys
 /// (chosen at random from `seed`) to a value of `record_bytes` printable
 /// bytes (at least 20: the call counter starts the value).
@@ -388,6 +394,7 @@ pub fn client(
     })
 }
 
+#[cfg(test)]
 impl RedisClient {
     /// One SET (and, in [`RedisMode::SetWait`], `WAIT 1 0` in the same
     /// write); `Ok(1)` when every reply is in and says the write is done.
@@ -421,22 +428,20 @@ impl RedisClient {
         Ok(1)
     }
 
-    pub fn mode(&self) -> RedisMode {
-        self.mode
-    }
-
     /// The key and value of the last call.
     pub fn last_write(&self) -> (&[u8], &[u8]) {
         (&self.key, &self.value)
     }
 }
 
+#[cfg(test)]
 impl crate::loadgen::Client for RedisClient {
     fn call(&mut self) -> Result<u64, String> {
         RedisClient::call(self)
     }
 }
 
+#[cfg(test)]
 fn check_set(r: &Reply) -> Result<(), String> {
     match r {
         Reply::Simple(s) if s == "OK" => Ok(()),
@@ -445,6 +450,7 @@ fn check_set(r: &Reply) -> Result<(), String> {
     }
 }
 
+#[cfg(test)]
 fn check_wait(r: &Reply) -> Result<(), String> {
     match r {
         Reply::Int(1) => Ok(()),
