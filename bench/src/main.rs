@@ -950,6 +950,19 @@ mod tests {
     #[test]
     fn defaults_and_scenario() {
         let c = cfg(&[]);
+        assert_eq!(c.scenario, Scenario::Latency);
+        assert_eq!((c.seconds, c.repeat, c.gen_threads), (2.0, 3, 1));
+        assert_eq!(c.connections, vec![1, 8, 32]);
+        assert_eq!(c.parts, latency::Part::ALL.to_vec());
+        let c = cfg(&["--quick"]);
+        assert_eq!((c.seconds, c.repeat, c.warmup), (0.5, 1, 0.2));
+        let c = cfg(&["peers", "--systems", "redis,mirrorlog"]);
+        assert_eq!(c.scenario, Scenario::Peers);
+        assert_eq!(c.systems, vec!["redis", "mirrorlog"]);
+        let c = cfg(&["latency", "--sweep", "none", "--added-rtt-ms", "5"]);
+        assert!(c.sweep.is_empty());
+        assert_eq!(c.added_rtt_ms, 5.0);
+        let c = cfg(&["local-commit"]);
         assert_eq!(c.committers, vec![1, 8, 64]);
         assert_eq!(c.sizes, vec![100, 4096]);
         assert_eq!(c.seconds, 3.0);
@@ -995,6 +1008,9 @@ mod tests {
             &["--seconds", "NaN"],
             &["failover", "--runs", "0"],
             &["failover", "--partner-timeout-ms", "10"],
+            &["peers", "--systems", "mysql"],
+            &["latency", "--added-rtt-ms", "-1"],
+            &["latency", "--gen-threads", "0"],
         ] {
             assert!(parse(args).is_err(), "{args:?} should be refused");
         }
