@@ -699,7 +699,7 @@ pub fn render(cfg: &Config, s: &Suite, machine: &Machine) -> String {
     );
     let _ = writeln!(
         o,
-        "latency in us, client-observed; spread = half the range of ops/s over the runs; limit = ops/s as a share of clients x pipeline / floor latency (floor: fdatasync for a local commit, + RTT per network hop; the engine's msync of a mapped segment can beat pwrite+fdatasync, so local cases can pass 100%)\n"
+        "latency in us, client-observed; spread = half the range of ops/s over the runs; /floor = p50 over the floor latency of the mode; limit = ops/s as a share of clients x pipeline / floor latency (floor: fdatasync for a local commit, + RTT per network hop; the engine's msync of a mapped segment can beat pwrite+fdatasync, so local cases can pass 100%)\n"
     );
     o.push_str(&results::table(&s.cases));
     for sw in &s.sweeps {

@@ -104,6 +104,14 @@ impl Case {
         }
     }
 
+    /// The median latency over the floor latency of the mode: what the
+    /// system adds to the physics, as a ratio.
+    pub fn p50_over_floor(&self) -> Option<f64> {
+        self.floor_ns
+            .filter(|&f| f > 0)
+            .map(|f| self.merged().value_at_quantile(0.5) as f64 / f as f64)
+    }
+
     pub fn backlog(&self) -> u64 {
         self.runs.iter().map(|r| r.backlog).sum()
     }
@@ -143,6 +151,7 @@ impl Case {
             "floor_latency_us": self.floor_ns.map(|f| f as f64 / 1e3),
             "physical_limit_ops_per_s": self.physical_limit(),
             "fraction_of_physical_limit": self.physical_limit().map(|l| self.ops_per_s() / l),
+            "p50_over_floor": self.p50_over_floor(),
             "open_loop": rate.map(|_| json!({
                 "backlog": self.backlog(),
                 "generator_lateness_us": histo::percentiles_json(&lateness),
@@ -177,8 +186,8 @@ pub fn table(cases: &[Case]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "  {:<50} {:>14} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
-        "case", "load", "ops/s", "spread", "p50", "p90", "p99", "p99.9", "max", "limit"
+        "  {:<50} {:>14} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7}",
+        "case", "load", "ops/s", "spread", "p50", "p90", "p99", "p99.9", "max", "/floor", "limit"
     );
     for c in cases {
         let h = c.merged();
@@ -192,7 +201,7 @@ pub fn table(cases: &[Case]) -> String {
         }
         let _ = writeln!(
             o,
-            "  {:<50} {:>14} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
+            "  {:<50} {:>14} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7}",
             c.label(),
             load,
             thousands(c.ops_per_s()),
@@ -202,6 +211,9 @@ pub fn table(cases: &[Case]) -> String {
             fmt_us(h.value_at_quantile(0.99)),
             fmt_us(h.value_at_quantile(0.999)),
             fmt_us(h.max()),
+            c.p50_over_floor()
+                .map(|r| format!("{r:.1}x"))
+                .unwrap_or_else(|| "-".into()),
             limit
         );
     }
@@ -211,13 +223,13 @@ pub fn table(cases: &[Case]) -> String {
 /// The same as a Markdown table.
 pub fn markdown(cases: &[Case]) -> String {
     let mut o = String::from(
-        "| system | mode | op | load | ops/s | spread | p50 µs | p99 µs | p99.9 µs | max µs | of limit |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| system | mode | op | load | ops/s | spread | p50 µs | p99 µs | p99.9 µs | max µs | p50/floor | of limit |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for c in cases {
         let h = c.merged();
         let _ = writeln!(
             o,
-            "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.system,
             c.mode,
             c.op,
@@ -233,6 +245,9 @@ pub fn markdown(cases: &[Case]) -> String {
             fmt_us(h.value_at_quantile(0.99)),
             fmt_us(h.value_at_quantile(0.999)),
             fmt_us(h.max()),
+            c.p50_over_floor()
+                .map(|r| format!("{r:.1}x"))
+                .unwrap_or_else(|| "-".into()),
             c.physical_limit()
                 .map(|l| format!("{:.0}%", 100.0 * c.ops_per_s() / l))
                 .unwrap_or_else(|| "-".into()),

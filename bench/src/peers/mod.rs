@@ -458,7 +458,7 @@ pub fn render(r: &PeersRun, cfg: &Config, machine: &Machine) -> String {
     let mut o = header(r, cfg, machine);
     let _ = writeln!(
         o,
-        "latency in us; limit = ops/s as a share of clients / floor latency of the mode\n"
+        "latency in us; /floor = p50 over the floor latency of the mode; limit = ops/s as a share of clients / floor latency\n"
     );
     o.push_str(&results::table(&r.cases));
     let _ = writeln!(o, "\ntargets:");
