@@ -50,7 +50,10 @@ fn run() -> Result<(), String> {
     let mut sample_mb = 8.0f64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value (see --help)"));
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or(format!("{name} needs a value (see --help)"))
+        };
         match a.as_str() {
             "-h" | "--help" | "help" => {
                 print!("{HELP}{}", workload::WORKLOAD_KEYS);
@@ -65,15 +68,19 @@ fn run() -> Result<(), String> {
                     .parse::<f64>()
                     .ok()
                     .filter(|x| x.is_finite() && *x > 0.0 && *x <= 1024.0)
-                    .ok_or(format!("--compress-sample-mb {v:?}: expected MB from 0 to 1024"))?;
+                    .ok_or(format!(
+                        "--compress-sample-mb {v:?}: expected MB from 0 to 1024"
+                    ))?;
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
     let w = match &workload_path {
-        None => workload::parse(workload::DEFAULT_WORKLOAD).map_err(|e| format!("built-in workload: {e}"))?,
+        None => workload::parse(workload::DEFAULT_WORKLOAD)
+            .map_err(|e| format!("built-in workload: {e}"))?,
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
             workload::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?
         }
     };
@@ -82,7 +89,8 @@ fn run() -> Result<(), String> {
         // Given files replace the built-in ones of their kind.
         let mut given = Measured::empty();
         for p in &results {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
             given.add(&p.display().to_string(), &text)?;
         }
         let had_latency = !given.levels.is_empty();
@@ -109,7 +117,10 @@ fn run() -> Result<(), String> {
     let p = plan::make(&w, &m, &opts)?;
     let index = report::write(&p, &out)?;
     let shown = std::fs::canonicalize(&index).unwrap_or(index);
-    println!("wrote {} (and report.md, report.json beside it)", shown.display());
+    println!(
+        "wrote {} (and report.md, report.json beside it)",
+        shown.display()
+    );
     Ok(())
 }
 

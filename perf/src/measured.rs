@@ -130,8 +130,7 @@ impl Measured {
     /// Adds one result file's measurements. Later files replace earlier
     /// values of the same kind.
     pub fn add(&mut self, name: &str, text: &str) -> Result<(), String> {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| format!("{name}: not JSON: {e}"))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("{name}: not JSON: {e}"))?;
         if v.get("suite").and_then(Value::as_str) == Some("latency") {
             self.add_latency(name, &v)?;
         } else if v.get("catch_up").is_some() || v.get("reseed").is_some() {
@@ -163,7 +162,9 @@ impl Measured {
         self.fdatasync = floors
             .and_then(|f| f.get("fdatasync_100B"))
             .and_then(Pct::from);
-        self.loopback_rtt = floors.and_then(|f| f.get("loopback_rtt")).and_then(Pct::from);
+        self.loopback_rtt = floors
+            .and_then(|f| f.get("loopback_rtt"))
+            .and_then(Pct::from);
         self.added_rtt_ms = v
             .get("parameters")
             .and_then(|p| p.get("added_rtt_ms"))
@@ -177,7 +178,8 @@ impl Measured {
         for c in cases {
             let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
             let load = c.get("load");
-            let closed = load.and_then(|l| l.get("model")).and_then(Value::as_str) == Some("closed");
+            let closed =
+                load.and_then(|l| l.get("model")).and_then(Value::as_str) == Some("closed");
             if s("system") != "engine+mirror"
                 || s("op") != "commit"
                 || c.get("pipeline").and_then(Value::as_u64) != Some(1)
@@ -193,7 +195,10 @@ impl Measured {
                 c.get("ops_per_s").and_then(Value::as_f64),
                 c.get("latency_us").and_then(Pct::from),
             ) else {
-                return Err(format!("{name}: case {:?} lacks clients, ops_per_s or latency_us", s("key")));
+                return Err(format!(
+                    "{name}: case {:?} lacks clients, ops_per_s or latency_us",
+                    s("key")
+                ));
             };
             levels.entry(level).or_default().push(ClosedCase {
                 key: s("key").to_string(),
@@ -209,8 +214,17 @@ impl Measured {
             self.levels = levels;
         }
         let mut sweeps = Vec::new();
-        for s in v.get("sweeps").and_then(Value::as_array).into_iter().flatten() {
-            let base = s.get("base").and_then(Value::as_str).unwrap_or("").to_string();
+        for s in v
+            .get("sweeps")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let base = s
+                .get("base")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             // Only the engine's own sweeps: the RESP server's include its
             // protocol and store, which the model does not describe.
             if !base.starts_with("engine+mirror/") {
@@ -220,7 +234,12 @@ impl Measured {
                 continue;
             };
             let mut points = Vec::new();
-            for p in s.get("points").and_then(Value::as_array).into_iter().flatten() {
+            for p in s
+                .get("points")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let offered = p
                     .get("load")
                     .and_then(|l| l.get("rate_per_s"))
@@ -236,7 +255,11 @@ impl Measured {
                 }
             }
             if !points.is_empty() {
-                sweeps.push(Sweep { base, level, points });
+                sweeps.push(Sweep {
+                    base,
+                    level,
+                    points,
+                });
             }
         }
         if !sweeps.is_empty() {
@@ -258,7 +281,10 @@ impl Measured {
                 })
                 .and_then(|x| x.get("mb_per_s"))
                 .and_then(Value::as_f64);
-            let tcp = f(c.get("floors").and_then(|f| f.get("loopback_tcp")).and_then(|t| t.get("mb_per_s")));
+            let tcp = f(c
+                .get("floors")
+                .and_then(|f| f.get("loopback_tcp"))
+                .and_then(|t| t.get("mb_per_s")));
             match (f(c.get("mb_per_s")), disk) {
                 (Some(mb), Some(disk)) => {
                     self.catch_up = Some(CatchUp {
@@ -277,7 +303,9 @@ impl Measured {
             }
         }
         if let Some(r) = v.get("reseed").filter(|r| !r.is_null()) {
-            if let (Some(send), Some(bytes)) = (f(r.get("send_mb_per_s")), f(r.get("snapshot_bytes"))) {
+            if let (Some(send), Some(bytes)) =
+                (f(r.get("send_mb_per_s")), f(r.get("snapshot_bytes")))
+            {
                 self.reseed = Some(Reseed {
                     send_mb_per_s: send,
                     snapshot_bytes: bytes,

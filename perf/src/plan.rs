@@ -140,7 +140,11 @@ pub fn make(w: &Workload, m: &Measured, opts: &Options) -> Result<Plan, String> 
         peak_records_per_batch: per_batch(peak_ops),
         average_records_per_batch: per_batch(avg_ops),
     };
-    let c_avg = compress::measure(w, rates.average_records_per_batch, opts.compress_sample_bytes);
+    let c_avg = compress::measure(
+        w,
+        rates.average_records_per_batch,
+        opts.compress_sample_bytes,
+    );
     let c_peak = compress::measure(w, rates.peak_records_per_batch, opts.compress_sample_bytes);
     let link_util = |mb: f64| w.link_mb_per_s.map(|l| mb / l);
     let bandwidth = Bandwidth {
@@ -178,7 +182,8 @@ pub fn make(w: &Workload, m: &Measured, opts: &Options) -> Result<Plan, String> 
     }
     let mut latency = Vec::new();
     for level in Level::ALL {
-        let (Some(mu_measured), Some(_)) = (m.capacity_ops_per_s(level), m.single_client(level)) else {
+        let (Some(mu_measured), Some(_)) = (m.capacity_ops_per_s(level), m.single_client(level))
+        else {
             continue;
         };
         let mut mu = mu_measured;
@@ -221,7 +226,12 @@ pub fn make(w: &Workload, m: &Measured, opts: &Options) -> Result<Plan, String> 
     // Outages: the send queue grows with the log rate (average), the
     // mirror catches up at the measured rate.
     let catch_up_mb = m.catch_up.as_ref().map(|c| {
-        model::catch_up_rate_mb(c.mb_per_s, c.disk_floor_mb_per_s, w.disk_mb_per_s, w.link_mb_per_s)
+        model::catch_up_rate_mb(
+            c.mb_per_s,
+            c.disk_floor_mb_per_s,
+            w.disk_mb_per_s,
+            w.link_mb_per_s,
+        )
     });
     if catch_up_mb.is_none() {
         extrapolations.push("Catch-up: no failover result with a catch-up rate was given; catch-up times are missing.".into());
@@ -244,8 +254,12 @@ pub fn make(w: &Workload, m: &Measured, opts: &Options) -> Result<Plan, String> 
         let q = log_avg * s;
         let q_plain = log_avg_plain * s;
         let catch_up = catch_up_mb.and_then(|c| model::catch_up_s(q, c * 1e6, log_avg));
-        let catch_up_plain = catch_up_mb.and_then(|c| model::catch_up_s(q_plain, c * 1e6, log_avg_plain));
-        let st = setup(s, 4.0 * w.checkpoint_secs + s + catch_up.unwrap_or(0.0) + 3.0 * w.checkpoint_secs);
+        let catch_up_plain =
+            catch_up_mb.and_then(|c| model::catch_up_s(q_plain, c * 1e6, log_avg_plain));
+        let st = setup(
+            s,
+            4.0 * w.checkpoint_secs + s + catch_up.unwrap_or(0.0) + 3.0 * w.checkpoint_secs,
+        );
         let run = model::simulate_retention(&st);
         outages.push(OutageRow {
             minutes,
@@ -290,7 +304,9 @@ pub fn make(w: &Workload, m: &Measured, opts: &Options) -> Result<Plan, String> 
         ),
         _ => None,
     };
-    if m.reseed.is_some() && w.dataset_bytes as f64 > 10.0 * m.reseed.as_ref().map_or(0.0, |r| r.snapshot_bytes) {
+    if m.reseed.is_some()
+        && w.dataset_bytes as f64 > 10.0 * m.reseed.as_ref().map_or(0.0, |r| r.snapshot_bytes)
+    {
         extrapolations.push(format!(
             "Reseed: measured with a {:.1} MB snapshot; the workload's {:.1} GB dataset is scaled linearly.",
             m.reseed.as_ref().map_or(0.0, |r| r.snapshot_bytes) / 1e6,
@@ -344,6 +360,11 @@ pub fn make(w: &Workload, m: &Measured, opts: &Options) -> Result<Plan, String> 
 }
 
 /// Convenience for the validation: the model's closed-loop prediction.
-pub fn predict_closed(m: &Measured, level: Level, clients: u32, added_rtt_us: f64) -> Option<Predicted> {
+pub fn predict_closed(
+    m: &Measured,
+    level: Level,
+    clients: u32,
+    added_rtt_us: f64,
+) -> Option<Predicted> {
     model::closed_loop(m, level, clients, added_rtt_us)
 }

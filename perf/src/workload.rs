@@ -327,14 +327,19 @@ pub fn parse(text: &str) -> Result<Workload, String> {
         "retention.checkpoint_secs",
         r.checkpoint_secs.unwrap_or(60.0),
     )?;
-    let segment_bytes = positive_int("retention.segment_bytes", r.segment_bytes.unwrap_or(64 << 20))?;
+    let segment_bytes = positive_int(
+        "retention.segment_bytes",
+        r.segment_bytes.unwrap_or(64 << 20),
+    )?;
     if !segment_bytes.is_multiple_of(4096) || !(8192..=4 << 30).contains(&segment_bytes) {
         return Err(format!(
             "retention.segment_bytes = {segment_bytes}: must be a multiple of 4096 from 8192 to 4294967296 (as mirrorlog serve --segment-bytes)"
         ));
     }
-    let dataset_bytes =
-        positive_int("retention.dataset_bytes", r.dataset_bytes.unwrap_or(1_000_000_000))?;
+    let dataset_bytes = positive_int(
+        "retention.dataset_bytes",
+        r.dataset_bytes.unwrap_or(1_000_000_000),
+    )?;
     let h = f.hardware.unwrap_or(Hardware {
         link_mb_per_s: None,
         disk_mb_per_s: None,
@@ -423,7 +428,9 @@ mod tests {
 
     #[test]
     fn a_peak_below_the_average_is_refused() {
-        let e = err("[records]\nsizes = [[100, 1]]\n[rate]\naverage_mb_per_s = 20\npeak_mb_per_s = 5\n");
+        let e = err(
+            "[records]\nsizes = [[100, 1]]\n[rate]\naverage_mb_per_s = 20\npeak_mb_per_s = 5\n",
+        );
         assert!(e.contains("rate.peak_mb_per_s = 5"), "{e}");
         assert!(e.contains("rate.average_mb_per_s = 20"), "{e}");
     }
@@ -432,7 +439,9 @@ mod tests {
     fn bad_values_name_their_key_and_index() {
         let e = err("[records]\nsizes = [[100, 1], [0, 1]]\n[rate]\naverage_mb_per_s = 1\npeak_mb_per_s = 2\n");
         assert!(e.starts_with("records.sizes[1]"), "{e}");
-        let e = err("[records]\nsizes = [[100, -1]]\n[rate]\naverage_mb_per_s = 1\npeak_mb_per_s = 2\n");
+        let e = err(
+            "[records]\nsizes = [[100, -1]]\n[rate]\naverage_mb_per_s = 1\npeak_mb_per_s = 2\n",
+        );
         assert!(e.starts_with("records.sizes[0]: share -1"), "{e}");
         let e = err(&format!("{OK}[mirroring]\ncommit_level = \"full\"\n"));
         assert!(e.starts_with("mirroring.commit_level = \"full\""), "{e}");

@@ -58,15 +58,32 @@ fn tables(plan: &Plan) -> Vec<Table> {
         vec![
             format!("commit latency at peak ({})", w.level.name()),
             match lvl.and_then(|l| l.at_peak) {
-                Some(p) => format!("p50 {}, p99 {} (target {} ms: {})", ms(p.p50_us), ms(p.p99_us), w.p99_target_ms,
-                    if lvl.is_some_and(|l| l.meets_target) { "met" } else { "MISSED" }),
+                Some(p) => format!(
+                    "p50 {}, p99 {} (target {} ms: {})",
+                    ms(p.p50_us),
+                    ms(p.p99_us),
+                    w.p99_target_ms,
+                    if lvl.is_some_and(|l| l.meets_target) {
+                        "met"
+                    } else {
+                        "MISSED"
+                    }
+                ),
                 None => "beyond the measured capacity: not predicted".into(),
             },
         ],
         vec![
             "commits in flight needed at peak".into(),
             match lvl.and_then(|l| l.clients_needed_at_peak) {
-                Some(n) => format!("{n:.1} (workload has {}{})", w.clients, if n > w.clients as f64 { ": TOO FEW, the rate cannot be reached" } else { "" }),
+                Some(n) => format!(
+                    "{n:.1} (workload has {}{})",
+                    w.clients,
+                    if n > w.clients as f64 {
+                        ": TOO FEW, the rate cannot be reached"
+                    } else {
+                        ""
+                    }
+                ),
                 None => "-".into(),
             },
         ],
@@ -77,42 +94,74 @@ fn tables(plan: &Plan) -> Vec<Table> {
                 b.log_peak_mb_per_s_zstd,
                 b.log_peak_mb_per_s_plain,
                 match (b.link_utilisation_peak_zstd, b.link_utilisation_peak_plain) {
-                    (Some(z), Some(p)) => format!(" ({:.0}% / {:.0}% of the link)", z * 100.0, p * 100.0),
+                    (Some(z), Some(p)) =>
+                        format!(" ({:.0}% / {:.0}% of the link)", z * 100.0, p * 100.0),
                     _ => String::new(),
                 }
             ),
         ],
         vec![
             "bandwidth to the mirror, average".into(),
-            format!("{:.2} MB/s with zstd, {:.2} MB/s without", b.log_average_mb_per_s_zstd, b.log_average_mb_per_s_plain),
+            format!(
+                "{:.2} MB/s with zstd, {:.2} MB/s without",
+                b.log_average_mb_per_s_zstd, b.log_average_mb_per_s_plain
+            ),
         ],
         vec![
             "cores compressing at peak".into(),
-            format!("{:.3} (zstd:1 at {:.0} MB/s per core, measured here)", b.compress_cores_peak, b.compression_peak.encode_mb_per_s),
+            format!(
+                "{:.3} (zstd:1 at {:.0} MB/s per core, measured here)",
+                b.compress_cores_peak, b.compression_peak.encode_mb_per_s
+            ),
         ],
     ];
-    if let Some(o) = w.outage_minutes.iter().copied().find(|&m| (m - 30.0).abs() < 1e-9).or(w.outage_minutes.last().copied()) {
+    if let Some(o) = w
+        .outage_minutes
+        .iter()
+        .copied()
+        .find(|&m| (m - 30.0).abs() < 1e-9)
+        .or(w.outage_minutes.last().copied())
+    {
         if let Some(r) = plan.outages.iter().find(|r| r.minutes == o) {
             answers.push(vec![
                 format!("catch-up after a {o} min outage"),
-                format!("{} ({} behind)", secs(r.catch_up_s), bytes(r.send_queue_bytes_zstd)),
+                format!(
+                    "{} ({} behind)",
+                    secs(r.catch_up_s),
+                    bytes(r.send_queue_bytes_zstd)
+                ),
             ]);
         }
     }
     answers.push(vec![
         "log kept on the principal, mirror attached".into(),
-        format!("{} to {} (the log since the older of two checkpoints)", bytes(plan.retention.steady_min_bytes), bytes(plan.retention.steady_max_bytes)),
+        format!(
+            "{} to {} (the log since the older of two checkpoints)",
+            bytes(plan.retention.steady_min_bytes),
+            bytes(plan.retention.steady_max_bytes)
+        ),
     ]);
     answers.push(vec![
         "longest outage without a reseed".into(),
         match plan.retention.outage_without_reseed_s {
-            Some(s) => format!("{} (retention bound {}; certain reseed after about one checkpoint interval more)", secs(Some(s)), bytes(w.retention_max_bytes.unwrap_or(0) as f64)),
-            None => "any: no retention bound, the principal keeps all the mirror needs (see disk below)".into(),
+            Some(s) => format!(
+                "{} (retention bound {}; certain reseed after about one checkpoint interval more)",
+                secs(Some(s)),
+                bytes(w.retention_max_bytes.unwrap_or(0) as f64)
+            ),
+            None => {
+                "any: no retention bound, the principal keeps all the mirror needs (see disk below)"
+                    .into()
+            }
         },
     ]);
     answers.push(vec![
         "reseed time".into(),
-        format!("{} for a {} dataset (send + restore + catch-up)", secs(plan.retention.reseed_s), bytes(w.dataset_bytes as f64)),
+        format!(
+            "{} for a {} dataset (send + restore + catch-up)",
+            secs(plan.retention.reseed_s),
+            bytes(w.dataset_bytes as f64)
+        ),
     ]);
     out.push(Table {
         title: "Answers".into(),
@@ -193,7 +242,11 @@ fn tables(plan: &Plan) -> Vec<Table> {
             .collect(),
     });
     let m = &plan.measured;
-    let p = |x: Option<Pct>| x.map_or("not measured".into(), |p| format!("p50 {:.1} us, p99 {:.1} us", p.p50_us, p.p99_us));
+    let p = |x: Option<Pct>| {
+        x.map_or("not measured".into(), |p| {
+            format!("p50 {:.1} us, p99 {:.1} us", p.p50_us, p.p99_us)
+        })
+    };
     let mut inputs = vec![
         vec!["machine".into(), m.machine.clone()],
         vec!["pwrite + fdatasync, 100 B".into(), p(m.fdatasync)],
@@ -202,16 +255,38 @@ fn tables(plan: &Plan) -> Vec<Table> {
     for (level, cases) in &m.levels {
         for c in cases {
             inputs.push(vec![
-                format!("engine+mirror {} closed loop, {} client(s)", level.name(), c.clients),
-                format!("{:.0} commits/s, p50 {:.1} us, p99 {:.1} us", c.ops_per_s, c.latency.p50_us, c.latency.p99_us),
+                format!(
+                    "engine+mirror {} closed loop, {} client(s)",
+                    level.name(),
+                    c.clients
+                ),
+                format!(
+                    "{:.0} commits/s, p50 {:.1} us, p99 {:.1} us",
+                    c.ops_per_s, c.latency.p50_us, c.latency.p99_us
+                ),
             ]);
         }
     }
     if let Some(c) = &m.catch_up {
-        inputs.push(vec!["mirror catch-up after restart".into(), format!("{:.0} MB/s (streaming {:.0} MB/s; disk floor {:.0} MB/s) from {}", c.mb_per_s, c.streaming_mb_per_s, c.disk_floor_mb_per_s, c.source)]);
+        inputs.push(vec![
+            "mirror catch-up after restart".into(),
+            format!(
+                "{:.0} MB/s (streaming {:.0} MB/s; disk floor {:.0} MB/s) from {}",
+                c.mb_per_s, c.streaming_mb_per_s, c.disk_floor_mb_per_s, c.source
+            ),
+        ]);
     }
     if let Some(r) = &m.reseed {
-        inputs.push(vec!["reseed".into(), format!("snapshot of {} sent at {:.0} MB/s, restored in {:.2} s, from {}", bytes(r.snapshot_bytes), r.send_mb_per_s, r.restore_seconds, r.source)]);
+        inputs.push(vec![
+            "reseed".into(),
+            format!(
+                "snapshot of {} sent at {:.0} MB/s, restored in {:.2} s, from {}",
+                bytes(r.snapshot_bytes),
+                r.send_mb_per_s,
+                r.restore_seconds,
+                r.source
+            ),
+        ]);
     }
     out.push(Table {
         title: "Measured inputs".into(),
@@ -243,7 +318,10 @@ fn tables(plan: &Plan) -> Vec<Table> {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 const CSS: &str = "body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}\
@@ -254,7 +332,9 @@ h1{font-size:1.6em}code{background:#f3f3f3;padding:0 3px}";
 /// The HTML page (well-formed XHTML, so an XML parser can check it).
 pub fn html(plan: &Plan) -> Result<String, String> {
     let w = &plan.workload;
-    let plot = |f: fn(&Plan) -> Result<String, Box<dyn std::error::Error>>, what: &str| -> Result<String, String> {
+    let plot = |f: fn(&Plan) -> Result<String, Box<dyn std::error::Error>>,
+                what: &str|
+     -> Result<String, String> {
         f(plan).map_err(|e| format!("drawing the {what} plot: {e}"))
     };
     let mut h = String::new();
@@ -266,7 +346,12 @@ pub fn html(plan: &Plan) -> Result<String, String> {
     );
     let tabs = tables(plan);
     let emit_table = |h: &mut String, t: &Table| {
-        let _ = write!(h, "<h2>{}</h2>\n<p>{}</p>\n<table>\n<tr>", esc(&t.title), esc(&t.note));
+        let _ = write!(
+            h,
+            "<h2>{}</h2>\n<p>{}</p>\n<table>\n<tr>",
+            esc(&t.title),
+            esc(&t.note)
+        );
         for c in &t.head {
             let _ = write!(h, "<th>{}</th>", esc(c));
         }
@@ -290,12 +375,20 @@ pub fn html(plan: &Plan) -> Result<String, String> {
     }
     emit_table(&mut h, &tabs[1]);
     let fig = |h: &mut String, svg: String, cap: &str| {
-        let _ = write!(h, "<figure>\n{svg}\n<figcaption>{}</figcaption>\n</figure>\n", esc(cap));
+        let _ = write!(
+            h,
+            "<figure>\n{svg}\n<figcaption>{}</figcaption>\n</figure>\n",
+            esc(cap)
+        );
     };
     fig(&mut h, plot(plots::latency_vs_rate, "latency")?, "Model: commit latency (p50 solid, p99 dashed) against the commit rate for each commit level at the workload's round trip. Curves end at 98% of the level's capacity; beyond it latency is unbounded.");
     fig(&mut h, plot(plots::sweep_check, "sweep")?, "The model at the measured round trip against the measured open-loop sweep of the baseline run: how well the queueing part fits.");
     emit_table(&mut h, &tabs[2]);
-    fig(&mut h, plot(plots::bandwidth, "bandwidth")?, "Log bytes to ship per second (frames: headers, length prefixes, padding included).");
+    fig(
+        &mut h,
+        plot(plots::bandwidth, "bandwidth")?,
+        "Log bytes to ship per second (frames: headers, length prefixes, padding included).",
+    );
     emit_table(&mut h, &tabs[3]);
     fig(&mut h, plot(plots::outages, "outage")?, "Left: bytes the mirror is behind when it returns. Right: time until it has caught up, while the principal keeps writing at the average rate.");
     fig(&mut h, plot(plots::retention, "retention")?, "Simulated log retention on the principal (mirrorlog serve's rule), through the longest planned outage.");
@@ -314,9 +407,23 @@ pub fn markdown(plan: &Plan) -> String {
     );
     let tabs = tables(plan);
     for (i, t) in tabs.iter().enumerate() {
-        let _ = write!(m, "## {}\n\n{}\n\n| {} |\n|{}\n", t.title, t.note, t.head.join(" | "), "---|".repeat(t.head.len()));
+        let _ = write!(
+            m,
+            "## {}\n\n{}\n\n| {} |\n|{}\n",
+            t.title,
+            t.note,
+            t.head.join(" | "),
+            "---|".repeat(t.head.len())
+        );
         for r in &t.rows {
-            let _ = writeln!(m, "| {} |", r.iter().map(|c| c.replace('|', "\\|")).collect::<Vec<_>>().join(" | "));
+            let _ = writeln!(
+                m,
+                "| {} |",
+                r.iter()
+                    .map(|c| c.replace('|', "\\|"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
         }
         m.push('\n');
         if i == 0 && !plan.extrapolations.is_empty() {
@@ -337,12 +444,14 @@ pub fn write(plan: &Plan, dir: &Path) -> Result<PathBuf, String> {
         let p = dir.join(name);
         let tmp = dir.join(format!("{name}.tmp"));
         std::fs::write(&tmp, body).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &p).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), p.display()))?;
+        std::fs::rename(&tmp, &p)
+            .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), p.display()))?;
         Ok(p)
     };
     let index = put("index.html", &html(plan)?)?;
     put("report.md", &markdown(plan))?;
-    let json = serde_json::to_string_pretty(plan).map_err(|e| format!("encoding report.json: {e}"))?;
+    let json =
+        serde_json::to_string_pretty(plan).map_err(|e| format!("encoding report.json: {e}"))?;
     put("report.json", &json)?;
     Ok(index)
 }

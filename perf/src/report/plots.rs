@@ -6,6 +6,9 @@ use plotters::style::full_palette::{GREY_500, ORANGE_700, PURPLE_500};
 use crate::plan::Plan;
 use crate::workload::Level;
 
+/// Picks one percentile out of a `Pct`.
+type PctField = fn(&crate::measured::Pct) -> f64;
+
 type DrawResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 const W: u32 = 900;
@@ -33,16 +36,31 @@ fn fmt_rate(v: f64) -> String {
 fn fmt_log(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
-    } else if v >= 1.0 {
-        format!("{v:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
     } else {
         format!("{v:.3}")
             .trim_end_matches('0')
             .trim_end_matches('.')
             .to_string()
+    }
+}
+
+/// A log-scale range around the positive finite `vals` (margins `lo`,
+/// `hi` as factors); a fixed one when there are none, so that an empty plot
+/// still draws (plotters cannot lay out an infinite or inverted range).
+fn log_range(vals: impl IntoIterator<Item = f64>, lo: f64, hi: f64) -> (f64, f64) {
+    let v: Vec<f64> = vals
+        .into_iter()
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .collect();
+    if v.is_empty() {
+        return (0.1, 10.0);
+    }
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min) * lo;
+    let max = v.iter().cloned().fold(0.0, f64::max) * hi;
+    if max <= min * 1.01 {
+        (min * 0.5, min * 2.0)
+    } else {
+        (min, max)
     }
 }
 
@@ -67,8 +85,8 @@ pub fn latency_vs_rate(plan: &Plan) -> DrawResult<String> {
             .iter()
             .flat_map(|l| l.curve.iter().flat_map(|(_, p)| [p.p50_us, p.p99_us]))
             .collect();
-        let y_min = all.iter().cloned().fold(f64::INFINITY, f64::min).max(1.0) / 1e3 * 0.7;
-        let y_max = all.iter().cloned().fold(0.0, f64::max) / 1e3 * 1.5;
+        // Head room above the curves for the legend.
+        let (y_min, y_max) = log_range(all.iter().map(|v| v / 1e3), 0.7, 6.0);
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 format!(
@@ -92,12 +110,16 @@ pub fn latency_vs_rate(plan: &Plan) -> DrawResult<String> {
             .draw()?;
         for l in &plan.latency {
             let c = level_color(l.level);
-            let pts50: Vec<(f64, f64)> = l.curve.iter().map(|(x, p)| (*x, p.p50_us / 1e3)).collect();
-            let pts99: Vec<(f64, f64)> = l.curve.iter().map(|(x, p)| (*x, p.p99_us / 1e3)).collect();
+            let pts50: Vec<(f64, f64)> =
+                l.curve.iter().map(|(x, p)| (*x, p.p50_us / 1e3)).collect();
+            let pts99: Vec<(f64, f64)> =
+                l.curve.iter().map(|(x, p)| (*x, p.p99_us / 1e3)).collect();
             chart
                 .draw_series(LineSeries::new(pts50, c.stroke_width(3)))?
                 .label(format!("{} p50", l.level.name()))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3))
+                });
             chart
                 .draw_series(DashedLineSeries::new(pts99, 6, 4, c.stroke_width(2)))?
                 .label(format!("{} p99", l.level.name()))
@@ -123,7 +145,9 @@ pub fn latency_vs_rate(plan: &Plan) -> DrawResult<String> {
                     GREY_500.stroke_width(1),
                 ))?
                 .label(format!("p99 target {target} ms"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], GREY_500.stroke_width(1)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], GREY_500.stroke_width(1))
+                });
         }
         chart
             .configure_series_labels()
@@ -155,8 +179,7 @@ pub fn sweep_check(plan: &Plan) -> DrawResult<String> {
                 v
             })
             .collect();
-        let y_min = ys.iter().cloned().fold(f64::INFINITY, f64::min).max(1.0) / 1e3 * 0.7;
-        let y_max = ys.iter().cloned().fold(0.0, f64::max).max(1.0) / 1e3 * 1.5;
+        let (y_min, y_max) = log_range(ys.iter().map(|v| v / 1e3), 0.7, 3.0);
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 "Model vs measured open-loop sweep (engine + mirror, loopback)",
@@ -175,15 +198,17 @@ pub fn sweep_check(plan: &Plan) -> DrawResult<String> {
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 16))
             .draw()?;
-        let series: [(&str, RGBColor, fn(&crate::measured::Pct) -> f64); 2] = [
+        let series: [(&str, RGBColor, PctField); 2] = [
             ("p50", RGBColor(0x1f, 0x77, 0xb4), |p| p.p50_us),
             ("p99", RGBColor(0xd6, 0x27, 0x28), |p| p.p99_us),
         ];
         for (name, c, f) in series {
             chart
-                .draw_series(pts.iter().map(|p| {
-                    Circle::new((p.offered_per_s, f(&p.measured) / 1e3), 5, c.filled())
-                }))?
+                .draw_series(
+                    pts.iter().map(|p| {
+                        Circle::new((p.offered_per_s, f(&p.measured) / 1e3), 5, c.filled())
+                    }),
+                )?
                 .label(format!("measured {name}"))
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
             let model: Vec<(f64, f64)> = pts
@@ -193,7 +218,9 @@ pub fn sweep_check(plan: &Plan) -> DrawResult<String> {
             chart
                 .draw_series(LineSeries::new(model, c.stroke_width(2)))?
                 .label(format!("model {name}"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -215,14 +242,12 @@ pub fn outages(plan: &Plan) -> DrawResult<String> {
         root.fill(&WHITE)?;
         let (left, right) = root.split_horizontally(W / 2);
         let o = &plan.outages;
-        let x_min = o.iter().map(|r| r.minutes).fold(f64::INFINITY, f64::min) * 0.8;
-        let x_max = o.iter().map(|r| r.minutes).fold(0.0, f64::max) * 1.25;
+        let (x_min, x_max) = log_range(o.iter().map(|r| r.minutes), 0.8, 1.25);
         let q_vals: Vec<f64> = o
             .iter()
             .flat_map(|r| [r.send_queue_bytes_zstd, r.send_queue_bytes_plain])
             .collect();
-        let q_min = q_vals.iter().cloned().fold(f64::INFINITY, f64::min).max(1.0) / 1e9 * 0.6;
-        let q_max = q_vals.iter().cloned().fold(0.0, f64::max).max(1.0) / 1e9 * 2.5;
+        let (q_min, q_max) = log_range(q_vals.iter().map(|v| v / 1e9), 0.6, 2.5);
         let green = RGBColor(0x2c, 0xa0, 0x2c);
         let mut chart = ChartBuilder::on(&left)
             .caption("Send queue after an outage", ("sans-serif", 20))
@@ -240,23 +265,44 @@ pub fn outages(plan: &Plan) -> DrawResult<String> {
             .axis_desc_style(("sans-serif", 15))
             .draw()?;
         let series = [
-            ("with zstd", green, o.iter().map(|r| (r.minutes, r.send_queue_bytes_zstd / 1e9)).collect::<Vec<_>>()),
-            ("without compression", ORANGE_700, o.iter().map(|r| (r.minutes, r.send_queue_bytes_plain / 1e9)).collect()),
+            (
+                "with zstd",
+                green,
+                o.iter()
+                    .map(|r| (r.minutes, r.send_queue_bytes_zstd / 1e9))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "without compression",
+                ORANGE_700,
+                o.iter()
+                    .map(|r| (r.minutes, r.send_queue_bytes_plain / 1e9))
+                    .collect(),
+            ),
         ];
         for (name, c, pts) in series {
             chart
                 .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2))
+                });
             chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
         }
         if let Some(b) = plan.workload.retention_max_bytes {
             let b = b as f64 / 1e9;
             if b > q_min && b < q_max {
                 chart
-                    .draw_series(DashedLineSeries::new(vec![(x_min, b), (x_max, b)], 6, 4, RED.stroke_width(2)))?
+                    .draw_series(DashedLineSeries::new(
+                        vec![(x_min, b), (x_max, b)],
+                        6,
+                        4,
+                        RED.stroke_width(2),
+                    ))?
                     .label("retention bound (beyond: reseed)")
-                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], RED.stroke_width(2)));
+                    .legend(|(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], RED.stroke_width(2))
+                    });
             }
         }
         chart
@@ -272,8 +318,7 @@ pub fn outages(plan: &Plan) -> DrawResult<String> {
             .flat_map(|r| [r.catch_up_s, r.catch_up_s_plain])
             .flatten()
             .collect();
-        let t_min = t_vals.iter().cloned().fold(f64::INFINITY, f64::min).max(1e-3) * 0.6;
-        let t_max = t_vals.iter().cloned().fold(0.0, f64::max).max(1e-2) * 2.5;
+        let (t_min, t_max) = log_range(t_vals.iter().cloned(), 0.6, 2.5);
         let mut chart = ChartBuilder::on(&right)
             .caption(
                 format!(
@@ -296,14 +341,28 @@ pub fn outages(plan: &Plan) -> DrawResult<String> {
             .axis_desc_style(("sans-serif", 15))
             .draw()?;
         let series = [
-            ("with zstd", green, o.iter().filter_map(|r| r.catch_up_s.map(|t| (r.minutes, t))).collect::<Vec<_>>()),
-            ("without compression", ORANGE_700, o.iter().filter_map(|r| r.catch_up_s_plain.map(|t| (r.minutes, t))).collect()),
+            (
+                "with zstd",
+                green,
+                o.iter()
+                    .filter_map(|r| r.catch_up_s.map(|t| (r.minutes, t)))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "without compression",
+                ORANGE_700,
+                o.iter()
+                    .filter_map(|r| r.catch_up_s_plain.map(|t| (r.minutes, t)))
+                    .collect(),
+            ),
         ];
         for (name, c, pts) in series {
             chart
                 .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2))
+                });
             chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
         }
         chart
@@ -362,29 +421,46 @@ pub fn retention(plan: &Plan) -> DrawResult<String> {
                 blue.stroke_width(3),
             ))?
             .label("log on the principal's disk")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], blue.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], blue.stroke_width(3))
+            });
         chart
             .draw_series(LineSeries::new(
-                pts.iter().map(|p| (p.t_s / 60.0, p.mirror_behind_bytes / 1e9)),
+                pts.iter()
+                    .map(|p| (p.t_s / 60.0, p.mirror_behind_bytes / 1e9)),
                 ORANGE_700.stroke_width(2),
             ))?
             .label("mirror behind (send queue)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], ORANGE_700.stroke_width(2)));
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], ORANGE_700.stroke_width(2))
+            });
         if let Some(b) = plan.workload.retention_max_bytes {
             let b = b as f64 / 1e9;
             chart
-                .draw_series(DashedLineSeries::new(vec![(0.0, b), (t_max, b)], 6, 4, RED.stroke_width(2)))?
+                .draw_series(DashedLineSeries::new(
+                    vec![(0.0, b), (t_max, b)],
+                    6,
+                    4,
+                    RED.stroke_width(2),
+                ))?
                 .label("--retention-max-bytes")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], RED.stroke_width(2)));
         }
         let start = r.timeline_outage_start_s / 60.0;
         let end = start + r.timeline_outage_minutes;
         chart
-            .draw_series([start, end].map(|t| {
-                PathElement::new(vec![(t, 0.0), (t, y_max)], GREY_500.stroke_width(1))
-            }))?
+            .draw_series(
+                [start, end].map(|t| {
+                    PathElement::new(vec![(t, 0.0), (t, y_max)], GREY_500.stroke_width(1))
+                }),
+            )?
             .label("outage begins / ends")
-            .legend(|(x, y)| PathElement::new(vec![(x + 12, y - 6), (x + 12, y + 6)], GREY_500.stroke_width(1)));
+            .legend(|(x, y)| {
+                PathElement::new(
+                    vec![(x + 12, y - 6), (x + 12, y + 6)],
+                    GREY_500.stroke_width(1),
+                )
+            });
         if let Some(t) = r.timeline.reseed_forced_at_s {
             let t = t / 60.0;
             chart
@@ -412,16 +488,32 @@ pub fn bandwidth(plan: &Plan) -> DrawResult<String> {
         root.fill(&WHITE)?;
         let b = &plan.bandwidth;
         let bars = [
-            ("average, zstd", b.log_average_mb_per_s_zstd, RGBColor(0x2c, 0xa0, 0x2c)),
-            ("average, no compression", b.log_average_mb_per_s_plain, ORANGE_700),
-            ("peak, zstd", b.log_peak_mb_per_s_zstd, RGBColor(0x2c, 0xa0, 0x2c)),
-            ("peak, no compression", b.log_peak_mb_per_s_plain, ORANGE_700),
+            (
+                "average, zstd",
+                b.log_average_mb_per_s_zstd,
+                RGBColor(0x2c, 0xa0, 0x2c),
+            ),
+            (
+                "average, no compression",
+                b.log_average_mb_per_s_plain,
+                ORANGE_700,
+            ),
+            (
+                "peak, zstd",
+                b.log_peak_mb_per_s_zstd,
+                RGBColor(0x2c, 0xa0, 0x2c),
+            ),
+            (
+                "peak, no compression",
+                b.log_peak_mb_per_s_plain,
+                ORANGE_700,
+            ),
         ];
         let mut y_max = bars.iter().map(|x| x.1).fold(0.0, f64::max);
         if let Some(l) = plan.workload.link_mb_per_s {
             y_max = y_max.max(l);
         }
-        let y_max = y_max * 1.2;
+        let y_max = y_max * 1.3;
         let mut chart = ChartBuilder::on(&root)
             .caption("Log bandwidth to the mirror", ("sans-serif", 22))
             .margin(12)
@@ -431,32 +523,39 @@ pub fn bandwidth(plan: &Plan) -> DrawResult<String> {
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(8)
-            .x_label_formatter(&|v| {
-                let i = (*v - 0.5).round();
-                if (v - 0.5 - i).abs() < 1e-6 && (0.0..4.0).contains(&i) {
-                    bars[i as usize].0.to_string()
-                } else {
-                    String::new()
-                }
-            })
-            .x_desc("record payload rate, log encoding")
+            .x_labels(0)
+            .x_desc("log frames shipped: average and peak rate, with and without zstd")
             .y_desc("bandwidth (MB/s, 1 MB = 10^6 B)")
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 16))
             .draw()?;
-        for (i, (_, v, c)) in bars.iter().enumerate() {
+        for (i, (name, v, c)) in bars.iter().enumerate() {
             let x = i as f64;
-            chart.draw_series([Rectangle::new([(x + 0.15, 0.0), (x + 0.85, *v)], c.filled())])?;
-            chart.draw_series([Text::new(
-                format!("{v:.2} MB/s"),
-                (x + 0.3, *v + y_max * 0.02),
-                ("sans-serif", 15),
+            chart.draw_series([Rectangle::new(
+                [(x + 0.15, 0.0), (x + 0.85, *v)],
+                c.filled(),
             )])?;
+            chart.draw_series([
+                Text::new(
+                    name.to_string(),
+                    (x + 0.17, *v + y_max * 0.085),
+                    ("sans-serif", 15),
+                ),
+                Text::new(
+                    format!("{v:.2} MB/s"),
+                    (x + 0.17, *v + y_max * 0.045),
+                    ("sans-serif", 15),
+                ),
+            ])?;
         }
         if let Some(l) = plan.workload.link_mb_per_s {
             chart
-                .draw_series(DashedLineSeries::new(vec![(0.0, l), (4.0, l)], 6, 4, RED.stroke_width(2)))?
+                .draw_series(DashedLineSeries::new(
+                    vec![(0.0, l), (4.0, l)],
+                    6,
+                    4,
+                    RED.stroke_width(2),
+                ))?
                 .label(format!("link {l} MB/s"))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], RED.stroke_width(2)));
             chart
@@ -481,13 +580,22 @@ pub fn validation(plan: &Plan) -> DrawResult<String> {
         let rows = &plan.validation;
         let vals: Vec<f64> = rows
             .iter()
-            .flat_map(|r| [r.predicted.p50_us, r.measured.p50_us, r.predicted.p99_us, r.measured.p99_us])
+            .flat_map(|r| {
+                [
+                    r.predicted.p50_us,
+                    r.measured.p50_us,
+                    r.predicted.p99_us,
+                    r.measured.p99_us,
+                ]
+            })
             .map(|v| v / 1e3)
             .collect();
-        let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min).max(1e-3) * 0.7;
-        let hi = vals.iter().cloned().fold(0.0, f64::max).max(lo * 2.0) * 1.4;
+        let (lo, hi) = log_range(vals.iter().cloned(), 0.7, 1.4);
         let mut chart = ChartBuilder::on(&root)
-            .caption("Validation: predicted vs measured commit latency", ("sans-serif", 22))
+            .caption(
+                "Validation: predicted vs measured commit latency",
+                ("sans-serif", 22),
+            )
             .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(70)
@@ -502,7 +610,10 @@ pub fn validation(plan: &Plan) -> DrawResult<String> {
             .axis_desc_style(("sans-serif", 16))
             .draw()?;
         chart
-            .draw_series(LineSeries::new(vec![(lo, lo), (hi, hi)], GREY_500.stroke_width(1)))?
+            .draw_series(LineSeries::new(
+                vec![(lo, lo), (hi, hi)],
+                GREY_500.stroke_width(1),
+            ))?
             .label("prediction = measurement")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], GREY_500.stroke_width(1)));
         for l in Level::ALL {
@@ -513,13 +624,21 @@ pub fn validation(plan: &Plan) -> DrawResult<String> {
             }
             chart
                 .draw_series(of.iter().map(|r| {
-                    Circle::new((r.measured.p50_us / 1e3, r.predicted.p50_us / 1e3), 5, c.filled())
+                    Circle::new(
+                        (r.measured.p50_us / 1e3, r.predicted.p50_us / 1e3),
+                        5,
+                        c.filled(),
+                    )
                 }))?
                 .label(format!("{} p50", l.name()))
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
             chart
                 .draw_series(of.iter().map(|r| {
-                    TriangleMarker::new((r.measured.p99_us / 1e3, r.predicted.p99_us / 1e3), 6, c.stroke_width(2))
+                    TriangleMarker::new(
+                        (r.measured.p99_us / 1e3, r.predicted.p99_us / 1e3),
+                        6,
+                        c.stroke_width(2),
+                    )
                 }))?
                 .label(format!("{} p99", l.name()))
                 .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, c.stroke_width(2)));
@@ -534,4 +653,17 @@ pub fn validation(plan: &Plan) -> DrawResult<String> {
         root.present()?;
     }
     Ok(finish(svg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_range;
+
+    #[test]
+    fn log_ranges_are_finite_and_increasing_even_without_data() {
+        assert_eq!(log_range([], 0.5, 2.0), (0.1, 10.0));
+        assert_eq!(log_range([f64::NAN, 0.0, -1.0], 0.5, 2.0), (0.1, 10.0));
+        assert_eq!(log_range([4.0], 1.0, 1.0), (2.0, 8.0));
+        assert_eq!(log_range([1.0, 10.0], 0.5, 2.0), (0.5, 20.0));
+    }
 }
