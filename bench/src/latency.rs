@@ -778,6 +778,7 @@ pub fn to_json(cfg: &Config, s: &Suite, machine: &Machine, info: &Map<String, Va
             "resp_value_bytes": VALUE_BYTES,
             "resp_keys": KEYS,
             "generator_threads": cfg.gen_threads,
+            "server_io": cfg.server_io.to_string(),
         },
         "machine": machine_json(machine, &s.io_uring),
         "info": Value::Object(info.clone()),

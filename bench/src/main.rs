@@ -202,6 +202,10 @@ OPTIONS:
                            generator that drives every network client (RESP,
                            PostgreSQL) over nonblocking sockets (default 1;
                            the in-process engine clients are threads).
+    --server-io MODE       latency, peers, resp: how the mirrorlog servers started
+                           here serve clients, as `mirrorlog serve --io`:
+                           epoll, epoll:N (N event loops) or threads (default
+                           epoll).
     --added-rtt-ms X       latency: the engine-mirror part's mirror connects
                            through a proxy on 127.0.0.1 that delays each
                            direction by X/2 ms (a mirror X ms away; bandwidth
@@ -274,6 +278,9 @@ pub struct Config {
     /// Threads of the event-driven generator that drives network clients
     /// (latency's resp part, peers).
     pub gen_threads: usize,
+    /// How the key-value servers the benchmark starts serve clients
+    /// (`mirrorlog serve --io`).
+    pub server_io: mirrorlog::server::IoMode,
     /// peers: which systems to run (postgresql, redis, mirrorlog, engine).
     pub systems: Vec<String>,
     /// mirroring: levels and transport paths to run.
@@ -451,6 +458,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut p99_target_ms = 2.0;
     let mut added_rtt_ms = 0.0;
     let mut gen_threads = 1;
+    let mut server_io = mirrorlog::server::IoMode::default();
     let mut systems: Vec<String> = ["postgresql", "redis", "mirrorlog", "engine"]
         .map(String::from)
         .to_vec();
@@ -576,6 +584,9 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
                     })?
                 };
             }
+            "--server-io" => {
+                server_io = value()?.parse().map_err(|e| format!("--server-io {e}"))?
+            }
             "--gen-threads" => {
                 gen_threads = parse_usize(&flag, &value()?, 1)?;
                 if gen_threads > 64 {
@@ -683,6 +694,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         systems,
         added_rtt_ms,
         gen_threads,
+        server_io,
         levels,
         transports,
         connections,

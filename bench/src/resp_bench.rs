@@ -155,10 +155,10 @@ pub(crate) fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair
         limits: mirrorlog::resp::Limits::default(),
     };
     let quiet = Logger::new(|_| {});
-    let p = serve::start(&base(true, "principal"), quiet.clone())?;
+    let p = serve::start_with_io(&base(true, "principal"), cfg.server_io, quiet.clone())?;
     let (ps, paddr) = (p.server.clone(), p.client_addr);
     std::thread::spawn(move || p.serve(None, Logger::new(|_| {})));
-    let m = serve::start(&base(false, "mirror"), quiet)?;
+    let m = serve::start_with_io(&base(false, "mirror"), cfg.server_io, quiet)?;
     let ms = m.server.clone();
     std::thread::spawn(move || m.serve(None, Logger::new(|_| {})));
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -60,9 +60,10 @@ mirrorlog serve --config FILE [OPTIONS]
     --transport auto|io_uring|blocking   partner transport (default auto)
     --password P              require AUTH P from clients
     --max-clients N           default 10000
-    --io epoll|threads        how client connections are served: one epoll event
-                              loop for all of them, or one thread each
-                              (default epoll)
+    --io epoll|epoll:N|threads   how client connections are served: one epoll
+                              event loop for all of them, N event loops (the
+                              first deals connections round-robin), or one
+                              thread each (default epoll)
     --max-bulk-bytes N        largest value or argument a client may send
                               (default 512 MiB, as Redis)
     --max-args N              most arguments in one command (default 1048576)

@@ -1,6 +1,6 @@
 //! `mirrorlog serve`: the RESP key-value server on a principal or a mirror.
 //!
-//! Clients are served either by one event loop (epoll, [`IoMode::Epoll`],
+//! Clients are served either by event loops (epoll, [`IoMode::Epoll`],
 //! see `event_loop`) or by one thread per client ([`IoMode::Threads`]);
 //! both bounded by `max_clients`. A client's pipelined commands are parsed
 //! together; writes go to group commit in arrival order and their replies
@@ -42,36 +42,54 @@ pub enum Node {
 }
 
 /// How client connections are served.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoMode {
-    /// One thread (epoll) serves every connection; a commit in flight
-    /// wakes it through an eventfd; commands that may block for long
-    /// (WAIT, MIRROR FAILOVER / FORCE-SERVICE / CHECKPOINT, anything during
-    /// a role change) run on a helper thread of their own.
-    #[default]
-    Epoll,
+    /// `loops` event-loop threads (epoll; the first accepts and deals
+    /// connections round-robin); each serves its connections alone, a
+    /// commit in flight wakes it through an eventfd; commands that may
+    /// block for long (WAIT, MIRROR FAILOVER / FORCE-SERVICE / CHECKPOINT,
+    /// anything during a role change) run on a helper thread of their own.
+    Epoll { loops: usize },
     /// One thread per connection, which sleeps while its commits are in
     /// flight.
     Threads,
+}
+
+/// Most event loops `--io epoll:N` takes.
+pub const EVENT_LOOPS_MAX: usize = 64;
+
+impl Default for IoMode {
+    fn default() -> IoMode {
+        IoMode::Epoll { loops: 1 }
+    }
 }
 
 impl std::str::FromStr for IoMode {
     type Err = String;
     fn from_str(s: &str) -> Result<IoMode, String> {
         match s {
-            "epoll" => Ok(IoMode::Epoll),
+            "epoll" => Ok(IoMode::Epoll { loops: 1 }),
             "threads" => Ok(IoMode::Threads),
-            _ => Err(format!("{s:?}: expected epoll or threads")),
+            _ => match s.strip_prefix("epoll:").map(str::parse::<usize>) {
+                Some(Ok(n)) if (1..=EVENT_LOOPS_MAX).contains(&n) => Ok(IoMode::Epoll { loops: n }),
+                Some(_) => Err(format!(
+                    "{s:?}: the number of event loops must be 1 to {EVENT_LOOPS_MAX}"
+                )),
+                None => Err(format!(
+                    "{s:?}: expected epoll, epoll:N (N event loops) or threads"
+                )),
+            },
         }
     }
 }
 
 impl std::fmt::Display for IoMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            IoMode::Epoll => "epoll",
-            IoMode::Threads => "threads",
-        })
+        match self {
+            IoMode::Epoll { loops: 1 } => f.write_str("epoll"),
+            IoMode::Epoll { loops } => write!(f, "epoll:{loops}"),
+            IoMode::Threads => f.write_str("threads"),
+        }
     }
 }
 
@@ -219,8 +237,8 @@ impl Server {
 
     /// Serves clients on `listener` until [`Server::stop`].
     pub fn serve(self: &Arc<Server>, listener: TcpListener) -> std::io::Result<()> {
-        if self.opts.io == IoMode::Epoll {
-            return event_loop::serve(self, listener);
+        if let IoMode::Epoll { loops } = self.opts.io {
+            return event_loop::serve(self, listener, loops);
         }
         listener.set_nonblocking(true)?;
         while !self.stop.load(Ordering::Acquire) {
@@ -1498,5 +1516,23 @@ mod tests {
         assert!(!same_secret(b"hunter22", b"hunter2"));
         assert!(!same_secret(b"", b"x"));
         assert!(same_secret(b"", b""));
+    }
+
+    #[test]
+    fn io_modes_parse_and_print_back() {
+        for (text, mode) in [
+            ("epoll", IoMode::Epoll { loops: 1 }),
+            ("epoll:2", IoMode::Epoll { loops: 2 }),
+            ("epoll:64", IoMode::Epoll { loops: 64 }),
+            ("threads", IoMode::Threads),
+        ] {
+            assert_eq!(text.parse::<IoMode>(), Ok(mode));
+            assert_eq!(mode.to_string(), text);
+        }
+        assert_eq!(IoMode::default(), IoMode::Epoll { loops: 1 });
+        for bad in ["epoll:0", "epoll:65", "epoll:x", "epoll:", "poll", ""] {
+            let e = bad.parse::<IoMode>().unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 }

@@ -96,6 +96,11 @@ fn args(pair: &Pair, role: &str, port: u16) -> Vec<String> {
 }
 
 fn pair(tag: &str) -> Pair {
+    pair_io(tag, None)
+}
+
+/// A pair whose nodes serve clients as `--io io` says.
+fn pair_io(tag: &str, io: Option<&str>) -> Pair {
     let dir = tempdir(tag);
     let secret = secret(&dir);
     let (p_port, m_port, partner) = (free_port(), free_port(), free_port());
@@ -108,8 +113,14 @@ fn pair(tag: &str) -> Pair {
         principal: None,
         _mirror: Served(Command::new("true").spawn().unwrap()),
     };
-    pair.principal = Some(serve(&args(&pair, "principal", p_port)));
-    pair._mirror = serve(&args(&pair, "mirror", m_port));
+    let with_io = |mut a: Vec<String>| {
+        if let Some(io) = io {
+            a.extend(["--io".to_string(), io.to_string()]);
+        }
+        a
+    };
+    pair.principal = Some(serve(&with_io(args(&pair, "principal", p_port))));
+    pair._mirror = serve(&with_io(args(&pair, "mirror", m_port)));
     let mut c = connect(p_port);
     let deadline = Instant::now() + Duration::from_secs(20);
     while info(&mut c, "mirroring_state").as_deref() != Some("synchronized") {
@@ -235,6 +246,77 @@ fn the_commands_behave_as_redis_documents_them() {
     let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
     let mut m = connect(pair.m_port);
     assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut m).unwrap(), 0);
+}
+
+#[test]
+fn several_event_loops_serve_every_connection_in_order() {
+    let pair = pair_io("loops", Some("epoll:3"));
+    let mut admin = connect(pair.p_port);
+    // Nine connections at once, dealt over three loops: each pipelines its
+    // own keys, reads them back, runs a transaction and a WAIT (a helper
+    // thread), and sees only its own replies, in order.
+    std::thread::scope(|s| {
+        for t in 0..9 {
+            let port = pair.p_port;
+            s.spawn(move || {
+                let mut c = connect(port);
+                for round in 0..20 {
+                    let mut pipe = redis::pipe();
+                    for i in 0..50 {
+                        pipe.cmd("SET")
+                            .arg(format!("t{t}:{i}"))
+                            .arg(round * 1000 + i)
+                            .ignore();
+                    }
+                    pipe.cmd("GET").arg(format!("t{t}:49"));
+                    let (last,): (i64,) = pipe.query(&mut c).unwrap();
+                    assert_eq!(last, round * 1000 + 49, "connection {t} round {round}");
+                }
+                let (n,): (i64,) = redis::pipe()
+                    .atomic()
+                    .incr(format!("t{t}:count"), 7)
+                    .query(&mut c)
+                    .unwrap();
+                assert_eq!(n, 7);
+                let w: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut c).unwrap();
+                assert_eq!(w, 1, "connection {t}: the mirror has its writes");
+                let clients: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
+                assert!(clients.contains("connected_clients:"), "{clients}");
+            });
+        }
+    });
+    // Everything written is there, and the mirror (also on three loops)
+    // serves reads of it.
+    let mut m = connect(pair.m_port);
+    for t in 0..9 {
+        assert_eq!(admin.get::<_, i64>(format!("t{t}:0")).unwrap(), 19_000);
+        assert_eq!(admin.get::<_, i64>(format!("t{t}:count")).unwrap(), 7);
+    }
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(n, 1);
+    let _: () = redis::cmd("MIRROR")
+        .arg("LEVEL")
+        .arg("remote-apply")
+        .query(&mut admin)
+        .unwrap();
+    let _: () = admin.set("fence", 1).unwrap();
+    assert_eq!(m.get::<_, i64>("t8:49").unwrap(), 19_049);
+    let size: i64 = redis::cmd("DBSIZE").query(&mut admin).unwrap();
+    assert_eq!(size, 9 * 51 + 1);
+    // The closed connections are gone from the count on every loop.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text: String = redis::cmd("INFO").arg("clients").query(&mut admin).unwrap();
+        if text.contains("connected_clients:1\r") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "clients not released: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

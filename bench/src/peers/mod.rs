@@ -514,6 +514,8 @@ pub fn to_json(r: &PeersRun, cfg: &Config, machine: &Machine) -> Value {
             "warmup_seconds": cfg.warmup,
             "clients": cfg.connections,
             "record_bytes": RECORD_BYTES,
+            "generator_threads": cfg.gen_threads,
+            "server_io": cfg.server_io.to_string(),
         },
         "machine": latency::machine_json(machine, &mirrorlog_engine::transport::uring::probe()),
         "versions": Value::Object(r.versions.clone()),

@@ -1,5 +1,7 @@
 //! The event-loop client server ([`IoMode::Epoll`](super::IoMode)): one
-//! thread serves every connection with epoll.
+//! thread, or a few, serve every connection with epoll. With several loops
+//! the first accepts and deals connections round-robin (a channel and the
+//! receiving loop's eventfd); a connection then stays on its loop.
 //!
 //! Each connection keeps its input, the outcomes of the commands it sent
 //! (in order) and its output. A write's commit in flight is a [`Ticket`]
@@ -22,7 +24,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -159,19 +161,96 @@ struct Loop<'a> {
     done_tx: Sender<(u64, Conn, Reply)>,
     done_rx: Receiver<(u64, Conn, Reply)>,
     chunk: Vec<u8>,
+    /// Connections another loop accepted for this one.
+    inbox: Receiver<TcpStream>,
+    /// The other loops (the accepting loop deals connections round-robin).
+    peers: Vec<(Sender<TcpStream>, Arc<LoopWake>)>,
+    next_peer: usize,
+    /// Set when any loop ends, so the others end too.
+    quit: &'a AtomicBool,
 }
 
-/// Serves clients on `listener` until [`Server::stop`].
-pub(super) fn serve(server: &Arc<Server>, listener: TcpListener) -> io::Result<()> {
+/// Serves clients on `listener` until [`Server::stop`], with `loops` event
+/// loops: the first accepts and deals connections round-robin to all of
+/// them (itself included); each then serves its connections alone.
+pub(super) fn serve(server: &Arc<Server>, listener: TcpListener, loops: usize) -> io::Result<()> {
     listener.set_nonblocking(true)?;
+    let quit = AtomicBool::new(false);
+    let mut peers = Vec::new();
+    let mut others = Vec::new();
+    for _ in 1..loops.max(1) {
+        let (tx, rx) = channel();
+        let wake = Arc::new(LoopWake(Wakeup::new()?));
+        peers.push((tx, wake.clone()));
+        others.push((rx, wake));
+    }
+    std::thread::scope(|s| {
+        let quit = &quit;
+        let mut handles = Vec::new();
+        let mut spawn_error = None;
+        for (i, (rx, wake)) in others.into_iter().enumerate() {
+            let h = std::thread::Builder::new()
+                .name(format!("mirrorlog-loop-{}", i + 1))
+                .spawn_scoped(s, move || {
+                    let r = run_loop(server, None, wake, rx, Vec::new(), quit);
+                    quit.store(true, Ordering::Release);
+                    r
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let r = match spawn_error {
+            Some(e) => Err(e),
+            None => {
+                let (_, inbox) = channel();
+                Wakeup::new().and_then(|w| {
+                    run_loop(
+                        server,
+                        Some(&listener),
+                        Arc::new(LoopWake(w)),
+                        inbox,
+                        peers,
+                        quit,
+                    )
+                })
+            }
+        };
+        quit.store(true, Ordering::Release);
+        let mut first = r;
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("an event loop panicked")));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
+}
+
+fn run_loop(
+    server: &Arc<Server>,
+    listener: Option<&TcpListener>,
+    wake: Arc<LoopWake>,
+    inbox: Receiver<TcpStream>,
+    peers: Vec<(Sender<TcpStream>, Arc<LoopWake>)>,
+    quit: &AtomicBool,
+) -> io::Result<()> {
     let ep = Epoll::new()?;
-    let wake = Arc::new(LoopWake(Wakeup::new()?));
-    ep.ctl(
-        libc::EPOLL_CTL_ADD,
-        listener.as_raw_fd(),
-        libc::EPOLLIN as u32,
-        LISTENER,
-    )?;
+    if let Some(l) = listener {
+        ep.ctl(
+            libc::EPOLL_CTL_ADD,
+            l.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            LISTENER,
+        )?;
+    }
     ep.ctl(libc::EPOLL_CTL_ADD, wake.0.fd(), libc::EPOLLIN as u32, WAKE)?;
     let (done_tx, done_rx) = channel();
     let mut l = Loop {
@@ -185,8 +264,12 @@ pub(super) fn serve(server: &Arc<Server>, listener: TcpListener) -> io::Result<(
         done_tx,
         done_rx,
         chunk: vec![0u8; READ_CHUNK],
+        inbox,
+        peers,
+        next_peer: 0,
+        quit,
     };
-    let r = l.run(&listener);
+    let r = l.run(listener);
     let ids: Vec<u64> = l.clients.keys().copied().collect();
     for id in ids {
         l.close(id);
@@ -195,25 +278,31 @@ pub(super) fn serve(server: &Arc<Server>, listener: TcpListener) -> io::Result<(
 }
 
 impl Loop<'_> {
-    fn run(&mut self, listener: &TcpListener) -> io::Result<()> {
+    fn run(&mut self, listener: Option<&TcpListener>) -> io::Result<()> {
         let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut last_tick = Instant::now();
         loop {
-            if self.server.stop.load(Ordering::Acquire) {
+            if self.server.stop.load(Ordering::Acquire) || self.quit.load(Ordering::Acquire) {
                 return Ok(());
             }
             let n = self.ep.wait(&mut evs, TICK_MS)?;
             for ev in &evs[..n] {
                 let (token, events) = (ev.u64, ev.events);
-                match token {
-                    LISTENER => self.accept(listener)?,
-                    WAKE => self.wake.0.drain(),
-                    id => self.on_event(id, events),
+                match (token, listener) {
+                    (LISTENER, Some(listener)) => self.accept(listener)?,
+                    (LISTENER, None) => {}
+                    (token, _) => match token {
+                        WAKE => self.wake.0.drain(),
+                        id => self.on_event(id, events),
+                    },
                 }
             }
             // Armed before re-checking: a wake-up from here on makes the
             // eventfd readable, so nothing is missed while asleep.
             self.wake.0.arm();
+            while let Ok(stream) = self.inbox.try_recv() {
+                self.add(stream);
+            }
             while let Ok((id, conn, reply)) = self.done_rx.try_recv() {
                 self.back_from_helper(id, conn, reply);
             }
@@ -246,27 +335,47 @@ impl Loop<'_> {
             if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
                 continue;
             }
-            let id = self.next_id;
-            self.next_id += 1;
-            let c = Client {
-                sock: stream,
-                conn: Some(server.new_conn()),
-                buf: Vec::new(),
-                pending: VecDeque::new(),
-                out: Vec::new(),
-                out_pos: 0,
-                blocked: None,
-                closing: false,
-                eof: false,
-                exhausted: true,
-                idle_since: Instant::now(),
-                events: None,
-            };
             server.clients.fetch_add(1, Ordering::AcqRel);
             server.stats.connections.fetch_add(1, Ordering::Relaxed);
-            self.clients.insert(id, c);
-            self.update_interest(id);
+            // Deal it: this loop, then each other loop in turn.
+            let turn = self.next_peer % (self.peers.len() + 1);
+            self.next_peer = self.next_peer.wrapping_add(1);
+            if turn == 0 {
+                self.add(stream);
+                continue;
+            }
+            let (tx, wake) = &self.peers[turn - 1];
+            match tx.send(stream) {
+                Ok(()) => wake.0.signal(),
+                Err(_) => {
+                    // That loop has ended (the server is stopping).
+                    server.clients.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
         }
+    }
+
+    /// Takes on a connection accepted (and counted) for this loop.
+    fn add(&mut self, stream: TcpStream) {
+        let server = self.server;
+        let id = self.next_id;
+        self.next_id += 1;
+        let c = Client {
+            sock: stream,
+            conn: Some(server.new_conn()),
+            buf: Vec::new(),
+            pending: VecDeque::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            blocked: None,
+            closing: false,
+            eof: false,
+            exhausted: true,
+            idle_since: Instant::now(),
+            events: None,
+        };
+        self.clients.insert(id, c);
+        self.update_interest(id);
     }
 
     fn on_event(&mut self, id: u64, events: u32) {
