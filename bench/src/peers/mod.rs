@@ -183,7 +183,7 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
         set["durability"] = json!(postgres::DURABILITY);
         set["primary"] = json!(c.primary.to_string());
         set["standby"] = json!(c.standby.to_string());
-        set["pids"] = json!(c.pids());
+        set["pids"] = json!(c.servers.pids());
         set["dir"] = json!(c.dir.display().to_string());
         settings.insert("postgresql".into(), set);
         Some(c)
@@ -198,7 +198,7 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
         set["durability"] = json!(redis::DURABILITY);
         set["primary"] = json!(r.primary.to_string());
         set["replica"] = json!(r.replica.to_string());
-        set["pids"] = json!(r.pids());
+        set["pids"] = json!(r.servers.pids());
         set["dir"] = json!(r.dir.display().to_string());
         settings.insert("redis".into(), set);
         Some(r)
@@ -249,10 +249,10 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
             crate::check_interrupted()?;
             // Every server still up (one that died would fail every case).
             if let Some(p) = pg.as_mut() {
-                p.check_running()?;
+                p.servers.check_running()?;
             }
             if let Some(r) = rd.as_mut() {
-                r.check_running()?;
+                r.servers.check_running()?;
             }
             let load = Load::Closed { clients };
             let mut c = Case {
@@ -341,10 +341,16 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
                     // A peer that failed says why in its server logs.
                     r.map_err(|e| match target {
                         Target::Pg(_) => {
-                            format!("{e}\n{}", pg.as_ref().expect("started").log_tails(20))
+                            format!(
+                                "{e}\n{}",
+                                pg.as_ref().expect("started").servers.log_tails(20)
+                            )
                         }
                         Target::Redis(_) => {
-                            format!("{e}\n{}", rd.as_ref().expect("started").log_tails(20))
+                            format!(
+                                "{e}\n{}",
+                                rd.as_ref().expect("started").servers.log_tails(20)
+                            )
                         }
                         _ => e,
                     })?

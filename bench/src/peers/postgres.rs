@@ -82,10 +82,9 @@ pub struct PgCluster {
     pub settings: Vec<(String, String)>,
     /// Holds the data directories and the server logs.
     pub dir: PathBuf,
-    // Fields drop in declaration order: the standby stops first, so the
-    // primary's shutdown never waits on a walsender.
-    standby_proc: Spawned,
-    primary_proc: Spawned,
+    /// The two server processes, stopped by PID when this is dropped, the
+    /// standby first (so the primary's shutdown never waits on a walsender).
+    pub servers: procs::Pair,
 }
 
 impl PgCluster {
@@ -169,13 +168,16 @@ impl PgCluster {
             libc::SIGINT,
         )?;
         wait_for_server(&mut standby_proc, standby)?;
+        let mut servers = procs::Pair {
+            secondary: standby_proc,
+            primary: primary_proc,
+        };
         let mut last = String::from("no row for standby1");
         let waited = procs::wait_until(
             START_TIMEOUT,
             "the standby to stream as the synchronous standby",
             || {
-                standby_proc.check_running()?;
-                primary_proc.check_running()?;
+                servers.check_running()?;
                 let rows = conn.query(&format!(
                     "SELECT state, sync_state FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}'"
                 ))?;
@@ -187,13 +189,7 @@ impl PgCluster {
             },
         );
         if let Err(e) = waited {
-            return Err(format!(
-                "{e} ({last})\nprimary log {}:\n{}\nstandby log {}:\n{}",
-                primary_proc.log_path().display(),
-                primary_proc.log_tail(15),
-                standby_proc.log_path().display(),
-                standby_proc.log_tail(15)
-            ));
+            return Err(format!("{e} ({last})\n{}", servers.log_tails(15)));
         }
 
         // An append-only table without an index, as the log of our own
@@ -219,8 +215,8 @@ impl PgCluster {
         }
         log(&format!(
             "postgres: {version} primary {primary} (pid {}), synchronous standby {standby} (pid {}), ready in {:.1} s",
-            primary_proc.pid(),
-            standby_proc.pid(),
+            servers.primary.pid(),
+            servers.secondary.pid(),
             t0.elapsed().as_secs_f64()
         ));
         Ok(PgCluster {
@@ -229,31 +225,8 @@ impl PgCluster {
             version,
             settings,
             dir: root,
-            standby_proc,
-            primary_proc,
+            servers,
         })
-    }
-
-    /// The PIDs of the primary and the standby postmasters.
-    pub fn pids(&self) -> Vec<u32> {
-        vec![self.primary_proc.pid(), self.standby_proc.pid()]
-    }
-
-    /// An error, quoting its log, if either server has exited.
-    pub fn check_running(&mut self) -> Result<(), String> {
-        self.primary_proc.check_running()?;
-        self.standby_proc.check_running()
-    }
-
-    /// The last `lines` lines of both server logs.
-    pub fn log_tails(&self, lines: usize) -> String {
-        format!(
-            "primary log {}:\n{}\nstandby log {}:\n{}",
-            self.primary_proc.log_path().display(),
-            self.primary_proc.log_tail(lines),
-            self.standby_proc.log_path().display(),
-            self.standby_proc.log_tail(lines)
-        )
     }
 }
 
@@ -1199,7 +1172,7 @@ mod tests {
             "{}",
             cluster.version
         );
-        let pids = cluster.pids();
+        let pids = cluster.servers.pids();
         let mut inserted = 0;
         for (i, mode) in PgMode::ALL.into_iter().enumerate() {
             let mut c = client(cluster.primary, mode, 4096, i as u64).expect("client");
@@ -1222,7 +1195,7 @@ mod tests {
                 slowest.as_secs_f64() * 1e3
             );
         }
-        cluster.check_running().expect("both servers run");
+        cluster.servers.check_running().expect("both servers run");
         // The last commits were remote_apply: every earlier row has been
         // replayed on the standby too.
         let mut s = PgConn::connect(cluster.standby, "test").expect("standby");

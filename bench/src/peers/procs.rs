@@ -192,6 +192,43 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// A primary and its standby or replica. Fields drop in declaration
+/// order: the secondary stops first, so the primary's shutdown never waits
+/// on it.
+pub struct Pair {
+    pub secondary: Spawned,
+    pub primary: Spawned,
+}
+
+impl Pair {
+    /// The PIDs, primary first.
+    pub fn pids(&self) -> Vec<u32> {
+        vec![self.primary.pid(), self.secondary.pid()]
+    }
+
+    /// An error, quoting its log, if either server has exited.
+    pub fn check_running(&mut self) -> Result<(), String> {
+        self.primary.check_running()?;
+        self.secondary.check_running()
+    }
+
+    /// The last `lines` lines of both servers' logs, primary first.
+    pub fn log_tails(&self, lines: usize) -> String {
+        [&self.primary, &self.secondary]
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} log {}:\n{}",
+                    p.name(),
+                    p.log_path().display(),
+                    p.log_tail(lines)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// The last `lines` lines of a text file (at most its last 16 KiB).
 pub fn read_tail(path: &Path, lines: usize) -> String {
     let read = || -> std::io::Result<String> {

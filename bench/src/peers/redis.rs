@@ -45,9 +45,9 @@ pub struct RedisPair {
     /// Holds `redis-primary/` and `redis-replica/`, each a server's working
     /// directory with its AOF and its log `redis.log`.
     pub dir: PathBuf,
-    // Fields drop in declaration order: the replica stops first.
-    replica_proc: Spawned,
-    primary_proc: Spawned,
+    /// The two server processes, stopped by PID when this is dropped, the
+    /// replica first.
+    pub servers: procs::Pair,
 }
 
 impl RedisPair {
@@ -68,14 +68,17 @@ impl RedisPair {
         log(&format!("redis: starting the replica on {replica}"));
         let mut replica_proc = spawn_server(&bin, dir, "replica", ports[1], Some(ports[0]))?;
         let mut r = wait_for_server(&mut replica_proc, replica)?;
+        let mut servers = procs::Pair {
+            secondary: replica_proc,
+            primary: primary_proc,
+        };
 
         let mut last = String::new();
         let waited = procs::wait_until(
             START_TIMEOUT,
             "the replica to sync with the primary",
             || {
-                primary_proc.check_running()?;
-                replica_proc.check_running()?;
+                servers.check_running()?;
                 let link = info_field(&mut r, "replication", "master_link_status")?;
                 let slaves = info_field(&mut p, "replication", "connected_slaves")?;
                 // After the initial sync the replica rewrites its AOF from
@@ -94,13 +97,7 @@ impl RedisPair {
             },
         );
         if let Err(e) = waited {
-            return Err(format!(
-                "{e} ({last})\nprimary log {}:\n{}\nreplica log {}:\n{}",
-                primary_proc.log_path().display(),
-                primary_proc.log_tail(15),
-                replica_proc.log_path().display(),
-                replica_proc.log_tail(15)
-            ));
+            return Err(format!("{e} ({last})\n{}", servers.log_tails(15)));
         }
 
         let version = match info_field(&mut p, "server", "redis_version")? {
@@ -122,8 +119,8 @@ impl RedisPair {
         }
         log(&format!(
             "redis: {version} primary {primary} (pid {}), replica {replica} (pid {}), ready in {:.1} s",
-            primary_proc.pid(),
-            replica_proc.pid(),
+            servers.primary.pid(),
+            servers.secondary.pid(),
             t0.elapsed().as_secs_f64()
         ));
         Ok(RedisPair {
@@ -132,31 +129,8 @@ impl RedisPair {
             version,
             settings,
             dir: dir.to_path_buf(),
-            replica_proc,
-            primary_proc,
+            servers,
         })
-    }
-
-    /// The PIDs of the primary and the replica.
-    pub fn pids(&self) -> Vec<u32> {
-        vec![self.primary_proc.pid(), self.replica_proc.pid()]
-    }
-
-    /// An error, quoting its log, if either server has exited.
-    pub fn check_running(&mut self) -> Result<(), String> {
-        self.primary_proc.check_running()?;
-        self.replica_proc.check_running()
-    }
-
-    /// The last `lines` lines of both server logs.
-    pub fn log_tails(&self, lines: usize) -> String {
-        format!(
-            "primary log {}:\n{}\nreplica log {}:\n{}",
-            self.primary_proc.log_path().display(),
-            self.primary_proc.log_tail(lines),
-            self.replica_proc.log_path().display(),
-            self.replica_proc.log_tail(lines)
-        )
     }
 }
 
@@ -507,7 +481,7 @@ mod tests {
         );
         eprintln!("settings: {:?}", pair.settings);
         assert!(pair.version.starts_with("Redis 7"), "{}", pair.version);
-        let pids = pair.pids();
+        let pids = pair.servers.pids();
         let mut last = (Vec::new(), Vec::new());
         for (i, mode) in RedisMode::ALL.into_iter().enumerate() {
             let mut c = client(pair.primary, mode, 4096, i as u64).expect("client");
@@ -527,7 +501,7 @@ mod tests {
             let (k, v) = c.last_write();
             last = (k.to_vec(), v.to_vec());
         }
-        pair.check_running().expect("both servers run");
+        pair.servers.check_running().expect("both servers run");
         // The last writes waited for the replica, so it has processed
         // everything the primary has.
         let mut p = Client::connect(pair.primary, REPLY_TIMEOUT).expect("primary");
