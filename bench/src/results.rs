@@ -181,6 +181,28 @@ fn spread_pct(c: &Case) -> String {
     format!("±{:.0}%", 50.0 * (hi - lo) / med)
 }
 
+/// The numbers both tables show for a case: ops/s, spread, p50, p90, p99,
+/// p99.9, max, p50 over the floor, share of the physical limit.
+fn cells(c: &Case) -> [String; 9] {
+    let h = c.merged();
+    let q = |x: f64| fmt_us(h.value_at_quantile(x));
+    [
+        thousands(c.ops_per_s()),
+        spread_pct(c),
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        fmt_us(h.max()),
+        c.p50_over_floor()
+            .map(|r| format!("{r:.1}x"))
+            .unwrap_or_else(|| "-".into()),
+        c.physical_limit()
+            .map(|l| format!("{:.0}%", 100.0 * c.ops_per_s() / l))
+            .unwrap_or_else(|| "-".into()),
+    ]
+}
+
 /// The terminal table: one line per case.
 pub fn table(cases: &[Case]) -> String {
     let mut o = String::new();
@@ -190,31 +212,15 @@ pub fn table(cases: &[Case]) -> String {
         "case", "load", "ops/s", "spread", "p50", "p90", "p99", "p99.9", "max", "/floor", "limit"
     );
     for c in cases {
-        let h = c.merged();
-        let limit = c
-            .physical_limit()
-            .map(|l| format!("{:.0}%", 100.0 * c.ops_per_s() / l))
-            .unwrap_or_else(|| "-".into());
         let mut load = c.load.describe();
         if c.backlog() > 0 {
             load.push('!');
         }
+        let [ops, spread, p50, p90, p99, p999, max, over, limit] = cells(c);
         let _ = writeln!(
             o,
-            "  {:<50} {:>14} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7}",
+            "  {:<50} {load:>14} {ops:>10} {spread:>6} {p50:>8} {p90:>8} {p99:>8} {p999:>8} {max:>9} {over:>6} {limit:>7}",
             c.label(),
-            load,
-            thousands(c.ops_per_s()),
-            spread_pct(c),
-            fmt_us(h.value_at_quantile(0.5)),
-            fmt_us(h.value_at_quantile(0.9)),
-            fmt_us(h.value_at_quantile(0.99)),
-            fmt_us(h.value_at_quantile(0.999)),
-            fmt_us(h.max()),
-            c.p50_over_floor()
-                .map(|r| format!("{r:.1}x"))
-                .unwrap_or_else(|| "-".into()),
-            limit
         );
     }
     o
@@ -223,34 +229,22 @@ pub fn table(cases: &[Case]) -> String {
 /// The same as a Markdown table.
 pub fn markdown(cases: &[Case]) -> String {
     let mut o = String::from(
-        "| system | mode | op | load | ops/s | spread | p50 µs | p99 µs | p99.9 µs | max µs | p50/floor | of limit |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| system | mode | op | load | ops/s | spread | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | p50/floor | of limit |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for c in cases {
-        let h = c.merged();
+        let pipeline = if c.pipeline > 1 {
+            format!(" x{}", c.pipeline)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {}{pipeline} | {} | {} |",
             c.system,
             c.mode,
             c.op,
-            if c.pipeline > 1 {
-                format!(" x{}", c.pipeline)
-            } else {
-                String::new()
-            },
             c.load.describe(),
-            thousands(c.ops_per_s()),
-            spread_pct(c),
-            fmt_us(h.value_at_quantile(0.5)),
-            fmt_us(h.value_at_quantile(0.99)),
-            fmt_us(h.value_at_quantile(0.999)),
-            fmt_us(h.max()),
-            c.p50_over_floor()
-                .map(|r| format!("{r:.1}x"))
-                .unwrap_or_else(|| "-".into()),
-            c.physical_limit()
-                .map(|l| format!("{:.0}%", 100.0 * c.ops_per_s() / l))
-                .unwrap_or_else(|| "-".into()),
+            cells(c).join(" | "),
         );
     }
     o
@@ -441,6 +435,10 @@ mod tests {
     fn tables_have_a_line_per_case() {
         let cases = vec![case(vec![run(1, 1_000)]), case(vec![run(2, 2_000)])];
         assert_eq!(table(&cases).lines().count(), 3);
-        assert_eq!(markdown(&cases).lines().count(), 4);
+        let md = markdown(&cases);
+        assert_eq!(md.lines().count(), 4);
+        // Every row has as many cells as the header.
+        let bars: Vec<usize> = md.lines().map(|l| l.matches('|').count()).collect();
+        assert!(bars.iter().all(|&n| n == bars[0]), "{md}");
     }
 }
