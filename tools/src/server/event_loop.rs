@@ -274,6 +274,10 @@ fn run_loop(
     for id in ids {
         l.close(id);
     }
+    // Connections dealt to this loop that it never took on were counted.
+    while l.inbox.try_recv().is_ok() {
+        server.clients.fetch_sub(1, Ordering::AcqRel);
+    }
     r
 }
 
