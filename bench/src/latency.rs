@@ -124,9 +124,23 @@ impl Floors {
         })
     }
 
-    pub fn add(&mut self, other: &Floors) -> Result<(), String> {
-        self.fsync.add(&other.fsync).map_err(|e| format!("{e:?}"))?;
-        self.rtt.add(&other.rtt).map_err(|e| format!("{e:?}"))
+    /// How the floors measured after the cases compare with these (the
+    /// ones the cases' floor latencies use): one line, flagging a drift of
+    /// more than a quarter (the disk or the machine changed under the run).
+    pub fn drift_line(&self, after: &Floors) -> String {
+        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+        let f = ratio(after.fsync_p50(), self.fsync_p50());
+        let r = ratio(after.rtt_p50(), self.rtt_p50());
+        let flag = if (0.75..=1.25).contains(&f) && (0.75..=1.25).contains(&r) {
+            ""
+        } else {
+            " (DRIFT: the machine changed during the run; compare with care)"
+        };
+        format!(
+            "floors after the cases: pwrite+fdatasync p50 {} us ({f:.2}x), loopback RTT p50 {} us ({r:.2}x){flag}",
+            fmt_us(after.fsync_p50()),
+            fmt_us(after.rtt_p50()),
+        )
     }
 
     pub fn to_json(&self) -> Value {
@@ -193,7 +207,10 @@ impl Sweep {
 
 pub struct Suite {
     pub started: SystemTime,
+    /// Measured before the cases; every case's floor latency uses these.
     pub floors: Floors,
+    /// Measured again after the cases (drift check).
+    pub floors_after: Floors,
     pub cases: Vec<Case>,
     pub sweeps: Vec<Sweep>,
     pub io_uring: Result<(), String>,
@@ -277,6 +294,15 @@ pub(crate) fn measure(
         }
         .map_err(|e| format!("{label}: {e}"))?;
         case.runs.push(out);
+    }
+    if case.pipeline > 1 {
+        case.extra.insert(
+            "pipelining".into(),
+            json!(format!(
+                "rounds: each client sends {} operations, then waits for all of them; every operation is recorded with its round's latency",
+                case.pipeline
+            )),
+        );
     }
     case.extra.insert(
         "generator".into(),
@@ -562,7 +588,9 @@ fn resp(
             for clients in [1, sweep_clients(cfg)] {
                 let load = Load::Closed { clients };
                 let mut c = template("mirrorlog", mode, "GET", load);
-                c.durability = "read from the principal's applied state".into();
+                c.durability =
+                    "read from the principal's applied state (keys written by the SET cases before)"
+                        .into();
                 c.floor_ns = Some(rtt);
                 let mut make = |_, seed| resp_wire(addr, RespOp::Get, None, 1, seed);
                 out.push(measure(
@@ -600,7 +628,7 @@ pub fn run(cfg: &Config) -> Result<(Suite, Map<String, Value>), String> {
     let t0 = Instant::now();
     let mut progress = Progress::new(count_steps(cfg));
     progress.begin("floors: pwrite+fdatasync 100 B and loopback round trip");
-    let mut floors = Floors::measure(cfg)?;
+    let floors = Floors::measure(cfg)?;
     let mut cases = Vec::new();
     let mut sweeps = Vec::new();
     let mut info = Map::new();
@@ -615,13 +643,13 @@ pub fn run(cfg: &Config) -> Result<(Suite, Map<String, Value>), String> {
         }
     }
     progress.begin("floors again (drift check)");
-    let after = Floors::measure(cfg)?;
-    floors.add(&after)?;
+    let floors_after = Floors::measure(cfg)?;
     progress.finish();
     Ok((
         Suite {
             started,
             floors,
+            floors_after,
             cases,
             sweeps,
             io_uring: mirrorlog_engine::transport::uring::probe(),
@@ -691,12 +719,13 @@ pub fn render(cfg: &Config, s: &Suite, machine: &Machine) -> String {
     );
     let _ = writeln!(
         o,
-        "floors (before+after): pwrite+fdatasync 100 B p50 {} us p99 {} us; loopback RTT p50 {} us p99 {} us",
+        "floors before the cases (the cases' floor latencies use these): pwrite+fdatasync 100 B p50 {} us p99 {} us; loopback RTT p50 {} us p99 {} us",
         fmt_us(s.floors.fsync_p50()),
         fmt_us(s.floors.fsync.value_at_quantile(0.99)),
         fmt_us(s.floors.rtt_p50()),
         fmt_us(s.floors.rtt.value_at_quantile(0.99)),
     );
+    let _ = writeln!(o, "{}", s.floors.drift_line(&s.floors_after));
     let _ = writeln!(
         o,
         "latency in us, client-observed; spread = half the range of ops/s over the runs; /floor = p50 over the floor latency of the mode; limit = ops/s as a share of clients x pipeline / floor latency (floor: fdatasync for a local commit, + RTT per network hop; the engine's msync of a mapped segment can beat pwrite+fdatasync, so local cases can pass 100%)\n"
@@ -783,6 +812,7 @@ pub fn to_json(cfg: &Config, s: &Suite, machine: &Machine, info: &Map<String, Va
         "machine": machine_json(machine, &s.io_uring),
         "info": Value::Object(info.clone()),
         "floors": s.floors.to_json(),
+        "floors_after": s.floors_after.to_json(),
         "cases": s.cases.iter().map(Case::to_json).collect::<Vec<_>>(),
         "sweeps": s.sweeps.iter().map(Sweep::to_json).collect::<Vec<_>>(),
         "targets": targets(s).iter().map(|(p, t)| json!({"pass": p, "target": t})).collect::<Vec<_>>(),

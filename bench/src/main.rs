@@ -50,7 +50,8 @@ SCENARIOS:
                     mirror; safety off, safety full, per-connection
                     remote-apply; SET, and GET). Closed loop at every
                     --connections count and 8 clients pipelining --pipeline
-                    deep; each case --repeat times (median ops/s, spread,
+                    deep (rounds: send N, wait for all N; each operation
+                    counts the round's latency); each case --repeat times (median ops/s, spread,
                     merged histogram). Open-loop sweeps (--sweep fractions of
                     the closed-loop rate at the most clients; latency timed
                     from each operation's intended start, so coordinated

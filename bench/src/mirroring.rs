@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -275,7 +276,10 @@ impl ChildMirror {
             TransportChoice::Blocking => "blocking",
             TransportChoice::Auto => "auto",
         };
+        // Its own process group: a terminal Ctrl-C stops the run between
+        // cases (see peers::procs), and the mirror must outlive that case.
         let mut child = Command::new(exe)
+            .process_group(0)
             .arg("mirror-node")
             .arg("--dir")
             .arg(dir)

@@ -87,6 +87,23 @@ impl Epoll {
             if e.kind() == io::ErrorKind::Interrupted {
                 return Ok(0);
             }
+            if e.raw_os_error() == Some(libc::ENOSYS) {
+                // Before Linux 5.11: millisecond timeouts, rounded up (a
+                // start is then up to 1 ms late, which the generator's own
+                // lateness histogram shows).
+                let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+                // SAFETY: as above, with epoll_wait(2).
+                let n = unsafe { libc::epoll_wait(self.0, evs.as_mut_ptr(), evs.len() as i32, ms) };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    return if e.kind() == io::ErrorKind::Interrupted {
+                        Ok(0)
+                    } else {
+                        Err(e)
+                    };
+                }
+                return Ok(n as usize);
+            }
             return Err(e);
         }
         Ok(n as usize)

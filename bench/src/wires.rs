@@ -6,10 +6,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use mirrorlog::client::Client as RespClient;
-use mirrorlog::resp::{encode_command, parse_reply, Reply};
+use mirrorlog::resp::Reply;
 
 use crate::local_commit::XorShift;
 use crate::multiplex::{Wire, WireConn};
+use crate::peers::postgres::{parse_error_response, MESSAGE_BYTES_MAX};
 
 /// Keys the RESP workloads spread over.
 pub const KEYS: u64 = 100_000;
@@ -24,13 +25,18 @@ pub enum RespOp {
 }
 
 /// SET/GET of random keys with random values, `depth` operations a round.
+/// Requests are written straight into the output buffer and replies are
+/// scanned in place: the generator allocates nothing per operation (it
+/// shares the cores with the system it measures).
 pub struct RespWire {
     op: RespOp,
     depth: usize,
     rng: XorShift,
     value: Vec<u8>,
-    key: Vec<u8>,
 }
+
+/// `key:` and six digits: every key the same length.
+const KEY_BYTES: usize = 10;
 
 impl RespWire {
     pub fn new(op: RespOp, value_bytes: usize, depth: usize, seed: u64) -> RespWire {
@@ -39,7 +45,6 @@ impl RespWire {
             depth,
             rng: XorShift::new(seed),
             value: vec![0u8; value_bytes],
-            key: Vec::with_capacity(16),
         }
     }
 
@@ -50,21 +55,97 @@ impl RespWire {
             1
         }
     }
+
+    fn key(&mut self) -> [u8; KEY_BYTES] {
+        let mut k = *b"key:000000";
+        let mut n = self.rng.next_u64() % KEYS;
+        for d in k[4..].iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        k
+    }
+}
+
+/// `$len\r\n` + bytes + `\r\n`.
+fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+    out.push(b'$');
+    let mut digits = [0u8; 20];
+    let mut n = b.len();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One reply at the start of some input, scanned without building it.
+enum Scanned<'a> {
+    Incomplete,
+    Error(&'a [u8]),
+    Int(i64),
+    Other,
+}
+
+/// The reply at the start of `input` and its length in bytes.
+fn scan(input: &[u8]) -> Result<(Scanned<'_>, usize), String> {
+    let Some(&kind) = input.first() else {
+        return Ok((Scanned::Incomplete, 0));
+    };
+    let Some(eol) = input.windows(2).position(|w| w == b"\r\n") else {
+        return Ok((Scanned::Incomplete, 0));
+    };
+    let text = &input[1..eol];
+    let after = eol + 2;
+    let number = |what: &str| -> Result<i64, String> {
+        std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| format!("bad {what} {:?}", String::from_utf8_lossy(text)))
+    };
+    match kind {
+        b'+' => Ok((Scanned::Other, after)),
+        b'-' => Ok((Scanned::Error(text), after)),
+        b':' => Ok((Scanned::Int(number("integer reply")?), after)),
+        b'$' => {
+            let len = number("bulk length")?;
+            if len < 0 {
+                return Ok((Scanned::Other, after));
+            }
+            let end = after + len as usize + 2;
+            if input.len() < end {
+                return Ok((Scanned::Incomplete, 0));
+            }
+            Ok((Scanned::Other, end))
+        }
+        other => Err(format!("unexpected reply type {:?}", other as char)),
+    }
 }
 
 impl Wire for RespWire {
     fn request(&mut self, out: &mut Vec<u8>) {
         for _ in 0..self.depth {
-            self.key.clear();
-            self.key
-                .extend_from_slice(format!("key:{:06}", self.rng.next_u64() % KEYS).as_bytes());
+            let key = self.key();
             match self.op {
-                RespOp::Get => encode_command(&[b"GET", &self.key], out),
+                RespOp::Get => {
+                    out.extend_from_slice(b"*2\r\n$3\r\nGET\r\n");
+                    bulk(out, &key);
+                }
                 RespOp::Set | RespOp::SetWait => {
                     self.rng.fill(&mut self.value);
-                    encode_command(&[b"SET", &self.key, &self.value], out);
+                    out.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
+                    bulk(out, &key);
+                    bulk(out, &self.value);
                     if self.op == RespOp::SetWait {
-                        encode_command(&[b"WAIT", b"1", b"0"], out);
+                        out.extend_from_slice(b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$1\r\n0\r\n");
                     }
                 }
             }
@@ -75,15 +156,14 @@ impl Wire for RespWire {
         let per = self.replies_per_op();
         let mut at = 0;
         for i in 0..self.depth * per {
-            let Some((r, used)) =
-                parse_reply(&input[at..]).map_err(|e| format!("bad reply: {e}"))?
-            else {
-                return Ok(None);
-            };
+            let (r, used) = scan(&input[at..])?;
             at += used;
             match (self.op, i % per, r) {
-                (_, _, Reply::Error(e)) => return Err(format!("server error: {e}")),
-                (RespOp::SetWait, 1, Reply::Int(n)) if n < 1 => {
+                (_, _, Scanned::Incomplete) => return Ok(None),
+                (_, _, Scanned::Error(e)) => {
+                    return Err(format!("server error: {}", String::from_utf8_lossy(e)))
+                }
+                (RespOp::SetWait, 1, Scanned::Int(n)) if n < 1 => {
                     return Err(format!(
                         "WAIT 1 0 answered {n}: the replica did not acknowledge the write"
                     ))
@@ -139,12 +219,20 @@ impl PgInsertWire {
 impl Wire for PgInsertWire {
     fn request(&mut self, out: &mut Vec<u8>) {
         self.counter += 1;
-        let mut sql = format!("INSERT INTO bench VALUES ('{:020}", self.counter).into_bytes();
-        sql.extend_from_slice(&self.filler);
-        sql.extend_from_slice(b"')\0");
+        const HEAD: &[u8] = b"INSERT INTO bench VALUES ('";
+        let len = 4 + HEAD.len() + 20 + self.filler.len() + 3;
         out.push(b'Q');
-        out.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
-        out.extend_from_slice(&sql);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.extend_from_slice(HEAD);
+        let mut digits = [b'0'; 20];
+        let mut n = self.counter;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.extend_from_slice(&digits);
+        out.extend_from_slice(&self.filler);
+        out.extend_from_slice(b"')\0");
     }
 
     fn response(&mut self, input: &[u8]) -> Result<Option<(usize, u64)>, String> {
@@ -158,7 +246,7 @@ impl Wire for PgInsertWire {
             let len =
                 u32::from_be_bytes([input[at + 1], input[at + 2], input[at + 3], input[at + 4]])
                     as usize;
-            if len < 4 {
+            if !(4..=MESSAGE_BYTES_MAX).contains(&len) {
                 return Err(format!("malformed PostgreSQL message length {len}"));
             }
             if input.len() < at + 1 + len {
@@ -167,7 +255,7 @@ impl Wire for PgInsertWire {
             let body = &input[at + 5..at + 1 + len];
             at += 1 + len;
             match tag {
-                b'E' => error = Some(pg_error_text(body)),
+                b'E' => error = Some(parse_error_response(body)),
                 b'Z' => {
                     return match error {
                         Some(e) => Err(format!("PostgreSQL: {e}")),
@@ -178,19 +266,6 @@ impl Wire for PgInsertWire {
             }
         }
     }
-}
-
-/// The message ('M') and SQLSTATE ('C') fields of an ErrorResponse body.
-pub fn pg_error_text(body: &[u8]) -> String {
-    let (mut msg, mut code) = (String::new(), String::new());
-    for field in body.split(|&b| b == 0) {
-        match field.split_first() {
-            Some((b'M', v)) => msg = String::from_utf8_lossy(v).into_owned(),
-            Some((b'C', v)) => code = String::from_utf8_lossy(v).into_owned(),
-            _ => {}
-        }
-    }
-    format!("{msg} (SQLSTATE {code})")
 }
 
 /// A socket ready for the generator, from an established connection.
@@ -226,6 +301,24 @@ mod tests {
             .unwrap_err()
             .contains("READONLY"));
         assert_eq!(g.response(b"$-1\r\n").unwrap(), Some((5, 1)));
+        assert_eq!(g.response(b"$5\r\nhel").unwrap(), None);
+        assert_eq!(g.response(b"$5\r\nhello\r\n").unwrap(), Some((11, 1)));
+        assert!(g.response(b"*1\r\n").is_err());
+        // The request is well-formed RESP: the server's own parser takes it.
+        let mut out = Vec::new();
+        RespWire::new(RespOp::Set, 100, 3, 9).request(&mut out);
+        let mut at = 0;
+        for _ in 0..3 {
+            let (args, used) = mirrorlog::resp::parse_command(&out[at..], &Default::default())
+                .unwrap()
+                .unwrap();
+            assert_eq!(args.len(), 3);
+            assert_eq!(args[0], b"SET");
+            assert!(args[1].starts_with(b"key:") && args[1].len() == 10);
+            assert_eq!(args[2].len(), 100);
+            at += used;
+        }
+        assert_eq!(at, out.len());
     }
 
     #[test]

@@ -150,7 +150,10 @@ fn selected(cfg: &Config, m: &Mode) -> bool {
 
 pub struct PeersRun {
     pub started: SystemTime,
+    /// Measured before the cases; every case's floor latency uses these.
     pub floors: Floors,
+    /// Measured again after the cases (drift check).
+    pub floors_after: Floors,
     pub cases: Vec<Case>,
     pub versions: Map<String, Value>,
     pub settings: Map<String, Value>,
@@ -242,7 +245,7 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
     };
 
     progress.begin("floors: pwrite+fdatasync 100 B and loopback round trip");
-    let mut floors = Floors::measure(cfg)?;
+    let floors = Floors::measure(cfg)?;
     let mut cases = Vec::new();
     for &clients in &cfg.connections {
         for m in &modes {
@@ -255,15 +258,17 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
                 r.servers.check_running()?;
             }
             let load = Load::Closed { clients };
-            let mut c = Case {
+            let c = Case {
                 system: m.system.into(),
                 mode: m.mode.clone(),
                 durability: m.durability.into(),
                 op: m.op.into(),
                 record_bytes: RECORD_BYTES,
+                // PostgreSQL gets printable text (a text column); the RESP
+                // servers and the engine random bytes.
                 data: match m.target {
-                    Target::Engine(_) => Data::Compressible.name().into(),
-                    _ => "text".into(),
+                    Target::Pg(_) => "text".into(),
+                    _ => Data::Incompressible.name().into(),
                 },
                 pipeline: 1,
                 load,
@@ -271,9 +276,6 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
                 runs: Vec::new(),
                 extra: Map::new(),
             };
-            if matches!(m.target, Target::Mirrorlog(..)) {
-                c.data = Data::Incompressible.name().into();
-            }
             let case = match m.target {
                 Target::Engine(level) => {
                     let gc = engine.as_ref().expect("started").0.group_commit();
@@ -281,7 +283,7 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
                         Ok(latency::engine_client(
                             gc,
                             level,
-                            RecordGen::new(Data::Compressible, RECORD_BYTES, seed),
+                            RecordGen::new(Data::Incompressible, RECORD_BYTES, seed),
                             1,
                         ))
                     };
@@ -360,7 +362,7 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
         }
     }
     progress.begin("floors again (drift check)");
-    floors.add(&Floors::measure(cfg)?)?;
+    let floors_after = Floors::measure(cfg)?;
     progress.finish();
     drop(engine);
     drop((ml_full, ml_off));
@@ -369,6 +371,7 @@ pub fn run(cfg: &Config) -> Result<PeersRun, String> {
     Ok(PeersRun {
         started,
         floors,
+        floors_after,
         cases,
         versions,
         settings,
@@ -453,10 +456,11 @@ fn header(r: &PeersRun, cfg: &Config, machine: &Machine) -> String {
     let _ = writeln!(o, "systems: {}", v.join("; "));
     let _ = writeln!(
         o,
-        "floors (before+after): pwrite+fdatasync 100 B p50 {} us; loopback RTT p50 {} us",
+        "floors before the cases (the cases' floor latencies use these): pwrite+fdatasync 100 B p50 {} us; loopback RTT p50 {} us",
         fmt_us(r.floors.fsync_p50()),
         fmt_us(r.floors.rtt_p50())
     );
+    let _ = writeln!(o, "{}", r.floors.drift_line(&r.floors_after));
     o
 }
 
@@ -527,6 +531,7 @@ pub fn to_json(r: &PeersRun, cfg: &Config, machine: &Machine) -> Value {
         "versions": Value::Object(r.versions.clone()),
         "settings": Value::Object(r.settings.clone()),
         "floors": r.floors.to_json(),
+        "floors_after": r.floors_after.to_json(),
         "cases": r.cases.iter().map(Case::to_json).collect::<Vec<_>>(),
         "targets": targets(r, cfg).iter().map(|(p, t)| json!({"pass": p, "target": t})).collect::<Vec<_>>(),
         "total_seconds": r.total_seconds,

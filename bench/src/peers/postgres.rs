@@ -569,7 +569,7 @@ pub fn quote_text_literal(s: &str) -> Result<String, String> {
 
 /// A message body longer than this is refused (no allocation bombs from a
 /// confused peer). Our largest replies are a few rows of status.
-const MESSAGE_BYTES_MAX: usize = 64 << 20;
+pub(crate) const MESSAGE_BYTES_MAX: usize = 64 << 20;
 
 /// The protocol version in the StartupMessage: 3.0.
 const PROTOCOL_VERSION_3: i32 = 3 << 16;
@@ -872,7 +872,7 @@ fn parse_parameter_status(body: &[u8]) -> Result<(String, String), String> {
 /// ending with a 0 code. Becomes "SEVERITY: message (SQLSTATE code)", plus
 /// the detail and hint when present. Never fails: whatever is malformed is
 /// shown as it is.
-fn parse_error_response(body: &[u8]) -> String {
+pub(crate) fn parse_error_response(body: &[u8]) -> String {
     let (mut severity, mut message, mut code, mut detail, mut hint) =
         (None, None, None, None, None);
     let mut rest = body;

@@ -254,9 +254,21 @@ fn tail_lines(text: &str, lines: usize) -> String {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_interrupt(_signal: libc::c_int) {
-    // Only async-signal-safe work here: an atomic swap and write(2).
-    if !INTERRUPTED.swap(true, Ordering::SeqCst) {
+extern "C" fn on_interrupt(signal: libc::c_int) {
+    // Only async-signal-safe work here: an atomic swap, signal(2), write(2).
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // A second Ctrl-C: the default action from now on, so a third one
+        // ends the run at once (the servers' guards do not run then).
+        // SAFETY: signal(2) is async-signal-safe.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+        let msg = b"\ninterrupted again: press Ctrl-C once more to end at once (servers may be left running)\n";
+        // SAFETY: as below.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+        }
+    } else {
         let msg = b"\ninterrupted: stopping after the current case, then stopping the servers\n";
         // SAFETY: `msg` is a valid buffer of `msg.len()` bytes; write(2) is
         // async-signal-safe. A failed write only loses the message.
