@@ -1,10 +1,11 @@
 //! The durable epoch history: survives reopen, clamps starts at each new
 //! epoch, refuses going back, reports damage with the file named.
 
+mod scratch;
 use mirrorlog_engine::replication::history::{EpochHistory, HistoryError, HISTORY_FILE};
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-history-{tag}-{}", std::process::id()));
+    let d = scratch::path(&format!("history-{tag}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -1,5 +1,6 @@
 //! Group commit: concurrency, commit levels, failures, async waiting.
 
+mod scratch;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
@@ -27,7 +28,7 @@ fn commit_opts() -> CommitOptions {
 }
 
 fn fs_log(tag: &str) -> (Arc<Log>, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("mirrorlog-gc-{tag}-{}", std::process::id()));
+    let dir = scratch::path(&format!("gc-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     let (log, _) = Log::open(&dir, log_opts()).unwrap();
     (Arc::new(log), dir)

@@ -1,6 +1,7 @@
 //! The log on real files: append, read, reopen, rollover, truncation,
 //! deletion, damaged files, poisoning.
 
+mod scratch;
 use mirrorlog_engine::log::segment::{segment_name, SEGMENT_HEADER_BYTES};
 use mirrorlog_engine::log::sim::SimStorage;
 use mirrorlog_engine::log::{
@@ -20,7 +21,7 @@ fn opts() -> LogOptions {
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-test-{tag}-{}", std::process::id()));
+    let d = scratch::path(&format!("test-{tag}"));
     let _ = fs::remove_dir_all(&d);
     d
 }

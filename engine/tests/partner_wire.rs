@@ -1,6 +1,7 @@
 //! Partner wire messages and the handshake: round trips, hostile bytes,
 //! and every way a partner can be wrong.
 
+mod scratch;
 use mirrorlog_engine::replication::handshake::{auth_mac, Handshake, Secret, SecretError, Step};
 use mirrorlog_engine::replication::wire::{
     Hello, Message, RefuseCode, Role, WireError, MESSAGE_BYTES_MAX, PROTOCOL_VERSION,
@@ -370,7 +371,7 @@ fn log_messages_before_authentication_and_reflected_macs_are_refused() {
 #[test]
 fn secret_files_must_be_private_and_long_enough() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("mirrorlog-secret-{}", std::process::id()));
+    let dir = scratch::path("secret");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("secret");
     std::fs::write(&path, "0123456789abcdef0123\n").unwrap();

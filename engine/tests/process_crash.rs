@@ -7,6 +7,7 @@
 //! The child is this test binary itself, re-run with an environment variable
 //! that selects `child_commit_loop` (ignored in normal runs).
 
+mod scratch;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -90,7 +91,7 @@ fn parse_ack(line: &str) -> Option<Ack> {
 
 #[test]
 fn process_crash_keeps_every_acknowledged_commit() {
-    let dir = std::env::temp_dir().join(format!("mirrorlog-proc-crash-{}", std::process::id()));
+    let dir = scratch::path("proc-crash");
     let _ = std::fs::remove_dir_all(&dir);
     let exe = std::env::current_exe().expect("test binary path");
     let mut acks: Vec<Ack> = Vec::new();

@@ -46,7 +46,7 @@ fn lsns<S: Storage>(log: &Log<S>) -> Vec<u64> {
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-review-{tag}-{}", std::process::id()));
+    let d = common::scratch::path(&format!("review-{tag}"));
     let _ = std::fs::remove_dir_all(&d);
     d
 }

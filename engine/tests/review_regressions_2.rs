@@ -292,7 +292,7 @@ fn regression_local_watermark_stays_above_the_log_after_truncate() {
 /// process.
 #[test]
 fn regression_huge_spin_kills_the_appender_and_commits_hang() {
-    let dir = std::env::temp_dir().join(format!("mirrorlog-review2-spin-{}", std::process::id()));
+    let dir = common::scratch::path("review2-spin");
     let _ = std::fs::remove_dir_all(&dir);
     let (log, _) = Log::open(&dir, opts()).unwrap();
     let started = GroupCommit::start(

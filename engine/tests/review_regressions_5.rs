@@ -6,6 +6,7 @@
 //! through the crate's own `BlockingConn`, so they can misbehave in ways a
 //! real partner may (stall, go quiet, be slow to publish).
 
+mod scratch;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +28,7 @@ use mirrorlog_engine::transport::{Conn, TransportChoice};
 // ---------------------------------------------------------------- helpers
 
 fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-rr5-{tag}-{}", std::process::id()));
+    let d = scratch::path(&format!("rr5-{tag}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

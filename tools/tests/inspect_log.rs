@@ -1,5 +1,7 @@
 //! `mirrorlog inspect-log` on real logs: clean, torn tail, damaged, bad usage.
 
+#[path = "../../engine/tests/scratch/mod.rs"]
+mod scratch;
 use std::process::Command;
 
 use mirrorlog_engine::log::segment::{segment_name, SEGMENT_HEADER_BYTES};
@@ -18,7 +20,7 @@ fn mirrorlog(args: &[&str]) -> (i32, String, String) {
 }
 
 fn make_log(tag: &str, n: usize) -> (std::path::PathBuf, Vec<mirrorlog_engine::log::BatchPos>) {
-    let dir = std::env::temp_dir().join(format!("mirrorlog-inspect-{tag}-{}", std::process::id()));
+    let dir = scratch::path(&format!("inspect-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     let (log, _) = Log::open(
         &dir,
@@ -122,8 +124,7 @@ fn bad_usage_exits_two_with_help() {
 
 #[test]
 fn recycled_segment_with_stale_frames_is_clean() {
-    let dir =
-        std::env::temp_dir().join(format!("mirrorlog-inspect-recycled-{}", std::process::id()));
+    let dir = scratch::path("inspect-recycled");
     let _ = std::fs::remove_dir_all(&dir);
     let opts = LogOptions {
         segment_bytes: 16384,

@@ -2,6 +2,8 @@
 //! (Debian's redis-tools; `.ci/run` installs it when it can). Without them
 //! the test says so and passes.
 
+#[path = "../../engine/tests/scratch/mod.rs"]
+mod scratch;
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -46,7 +48,7 @@ fn redis_cli_and_redis_benchmark_work_against_principal_and_mirror() {
         eprintln!("redis-cli/redis-benchmark not installed: smoke test skipped");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("mirrorlog-tools-{}", std::process::id()));
+    let dir = scratch::path("tools");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");

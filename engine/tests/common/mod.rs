@@ -2,6 +2,8 @@
 #![allow(dead_code)] // each test crate uses a different subset
 
 pub mod nodes;
+#[path = "../scratch/mod.rs"]
+pub mod scratch;
 
 use std::io;
 use std::sync::{Arc, Mutex};

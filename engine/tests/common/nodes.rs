@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// A fresh directory under the system temp dir, unique to this process.
 pub fn tempdir(prefix: &str, tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-{prefix}-{tag}-{}", std::process::id()));
+    let d = super::scratch::path(&format!("{prefix}-{tag}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -1,6 +1,9 @@
 //! Helpers shared by the tools' integration tests.
 #![allow(dead_code)] // each test crate uses a different subset
 
+#[path = "../../../engine/tests/scratch/mod.rs"]
+pub mod scratch;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use mirrorlog::resp::Reply;
 
 /// A fresh directory under the system temp dir, unique to this process.
 pub fn tempdir(prefix: &str, tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mirrorlog-{prefix}-{tag}-{}", std::process::id()));
+    let d = scratch::path(&format!("{prefix}-{tag}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
