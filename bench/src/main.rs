@@ -58,9 +58,10 @@ SCENARIOS:
                     omission is corrected, as wrk2 does) for engine
                     remote-flush and RESP safety full and off, with the
                     highest rate holding --p99-target-ms. Floors in the same
-                    run, before and after: pwrite+fdatasync of 100 B and a
-                    loopback round trip; each case shows its ops/s as a share
-                    of clients x pipeline / floor latency. Target: safety
+                    run: pwrite+fdatasync of 100 B and a loopback round trip,
+                    before the cases (each case shows its p50 over its floor
+                    latency and its ops/s as a share of clients x pipeline /
+                    floor latency) and after them (drift check). Target: safety
                     full costs at most 1.5x the safety-off p50 at 1 client.
                     Default run about 7 minutes; --quick about 1.
     peers           mirrorlog next to PostgreSQL 15 (one streaming standby,
