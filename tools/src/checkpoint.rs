@@ -296,5 +296,6 @@ mod tests {
         let b = fs::read(&p).unwrap();
         fs::write(&p, &b[..b.len() - 3]).unwrap();
         assert!(load_newest(&d, |_| {}).is_none());
+        fs::remove_dir_all(&d).unwrap();
     }
 }

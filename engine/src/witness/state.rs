@@ -145,5 +145,6 @@ mod tests {
             WitnessState::load(&d),
             Err(StateError::Damaged { .. })
         ));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
