@@ -17,10 +17,11 @@
 //! A checkpoint that fails its checksum (or is cut short) is reported and
 //! skipped: the previous one is used. The two newest are kept.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+use crate::kv::{Keyspace, Value};
 
 const MAGIC: &[u8; 8] = b"MLKVCKP1";
 const KEEP: usize = 2;
@@ -46,11 +47,7 @@ fn sync_dir(d: &Path) -> std::io::Result<()> {
 
 /// Writes a checkpoint of `map` at `lsn` durably; removes all but the
 /// newest `KEEP`. Returns its path.
-pub fn write(
-    node_dir: &Path,
-    lsn: u64,
-    map: &HashMap<Vec<u8>, Vec<u8>>,
-) -> Result<PathBuf, String> {
+pub fn write(node_dir: &Path, lsn: u64, map: &Keyspace) -> Result<PathBuf, String> {
     let d = dir(node_dir);
     fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     let path = d.join(name(lsn));
@@ -72,7 +69,7 @@ pub fn write(
         put(&mut w, MAGIC)?;
         put(&mut w, &lsn.to_le_bytes())?;
         put(&mut w, &(map.len() as u64).to_le_bytes())?;
-        for (k, v) in map {
+        for (k, v) in map.iter() {
             put(&mut w, &(k.len() as u32).to_le_bytes())?;
             put(&mut w, &(v.len() as u32).to_le_bytes())?;
             put(&mut w, k)?;
@@ -127,11 +124,7 @@ pub fn newest_raw(node_dir: &Path) -> Result<Option<(u64, Vec<u8>)>, String> {
 /// A reseed: checks `bytes` (a checkpoint file from the principal) and
 /// installs them durably as this node's only checkpoint, at `lsn`; older
 /// ones go (the log they went with is being replaced). Returns the map.
-pub fn install_raw(
-    node_dir: &Path,
-    lsn: u64,
-    bytes: &[u8],
-) -> Result<HashMap<Vec<u8>, Vec<u8>>, String> {
+pub fn install_raw(node_dir: &Path, lsn: u64, bytes: &[u8]) -> Result<Keyspace, String> {
     let loaded = decode(bytes).map_err(|e| format!("the snapshot is not a checkpoint: {e}"))?;
     if loaded.lsn != lsn {
         return Err(format!(
@@ -188,7 +181,7 @@ pub fn set_aside_above(node_dir: &Path, lsn: u64) -> Result<(), String> {
 /// A loaded checkpoint.
 pub struct Loaded {
     pub lsn: u64,
-    pub map: HashMap<Vec<u8>, Vec<u8>>,
+    pub map: Keyspace,
 }
 
 fn decode(bytes: &[u8]) -> Result<Loaded, String> {
@@ -203,7 +196,7 @@ fn decode(bytes: &[u8]) -> Result<Loaded, String> {
     let u64_at = |o: usize| u64::from_le_bytes(body[o..o + 8].try_into().expect("8 bytes"));
     let lsn = u64_at(8);
     let count = u64_at(16);
-    let mut map = HashMap::with_capacity((count as usize).min(body.len() / 8));
+    let mut map = Keyspace::new();
     let mut p = 24;
     for _ in 0..count {
         if p + 8 > body.len() {
@@ -215,7 +208,10 @@ fn decode(bytes: &[u8]) -> Result<Loaded, String> {
         if p + kl + vl > body.len() {
             return Err("entries run past the end".into());
         }
-        map.insert(body[p..p + kl].to_vec(), body[p + kl..p + kl + vl].to_vec());
+        map.insert(
+            body[p..p + kl].to_vec(),
+            Value::copy_from_slice(&body[p + kl..p + kl + vl]),
+        );
         p += kl + vl;
     }
     if p != body.len() {
@@ -264,15 +260,15 @@ mod tests {
     #[test]
     fn round_trip_keep_two_and_fall_back_over_damage() {
         let d = tempdir("rt");
-        let mut m = HashMap::new();
+        let mut m = Keyspace::new();
         for i in 0..1000u32 {
             m.insert(
                 format!("k{i}").into_bytes(),
-                vec![i as u8; (i % 50) as usize],
+                Value::from(vec![i as u8; (i % 50) as usize]),
             );
         }
         write(&d, 100, &m).unwrap();
-        m.insert(b"later".to_vec(), b"x".to_vec());
+        m.insert(b"later".to_vec(), Value::from_static(b"x"));
         write(&d, 200, &m).unwrap();
         write(&d, 300, &m).unwrap();
         let mut lsns = list(&d);

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod demo;
 pub mod inspect;
+pub mod keyspace;
 pub mod kv;
 pub mod resp;
 pub mod serve;

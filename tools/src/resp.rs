@@ -193,6 +193,9 @@ pub enum Reply {
     Error(String),
     Int(i64),
     Bulk(Vec<u8>),
+    /// A stored value, encoded as a bulk string: the server's replies
+    /// hold a reference to the store's bytes, not a copy, until encoded.
+    Value(crate::kv::Value),
     Nil,
     Array(Vec<Reply>),
     NilArray,
@@ -270,18 +273,53 @@ impl Reply {
                 out.extend_from_slice(i.to_string().as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
-            Reply::Bulk(b) => {
-                out.push(b'$');
-                out.extend_from_slice(b.len().to_string().as_bytes());
-                out.extend_from_slice(b"\r\n");
-                out.extend_from_slice(b);
-                out.extend_from_slice(b"\r\n");
-            }
+            Reply::Bulk(b) => encode_bulk(b, out),
+            Reply::Value(b) => encode_bulk(b, out),
             Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
             Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
             Reply::Array(_) | Reply::Map(_) => unreachable!("encoded by encode_proto"),
         }
     }
+
+    /// Bytes [`Reply::encode_proto`] would write, computed without
+    /// writing them (so a reply too large for a client's output limit is
+    /// refused before any of it is copied).
+    pub fn encoded_len(&self, proto: u8) -> usize {
+        fn digits(n: usize) -> usize {
+            n.checked_ilog10().map_or(1, |d| d as usize + 1)
+        }
+        match self {
+            Reply::Nil | Reply::NilArray if proto >= 3 => 3,
+            Reply::Nil | Reply::NilArray => 5,
+            Reply::Simple(s) | Reply::Error(s) => 3 + s.len(),
+            Reply::Int(i) => 3 + i.to_string().len(),
+            Reply::Bulk(b) => 5 + digits(b.len()) + b.len(),
+            Reply::Value(b) => 5 + digits(b.len()) + b.len(),
+            Reply::Array(items) => {
+                3 + digits(items.len()) + items.iter().map(|i| i.encoded_len(proto)).sum::<usize>()
+            }
+            Reply::Map(pairs) => {
+                let n = if proto >= 3 {
+                    pairs.len()
+                } else {
+                    pairs.len() * 2
+                };
+                3 + digits(n)
+                    + pairs
+                        .iter()
+                        .map(|(k, v)| k.encoded_len(proto) + v.encoded_len(proto))
+                        .sum::<usize>()
+            }
+        }
+    }
+}
+
+fn encode_bulk(b: &[u8], out: &mut Vec<u8>) {
+    out.push(b'$');
+    out.extend_from_slice(b.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Encodes a command as a client sends it (for our own client: the demo

@@ -25,7 +25,7 @@ use mirrorlog_engine::log::FsStorage;
 use mirrorlog_engine::node::{Mirror, Principal, Status};
 use mirrorlog_engine::replication::session::MirroringState;
 
-use crate::kv::{glob_match, Effect, KvApplier, Shared, Store};
+use crate::kv::{glob_match, Effect, Glob, Keyspace, KvApplier, Shared, Store, Value};
 use crate::resp::{parse_command, Limits, Reply};
 
 mod event_loop;
@@ -1233,7 +1233,7 @@ fn int_arg(b: &[u8]) -> Option<i64> {
 
 /// A read command over the store; None if `name` is not one.
 fn read_cmd(st: &Store, name: &str, args: &[Vec<u8>]) -> Option<Reply> {
-    let get = |k: &[u8]| st.map.get(k).cloned().map_or(Reply::Nil, Reply::Bulk);
+    let get = |k: &[u8]| st.map.get(k).cloned().map_or(Reply::Nil, Reply::Value);
     Some(match name {
         "GET" => get(&args[1]),
         "MGET" => Reply::Array(args[1..].iter().map(|k| get(k)).collect()),
@@ -1241,8 +1241,8 @@ fn read_cmd(st: &Store, name: &str, args: &[Vec<u8>]) -> Option<Reply> {
         "STRLEN" => Reply::Int(st.map.get(&args[1]).map_or(0, |v| v.len()) as i64),
         "DBSIZE" => Reply::Int(st.map.len() as i64),
         "KEYS" => {
-            let mut keys: Vec<&Vec<u8>> =
-                st.map.keys().filter(|k| glob_match(&args[1], k)).collect();
+            let glob = Glob::new(&args[1]);
+            let mut keys: Vec<&Vec<u8>> = st.map.keys().filter(|k| glob.matches(k)).collect();
             keys.sort();
             Reply::Array(keys.into_iter().map(|k| Reply::Bulk(k.clone())).collect())
         }
@@ -1252,38 +1252,38 @@ fn read_cmd(st: &Store, name: &str, args: &[Vec<u8>]) -> Option<Reply> {
     })
 }
 
-/// SCAN cursor [MATCH pattern] [COUNT n]: keys in sorted order; the cursor
-/// is the index of the next key in that order (keys added or removed
-/// meanwhile may be missed or repeated, as Redis allows).
+/// SCAN cursor [MATCH pattern] [COUNT n]: walks the keyspace in its hash
+/// order (see `keyspace`), O(log n + COUNT) per call; every key present
+/// for the whole walk is returned, whatever is written meanwhile.
 fn scan(st: &Store, args: &[Vec<u8>]) -> Reply {
-    let Some(cursor) = int_arg(&args[1]).filter(|c| *c >= 0) else {
+    let Some(cursor) = std::str::from_utf8(&args[1])
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
         return Reply::err("ERR invalid cursor");
     };
-    let mut pattern: Option<&[u8]> = None;
+    let mut pattern: Option<Glob> = None;
     let mut count = 10usize;
     let mut i = 2;
     while i < args.len() {
         let opt = String::from_utf8_lossy(&args[i]).to_ascii_uppercase();
         match (opt.as_str(), args.get(i + 1)) {
-            ("MATCH", Some(p)) => pattern = Some(p),
+            ("MATCH", Some(p)) => pattern = Some(Glob::new(p)),
             ("COUNT", Some(c)) => match int_arg(c) {
                 Some(c) if c >= 1 => count = c as usize,
-                _ => return Reply::err("ERR value is not an integer or out of range"),
+                Some(_) => return Reply::err("ERR syntax error"),
+                None => return Reply::err("ERR value is not an integer or out of range"),
             },
             _ => return Reply::err("ERR syntax error"),
         }
         i += 2;
     }
-    let mut keys: Vec<&Vec<u8>> = st.map.keys().collect();
-    keys.sort();
-    let start = (cursor as usize).min(keys.len());
-    let end = (start + count).min(keys.len());
-    let page = keys[start..end]
-        .iter()
-        .filter(|k| pattern.is_none_or(|p| glob_match(p, k)))
-        .map(|k| Reply::Bulk((*k).clone()))
-        .collect();
-    let next = if end >= keys.len() { 0 } else { end };
+    let mut page = Vec::new();
+    let next = st.map.scan(cursor, count, |k, _| {
+        if pattern.as_ref().is_none_or(|p| p.matches(k)) {
+            page.push(Reply::Bulk(k.to_vec()));
+        }
+    });
     Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(page)])
 }
 
@@ -1297,9 +1297,9 @@ struct Journal {
 
 enum Undo {
     /// The key's value before (None: absent).
-    Key(Vec<u8>, Option<Vec<u8>>),
+    Key(Vec<u8>, Option<Value>),
     /// The whole map before a FLUSHALL.
-    All(std::collections::HashMap<Vec<u8>, Vec<u8>>),
+    All(Keyspace),
 }
 
 impl Journal {
@@ -1352,10 +1352,13 @@ fn write_cmd(st: &mut Store, name: &str, args: &[Vec<u8>], journal: &mut Journal
             let old = st.map.get(&args[1]).cloned();
             let ok = !(nx && old.is_some() || xx && old.is_none());
             if ok {
-                put(st, Effect::Set(args[1].clone(), args[2].clone()));
+                put(
+                    st,
+                    Effect::Set(args[1].clone(), Value::from(args[2].clone())),
+                );
             }
             match (get, ok) {
-                (true, _) => old.map_or(Reply::Nil, Reply::Bulk),
+                (true, _) => old.map_or(Reply::Nil, Reply::Value),
                 (false, true) => Reply::ok(),
                 (false, false) => Reply::Nil,
             }
@@ -1364,21 +1367,27 @@ fn write_cmd(st: &mut Store, name: &str, args: &[Vec<u8>], journal: &mut Journal
             if st.map.contains_key(&args[1]) {
                 Reply::Int(0)
             } else {
-                put(st, Effect::Set(args[1].clone(), args[2].clone()));
+                put(
+                    st,
+                    Effect::Set(args[1].clone(), Value::from(args[2].clone())),
+                );
                 Reply::Int(1)
             }
         }
         "GETSET" => {
             let old = st.map.get(&args[1]).cloned();
-            put(st, Effect::Set(args[1].clone(), args[2].clone()));
-            old.map_or(Reply::Nil, Reply::Bulk)
+            put(
+                st,
+                Effect::Set(args[1].clone(), Value::from(args[2].clone())),
+            );
+            old.map_or(Reply::Nil, Reply::Value)
         }
         "MSET" => {
             if args.len().is_multiple_of(2) {
                 return Reply::err("ERR wrong number of arguments for 'mset' command");
             }
             for kv in args[1..].chunks(2) {
-                put(st, Effect::Set(kv[0].clone(), kv[1].clone()));
+                put(st, Effect::Set(kv[0].clone(), Value::from(kv[1].clone())));
             }
             Reply::ok()
         }
@@ -1395,7 +1404,7 @@ fn write_cmd(st: &mut Store, name: &str, args: &[Vec<u8>], journal: &mut Journal
         "GETDEL" => match st.map.get(&args[1]).cloned() {
             Some(v) => {
                 put(st, Effect::Del(args[1].clone()));
-                Reply::Bulk(v)
+                Reply::Value(v)
             }
             None => Reply::Nil,
         },
@@ -1421,15 +1430,17 @@ fn write_cmd(st: &mut Store, name: &str, args: &[Vec<u8>], journal: &mut Journal
             };
             put(
                 st,
-                Effect::Set(args[1].clone(), next.to_string().into_bytes()),
+                Effect::Set(args[1].clone(), Value::from(next.to_string())),
             );
             Reply::Int(next)
         }
         "APPEND" => {
-            let mut v = st.map.get(&args[1]).cloned().unwrap_or_default();
+            let old = st.map.get(&args[1]).map_or(&[][..], |v| &v[..]);
+            let mut v = Vec::with_capacity(old.len() + args[2].len());
+            v.extend_from_slice(old);
             v.extend_from_slice(&args[2]);
             let n = v.len();
-            put(st, Effect::Set(args[1].clone(), v));
+            put(st, Effect::Set(args[1].clone(), Value::from(v)));
             Reply::Int(n as i64)
         }
         "FLUSHALL" | "FLUSHDB" => {
