@@ -153,6 +153,8 @@ pub(crate) fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair
         retention_max_bytes: None,
         log_level: "info".into(),
         limits: mirrorlog::resp::Limits::default(),
+        output: mirrorlog::server::OutputLimits::default(),
+        command_timeout: None,
     };
     let quiet = Logger::new(|_| {});
     let p = serve::start_with_io(&base(true, "principal"), cfg.server_io, quiet.clone())?;

@@ -11,12 +11,19 @@ use std::fmt;
 /// Bounds on what one client may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest bulk string (Redis: proto-max-bulk-len, 512 MB).
+    /// Largest bulk string (Redis: proto-max-bulk-len).
     pub max_bulk: usize,
     /// Most arguments in one command.
     pub max_args: usize,
     /// Longest inline command line.
     pub max_inline: usize,
+    /// Most bytes of arguments in one command, all told: the server sets
+    /// it to the largest write its log can commit, so a write that could
+    /// never commit is refused at its length header, not after it arrived.
+    pub max_command: usize,
+    /// The client has not authenticated: errors are worded as Redis words
+    /// its pre-AUTH limits (see [`Limits::unauthenticated`]).
+    pub unauthenticated: bool,
 }
 
 impl Default for Limits {
@@ -25,6 +32,22 @@ impl Default for Limits {
             max_bulk: 512 << 20,
             max_args: 1 << 20,
             max_inline: 64 << 10,
+            max_command: usize::MAX,
+            unauthenticated: false,
+        }
+    }
+}
+
+impl Limits {
+    /// What a client that has not yet authenticated may send (Redis's own
+    /// pre-AUTH bounds: at most 10 arguments, bulks of at most 16 KiB).
+    pub fn unauthenticated(&self) -> Limits {
+        Limits {
+            max_bulk: self.max_bulk.min(16 << 10),
+            max_args: self.max_args.min(10),
+            max_inline: self.max_inline.min(16 << 10),
+            max_command: self.max_command.min(64 << 10),
+            unauthenticated: true,
         }
     }
 }
@@ -62,78 +85,172 @@ fn parse_int(b: &[u8]) -> Option<i64> {
 /// One parsed command: its arguments and the bytes it took.
 pub type Parsed = (Vec<Vec<u8>>, usize);
 
-/// Parses the next command in `buf`. `Ok(None)`: incomplete, read more.
-/// An empty inline line parses as a command of no arguments (ignored by
-/// the caller, as Redis does).
-pub fn parse_command(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, ProtocolError> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    if buf[0] != b'*' {
-        return parse_inline(buf, limits);
-    }
-    let Some(end) = line_end(buf, 1) else {
-        if buf.len() > 32 {
-            return err("invalid multibulk length");
-        }
-        return Ok(None);
-    };
-    let n = match parse_int(&buf[1..end]) {
-        Some(n) if n <= limits.max_args as i64 => n,
-        Some(_) => return err("invalid multibulk length"),
-        None => return err("invalid multibulk length"),
-    };
-    let mut pos = end + 2;
-    if n <= 0 {
-        return Ok(Some((Vec::new(), pos)));
-    }
-    // The count is bounded by max_args; still, reserve only what arrived.
-    let mut args = Vec::with_capacity((n as usize).min(1024));
-    for _ in 0..n {
-        if pos >= buf.len() {
-            return Ok(None);
-        }
-        if buf[pos] != b'$' {
-            return err(format!(
-                "expected '$', got '{}'",
-                char::from(buf[pos]).escape_default()
-            ));
-        }
-        let Some(end) = line_end(buf, pos + 1) else {
-            if buf.len() - pos > 32 {
-                return err("invalid bulk length");
-            }
-            return Ok(None);
-        };
-        let len = match parse_int(&buf[pos + 1..end]) {
-            Some(l) if l >= 0 && l as u64 <= limits.max_bulk as u64 => l as usize,
-            _ => return err("invalid bulk length"),
-        };
-        let start = end + 2;
-        if buf.len() < start + len + 2 {
-            return Ok(None);
-        }
-        if &buf[start + len..start + len + 2] != b"\r\n" {
-            return err("bulk string not terminated by CRLF");
-        }
-        args.push(buf[start..start + len].to_vec());
-        pos = start + len + 2;
-    }
-    Ok(Some((args, pos)))
+/// Longest header line (`*N` or `$N`) before it is an error.
+const HEADER_MAX: usize = 32;
+
+/// An incremental command parser, one per connection: what it has taken
+/// of a partial command stays taken, so each byte a client sends is looked
+/// at a bounded number of times however slowly the command arrives (a
+/// command of a million one-byte arguments costs linear time, not a
+/// re-parse from its start on each read).
+#[derive(Debug, Default)]
+pub struct Parser {
+    /// A multibulk command in progress: arguments expected, those taken.
+    multi: Option<(usize, Vec<Vec<u8>>)>,
+    /// Argument bytes announced so far in this command (for max_command).
+    announced: usize,
+    /// An inline command in progress: bytes already searched for `\n`.
+    inline_scanned: usize,
 }
 
-fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, ProtocolError> {
-    let nl = buf.iter().position(|&b| b == b'\n');
-    let Some(nl) = nl else {
-        if buf.len() > limits.max_inline {
+impl Parser {
+    /// Whether no command is in progress (nothing of one taken).
+    pub fn idle(&self) -> bool {
+        self.multi.is_none() && self.inline_scanned == 0
+    }
+
+    /// Parses on from `buf`, which starts where the last call's taken
+    /// bytes ended. Returns the bytes taken (the caller drops them from its
+    /// buffer) and the command, once complete. An empty inline line is a
+    /// command of no arguments (ignored by the caller, as Redis does).
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<(usize, Option<Vec<Vec<u8>>>), ProtocolError> {
+        if self.multi.is_none() {
+            if buf.is_empty() {
+                return Ok((0, None));
+            }
+            if buf[0] != b'*' {
+                return self.inline(buf, limits);
+            }
+            let Some(end) = line_end(buf, 1) else {
+                if buf.len() > HEADER_MAX {
+                    return err("invalid multibulk length");
+                }
+                return Ok((0, None));
+            };
+            let n = match parse_int(&buf[1..end]) {
+                Some(n) if n <= limits.max_args as i64 => n,
+                Some(_) if limits.unauthenticated => {
+                    return err("unauthenticated multibulk length")
+                }
+                _ => return err("invalid multibulk length"),
+            };
+            if n <= 0 {
+                return Ok((end + 2, Some(Vec::new())));
+            }
+            // The count is bounded by max_args; still, reserve only what
+            // may have arrived.
+            self.multi = Some((n as usize, Vec::with_capacity((n as usize).min(1024))));
+            self.announced = 0;
+            let (used, cmd) = self.bulks(&buf[end + 2..], limits)?;
+            return Ok((end + 2 + used, cmd));
+        }
+        self.bulks(buf, limits)
+    }
+
+    fn bulks(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<(usize, Option<Vec<Vec<u8>>>), ProtocolError> {
+        let (n, args) = self.multi.as_mut().expect("in a multibulk");
+        let mut pos = 0;
+        while args.len() < *n {
+            if pos >= buf.len() {
+                return Ok((pos, None));
+            }
+            if buf[pos] != b'$' {
+                return err(format!(
+                    "expected '$', got '{}'",
+                    char::from(buf[pos]).escape_default()
+                ));
+            }
+            let Some(end) = line_end(buf, pos + 1) else {
+                if buf.len() - pos > HEADER_MAX {
+                    return err("invalid bulk length");
+                }
+                return Ok((pos, None));
+            };
+            let len = match parse_int(&buf[pos + 1..end]) {
+                Some(l) if l >= 0 && l as u64 <= limits.max_bulk as u64 => l as usize,
+                Some(l) if l >= 0 && limits.unauthenticated => {
+                    return err("unauthenticated bulk length")
+                }
+                _ => return err("invalid bulk length"),
+            };
+            // Checked once per argument, at its header: a command whose
+            // arguments outgrow what can be committed is refused before
+            // its bytes are taken in.
+            let announced = self.announced + len;
+            if announced > limits.max_command {
+                return err(format!(
+                    "command of at least {announced} bytes exceeds the largest this server accepts ({} bytes: the largest write its log can commit)",
+                    limits.max_command
+                ));
+            }
+            let start = end + 2;
+            if buf.len() < start + len + 2 {
+                // Header and payload are taken together; wait for both
+                // (the header is re-read once per read until then: at
+                // most HEADER_MAX bytes).
+                return Ok((pos, None));
+            }
+            if &buf[start + len..start + len + 2] != b"\r\n" {
+                return err("bulk string not terminated by CRLF");
+            }
+            self.announced = announced;
+            args.push(buf[start..start + len].to_vec());
+            pos = start + len + 2;
+        }
+        let (_, args) = self.multi.take().expect("in a multibulk");
+        self.announced = 0;
+        Ok((pos, Some(args)))
+    }
+
+    fn inline(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<(usize, Option<Vec<Vec<u8>>>), ProtocolError> {
+        let from = self.inline_scanned.min(buf.len());
+        let Some(nl) = buf[from..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| from + i)
+        else {
+            if buf.len() > limits.max_inline {
+                return err("too big inline request");
+            }
+            self.inline_scanned = buf.len();
+            return Ok((0, None));
+        };
+        self.inline_scanned = 0;
+        if nl > limits.max_inline {
             return err("too big inline request");
         }
-        return Ok(None);
-    };
-    if nl > limits.max_inline {
-        return err("too big inline request");
+        let args = split_inline(&buf[..nl], limits)?;
+        Ok((nl + 1, Some(args)))
     }
-    let line = &buf[..nl];
+}
+
+/// Parses the next command in `buf` from scratch. `Ok(None)`: incomplete,
+/// read more. (Servers keep a [`Parser`] per connection instead.)
+pub fn parse_command(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, ProtocolError> {
+    let mut p = Parser::default();
+    let mut used = 0;
+    loop {
+        match p.parse(&buf[used..], limits)? {
+            (n, Some(args)) => return Ok(Some((args, used + n))),
+            (0, None) => return Ok(None),
+            (n, None) => used += n,
+        }
+    }
+}
+
+fn split_inline(line: &[u8], limits: &Limits) -> Result<Vec<Vec<u8>>, ProtocolError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut args = Vec::new();
     let mut i = 0;
@@ -181,7 +298,7 @@ fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, ProtocolE
             return err("invalid multibulk length");
         }
     }
-    Ok(Some((args, nl + 1)))
+    Ok(args)
 }
 
 /// A reply.
@@ -456,6 +573,7 @@ mod tests {
             max_bulk: 1024,
             max_args: 16,
             max_inline: 64,
+            ..Limits::default()
         };
         let p = |b: &[u8]| parse_command(b, &limits);
         assert!(p(b"*17\r\n").is_err(), "too many args");
@@ -470,6 +588,99 @@ mod tests {
         assert!(
             p(b"*123456789012345678901234567890123").is_err(),
             "endless header"
+        );
+    }
+
+    /// A command fed to one [`Parser`] in pieces of every size gives the
+    /// same commands as parsing it whole, and what the parser takes is
+    /// never given back (each byte is taken once).
+    #[test]
+    fn incremental_parsing_matches_whole_parsing() {
+        let mut stream = Vec::new();
+        encode_command(&[b"SET", b"k", b"value"], &mut stream);
+        stream.extend_from_slice(b"PING\r\n");
+        encode_command(&[b"MGET", b"a", b"", b"ccc"], &mut stream);
+        stream.extend_from_slice(b"GET 'a b'\r\n");
+        let mut want = Vec::new();
+        let mut at = 0;
+        while let Some((args, n)) = parse(&stream[at..]).unwrap() {
+            want.push(args);
+            at += n;
+        }
+        assert_eq!(at, stream.len());
+        for piece in 1..=stream.len() {
+            let mut p = Parser::default();
+            let (mut buf, mut got, mut taken) = (Vec::new(), Vec::new(), 0);
+            for chunk in stream.chunks(piece) {
+                buf.extend_from_slice(chunk);
+                loop {
+                    let (n, cmd) = p.parse(&buf, &Limits::default()).unwrap();
+                    buf.drain(..n);
+                    taken += n;
+                    match cmd {
+                        Some(c) => got.push(c),
+                        None => break,
+                    }
+                }
+            }
+            assert_eq!(got, want, "pieces of {piece}");
+            assert_eq!(taken, stream.len());
+            assert!(p.idle() && buf.is_empty());
+        }
+    }
+
+    /// A million one-byte arguments trickled in small pieces: the parser
+    /// keeps what it took, so the buffer it is handed stays small (the old
+    /// parser re-read the whole command from its start on every read).
+    #[test]
+    fn a_huge_command_in_small_pieces_is_taken_as_it_arrives() {
+        let n = 1_000_000;
+        let mut p = Parser::default();
+        let mut buf = format!("*{n}\r\n").into_bytes();
+        let mut got = None;
+        let mut largest_buffer = 0;
+        for i in 0..n {
+            buf.extend_from_slice(b"$1\r\na\r\n");
+            if i % 13 == 12 || i == n - 1 {
+                largest_buffer = largest_buffer.max(buf.len());
+                let (used, cmd) = p.parse(&buf, &Limits::default()).unwrap();
+                buf.drain(..used);
+                if cmd.is_some() {
+                    got = cmd;
+                }
+            }
+        }
+        assert_eq!(got.map(|c| c.len()), Some(n));
+        assert!(
+            largest_buffer < 200,
+            "buffer reached {largest_buffer} bytes"
+        );
+    }
+
+    #[test]
+    fn unauthenticated_and_command_size_limits() {
+        let pre = Limits::default().unauthenticated();
+        let e = parse_command(b"*11\r\n", &pre).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Protocol error: unauthenticated multibulk length"
+        );
+        let e = parse_command(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n", &pre).unwrap_err();
+        assert_eq!(e.to_string(), "Protocol error: unauthenticated bulk length");
+        assert!(parse_command(b"*2\r\n$4\r\nAUTH\r\n$16384\r\n", &pre)
+            .unwrap()
+            .is_none());
+        let small = Limits {
+            max_command: 100,
+            ..Limits::default()
+        };
+        // Refused at the header of the argument that crosses the bound.
+        let e = parse_command(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$97\r\n", &small).unwrap_err();
+        assert!(e.to_string().contains("exceeds the largest"), "{e}");
+        assert!(
+            parse_command(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$96\r\n", &small)
+                .unwrap()
+                .is_none()
         );
     }
 

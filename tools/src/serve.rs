@@ -65,10 +65,24 @@ mirrorlog serve --config FILE [OPTIONS]
                               first deals connections round-robin), or one
                               thread each (default epoll)
     --max-bulk-bytes N        largest value or argument a client may send
-                              (default 512 MiB, as Redis)
+                              (default and most: the largest write the log can
+                              commit, 4 MiB, or a quarter of --segment-bytes if
+                              less; a command whose arguments exceed that is
+                              refused at the length header that crosses it)
     --max-args N              most arguments in one command (default 1048576)
     --max-inline-bytes N      longest inline (telnet-style) command (default 64 KiB)
     --idle-timeout-secs N     close idle clients (default: never)
+    --command-timeout-secs N  close a client that takes longer than N seconds to
+                              send one command (slowloris; default 60, 0: none)
+    --output-limit-hard-bytes N   close a client whose unsent replies would
+                              exceed N bytes (default 64 MiB)
+    --output-limit-soft-bytes N   ... or stay above N bytes (default 16 MiB)
+    --output-limit-soft-secs N    ... for N seconds (default 60)
+                              Before AUTH (with --password) a client may send at
+                              most 10 arguments of at most 16 KiB each, and each
+                              source address gets at most 10 failed AUTH answers
+                              a second (a burst of 20); beyond, the connection
+                              is closed.
     --segment-bytes N         size of new log segment files (default 64 MiB;
                               a multiple of 4096 from 8 KiB to 4 GiB)
     --log-level L             error, warn, info (default) or debug; RUST_LOG,
@@ -107,6 +121,8 @@ pub struct ServeOptions {
     pub retention_max_bytes: Option<u64>,
     pub log_level: String,
     pub limits: crate::resp::Limits,
+    pub output: crate::server::OutputLimits,
+    pub command_timeout: Option<Duration>,
 }
 
 fn resolve(flag: &str, v: &str) -> Result<SocketAddr, String> {
@@ -286,6 +302,8 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
     let mut retention_max_bytes = None;
     let mut log_level = "info".to_string();
     let mut limits = crate::resp::Limits::default();
+    let mut output = crate::server::OutputLimits::default();
+    let mut command_timeout = Some(Duration::from_secs(60));
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -362,6 +380,31 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
                     _ => limits.max_inline = n,
                 }
             }
+            "--output-limit-hard-bytes" | "--output-limit-soft-bytes" => {
+                let v = value()?;
+                let n: usize = v.parse().ok().filter(|&n| n >= 1024).ok_or_else(|| {
+                    format!("{flag} {v:?}: expected a byte count of at least 1024")
+                })?;
+                if flag == "--output-limit-hard-bytes" {
+                    output.hard = n;
+                } else {
+                    output.soft = n;
+                }
+            }
+            "--output-limit-soft-secs" => {
+                let v = value()?;
+                output.soft_time =
+                    Duration::from_secs(v.parse().map_err(|_| {
+                        format!("--output-limit-soft-secs {v:?}: expected seconds")
+                    })?);
+            }
+            "--command-timeout-secs" => {
+                let v = value()?;
+                let n: u64 = v.parse().map_err(|_| {
+                    format!("--command-timeout-secs {v:?}: expected seconds (0: none)")
+                })?;
+                command_timeout = (n > 0).then(|| Duration::from_secs(n));
+            }
             "--log-level" => {
                 let v = value()?;
                 if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
@@ -396,6 +439,18 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
         }
     }
     let principal = role.ok_or("--role is required (principal or mirror)")?;
+    if output.soft > output.hard {
+        return Err(format!(
+            "--output-limit-soft-bytes {} is above --output-limit-hard-bytes {}",
+            output.soft, output.hard
+        ));
+    }
+    // The largest write the log can commit (group commit's batch bound:
+    // 4 MiB, or a quarter of a segment if that is less): no command may
+    // carry more, and no bulk be larger.
+    let segment = segment_bytes.unwrap_or(mirrorlog_engine::log::segment::SEGMENT_BYTES_DEFAULT);
+    limits.max_command = (4usize << 20).min(segment / 4);
+    limits.max_bulk = limits.max_bulk.min(limits.max_command);
     if witness.is_some() && peer.is_none() {
         return Err(
             "--witness needs --peer ADDR:PORT (the other partner's partner address)".into(),
@@ -436,6 +491,8 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
         retention_max_bytes,
         log_level,
         limits,
+        output,
+        command_timeout,
     };
     Ok((o, io))
 }
@@ -783,7 +840,12 @@ pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Run
         node_dir: Some(o.dir.clone()),
         limits: o.limits,
         retention_max_bytes: o.retention_max_bytes,
+        output: o.output,
+        command_timeout: o.command_timeout,
     };
+    if let Err(e) = crate::server::raise_fd_limit(o.max_clients) {
+        tracing::warn!("{e}");
+    }
     Ok(Running {
         server: Server::new(node, spec.store.clone(), opts),
         client_addr,

@@ -14,6 +14,7 @@
 //! in Redis.) On the mirror the applier builds the same store from the log,
 //! never beyond the commit LSN; writes are refused with `-READONLY`.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -26,7 +27,7 @@ use mirrorlog_engine::node::{Mirror, Principal, Status};
 use mirrorlog_engine::replication::session::MirroringState;
 
 use crate::kv::{glob_match, Effect, Glob, Keyspace, KvApplier, Shared, Store, Value};
-use crate::resp::{parse_command, Limits, Reply};
+use crate::resp::{Limits, Parser, Reply};
 
 mod event_loop;
 
@@ -54,6 +55,43 @@ pub enum IoMode {
     /// flight.
     Threads,
 }
+
+/// How long accepting pauses when the process is out of descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Unsent output beyond which a connection's replies wait to be encoded
+/// (and its further commands to be read).
+pub(crate) const OUT_HIGH: usize = 1 << 20;
+
+/// Client output buffer limits (Redis's client-output-buffer-limit for
+/// normal clients): a client whose unsent replies would exceed `hard`
+/// bytes, or stay above `soft` bytes for `soft_time`, is closed. Replies
+/// are encoded only while less than 1 MiB is unsent, so a client's output
+/// memory is bounded by 1 MiB plus its largest reply, and a reply larger
+/// than `hard` closes it before any of it is copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputLimits {
+    pub hard: usize,
+    pub soft: usize,
+    pub soft_time: Duration,
+}
+
+impl Default for OutputLimits {
+    fn default() -> OutputLimits {
+        OutputLimits {
+            hard: 64 << 20,
+            soft: 16 << 20,
+            soft_time: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Failed AUTH attempts answered per second per source address (a burst
+/// of `AUTH_FAIL_BURST`); beyond that, a wrong guess closes the connection
+/// unanswered.
+const AUTH_FAIL_RATE: f64 = 10.0;
+const AUTH_FAIL_BURST: f64 = 20.0;
+/// Source addresses the AUTH limiter remembers (oldest forgotten first).
+const AUTH_SOURCES_MAX: usize = 4096;
 
 /// Most event loops `--io epoll:N` takes.
 pub const EVENT_LOOPS_MAX: usize = 64;
@@ -112,6 +150,11 @@ pub struct ServerOptions {
     /// mirror is reseeded from a checkpoint when it returns (None: keep
     /// whatever the mirror needs).
     pub retention_max_bytes: Option<u64>,
+    /// Client output buffer limits.
+    pub output: OutputLimits,
+    /// Longest time a client may take to send one command, from its first
+    /// byte (or the end of the one before) to its last (None: no bound).
+    pub command_timeout: Option<Duration>,
 }
 
 impl Default for ServerOptions {
@@ -125,6 +168,8 @@ impl Default for ServerOptions {
             principal_hint: None,
             node_dir: None,
             retention_max_bytes: None,
+            output: OutputLimits::default(),
+            command_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -145,6 +190,13 @@ pub struct Server {
     broken: Mutex<Option<String>>,
     stats: Stats,
     started: Instant,
+    /// A descriptor kept free, so that a process out of descriptors can
+    /// still accept the newest connection to refuse it.
+    spare_fd: Mutex<Option<std::fs::File>>,
+    /// Rate-limited WARN lines (accept errors, output limits).
+    warned: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    /// Failed AUTH token buckets per source address.
+    auth_fails: Mutex<HashMap<std::net::IpAddr, (f64, Instant)>>,
 }
 
 #[derive(Default)]
@@ -152,6 +204,11 @@ struct Stats {
     connections: AtomicU64,
     commands: AtomicU64,
     rejected: AtomicU64,
+    accept_errors: AtomicU64,
+    output_limit_closed: AtomicU64,
+    command_timeouts: AtomicU64,
+    auth_failures: AtomicU64,
+    auth_rate_limited: AtomicU64,
 }
 
 /// A command's outcome: a reply now, or one once a commit is acknowledged.
@@ -175,7 +232,131 @@ impl Server {
             broken: Mutex::new(None),
             stats: Stats::default(),
             started: Instant::now(),
+            spare_fd: Mutex::new(std::fs::File::open("/dev/null").ok()),
+            warned: Mutex::new(HashMap::new()),
+            auth_fails: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The request limits for a connection: Redis's smaller pre-AUTH
+    /// bounds until it has authenticated.
+    fn limits_for(&self, conn: &Conn) -> Limits {
+        if conn.authed {
+            self.opts.limits
+        } else {
+            self.opts.limits.unauthenticated()
+        }
+    }
+
+    /// A WARN line at most every 10 s per `what`, with how many were
+    /// suppressed since the last.
+    fn warn_limited(&self, what: &'static str, line: impl FnOnce() -> String) {
+        let mut w = self.warned.lock().expect("warned");
+        let now = Instant::now();
+        let e = w
+            .entry(what)
+            .or_insert((now - Duration::from_secs(3600), 0));
+        if now.duration_since(e.0) >= Duration::from_secs(10) {
+            let suppressed = std::mem::take(&mut e.1);
+            e.0 = now;
+            let more = if suppressed > 0 {
+                format!(" ({suppressed} more like it suppressed)")
+            } else {
+                String::new()
+            };
+            tracing::warn!("{}{more}", line());
+        } else {
+            e.1 += 1;
+        }
+    }
+
+    /// An accept error (the listener stays open, serving goes on). Out of
+    /// descriptors: the spare one is let go to accept the newest
+    /// connection and refuse it with an error, and the caller pauses
+    /// accepting for a moment (true).
+    fn accept_failed(&self, listener: &TcpListener, e: &std::io::Error) -> bool {
+        self.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+        let out_of_fds = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if !out_of_fds {
+            // ECONNABORTED and the like: that connection is gone.
+            return false;
+        }
+        self.warn_limited("accept", || {
+            format!("accepting a client failed: {e}; refusing new clients until descriptors free up (connected: {}, raise `ulimit -n` or lower --max-clients)", self.clients.load(Ordering::Relaxed))
+        });
+        let mut spare = self.spare_fd.lock().expect("spare");
+        spare.take();
+        if let Ok((mut s, _)) = listener.accept() {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            let _ = s.set_nonblocking(true);
+            let _ = s.write(b"-ERR max number of clients reached (out of file descriptors)\r\n");
+        }
+        *spare = std::fs::File::open("/dev/null").ok();
+        true
+    }
+
+    fn output_limit_reached(&self, bytes: usize, which: &str) {
+        self.stats
+            .output_limit_closed
+            .fetch_add(1, Ordering::Relaxed);
+        let o = self.opts.output;
+        self.warn_limited("output", || {
+            format!("closed a client for overcoming its {which} output buffer limit ({bytes} bytes unsent; hard {}, soft {} for {} s)", o.hard, o.soft, o.soft_time.as_secs())
+        });
+    }
+
+    fn command_timed_out(&self) {
+        self.stats.command_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.warn_limited("command-timeout", || {
+            format!(
+                "closed a client that took over {} s to send one command",
+                self.opts.command_timeout.map_or(0, |t| t.as_secs())
+            )
+        });
+    }
+
+    /// Whether a failed AUTH from `peer` may still be answered: a token
+    /// bucket per source address (AUTH_FAIL_RATE per second). A guess
+    /// beyond it closes the connection unanswered, so guessing is bounded
+    /// however many connections a source opens.
+    fn auth_failure_allowed(&self, peer: Option<std::net::IpAddr>) -> bool {
+        self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+        let Some(ip) = peer else {
+            return true;
+        };
+        let mut m = self.auth_fails.lock().expect("auth limiter");
+        let now = Instant::now();
+        if m.len() >= AUTH_SOURCES_MAX && !m.contains_key(&ip) {
+            // Forget the sources whose buckets are full again; if none,
+            // the oldest.
+            m.retain(|_, (t, at)| {
+                *t + now.duration_since(*at).as_secs_f64() * AUTH_FAIL_RATE < AUTH_FAIL_BURST
+            });
+            if m.len() >= AUTH_SOURCES_MAX {
+                if let Some(k) = m.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k) {
+                    m.remove(&k);
+                }
+            }
+        }
+        let (tokens, at) = m.entry(ip).or_insert((AUTH_FAIL_BURST, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * AUTH_FAIL_RATE).min(AUTH_FAIL_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            self.stats.auth_rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.warn_limited("auth", || {
+                format!(
+                    "too many failed AUTH attempts from {ip}; closing its connections unanswered"
+                )
+            });
+            false
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -248,7 +429,13 @@ impl Server {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Never the end of serving (see event_loop's accept).
+                    if self.accept_failed(&listener, &e) {
+                        std::thread::sleep(ACCEPT_PAUSE);
+                    }
+                    continue;
+                }
             };
             if self.clients.load(Ordering::Acquire) >= self.opts.max_clients {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -278,15 +465,28 @@ impl Server {
         s.set_nonblocking(false)?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let mut conn = self.new_conn();
+        // A client that reads nothing blocks this thread's writes; for no
+        // longer than the soft output limit's time.
+        s.set_write_timeout(Some(self.opts.output.soft_time.max(Duration::from_secs(1))))?;
+        let mut conn = self.new_conn(s.peer_addr().ok().map(|a| a.ip()));
         let cap = self.query_cap();
+        let mut parser = Parser::default();
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 64 << 10];
         let mut out = Vec::new();
         let mut idle_since = Instant::now();
+        let mut cmd_since: Option<Instant> = None;
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return Ok(());
+            }
+            if let (Some(t), Some(since)) = (self.opts.command_timeout, cmd_since) {
+                if since.elapsed() >= t {
+                    self.command_timed_out();
+                    let _ = s
+                        .write_all(b"-ERR Protocol error: the command took too long to arrive\r\n");
+                    return Ok(());
+                }
             }
             let n = match s.read(&mut chunk) {
                 Ok(0) => return Ok(()),
@@ -297,10 +497,11 @@ impl Server {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    if self
-                        .opts
-                        .idle_timeout
-                        .is_some_and(|t| idle_since.elapsed() >= t)
+                    if cmd_since.is_none()
+                        && self
+                            .opts
+                            .idle_timeout
+                            .is_some_and(|t| idle_since.elapsed() >= t)
                     {
                         return Ok(());
                     }
@@ -313,10 +514,13 @@ impl Server {
             let mut used = 0;
             let mut outcomes = Vec::new();
             let mut quit = false;
+            out.clear();
             loop {
-                match parse_command(&buf[used..], &self.opts.limits) {
-                    Ok(Some((args, n))) => {
+                let limits = self.limits_for(&conn);
+                match parser.parse(&buf[used..], &limits) {
+                    Ok((n, Some(args))) => {
                         used += n;
+                        cmd_since = None;
                         if args.is_empty() {
                             continue;
                         }
@@ -337,8 +541,22 @@ impl Server {
                             }
                         }
                         outcomes.push(self.command(&mut conn, &args));
+                        if conn.close {
+                            quit = true;
+                            break;
+                        }
+                        // Replies go out as they accumulate: what waits
+                        // unsent stays under 1 MiB plus one reply.
+                        if outcomes.len() >= 64 || out.len() >= OUT_HIGH {
+                            if !self.send_outcomes(&mut s, &mut outcomes, &mut out, &mut conn)? {
+                                return Ok(());
+                            }
+                        }
                     }
-                    Ok(None) => break,
+                    Ok((n, None)) => {
+                        used += n;
+                        break;
+                    }
                     Err(e) => {
                         outcomes.push(Outcome::Now(Reply::err(format!("ERR {e}"))));
                         quit = true;
@@ -347,26 +565,51 @@ impl Server {
                 }
             }
             buf.drain(..used);
+            if cmd_since.is_none() && (!buf.is_empty() || !parser.idle()) {
+                cmd_since = Some(Instant::now());
+            }
             if buf.len() > cap {
                 outcomes.push(Outcome::Now(Reply::err(
                     "ERR Protocol error: client query buffer exceeds the limit",
                 )));
                 quit = true;
             }
-            out.clear();
-            for o in outcomes {
-                self.resolve(o, &mut conn)
-                    .encode_proto(&mut out, conn.proto);
-            }
-            s.write_all(&out)?;
-            if quit {
+            if !self.send_outcomes(&mut s, &mut outcomes, &mut out, &mut conn)? || quit {
                 return Ok(());
             }
         }
     }
 
+    /// Resolves and sends `outcomes` in order through `out`, written
+    /// whenever it reaches 1 MiB; false if a reply beyond the hard output
+    /// limit closed the connection.
+    fn send_outcomes(
+        &self,
+        s: &mut TcpStream,
+        outcomes: &mut Vec<Outcome>,
+        out: &mut Vec<u8>,
+        conn: &mut Conn,
+    ) -> std::io::Result<bool> {
+        for o in outcomes.drain(..) {
+            let r = self.resolve(o, conn);
+            let len = r.encoded_len(conn.proto);
+            if out.len() + len > self.opts.output.hard {
+                self.output_limit_reached(out.len() + len, "hard");
+                return Ok(false);
+            }
+            r.encode_proto(out, conn.proto);
+            if out.len() >= OUT_HIGH {
+                s.write_all(out)?;
+                out.clear();
+            }
+        }
+        s.write_all(out)?;
+        out.clear();
+        Ok(true)
+    }
+
     /// A new connection's state.
-    fn new_conn(&self) -> Conn {
+    fn new_conn(&self, peer: Option<std::net::IpAddr>) -> Conn {
         Conn {
             level: None,
             authed: self.opts.password.is_none(),
@@ -376,6 +619,8 @@ impl Server {
             multi_bytes: 0,
             last_write_end: 0,
             name: None,
+            peer,
+            close: false,
         }
     }
 
@@ -520,7 +765,7 @@ impl Server {
                         conn.authed = true;
                         now(Reply::ok())
                     }
-                    Some(_) => now(Reply::err("WRONGPASS invalid username-password pair or user is disabled.")),
+                    Some(_) => now(self.wrong_pass(conn)),
                 }
             }
             "HELLO" => now(self.hello(conn, args)),
@@ -660,11 +905,7 @@ impl Server {
                 ("AUTH", Some(_user), Some(pass)) => {
                     match &self.opts.password {
                         Some(p) if same_secret(p.as_bytes(), pass) => conn.authed = true,
-                        Some(_) => {
-                            return Reply::err(
-                                "WRONGPASS invalid username-password pair or user is disabled.",
-                            )
-                        }
+                        Some(_) => return self.wrong_pass(conn),
                         None => conn.authed = true,
                     }
                     i += 3;
@@ -692,6 +933,18 @@ impl Server {
             (Reply::bulk("role"), Reply::bulk(self.redis_role())),
             (Reply::bulk("modules"), Reply::Array(Vec::new())),
         ])
+    }
+
+    /// The reply to a wrong password, rate-limited per source address.
+    fn wrong_pass(&self, conn: &mut Conn) -> Reply {
+        if self.auth_failure_allowed(conn.peer) {
+            Reply::err("WRONGPASS invalid username-password pair or user is disabled.")
+        } else {
+            conn.close = true;
+            Reply::err(
+                "ERR too many failed AUTH attempts from this address; closing the connection",
+            )
+        }
     }
 
     fn redis_role(&self) -> &'static str {
@@ -1085,6 +1338,10 @@ struct Conn {
     /// End LSN of this connection's last acknowledged write (for WAIT).
     last_write_end: u64,
     name: Option<Vec<u8>>,
+    /// The client's address (the AUTH limiter's key).
+    peer: Option<std::net::IpAddr>,
+    /// Close the connection once this reply is out (too many failed AUTH).
+    close: bool,
 }
 
 /// Whether a command waits for a role change in progress to end.
@@ -1133,6 +1390,38 @@ fn arity(name: &str) -> Option<i32> {
         "CLIENT" | "MIRROR" | "CONFIG" => -2,
         _ => return None,
     })
+}
+
+/// Raises the soft limit on open descriptors towards the hard limit, to
+/// what `max_clients` needs (as Redis does at start); returns the soft
+/// limit in force and, when it is short of that, says so.
+pub fn raise_fd_limit(max_clients: usize) -> Result<u64, String> {
+    let want = max_clients as u64 + 128;
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit struct for the call to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    if r.rlim_cur < want {
+        let raised = libc::rlimit {
+            rlim_cur: want.min(r.rlim_max),
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: as above; lowering nothing, at most up to the hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            r.rlim_cur = raised.rlim_cur;
+        }
+    }
+    if r.rlim_cur < want {
+        return Err(format!(
+            "the open-file limit is {} (hard limit {}), below the {want} that --max-clients {max_clients} needs; beyond it new clients are refused (raise `ulimit -n` or lower --max-clients)",
+            r.rlim_cur, r.rlim_max
+        ));
+    }
+    Ok(r.rlim_cur)
 }
 
 /// Compares a password in time that does not depend on where it differs

@@ -11,6 +11,7 @@ fn limits() -> Limits {
         max_bulk: 4096,
         max_args: 64,
         max_inline: 1024,
+        ..Limits::default()
     }
 }
 

@@ -696,6 +696,11 @@ fn log_the_mirror_still_needs_is_not_deleted_by_a_checkpoint() {
 /// group commit after its effects had reached the store, and the server
 /// then refused every later command ("restart it"): one large SET took the
 /// database down. Refused commits now take their effects back.
+///
+/// Since issue 13 a command whose arguments alone exceed the batch limit is
+/// refused at its length header (the connection is closed: its body is
+/// never read); a write whose *effects* outgrow a batch (APPEND to a large
+/// value, a transaction) still reaches group commit and is taken back.
 #[test]
 fn regression_a_write_larger_than_a_batch_is_refused_and_changes_nothing() {
     let pair = pair("toolarge");
@@ -703,17 +708,27 @@ fn regression_a_write_larger_than_a_batch_is_refused_and_changes_nothing() {
     let _: () = c.set("k", "small").unwrap();
     let huge = vec![b'x'; 5 << 20];
     let e = c.set::<_, _, ()>("k", &huge[..]).unwrap_err();
+    assert!(
+        e.to_string().contains("largest write its log can commit"),
+        "{e}"
+    );
+    let mut c = connect(pair.p_port);
+    assert_eq!(c.get::<_, String>("k").unwrap(), "small");
+    // Effects beyond the batch: 3 MiB appended to 3 MiB.
+    let three = vec![b'y'; 3 << 20];
+    let _: () = c.set("big", &three[..]).unwrap();
+    let e = c.append::<_, _, i64>("big", &three[..]).unwrap_err();
     assert!(e.to_string().contains("batch limit"), "{e}");
     assert_eq!(
-        c.get::<_, String>("k").unwrap(),
-        "small",
+        c.strlen::<_, usize>("big").unwrap(),
+        3 << 20,
         "the refused write stayed in the store"
     );
     // The same inside a transaction: all or nothing.
     let r: RedisResult<()> = redis::pipe()
         .atomic()
         .set("a", "1")
-        .set("k", &huge[..])
+        .append("big", &three[..])
         .query(&mut c);
     assert!(r.is_err());
     assert_eq!(c.get::<_, Option<String>>("a").unwrap(), None);

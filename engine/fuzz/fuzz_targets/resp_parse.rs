@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
         max_bulk: 1 << 16,
         max_args: 256,
         max_inline: 4096,
+        ..Limits::default()
     };
     let mut rest = data;
     // Parse a pipeline of commands until the bytes run out or are refused.

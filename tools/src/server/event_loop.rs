@@ -33,15 +33,14 @@ use std::time::{Duration, Instant};
 use mirrorlog_engine::wake::Wakeup;
 
 use super::{Conn, Outcome, Server};
-use crate::resp::{parse_command, Reply};
+use crate::resp::{Parser, Reply};
 
 const LISTENER: u64 = 0;
 const WAKE: u64 = 1;
 /// Longest sleep in `epoll_wait`: how soon a stop or an idle timeout is
 /// noticed.
 const TICK_MS: i32 = 100;
-/// Unsent output beyond which a connection's further commands wait.
-const OUT_HIGH: usize = 1 << 20;
+use super::OUT_HIGH;
 /// Unresolved replies beyond which a connection's further commands wait.
 const PENDING_MAX: usize = 1024;
 /// Bytes read from one connection per readiness event (fairness).
@@ -108,6 +107,11 @@ struct Client {
     /// None while a helper thread runs a command for this connection.
     conn: Option<Conn>,
     buf: Vec<u8>,
+    /// Takes commands from `buf` as they arrive (keeps a partial one).
+    parser: Parser,
+    /// Since when the command now arriving has been arriving (None:
+    /// between commands): bounded by `command_timeout`.
+    cmd_since: Option<Instant>,
     /// Outcomes not yet encoded, in order, with the protocol to encode in.
     pending: VecDeque<(Outcome, u8)>,
     out: Vec<u8>,
@@ -121,6 +125,8 @@ struct Client {
     /// The last parse found no complete command left in `buf`.
     exhausted: bool,
     idle_since: Instant,
+    /// Since when unsent output has been above the soft limit.
+    soft_since: Option<Instant>,
     /// Events registered in epoll (None: not registered).
     events: Option<u32>,
 }
@@ -168,6 +174,8 @@ struct Loop<'a> {
     next_peer: usize,
     /// Set when any loop ends, so the others end too.
     quit: &'a AtomicBool,
+    /// Accepting is paused until then (out of descriptors).
+    accept_paused: Option<Instant>,
 }
 
 /// Serves clients on `listener` until [`Server::stop`], with `loops` event
@@ -268,6 +276,7 @@ fn run_loop(
         peers,
         next_peer: 0,
         quit,
+        accept_paused: None,
     };
     let r = l.run(listener);
     let ids: Vec<u64> = l.clients.keys().copied().collect();
@@ -293,7 +302,7 @@ impl Loop<'_> {
             for ev in &evs[..n] {
                 let (token, events) = (ev.u64, ev.events);
                 match (token, listener) {
-                    (LISTENER, Some(listener)) => self.accept(listener)?,
+                    (LISTENER, Some(listener)) => self.accept(listener),
                     (LISTENER, None) => {}
                     (token, _) => match token {
                         WAKE => self.wake.0.drain(),
@@ -318,16 +327,41 @@ impl Loop<'_> {
                 last_tick = Instant::now();
                 self.close_idle();
             }
+            if let (Some(until), Some(l)) = (self.accept_paused, listener) {
+                if Instant::now() >= until {
+                    self.accept_paused = None;
+                    self.ep.ctl(
+                        libc::EPOLL_CTL_ADD,
+                        l.as_raw_fd(),
+                        libc::EPOLLIN as u32,
+                        LISTENER,
+                    )?;
+                }
+            }
         }
     }
 
-    fn accept(&mut self, listener: &TcpListener) -> io::Result<()> {
+    /// Accepts what is waiting. An accept error never ends serving: out
+    /// of descriptors, the newest connection is refused with an error
+    /// (through the spare descriptor) and accepting pauses briefly (the
+    /// listener leaves the epoll set, or level-triggered readiness would
+    /// spin); other errors are a connection gone before it was taken.
+    fn accept(&mut self, listener: &TcpListener) {
         loop {
             let (stream, _) = match listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if self.server.accept_failed(listener, &e) {
+                        let _ = self
+                            .ep
+                            .ctl(libc::EPOLL_CTL_DEL, listener.as_raw_fd(), 0, LISTENER);
+                        self.accept_paused = Some(Instant::now() + super::ACCEPT_PAUSE);
+                        return;
+                    }
+                    continue;
+                }
             };
             let server = self.server;
             if server.clients.load(Ordering::Acquire) >= server.opts.max_clients {
@@ -364,10 +398,13 @@ impl Loop<'_> {
         let server = self.server;
         let id = self.next_id;
         self.next_id += 1;
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
         let c = Client {
             sock: stream,
-            conn: Some(server.new_conn()),
+            conn: Some(server.new_conn(peer)),
             buf: Vec::new(),
+            parser: Parser::default(),
+            cmd_since: None,
             pending: VecDeque::new(),
             out: Vec::new(),
             out_pos: 0,
@@ -376,6 +413,7 @@ impl Loop<'_> {
             eof: false,
             exhausted: true,
             idle_since: Instant::now(),
+            soft_since: None,
             events: None,
         };
         self.clients.insert(id, c);
@@ -428,8 +466,14 @@ impl Loop<'_> {
                 self.waiting.remove(&id);
                 return;
             };
-            // Resolve what is ready, in order.
+            // Resolve what is ready, in order; encode no further while
+            // much is unsent (what waits is references to stored values,
+            // not copies), and never beyond the hard output limit.
+            let mut over = None;
             while let Some((o, _)) = c.pending.front_mut() {
+                if c.out.len() - c.out_pos >= OUT_HIGH {
+                    break;
+                }
                 let result = match o {
                     Outcome::Now(_) => None,
                     Outcome::After(ticket, _) => match Pin::new(ticket).poll(&mut cx) {
@@ -446,7 +490,17 @@ impl Loop<'_> {
                     }
                     (Outcome::After(..), None) => unreachable!("polled ready"),
                 };
+                let len = reply.encoded_len(proto);
+                if c.unsent() + len > server.opts.output.hard {
+                    over = Some(c.unsent() + len);
+                    break;
+                }
                 reply.encode_proto(&mut c.out, proto);
+            }
+            if let Some(bytes) = over {
+                server.output_limit_reached(bytes, "hard");
+                self.close(id);
+                return;
             }
             if !c.pending.is_empty() || c.conn.is_none() {
                 break;
@@ -481,6 +535,11 @@ impl Loop<'_> {
             self.close(id);
             return;
         }
+        if c.unsent() > server.opts.output.soft {
+            c.soft_since.get_or_insert_with(Instant::now);
+        } else {
+            c.soft_since = None;
+        }
         let done = c.pending.is_empty()
             && c.conn.is_some()
             && c.blocked.is_none()
@@ -504,7 +563,6 @@ impl Loop<'_> {
         let server = self.server;
         let c = self.clients.get_mut(&id).expect("caller checked");
         let conn = c.conn.as_mut().expect("caller checked");
-        let limits = &server.opts.limits;
         let mut used = 0;
         let mut progressed = false;
         while !c.closing
@@ -512,10 +570,12 @@ impl Loop<'_> {
             && c.out.len() - c.out_pos < OUT_HIGH
             && c.pending.len() < PENDING_MAX
         {
-            match parse_command(&c.buf[used..], limits) {
-                Ok(Some((args, n))) => {
+            let limits = server.limits_for(conn);
+            match c.parser.parse(&c.buf[used..], &limits) {
+                Ok((n, Some(args))) => {
                     used += n;
                     progressed = true;
+                    c.cmd_since = None;
                     if args.is_empty() {
                         continue;
                     }
@@ -530,14 +590,21 @@ impl Loop<'_> {
                         break;
                     }
                     match server.command_opt(conn, &args, false) {
-                        Some(o) => c.pending.push_back((o, conn.proto)),
+                        Some(o) => {
+                            c.pending.push_back((o, conn.proto));
+                            if conn.close {
+                                c.closing = true;
+                                break;
+                            }
+                        }
                         None => {
                             c.blocked = Some(args);
                             break;
                         }
                     }
                 }
-                Ok(None) => {
+                Ok((n, None)) => {
+                    used += n;
                     c.exhausted = true;
                     break;
                 }
@@ -551,6 +618,9 @@ impl Loop<'_> {
             }
         }
         c.buf.drain(..used);
+        if c.cmd_since.is_none() && (!c.buf.is_empty() || !c.parser.idle()) {
+            c.cmd_since = Some(Instant::now());
+        }
         if c.exhausted && !c.closing && c.buf.len() > server.query_cap() {
             c.pending.push_back((
                 Outcome::Now(Reply::err(
@@ -595,22 +665,53 @@ impl Loop<'_> {
         self.drive(id);
     }
 
+    /// Closes the connections idle beyond the idle timeout, those that
+    /// took longer than the command timeout to send one command
+    /// (slowloris), and those whose output stayed above the soft limit
+    /// for its time (a client that does not read its replies).
     fn close_idle(&mut self) {
-        let Some(t) = self.server.opts.idle_timeout else {
-            return;
-        };
-        let idle: Vec<u64> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| {
-                c.conn.is_some()
-                    && c.pending.is_empty()
+        let opts = &self.server.opts;
+        let mut slow = Vec::new();
+        let mut soft = Vec::new();
+        let mut idle = Vec::new();
+        for (&id, c) in &self.clients {
+            if c.conn.is_none() {
+                continue;
+            }
+            if opts
+                .command_timeout
+                .is_some_and(|t| c.cmd_since.is_some_and(|s| s.elapsed() >= t))
+            {
+                slow.push(id);
+            } else if c
+                .soft_since
+                .is_some_and(|s| s.elapsed() >= opts.output.soft_time)
+            {
+                soft.push(id);
+            } else if opts.idle_timeout.is_some_and(|t| {
+                c.pending.is_empty()
                     && c.blocked.is_none()
                     && c.unsent() == 0
+                    && c.cmd_since.is_none()
                     && c.idle_since.elapsed() >= t
-            })
-            .map(|(id, _)| *id)
-            .collect();
+            }) {
+                idle.push(id);
+            }
+        }
+        for id in slow {
+            if let Some(c) = self.clients.get_mut(&id) {
+                let _ = c
+                    .sock
+                    .write(b"-ERR Protocol error: the command took too long to arrive\r\n");
+            }
+            self.server.command_timed_out();
+            self.close(id);
+        }
+        for id in soft {
+            let unsent = self.clients.get(&id).map_or(0, |c| c.unsent());
+            self.server.output_limit_reached(unsent, "soft");
+            self.close(id);
+        }
         for id in idle {
             self.close(id);
         }
