@@ -85,6 +85,9 @@ fn parse_int(b: &[u8]) -> Option<i64> {
 /// One parsed command: its arguments and the bytes it took.
 pub type Parsed = (Vec<Vec<u8>>, usize);
 
+/// Redis's proto-max-bulk-len: longer is never a valid bulk.
+const PROTO_MAX_BULK: usize = 512 << 20;
+
 /// Longest header line (`*N` or `$N`) before it is an error.
 const HEADER_MAX: usize = 32;
 
@@ -175,21 +178,25 @@ impl Parser {
                 return Ok((pos, None));
             };
             let len = match parse_int(&buf[pos + 1..end]) {
-                Some(l) if l >= 0 && l as u64 <= limits.max_bulk as u64 => l as usize,
-                Some(l) if l >= 0 && limits.unauthenticated => {
-                    return err("unauthenticated bulk length")
-                }
+                Some(l) if l >= 0 && l <= PROTO_MAX_BULK as i64 => l as usize,
                 _ => return err("invalid bulk length"),
             };
             // Checked once per argument, at its header: a command whose
             // arguments outgrow what can be committed is refused before
             // its bytes are taken in.
             let announced = self.announced + len;
-            if announced > limits.max_command {
+            if announced > limits.max_command && !limits.unauthenticated {
                 return err(format!(
                     "command of at least {announced} bytes exceeds the largest this server accepts ({} bytes: the largest write its log can commit)",
                     limits.max_command
                 ));
+            }
+            if len > limits.max_bulk || announced > limits.max_command {
+                return err(if limits.unauthenticated {
+                    "unauthenticated bulk length"
+                } else {
+                    "invalid bulk length"
+                });
             }
             let start = end + 2;
             if buf.len() < start + len + 2 {

@@ -708,20 +708,24 @@ fn regression_a_write_larger_than_a_batch_is_refused_and_changes_nothing() {
     let _: () = c.set("k", "small").unwrap();
     let huge = vec![b'x'; 5 << 20];
     let e = c.set::<_, _, ()>("k", &huge[..]).unwrap_err();
+    // The error line, or a reset: the server closes with the rest of the
+    // body unread, and the kernel may reset before the client reads it.
+    let e = e.to_string();
     assert!(
-        e.to_string().contains("largest write its log can commit"),
+        e.contains("largest write its log can commit") || e.contains("reset"),
         "{e}"
     );
     let mut c = connect(pair.p_port);
     assert_eq!(c.get::<_, String>("k").unwrap(), "small");
-    // Effects beyond the batch: 3 MiB appended to 3 MiB.
-    let three = vec![b'y'; 3 << 20];
+    // Effects beyond the batch (16 KiB with these 64 KiB segments): 10 KiB
+    // appended to 10 KiB.
+    let three = vec![b'y'; 10 << 10];
     let _: () = c.set("big", &three[..]).unwrap();
     let e = c.append::<_, _, i64>("big", &three[..]).unwrap_err();
     assert!(e.to_string().contains("batch limit"), "{e}");
     assert_eq!(
         c.strlen::<_, usize>("big").unwrap(),
-        3 << 20,
+        10 << 10,
         "the refused write stayed in the store"
     );
     // The same inside a transaction: all or nothing.
