@@ -249,7 +249,7 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let key = format!("k{}", (x >> 33) % 500).into_bytes();
-            if (x >> 20) % 3 == 0 {
+            if (x >> 20).is_multiple_of(3) {
                 assert_eq!(ks.remove(&key), model.remove(&key));
             } else {
                 let val = v(&format!("{x}"));

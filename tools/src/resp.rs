@@ -82,6 +82,10 @@ fn parse_int(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
+/// What [`Parser::parse`] took from the buffer, and the command once
+/// complete.
+pub type Step = (usize, Option<Vec<Vec<u8>>>);
+
 /// One parsed command: its arguments and the bytes it took.
 pub type Parsed = (Vec<Vec<u8>>, usize);
 
@@ -116,11 +120,7 @@ impl Parser {
     /// bytes ended. Returns the bytes taken (the caller drops them from its
     /// buffer) and the command, once complete. An empty inline line is a
     /// command of no arguments (ignored by the caller, as Redis does).
-    pub fn parse(
-        &mut self,
-        buf: &[u8],
-        limits: &Limits,
-    ) -> Result<(usize, Option<Vec<Vec<u8>>>), ProtocolError> {
+    pub fn parse(&mut self, buf: &[u8], limits: &Limits) -> Result<Step, ProtocolError> {
         if self.multi.is_none() {
             if buf.is_empty() {
                 return Ok((0, None));
@@ -154,11 +154,7 @@ impl Parser {
         self.bulks(buf, limits)
     }
 
-    fn bulks(
-        &mut self,
-        buf: &[u8],
-        limits: &Limits,
-    ) -> Result<(usize, Option<Vec<Vec<u8>>>), ProtocolError> {
+    fn bulks(&mut self, buf: &[u8], limits: &Limits) -> Result<Step, ProtocolError> {
         let (n, args) = self.multi.as_mut().expect("in a multibulk");
         let mut pos = 0;
         while args.len() < *n {
@@ -217,11 +213,7 @@ impl Parser {
         Ok((pos, Some(args)))
     }
 
-    fn inline(
-        &mut self,
-        buf: &[u8],
-        limits: &Limits,
-    ) -> Result<(usize, Option<Vec<Vec<u8>>>), ProtocolError> {
+    fn inline(&mut self, buf: &[u8], limits: &Limits) -> Result<Step, ProtocolError> {
         let from = self.inline_scanned.min(buf.len());
         let Some(nl) = buf[from..]
             .iter()

@@ -547,10 +547,10 @@ impl Server {
                         }
                         // Replies go out as they accumulate: what waits
                         // unsent stays under 1 MiB plus one reply.
-                        if outcomes.len() >= 64 || out.len() >= OUT_HIGH {
-                            if !self.send_outcomes(&mut s, &mut outcomes, &mut out, &mut conn)? {
-                                return Ok(());
-                            }
+                        if (outcomes.len() >= 64 || out.len() >= OUT_HIGH)
+                            && !self.send_outcomes(&mut s, &mut outcomes, &mut out, &mut conn)?
+                        {
+                            return Ok(());
                         }
                     }
                     Ok((n, None)) => {
@@ -1526,7 +1526,7 @@ fn read_cmd(st: &Store, name: &str, args: &[Vec<u8>]) -> Option<Reply> {
     Some(match name {
         "GET" => get(&args[1]),
         "MGET" => Reply::Array(args[1..].iter().map(|k| get(k)).collect()),
-        "EXISTS" => Reply::Int(args[1..].iter().filter(|k| st.map.contains_key(*k)).count() as i64),
+        "EXISTS" => Reply::Int(args[1..].iter().filter(|k| st.map.contains_key(k)).count() as i64),
         "STRLEN" => Reply::Int(st.map.get(&args[1]).map_or(0, |v| v.len()) as i64),
         "DBSIZE" => Reply::Int(st.map.len() as i64),
         "KEYS" => {
