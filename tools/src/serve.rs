@@ -304,6 +304,7 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
     let mut limits = crate::resp::Limits::default();
     let mut output = crate::server::OutputLimits::default();
     let mut command_timeout = Some(Duration::from_secs(60));
+    let mut soft_given = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -389,6 +390,7 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
                     output.hard = n;
                 } else {
                     output.soft = n;
+                    soft_given = true;
                 }
             }
             "--output-limit-soft-secs" => {
@@ -439,6 +441,9 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
         }
     }
     let principal = role.ok_or("--role is required (principal or mirror)")?;
+    if !soft_given {
+        output.soft = output.soft.min(output.hard);
+    }
     if output.soft > output.hard {
         return Err(format!(
             "--output-limit-soft-bytes {} is above --output-limit-hard-bytes {}",

@@ -470,10 +470,20 @@ impl Loop<'_> {
             // much is unsent (what waits is references to stored values,
             // not copies), and never beyond the hard output limit.
             let mut over = None;
-            while let Some((o, _)) = c.pending.front_mut() {
-                if c.out.len() - c.out_pos >= OUT_HIGH {
-                    break;
+            let mut broken = false;
+            while !c.pending.is_empty() {
+                if c.unsent() >= OUT_HIGH {
+                    // Out first; encode more only once the socket took it.
+                    if flush(c).is_err() {
+                        broken = true;
+                        break;
+                    }
+                    if c.unsent() >= OUT_HIGH {
+                        break;
+                    }
+                    continue;
                 }
+                let (o, _) = c.pending.front_mut().expect("not empty");
                 let result = match o {
                     Outcome::Now(_) => None,
                     Outcome::After(ticket, _) => match Pin::new(ticket).poll(&mut cx) {
@@ -496,6 +506,10 @@ impl Loop<'_> {
                     break;
                 }
                 reply.encode_proto(&mut c.out, proto);
+            }
+            if broken {
+                self.close(id);
+                return;
             }
             if let Some(bytes) = over {
                 server.output_limit_reached(bytes, "hard");
@@ -535,7 +549,28 @@ impl Loop<'_> {
             self.close(id);
             return;
         }
-        if c.unsent() > server.opts.output.soft {
+        // The output limits count what the client has been answered and
+        // not read: unsent bytes and the replies waiting to be encoded
+        // (held as references, so they cost little memory, but Redis
+        // counts them, and a client that never reads must not hold a
+        // connection for ever). Only summed while output is backing up.
+        let owed = if c.unsent() == 0 {
+            0
+        } else {
+            c.unsent()
+                + c.pending
+                    .iter()
+                    .map(|(o, p)| match o {
+                        Outcome::Now(r) | Outcome::After(_, r) => r.encoded_len(*p),
+                    })
+                    .sum::<usize>()
+        };
+        if owed > server.opts.output.hard {
+            server.output_limit_reached(owed, "hard");
+            self.close(id);
+            return;
+        }
+        if owed > server.opts.output.soft {
             c.soft_since.get_or_insert_with(Instant::now);
         } else {
             c.soft_since = None;
