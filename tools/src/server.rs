@@ -758,14 +758,22 @@ impl Server {
             }),
             "ECHO" => now(Reply::bulk(args[1].clone())),
             "AUTH" => {
-                let given = args.last().expect("arity");
+                // AUTH password, or AUTH username password: the one user is
+                // Redis's `default` (any other name is a wrong pair).
+                let (user, given) = match args.len() {
+                    2 => (None, &args[1]),
+                    3 => (Some(&args[1]), &args[2]),
+                    _ => return now(Reply::err("ERR syntax error")),
+                };
+                let default_user = user.is_none_or(|u| u.as_slice() == b"default");
                 match &self.opts.password {
-                    None => now(Reply::err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
-                    Some(p) if same_secret(p.as_bytes(), given) => {
+                    None if user.is_none() => now(Reply::err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
+                    None if default_user => now(Reply::ok()),
+                    Some(p) if default_user && same_secret(p.as_bytes(), given) => {
                         conn.authed = true;
                         now(Reply::ok())
                     }
-                    Some(_) => now(self.wrong_pass(conn)),
+                    _ => now(self.wrong_pass(conn)),
                 }
             }
             "HELLO" => now(self.hello(conn, args)),
@@ -902,7 +910,10 @@ impl Server {
         while i < args.len() {
             let opt = String::from_utf8_lossy(&args[i]).to_ascii_uppercase();
             match (opt.as_str(), args.get(i + 1), args.get(i + 2)) {
-                ("AUTH", Some(_user), Some(pass)) => {
+                ("AUTH", Some(user), Some(pass)) => {
+                    if user.as_slice() != b"default" {
+                        return self.wrong_pass(conn);
+                    }
                     match &self.opts.password {
                         Some(p) if same_secret(p.as_bytes(), pass) => conn.authed = true,
                         Some(_) => return self.wrong_pass(conn),

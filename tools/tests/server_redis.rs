@@ -766,3 +766,58 @@ fn resp3_after_hello_3() {
     assert_eq!(c.get::<_, Option<String>>("nope").unwrap(), None);
     assert!(redis::cmd("HELLO").arg(4).query::<Value>(&mut c).is_err());
 }
+
+/// `AUTH user pass` used to accept any user name: the one user is Redis's
+/// `default`, as in Redis without ACLs (issue 13).
+#[test]
+fn regression_auth_honours_only_the_default_user() {
+    let dir = tempdir("authuser");
+    let secret = secret(&dir);
+    let port = free_port();
+    let args: Vec<String> = [
+        "--role",
+        "principal",
+        "--dir",
+        &dir.join("p").display().to_string(),
+        "--secret-file",
+        &secret.display().to_string(),
+        "--port",
+        &port.to_string(),
+        "--partner",
+        &format!("127.0.0.1:{}", free_port()),
+        "--password",
+        "pw-for-the-test",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _p = serve(&args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ask = |cmd: &str| -> String {
+        let mut s = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "no server: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("{cmd}\r\nPING\r\nQUIT\r\n").as_bytes())
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    assert_eq!(
+        ask("AUTH default pw-for-the-test"),
+        "+OK\r\n+PONG\r\n+OK\r\n"
+    );
+    assert_eq!(ask("AUTH pw-for-the-test"), "+OK\r\n+PONG\r\n+OK\r\n");
+    let other = ask("AUTH someone pw-for-the-test");
+    assert!(other.starts_with("-WRONGPASS"), "{other}");
+    assert!(other.contains("-NOAUTH"), "not authenticated: {other}");
+    let hello = ask("HELLO 3 AUTH someone pw-for-the-test");
+    assert!(hello.starts_with("-WRONGPASS"), "{hello}");
+    let hello = ask("HELLO 2 AUTH default pw-for-the-test");
+    assert!(hello.starts_with("*14\r\n"), "{hello}");
+}
