@@ -1790,7 +1790,7 @@ pub fn status_json(s: &Status) -> String {
         })
         .collect();
     format!(
-        "{{\"role\":{},\"state\":{},\"epoch\":{},\"written_lsn\":{},\"hardened_lsn\":{},\"commit_lsn\":{},\"mirror\":{{\"received_lsn\":{},\"hardened_lsn\":{},\"applied_lsn\":{}}},\"send_queue_bytes\":{},\"send_queue_age_ms\":{},\"redo_queue_bytes\":{},\"redo_queue_ms\":{},\"exposed\":{},\"commits_held\":{},\"transport\":{},\"zero_copy\":{},\"bytes_sent\":{},\"compression_ratio\":{:.3},\"sessions\":{},\"last_error\":{},\"latency\":[{}]}}",
+        "{{\"role\":{},\"state\":{},\"epoch\":{},\"written_lsn\":{},\"hardened_lsn\":{},\"commit_lsn\":{},\"mirror\":{{\"received_lsn\":{},\"hardened_lsn\":{},\"applied_lsn\":{}}},\"send_queue_bytes\":{},\"send_queue_age_ms\":{},\"redo_queue_bytes\":{},\"redo_queue_ms\":{},\"exposed\":{},\"commits_held\":{},\"transport\":{},\"zero_copy\":{},\"bytes_sent\":{},\"compression_ratio\":{:.3},\"sessions\":{},\"last_error\":{},\"preauth_rejected\":{},\"latency\":[{}]}}",
         json_str(&s.role.to_string()),
         json_str(&format!("{:?}", s.state).to_uppercase()),
         s.epoch,
@@ -1812,6 +1812,7 @@ pub fn status_json(s: &Status) -> String {
         s.compression_ratio(),
         s.sessions,
         s.last_error.as_deref().map_or("null".to_string(), json_str),
+        s.preauth_rejected,
         latency.join(",")
     )
 }

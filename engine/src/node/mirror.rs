@@ -14,6 +14,7 @@ use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
 use crate::replication::wire::Role;
+use crate::transport::preauth::preauth_deadline;
 use crate::transport::runner::{authenticate, serve_mirror, SessionStatus};
 use crate::witness::client::WitnessClient;
 use crate::witness::proto::{Reply, Request};
@@ -182,6 +183,7 @@ impl<A: Applier> Mirror<A> {
             latency: Vec::new(),
             sessions: snap.sessions,
             last_error: snap.last_error,
+            preauth_rejected: 0,
             reseed: snap.reseed,
             witness: sh
                 .witness
@@ -336,7 +338,9 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 &sh.cfg.identity,
                 sh.log.last_epoch(),
                 nonce,
-                Duration::from_millis(sh.cfg.session.partner_timeout_ms),
+                // The principal closes a connection that has not
+                // authenticated by then; waiting longer is pointless.
+                preauth_deadline(Duration::from_millis(sh.cfg.session.partner_timeout_ms)),
             ) {
                 Ok(epoch) => sh.principal_epoch.store(epoch, Ordering::Release),
                 Err(e) => return format!("handshake with the principal failed: {e}"),

@@ -16,6 +16,9 @@ use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
 use crate::replication::wire::Role;
+use crate::transport::preauth::{
+    preauth_deadline, PreAuthGate, PreAuthLimits, PreAuthSlot, Watched, NO_SOURCE,
+};
 use crate::transport::runner::{authenticate, serve_principal, SessionStatus};
 use crate::transport::Conn;
 use crate::witness::client::WitnessClient;
@@ -32,8 +35,10 @@ struct Shared {
     epoch: u64,
     history: Vec<(u64, u64)>,
     session: SessionStatus,
+    /// Incoming connections not authenticated yet (and the count of those
+    /// refused: the status shows it, `last_error` is the session's).
+    preauth: Arc<PreAuthGate>,
     stop: AtomicBool,
-    /// The newest authenticated connection, handed to the sender thread.
     /// Supervisor state, read by `status`.
     watch: Mutex<Watch>,
     /// The lease keeper's view (None: no witness).
@@ -178,6 +183,7 @@ impl Principal {
             epoch,
             history: history.entries().to_vec(),
             session: SessionStatus::default(),
+            preauth: PreAuthGate::new(PreAuthLimits::default(), "mirrorlog[principal]"),
             stop: AtomicBool::new(false),
             watch: Mutex::new(Watch {
                 lag: LagClock::new(),
@@ -359,6 +365,7 @@ impl Principal {
                 .collect(),
             sessions: snap.sessions,
             last_error: snap.last_error,
+            preauth_rejected: sh.preauth.rejected(),
             reseed: snap.reseed,
             witness: sh
                 .witness
@@ -502,13 +509,18 @@ impl Drop for Principal {
     }
 }
 
-/// Accepts mirror connections, authenticates them and hands each to the
-/// sender thread (which drops the session it had, if any).
+/// Accepts mirror connections, authenticates each on its own thread and
+/// hands it to the sender thread (which drops the session it had, if any).
+/// Connections that have not authenticated yet go through the pre-auth
+/// gate (`transport::preauth`): a short deadline, per-source and total
+/// limits that close the oldest, rate-limited warnings, a counter instead
+/// of `last_error`.
 fn accept_loop(sh: &Arc<Shared>, listener: TcpListener, tx: mpsc::Sender<Box<dyn Conn>>) {
-    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let log = &sh.cfg.logger;
-    let mut fallback_logged = false;
+    let fallback_logged = Arc::new(AtomicBool::new(false));
+    let deadline = preauth_deadline(Duration::from_millis(sh.cfg.session.partner_timeout_ms));
     while !sh.stop.load(Ordering::Acquire) {
+        sh.preauth.summarize(log);
         let (stream, peer) = match listener.accept() {
             Ok(x) => x,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -516,66 +528,80 @@ fn accept_loop(sh: &Arc<Shared>, listener: TcpListener, tx: mpsc::Sender<Box<dyn
                 continue;
             }
             Err(e) => {
-                log.line(&format!("mirrorlog[principal]: accept failed: {e}"));
+                // Out of descriptors under a flood, say: said once a period.
+                sh.preauth.warn(NO_SOURCE, log, || {
+                    format!("mirrorlog[principal]: accept failed: {e}")
+                });
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        if let Err(e) = prepare(&stream) {
-            log.line(&format!(
-                "mirrorlog[principal]: connection from {peer}: {e}"
-            ));
-            continue;
-        }
-        let (conn, why) = match open_conn(stream, sh.cfg.transport, sh.cfg.send_mode) {
-            Ok(c) => c,
+        let slot = match sh.preauth.admit(&stream, peer) {
+            Ok(s) => s,
             Err(e) => {
-                log.line(&format!(
-                    "mirrorlog[principal]: connection from {peer}: cannot set up the {:?} transport: {e}",
-                    sh.cfg.transport
-                ));
+                sh.preauth.warn(peer.ip(), log, || {
+                    format!("mirrorlog[principal]: refused {peer} before authentication: {e}")
+                });
                 continue;
             }
         };
-        if let (Some(why), false) = (why, fallback_logged) {
-            fallback_logged = true;
-            log.line(&format!(
-                "mirrorlog[principal]: io_uring is unavailable ({why}); using blocking sockets"
-            ));
-        }
-        // Each handshake on its own thread, so a peer that connects and
-        // says nothing cannot keep the real mirror waiting behind it.
-        if handshakes.load(Ordering::Acquire) >= HANDSHAKES_MAX {
-            log.line(&format!(
-                "mirrorlog[principal]: refused {peer}: {HANDSHAKES_MAX} handshakes already in progress"
-            ));
-            continue;
-        }
-        handshakes.fetch_add(1, Ordering::AcqRel);
-        let (sh, tx, handshakes) = (sh.clone(), tx.clone(), handshakes.clone());
+        // Each handshake on its own thread (at most the gate's total of
+        // them wait on a peer), so a peer that connects and says nothing
+        // cannot keep the real mirror waiting behind it. The transport is
+        // set up there too: an io_uring ring per flood connection must not
+        // slow the accepting.
+        let (sh2, tx, fallback_logged) = (sh.clone(), tx.clone(), fallback_logged.clone());
         let spawned = std::thread::Builder::new()
             .name("mirrorlog-handshake".into())
-            .spawn(move || {
-                handshake(&sh, conn, peer, &tx);
-                handshakes.fetch_sub(1, Ordering::AcqRel);
+            .spawn(move || handshake(&sh2, stream, slot, &tx, deadline, &fallback_logged));
+        if let Err(e) = spawned {
+            sh.preauth.warn(peer.ip(), log, || {
+                format!("mirrorlog[principal]: refused {peer} before authentication: could not start a handshake thread: {e}")
             });
-        if spawned.is_err() {
-            log.line("mirrorlog[principal]: could not start a handshake thread");
         }
     }
 }
 
-/// At most this many partner handshakes run at once; more connections are
-/// closed at once.
-const HANDSHAKES_MAX: usize = 16;
-
+/// Authenticates one incoming connection within `deadline`. A failure is
+/// a pre-auth rejection: counted by the gate, logged rate-limited, and
+/// kept out of `last_error` (which is the real session's).
 fn handshake(
     sh: &Shared,
-    mut conn: Box<dyn Conn>,
-    peer: std::net::SocketAddr,
+    stream: TcpStream,
+    slot: PreAuthSlot,
     tx: &mpsc::Sender<Box<dyn Conn>>,
+    deadline: Duration,
+    fallback_logged: &AtomicBool,
 ) {
     let log = &sh.cfg.logger;
+    let peer = slot.peer();
+    let refuse = |why: &str| {
+        let why = slot.failure(why);
+        sh.preauth.warn(peer.ip(), log, || {
+            format!("mirrorlog[principal]: refused {peer} before authentication: {why}")
+        });
+    };
+    if let Err(e) = prepare(&stream) {
+        refuse(&e.to_string());
+        return;
+    }
+    let (mut conn, why) = match open_conn(stream, sh.cfg.transport, sh.cfg.send_mode) {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(&format!(
+                "cannot set up the {:?} transport: {e}",
+                sh.cfg.transport
+            ));
+            return;
+        }
+    };
+    if let Some(why) = why {
+        if !fallback_logged.swap(true, Ordering::AcqRel) {
+            log.line(&format!(
+                "mirrorlog[principal]: io_uring is unavailable ({why}); using blocking sockets"
+            ));
+        }
+    }
     let nonce = match random_nonce() {
         Ok(n) => n,
         Err(e) => {
@@ -585,22 +611,27 @@ fn handshake(
             return;
         }
     };
-    match authenticate(
-        conn.as_mut(),
+    // A peer that does not read cannot hold a send past the deadline
+    // either (the session sets its own send timeout).
+    conn.set_send_timeout(Some(deadline));
+    let r = authenticate(
+        &mut Watched {
+            conn: conn.as_mut(),
+            slot: &slot,
+        },
         Role::Principal,
         &sh.cfg.identity,
         sh.epoch,
         nonce,
-        Duration::from_millis(sh.cfg.session.partner_timeout_ms),
-    ) {
-        Ok(_) => {
+        deadline,
+    );
+    match r {
+        Ok(_) if !slot.evicted() => {
+            slot.passed();
             let _ = tx.send(conn);
         }
-        Err(e) => {
-            log.line(&format!("mirrorlog[principal]: refused {peer}: {e}"));
-            sh.session
-                .update(|s| s.last_error = Some(format!("refused {peer}: {e}")));
-        }
+        Ok(_) => refuse("authenticated after the gate had closed it"),
+        Err(e) => refuse(&e),
     }
 }
 

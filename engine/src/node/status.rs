@@ -93,6 +93,11 @@ pub struct Status {
     /// Sessions established so far, and why the last one ended.
     pub sessions: u64,
     pub last_error: Option<String>,
+    /// Principal: incoming partner connections closed before they
+    /// authenticated (failed or timed-out handshakes, and those closed to
+    /// make room during a flood). Kept out of `last_error`, which is the
+    /// real session's.
+    pub preauth_rejected: u64,
     /// A reseed in progress: snapshot bytes sent (principal) or received
     /// (mirror), of the total.
     pub reseed: Option<(u64, u64)>,
@@ -213,6 +218,13 @@ impl Status {
         }
         if let Some(e) = &self.last_error {
             let _ = writeln!(s, "last session ended: {e}");
+        }
+        if self.preauth_rejected > 0 {
+            let _ = writeln!(
+                s,
+                "pre-auth:    {} connections refused before authentication",
+                self.preauth_rejected
+            );
         }
         if let Some((done, total)) = self.reseed {
             let _ = writeln!(

@@ -14,6 +14,7 @@
 //! returned [`TransportPath`] and in the status) which one is in use.
 
 pub mod blocking;
+pub mod preauth;
 pub mod runner;
 pub mod uring;
 

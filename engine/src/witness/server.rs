@@ -12,12 +12,16 @@ use std::time::{Duration, Instant};
 
 use crate::node::Logger;
 use crate::replication::handshake::{random_nonce, Secret};
+use crate::transport::preauth::{
+    preauth_deadline, PreAuthGate, PreAuthLimits, PreAuthSlot, NO_SOURCE,
+};
 use crate::witness::proto::{read_frame, Framer, Reply, Request, NONCE_BYTES, REPLY, REQUEST};
 use crate::witness::state::{StateError, WitnessState};
 use crate::witness::{LeaseConfig, PromoteReply, RenewReply, WitnessCore};
 
-/// At most this many partner connections at once (two partners, their
-/// reconnects, an admin or two).
+/// At most this many authenticated partner connections at once (two
+/// partners, their reconnects, an admin or two). Connections not yet
+/// authenticated are bounded by the pre-auth gate instead.
 const CONNECTIONS_MAX: usize = 64;
 /// A connection silent this long is closed (partners renew far more often).
 const IDLE: Duration = Duration::from_secs(60);
@@ -38,7 +42,12 @@ struct Shared {
     opts: WitnessOptions,
     started: Instant,
     stop: AtomicBool,
+    /// Authenticated connections open.
     connections: AtomicUsize,
+    /// Connections that have not authenticated yet.
+    preauth: Arc<PreAuthGate>,
+    /// min(lease, 2 s): the nonce and the first request come by then.
+    preauth_deadline: Duration,
 }
 
 /// A running witness. Dropping it stops it.
@@ -77,6 +86,7 @@ impl WitnessServer {
             opts.lease.rho
         ));
         let started = Instant::now();
+        let opts_lease_ms = opts.lease.lease_ms;
         let shared = Arc::new(Shared {
             core: Mutex::new(WitnessCore::new(
                 opts.lease,
@@ -89,6 +99,8 @@ impl WitnessServer {
             started,
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            preauth: PreAuthGate::new(PreAuthLimits::default(), "mirrorlog[witness]"),
+            preauth_deadline: preauth_deadline(Duration::from_millis(opts_lease_ms)),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -104,6 +116,12 @@ impl WitnessServer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections closed before they authenticated (failed, timed out,
+    /// or closed to make room during a flood).
+    pub fn preauth_rejected(&self) -> u64 {
+        self.shared.preauth.rejected()
     }
 
     /// The current epoch, principal and exposed flag.
@@ -134,8 +152,16 @@ impl Drop for WitnessServer {
     }
 }
 
+/// Accepts partner connections, each served on its own thread. Until a
+/// connection's first request authenticates it, it is in the pre-auth gate
+/// (`transport::preauth`): a deadline of min(lease, 2 s), per-source and
+/// total limits that close the oldest rather than refuse the newest, and
+/// rate-limited warnings. So silent connections can no longer keep the
+/// partners out (64 of them used to fill every slot).
 fn accept_loop(sh: &Arc<Shared>, listener: TcpListener) {
+    let log = &sh.opts.logger;
     while !sh.stop.load(Ordering::Acquire) {
+        sh.preauth.summarize(log);
         let (stream, peer) = match listener.accept() {
             Ok(x) => x,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -143,54 +169,93 @@ fn accept_loop(sh: &Arc<Shared>, listener: TcpListener) {
                 continue;
             }
             Err(e) => {
-                sh.opts
-                    .logger
-                    .line(&format!("mirrorlog[witness]: accept failed: {e}"));
+                sh.preauth.warn(NO_SOURCE, log, || {
+                    format!("mirrorlog[witness]: accept failed: {e}")
+                });
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        if sh.connections.load(Ordering::Acquire) >= CONNECTIONS_MAX {
-            continue;
-        }
-        sh.connections.fetch_add(1, Ordering::AcqRel);
+        let mut slot = match sh.preauth.admit(&stream, peer) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                sh.preauth.warn(peer.ip(), log, || {
+                    format!("mirrorlog[witness]: refused {peer} before authentication: {e}")
+                });
+                continue;
+            }
+        };
         let s = sh.clone();
         let spawned = std::thread::Builder::new()
             .name("mirrorlog-witness-conn".into())
             .spawn(move || {
-                if let Err(e) = serve_conn(&s, stream) {
-                    if !e.is_empty() {
+                let r = serve_conn(&s, stream, &mut slot);
+                match (r, slot) {
+                    // Not authenticated: a pre-auth rejection (counted when
+                    // the slot drops), logged rate-limited; a clean close
+                    // before any request is one too.
+                    (r, Some(slot)) => {
+                        let why = slot.failure(match &r {
+                            Err(e) if !e.is_empty() => e,
+                            _ => "closed before authenticating",
+                        });
+                        s.preauth.warn(peer.ip(), &s.opts.logger, || {
+                            format!(
+                                "mirrorlog[witness]: refused {peer} before authentication: {why}"
+                            )
+                        });
+                    }
+                    (Err(e), None) if !e.is_empty() => {
                         s.opts
                             .logger
                             .line(&format!("mirrorlog[witness]: {peer}: {e}"));
                     }
+                    _ => {}
                 }
-                s.connections.fetch_sub(1, Ordering::AcqRel);
             });
-        if spawned.is_err() {
-            sh.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Err(e) = spawned {
+            sh.preauth.warn(peer.ip(), log, || {
+                format!("mirrorlog[witness]: refused {peer} before authentication: could not start a thread: {e}")
+            });
         }
     }
 }
 
 /// Serves one connection until it closes. An empty error: it closed
-/// normally (or went idle).
-fn serve_conn(sh: &Shared, mut stream: TcpStream) -> Result<(), String> {
+/// normally (or went idle). `slot` is taken (the connection leaves the
+/// pre-auth gate) once the first request authenticated; until then the
+/// pre-auth deadline applies.
+fn serve_conn(
+    sh: &Shared,
+    mut stream: TcpStream,
+    slot: &mut Option<PreAuthSlot>,
+) -> Result<(), String> {
+    let preauth_until = Instant::now() + sh.preauth_deadline;
+    // Until authenticated, reads wait at most until the pre-auth deadline.
+    let read_wait = |stream: &TcpStream, authenticated: bool| {
+        let wait = if authenticated {
+            Duration::from_millis(200)
+        } else {
+            preauth_until
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), Duration::from_millis(200))
+        };
+        stream
+            .set_read_timeout(Some(wait))
+            .map_err(|e| e.to_string())
+    };
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     // Short reads so a stop is noticed; idleness is counted across them.
+    read_wait(&stream, false)?;
     stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
+        .set_write_timeout(Some(sh.preauth_deadline))
         .map_err(|e| e.to_string())?;
     let nonce = random_nonce().map_err(|e| format!("no randomness for a nonce: {e}"))?;
     stream.write_all(&nonce).map_err(|e| e.to_string())?;
-    // The partner's nonce, within a few read timeouts.
+    // The partner's nonce, within the pre-auth deadline.
     let mut theirs = [0u8; NONCE_BYTES];
     let mut got = 0;
-    let began = Instant::now();
     while got < NONCE_BYTES {
         match std::io::Read::read(&mut stream, &mut theirs[got..]) {
             Ok(0) => return Ok(()),
@@ -201,16 +266,25 @@ fn serve_conn(sh: &Shared, mut stream: TcpStream) -> Result<(), String> {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                if began.elapsed() > Duration::from_secs(5) || sh.stop.load(Ordering::Acquire) {
-                    return Err("no nonce from the partner within 5 s".into());
+                if Instant::now() >= preauth_until || sh.stop.load(Ordering::Acquire) {
+                    return Err(format!(
+                        "no nonce from the partner within {:?}",
+                        sh.preauth_deadline
+                    ));
                 }
+                read_wait(&stream, false)?;
             }
             Err(e) => return Err(e.to_string()),
         }
     }
+    if let Some(slot) = slot {
+        slot.spoke();
+    }
     let framer = Framer::new(sh.opts.secret.clone(), nonce, theirs);
     let mut seq = 0u64;
     let mut last = Instant::now();
+    // Held (counted) until the connection ends.
+    let mut _authenticated: Option<Authenticated> = None;
     loop {
         if sh.stop.load(Ordering::Acquire) {
             return Ok(());
@@ -225,7 +299,15 @@ fn serve_conn(sh: &Shared, mut stream: TcpStream) -> Result<(), String> {
             {
                 // A timeout mid-frame desynchronises the stream; partners
                 // send a frame in one write, so that means a broken peer.
-                if last.elapsed() > IDLE {
+                if slot.is_some() {
+                    if Instant::now() >= preauth_until {
+                        return Err(format!(
+                            "no request from the partner within {:?}",
+                            sh.preauth_deadline
+                        ));
+                    }
+                    read_wait(&stream, false)?;
+                } else if last.elapsed() > IDLE {
                     return Err(String::new());
                 }
                 continue;
@@ -235,12 +317,45 @@ fn serve_conn(sh: &Shared, mut stream: TcpStream) -> Result<(), String> {
         };
         last = Instant::now();
         let body = framer.open(REQUEST, seq, &payload)?;
+        if slot.as_ref().is_some_and(|s| s.evicted()) {
+            return Err("authenticated after the gate had closed it".into());
+        }
+        if let Some(s) = slot.take() {
+            // The first frame verified: the peer holds the secret.
+            s.passed();
+            _authenticated = Some(Authenticated::enter(sh)?);
+            read_wait(&stream, true)?;
+            stream
+                .set_write_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+        }
         let req = Request::decode(body)?;
         let reply = decide(sh, &req);
         stream
             .write_all(&framer.seal(REPLY, seq, &reply.encode()))
             .map_err(|e| e.to_string())?;
         seq += 1;
+    }
+}
+
+/// One authenticated connection, counted while it lives.
+struct Authenticated<'a>(&'a AtomicUsize);
+
+impl<'a> Authenticated<'a> {
+    fn enter(sh: &'a Shared) -> Result<Authenticated<'a>, String> {
+        if sh.connections.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
+            sh.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(format!(
+                "closed: {CONNECTIONS_MAX} authenticated connections already open"
+            ));
+        }
+        Ok(Authenticated(&sh.connections))
+    }
+}
+
+impl Drop for Authenticated<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
