@@ -1293,10 +1293,15 @@ impl Server {
         }
         if show("stats") {
             out.push_str(&format!(
-                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nclient_output_buffer_limit_disconnections:{}\r\nmirrorlog_accept_errors:{}\r\nmirrorlog_command_timeouts:{}\r\nmirrorlog_auth_failures:{}\r\nmirrorlog_auth_rate_limited:{}\r\n\r\n",
                 self.stats.connections.load(Ordering::Relaxed),
                 self.stats.commands.load(Ordering::Relaxed),
-                self.stats.rejected.load(Ordering::Relaxed)
+                self.stats.rejected.load(Ordering::Relaxed),
+                self.stats.output_limit_closed.load(Ordering::Relaxed),
+                self.stats.accept_errors.load(Ordering::Relaxed),
+                self.stats.command_timeouts.load(Ordering::Relaxed),
+                self.stats.auth_failures.load(Ordering::Relaxed),
+                self.stats.auth_rate_limited.load(Ordering::Relaxed),
             ));
         }
         if show("replication") {
