@@ -347,6 +347,9 @@ impl Raw {
 pub fn show_result(r: &io::Result<Resp>) -> String {
     match r {
         Ok(v) => v.show(),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            "no reply (read timed out)".into()
+        }
         Err(e) => format!("error: {e}"),
     }
 }
@@ -610,7 +613,8 @@ impl Canary {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, e, st) = (samples.clone(), error.clone(), stop.clone());
         let handle = std::thread::spawn(move || {
-            let mut next = Instant::now();
+            let start = Instant::now();
+            let mut next = start;
             while !st.load(Ordering::Acquire) {
                 let t0 = Instant::now();
                 let r = c.call(&[b"PING"]);
@@ -620,8 +624,8 @@ impl Canary {
                     Ok(Resp::Simple(p)) if p == "PONG" => {}
                     r => {
                         *e.lock().unwrap() = Some(format!(
-                            "PING after {:.1} s of canary: {} (round trip {:.0} ms)",
-                            t0.elapsed().as_secs_f64(),
+                            "PING {:.1} s after the canary started: {} (round trip {:.0} ms)",
+                            (t0 - start).as_secs_f64(),
                             show_result(&r),
                             rtt.as_secs_f64() * 1e3
                         ));
@@ -869,6 +873,8 @@ pub struct Harness {
     pub rss_before: u64,
     failures: Vec<String>,
     notes: Vec<String>,
+    /// Nodes whose exit was already reported (principal, mirror).
+    exit_reported: [bool; 2],
     // Last: released after the processes are killed.
     _serial: MutexGuard<'static, ()>,
 }
@@ -904,6 +910,7 @@ impl Harness {
             rss_before,
             failures: Vec::new(),
             notes: Vec::new(),
+            exit_reported: [false; 2],
             _serial: serial,
         }
     }
@@ -922,8 +929,13 @@ impl Harness {
 
     /// A connection to the principal, authenticated, ready for an attack.
     pub fn client(&self) -> Raw {
-        Raw::ready(self.p_port(), self.password(), Instant::now() + Duration::from_secs(10))
+        self.try_client(Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{}: no client connection: {e}", self.name))
+    }
+
+    /// The same, for a server that may be stuck: Err after `timeout`.
+    pub fn try_client(&self, timeout: Duration) -> Result<Raw, String> {
+        Raw::ready(self.p_port(), self.password(), Instant::now() + timeout)
     }
 
     /// The attack starts now: canary statistics and the RSS maximum count
@@ -959,10 +971,16 @@ impl Harness {
     pub fn check_alive(&mut self, when: &str) -> bool {
         let mut ok = true;
         let mut errs = Vec::new();
-        for n in [&mut self.pair.principal, &mut self.pair.mirror] {
+        for (i, n) in [&mut self.pair.principal, &mut self.pair.mirror]
+            .into_iter()
+            .enumerate()
+        {
             if let Err(e) = n.alive() {
-                errs.push(format!("{when}: {e}"));
                 ok = false;
+                if !self.exit_reported[i] {
+                    self.exit_reported[i] = true;
+                    errs.push(format!("{when}: {e}"));
+                }
             }
         }
         for e in errs {
