@@ -4,6 +4,8 @@
 #[path = "../../../engine/tests/scratch/mod.rs"]
 pub mod scratch;
 
+pub mod hostile;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
