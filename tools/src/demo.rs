@@ -96,7 +96,7 @@ impl Node {
     fn spawn(name: &'static str, dir: &Path, cmd: &str, args: &[String]) -> Result<Node, String> {
         let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
         let log = dir.join(format!("{}.log", name.replace(' ', "-")));
-        let out = std::fs::OpenOptions::new()
+        let out = mirrorlog_engine::private::file_options()
             .create(true)
             .append(true)
             .open(&log)
@@ -211,7 +211,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         );
     }
     let dir = std::env::temp_dir().join(format!("mirrorlog-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    mirrorlog_engine::private::create_dir_all(&dir)
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let result = demo(&o, &dir);
     if o.keep {
         eprintln!("kept {}", dir.display());

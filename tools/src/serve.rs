@@ -714,7 +714,11 @@ pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
 
 /// [`start`], serving clients as `io` says.
 pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Running, String> {
-    std::fs::create_dir_all(&o.dir).map_err(|e| format!("creating {}: {e}", o.dir.display()))?;
+    mirrorlog_engine::private::create_dir_all(&o.dir)
+        .map_err(|e| format!("creating {}: {e}", o.dir.display()))?;
+    if let Some(line) = mirrorlog_engine::private::tighten_and_say(&o.dir, "mirrorlog") {
+        logger.line(&line);
+    }
     let secret = Secret::load(&o.secret_file)
         .map_err(|e| format!("--secret-file {}: {e}", o.secret_file.display()))?;
     let id = NodeIdentity {

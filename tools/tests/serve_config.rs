@@ -149,3 +149,73 @@ fn client_limits_are_configurable_and_enforced() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Every path under `dir` (and `dir` itself) that is not private: files
+/// must be 0600, directories 0700.
+fn not_private(dir: &std::path::Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bad = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let mode = m.permissions().mode() & 0o777;
+        if m.is_dir() {
+            if mode != 0o700 {
+                bad.push((p.display().to_string(), mode));
+            }
+            for e in std::fs::read_dir(&p).unwrap() {
+                todo.push(e.unwrap().path());
+            }
+        } else if mode != 0o600 {
+            bad.push((p.display().to_string(), mode));
+        }
+    }
+    bad
+}
+
+#[test]
+fn a_served_node_keeps_its_log_and_checkpoints_private() {
+    use mirrorlog::client::Client;
+    use mirrorlog::resp::Reply;
+    let d = dir("private");
+    let s = secret(&d);
+    let node = d.join("p");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["serve", "--role", "principal", "--dir"])
+        .arg(&node)
+        .arg("--secret-file")
+        .arg(&s)
+        .args(["--port", &port.to_string()])
+        .args(["--partner", &format!("127.0.0.1:{}", free_port())])
+        .args(["--safety", "off", "--checkpoint-secs", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut c = loop {
+        if let Ok(c) = Client::connect(common::addr(port), Duration::from_secs(2)) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the server never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for i in 0..50 {
+        let k = format!("k{i}");
+        assert_eq!(
+            c.call(&[b"SET", k.as_bytes(), b"v"]).unwrap(),
+            Reply::Simple("OK".into())
+        );
+    }
+    match c.call(&[b"MIRROR", b"CHECKPOINT"]).unwrap() {
+        Reply::Simple(s) => assert!(s.contains("checkpoint at LSN"), "{s}"),
+        Reply::Bulk(b) => assert!(String::from_utf8_lossy(&b).contains("checkpoint at LSN")),
+        other => panic!("MIRROR CHECKPOINT: {other:?}"),
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(node.join("checkpoints").is_dir());
+    let bad = not_private(&node);
+    assert!(bad.is_empty(), "not private: {bad:?}");
+}
