@@ -279,6 +279,17 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("reading /dev/urandom: {e}"))?;
     let password = pw.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let password = PASSWORD.get_or_init(|| password).clone();
+    // In a file, not on the command line (where other users could read it).
+    let password_file = dir.join("password");
+    {
+        use std::io::Write;
+        mirrorlog_engine::private::file_options()
+            .write(true)
+            .create_new(true)
+            .open(&password_file)
+            .and_then(|mut f| f.write_all(password.as_bytes()))
+            .map_err(|e| format!("writing {}: {e}", password_file.display()))?;
+    }
     const TIMEOUT_MS: u64 = 1000;
     let (w_port, a_port, b_port, a_partner, b_partner) = (
         free_port()?,
@@ -300,8 +311,8 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
                 &port.to_string(),
                 "--database-id",
                 "demo",
-                "--password",
-                &password,
+                "--password-file",
+                &password_file.display().to_string(),
                 "--witness",
                 &format!("127.0.0.1:{w_port}"),
                 "--partner",
