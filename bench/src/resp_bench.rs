@@ -146,6 +146,7 @@ pub(crate) fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair
         safety,
         transport: TransportChoice::Auto,
         password: None,
+        password_on_command_line: false,
         max_clients: 1000,
         idle_timeout: None,
         checkpoint_every: None,

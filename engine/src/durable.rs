@@ -3,7 +3,7 @@
 //! leaves the old contents or the new, never a mix. Used for the epoch
 //! history (`EPOCHS`) and the witness's state (`WITNESS`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -11,7 +11,7 @@ use std::path::Path;
 pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), (String, io::Error)> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = OpenOptions::new()
+    let mut f = crate::private::file_options()
         .write(true)
         .create(true)
         .truncate(true)

@@ -20,6 +20,7 @@ pub mod commit;
 mod durable;
 pub mod log;
 pub mod node;
+pub mod private;
 pub mod replication;
 pub mod transport;
 pub mod wake;

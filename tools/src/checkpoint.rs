@@ -17,7 +17,7 @@
 //! A checkpoint that fails its checksum (or is cut short) is reported and
 //! skipped: the previous one is used. The two newest are kept.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -49,11 +49,12 @@ fn sync_dir(d: &Path) -> std::io::Result<()> {
 /// newest `KEEP`. Returns its path.
 pub fn write(node_dir: &Path, lsn: u64, map: &Keyspace) -> Result<PathBuf, String> {
     let d = dir(node_dir);
-    fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    mirrorlog_engine::private::create_dir_all(&d)
+        .map_err(|e| format!("creating {}: {e}", d.display()))?;
     let path = d.join(name(lsn));
     let tmp = d.join(format!("{}.tmp", name(lsn)));
     let ctx = |what: &str, e: std::io::Error| format!("{what} {}: {e}", tmp.display());
-    let f = OpenOptions::new()
+    let f = mirrorlog_engine::private::file_options()
         .write(true)
         .create(true)
         .truncate(true)
@@ -133,7 +134,8 @@ pub fn install_raw(node_dir: &Path, lsn: u64, bytes: &[u8]) -> Result<Keyspace, 
         ));
     }
     let d = dir(node_dir);
-    fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    mirrorlog_engine::private::create_dir_all(&d)
+        .map_err(|e| format!("creating {}: {e}", d.display()))?;
     let n = name(lsn);
     crate::checkpoint::replace(&d, &n, bytes)?;
     for old in list(node_dir) {
@@ -148,7 +150,7 @@ pub fn install_raw(node_dir: &Path, lsn: u64, bytes: &[u8]) -> Result<Keyspace, 
 fn replace(d: &Path, n: &str, bytes: &[u8]) -> Result<(), String> {
     let tmp = d.join(format!("{n}.tmp"));
     let ctx = |what: &str, e: std::io::Error| format!("{what} {}: {e}", tmp.display());
-    let mut f = OpenOptions::new()
+    let mut f = mirrorlog_engine::private::file_options()
         .write(true)
         .create(true)
         .truncate(true)
@@ -168,7 +170,8 @@ pub fn set_aside_above(node_dir: &Path, lsn: u64) -> Result<(), String> {
         return Ok(());
     }
     let to = node_dir.join("salvage");
-    fs::create_dir_all(&to).map_err(|e| format!("creating {}: {e}", to.display()))?;
+    mirrorlog_engine::private::create_dir_all(&to)
+        .map_err(|e| format!("creating {}: {e}", to.display()))?;
     for l in above {
         let from = dir(node_dir).join(name(l));
         fs::rename(&from, to.join(name(l)))

@@ -96,7 +96,7 @@ impl Node {
     fn spawn(name: &'static str, dir: &Path, cmd: &str, args: &[String]) -> Result<Node, String> {
         let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
         let log = dir.join(format!("{}.log", name.replace(' ', "-")));
-        let out = std::fs::OpenOptions::new()
+        let out = mirrorlog_engine::private::file_options()
             .create(true)
             .append(true)
             .open(&log)
@@ -211,7 +211,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         );
     }
     let dir = std::env::temp_dir().join(format!("mirrorlog-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    mirrorlog_engine::private::create_dir_all(&dir)
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let result = demo(&o, &dir);
     if o.keep {
         eprintln!("kept {}", dir.display());
@@ -278,6 +279,17 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("reading /dev/urandom: {e}"))?;
     let password = pw.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let password = PASSWORD.get_or_init(|| password).clone();
+    // In a file, not on the command line (where other users could read it).
+    let password_file = dir.join("password");
+    {
+        use std::io::Write;
+        mirrorlog_engine::private::file_options()
+            .write(true)
+            .create_new(true)
+            .open(&password_file)
+            .and_then(|mut f| f.write_all(password.as_bytes()))
+            .map_err(|e| format!("writing {}: {e}", password_file.display()))?;
+    }
     const TIMEOUT_MS: u64 = 1000;
     let (w_port, a_port, b_port, a_partner, b_partner) = (
         free_port()?,
@@ -299,8 +311,8 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
                 &port.to_string(),
                 "--database-id",
                 "demo",
-                "--password",
-                &password,
+                "--password-file",
+                &password_file.display().to_string(),
                 "--witness",
                 &format!("127.0.0.1:{w_port}"),
                 "--partner",

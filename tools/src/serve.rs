@@ -58,7 +58,13 @@ mirrorlog serve --config FILE [OPTIONS]
     --safety full|off         full: commits wait for the mirror's fsync
                               (remote-flush); off: local fsync only (default full)
     --transport auto|io_uring|blocking   partner transport (default auto)
-    --password P              require AUTH P from clients
+    --password-file FILE      require AUTH with the password in FILE from
+                              clients (mode 0600 or stricter; one trailing
+                              newline ignored; empty refused)
+    --password P              the same, given on the command line, where other
+                              local users can read it (ps, /proc): logged as a
+                              warning; prefer --password-file. In a --config
+                              file, `password` needs the file to be mode 0600
     --max-clients N           default 10000
     --io epoll|epoll:N|threads   how client connections are served: one epoll
                               event loop for all of them, N event loops (the
@@ -114,6 +120,9 @@ pub struct ServeOptions {
     pub safety: Safety,
     pub transport: TransportChoice,
     pub password: Option<String>,
+    /// The password came from `--password` on the command line (visible to
+    /// other local users): the server warns at start.
+    pub password_on_command_line: bool,
     pub max_clients: usize,
     pub idle_timeout: Option<Duration>,
     pub checkpoint_every: Option<Duration>,
@@ -162,6 +171,7 @@ struct FileConfig {
     safety: Option<String>,
     transport: Option<String>,
     password: Option<String>,
+    password_file: Option<String>,
     max_clients: Option<u64>,
     io: Option<String>,
     idle_timeout_secs: Option<u64>,
@@ -179,6 +189,15 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("--config {path}: {e}"))?;
     let c: FileConfig = toml::from_str(&text)
         .map_err(|e| format!("config file {path}: {}", e.to_string().trim()))?;
+    if c.password.is_some() {
+        // The password is only as private as the file that holds it.
+        let mode = private_mode(path).map_err(|e| format!("--config {path}: {e}"))?;
+        if let Some(mode) = mode {
+            return Err(format!(
+                "config file {path} holds a password but is readable or writable by group or others (mode {mode:o}); run: chmod 600 {path} (or move the password to a password_file)"
+            ));
+        }
+    }
     let mut v = Vec::new();
     let mut put = |k: &str, val: Option<String>| {
         if let Some(val) = val {
@@ -203,6 +222,7 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
     put("safety", c.safety);
     put("transport", c.transport);
     put("password", c.password);
+    put("password_file", c.password_file);
     put("max_clients", c.max_clients.map(|n| n.to_string()));
     put("io", c.io);
     put(
@@ -245,6 +265,12 @@ pub fn parse_with_io(args: &[String]) -> Result<(ServeOptions, IoMode), String> 
             rest.push(a.clone());
         }
     }
+    // A password on the command line wins over one in the file, of
+    // either kind (`--password` or `--password-file`).
+    let on_command_line = rest.iter().any(|a| a == "--password");
+    if on_command_line || rest.iter().any(|a| a == "--password-file") {
+        from_file.retain(|((f, _), _)| f != "--password" && f != "--password-file");
+    }
     // Check each file value alone first, so its error can name the key.
     for ((flag, value), path) in &from_file {
         let mut probe = vec![flag.clone(), value.clone()];
@@ -274,7 +300,53 @@ pub fn parse_with_io(args: &[String]) -> Result<(ServeOptions, IoMode), String> 
         .flat_map(|((f, v), _)| [f, v])
         .collect();
     all.extend(rest);
-    parse_flags(&all)
+    let (mut o, io) = parse_flags(&all)?;
+    o.password_on_command_line = on_command_line;
+    Ok((o, io))
+}
+
+/// The mode of `path` if group or others may read or write it (None: it
+/// is private to its owner).
+fn private_mode(path: &str) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
+}
+
+/// Reads a client password file: private to its owner (as a secret file
+/// must be), one trailing newline ignored (so `echo`-made files work),
+/// not empty.
+pub fn load_password(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read password file {path}: {e}"))?;
+    let mode = f
+        .metadata()
+        .map_err(|e| format!("cannot read password file {path}: {e}"))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "password file {path} is readable or writable by group or others (mode {mode:o}); run: chmod 600 {path}"
+        ));
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read password file {path}: {e}"))?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(format!(
+            "password file {path} is empty; put the password clients must AUTH with in it"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("password file {path} is not UTF-8 text"))
 }
 
 fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
@@ -294,6 +366,7 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
     let mut safety = Safety::Full;
     let mut transport = TransportChoice::Auto;
     let mut password = None;
+    let mut password_file = false;
     let mut max_clients = 10_000;
     let mut io = IoMode::default();
     let mut idle = None;
@@ -352,7 +425,20 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
             "--transport" => {
                 transport = value()?.parse().map_err(|e| format!("--transport: {e}"))?
             }
-            "--password" => password = Some(value()?),
+            "--password" => {
+                if password_file {
+                    return Err("give either --password or --password-file, not both".into());
+                }
+                password = Some(value()?)
+            }
+            "--password-file" => {
+                if password.is_some() && !password_file {
+                    return Err("give either --password or --password-file, not both".into());
+                }
+                let v = value()?;
+                password = Some(load_password(&v).map_err(|e| format!("--password-file: {e}"))?);
+                password_file = true;
+            }
             "--max-clients" => {
                 let v = value()?;
                 max_clients = v
@@ -489,6 +575,7 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
         safety,
         transport,
         password,
+        password_on_command_line: false,
         max_clients,
         idle_timeout: idle,
         checkpoint_every,
@@ -776,7 +863,16 @@ pub fn start(o: &ServeOptions, logger: Logger) -> Result<Running, String> {
 
 /// [`start`], serving clients as `io` says.
 pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Running, String> {
-    std::fs::create_dir_all(&o.dir).map_err(|e| format!("creating {}: {e}", o.dir.display()))?;
+    if o.password_on_command_line {
+        logger.line(
+            "mirrorlog: warning: --password on the command line is visible to other local users (ps, /proc/PID/cmdline); use --password-file FILE (mode 0600) instead",
+        );
+    }
+    mirrorlog_engine::private::create_dir_all(&o.dir)
+        .map_err(|e| format!("creating {}: {e}", o.dir.display()))?;
+    if let Some(line) = mirrorlog_engine::private::tighten_and_say(&o.dir, "mirrorlog") {
+        logger.line(&line);
+    }
     let secret = Secret::load(&o.secret_file)
         .map_err(|e| format!("--secret-file {}: {e}", o.secret_file.display()))?;
     let id = NodeIdentity {
@@ -888,6 +984,7 @@ pub fn tracing_logger() -> Logger {
             "bound reached",
             "unusable",
             "error",
+            "warning",
         ]
         .iter()
         .any(|w| lower.contains(w))

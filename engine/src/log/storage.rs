@@ -85,9 +85,9 @@ impl FsStorage {
     /// Opens `dir`, creating it (and its parents) if missing, and locks it.
     pub fn open(dir: impl AsRef<Path>) -> io::Result<FsStorage> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir)?;
+        crate::private::create_dir_all(&dir)?;
         let dir_file = File::open(&dir)?;
-        let lock = OpenOptions::new()
+        let lock = crate::private::file_options()
             .read(true)
             .write(true)
             .create(true)
@@ -150,7 +150,7 @@ impl Storage for FsStorage {
         // Build the file under a temporary name so a crash never leaves a
         // half-written file under a segment's name.
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut file = OpenOptions::new()
+        let mut file = crate::private::file_options()
             .write(true)
             .create(true)
             .truncate(true)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::apply::{Applier, ApplierThread};
 use crate::log::{FsStorage, Log};
 use crate::node::status::{NodeRole, Status, WitnessView};
-use crate::node::{open_conn, NodeConfig, NodeError};
+use crate::node::{open_conn, tighten_dir, NodeConfig, NodeError};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
@@ -77,6 +77,7 @@ impl<A: Applier> Mirror<A> {
         applier: A,
         applied_from: Option<u64>,
     ) -> Result<Mirror<A>, NodeError> {
+        tighten_dir(&cfg, "mirrorlog[mirror]");
         let (log, report) = Log::open(&cfg.dir, cfg.log.clone())?;
         cfg.logger.line(&format!("mirrorlog[mirror]: {report}"));
         if let Some(cut) = &report.cut {

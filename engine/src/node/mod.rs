@@ -205,6 +205,17 @@ pub enum NodeError {
     NotPrincipal(String),
 }
 
+/// Makes an existing data directory private (0700, files 0600), as an
+/// older version may have left it 0755 with 0644 files; says so if it
+/// changed anything. A missing directory is created private by the log.
+pub(crate) fn tighten_dir(cfg: &NodeConfig, who: &str) {
+    if cfg.dir.is_dir() {
+        if let Some(line) = crate::private::tighten_and_say(&cfg.dir, who) {
+            cfg.logger.line(&line);
+        }
+    }
+}
+
 /// Wraps a connected stream in the configured transport. With `Auto`, an
 /// io_uring set-up failure falls back to blocking sockets, and the reason
 /// is returned for the caller to log (once).

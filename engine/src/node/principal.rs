@@ -11,7 +11,7 @@ use crate::commit::progress::monotonic_ns;
 use crate::commit::{CommitError, Committed, Detached, GroupCommit, Level, Ticket};
 use crate::log::{FsStorage, Log};
 use crate::node::status::{LagClock, LatencySummary, NodeRole, Status, WitnessView};
-use crate::node::{open_conn, NodeConfig, NodeError, Safety, WitnessLink};
+use crate::node::{open_conn, tighten_dir, NodeConfig, NodeError, Safety, WitnessLink};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
@@ -121,6 +121,7 @@ impl Principal {
                 log
             }
             None => {
+                tighten_dir(&cfg, "mirrorlog[principal]");
                 let (log, report) = Log::open(&cfg.dir, cfg.log.clone())?;
                 cfg.logger.line(&format!("mirrorlog[principal]: {report}"));
                 if let Some(cut) = &report.cut {

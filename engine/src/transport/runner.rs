@@ -862,7 +862,8 @@ fn salvage<S: Storage>(
         bytes.extend_from_slice(v.frame());
     }
     let sdir = dir.join("salvage");
-    std::fs::create_dir_all(&sdir).map_err(|e| format!("creating {}: {e}", sdir.display()))?;
+    crate::private::create_dir_all(&sdir)
+        .map_err(|e| format!("creating {}: {e}", sdir.display()))?;
     let name = format!("salvage-{lsn}-{end}.frames");
     crate::durable::replace_file(&sdir, &name, &bytes)
         .map_err(|(ctx, e)| format!("saving the divergent tail: {ctx}: {e}"))?;

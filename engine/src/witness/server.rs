@@ -68,8 +68,11 @@ impl WitnessServer {
         if opts.lease.lease_ms == 0 {
             return Err("the lease must be longer than 0 ms".into());
         }
-        std::fs::create_dir_all(&opts.dir)
+        crate::private::create_dir_all(&opts.dir)
             .map_err(|e| format!("creating {}: {e}", opts.dir.display()))?;
+        if let Some(line) = crate::private::tighten_and_say(&opts.dir, "mirrorlog[witness]") {
+            opts.logger.line(&line);
+        }
         let st = WitnessState::load(&opts.dir).map_err(|e| e.to_string())?;
         let listener = TcpListener::bind(opts.listen)
             .map_err(|e| format!("listening on {}: {e}", opts.listen))?;
