@@ -257,7 +257,9 @@ impl Raw {
         self.call(&args)
     }
 
-    fn line(&mut self) -> io::Result<String> {
+    /// One line of a reply, CRLF removed (for a test that must not parse
+    /// what follows, e.g. a huge array).
+    pub fn line(&mut self) -> io::Result<String> {
         let mut l = Vec::new();
         let n = self.r.read_until(b'\n', &mut l)?;
         if n == 0 {
@@ -347,7 +349,12 @@ impl Raw {
 pub fn show_result(r: &io::Result<Resp>) -> String {
     match r {
         Ok(v) => v.show(),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             "no reply (read timed out)".into()
         }
         Err(e) => format!("error: {e}"),
@@ -404,12 +411,18 @@ impl Node {
     }
 }
 
-/// The last lines of a log file.
+/// The first line of a log file (where a refused flag is named, above the
+/// usage text) and its last lines.
 pub fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    let from = lines.len().saturating_sub(12);
-    lines[from..]
+    let from = lines.len().saturating_sub(8).max(1);
+    let mut shown: Vec<&str> = lines.iter().take(1).copied().collect();
+    if from > 1 {
+        shown.push("...");
+    }
+    shown.extend(lines.iter().skip(from).copied());
+    shown
         .iter()
         .map(|l| format!("    | {l}"))
         .collect::<Vec<_>>()
@@ -517,9 +530,12 @@ impl Pair {
         let pw = pair.password.clone();
         for node in [&mut pair.principal, &mut pair.mirror] {
             loop {
-                node.alive()
-                    .map_err(|e| format!("at start: {e}"))?;
-                match Raw::ready(node.port, pw.as_deref(), Instant::now() + Duration::from_millis(300)) {
+                node.alive().map_err(|e| format!("at start: {e}"))?;
+                match Raw::ready(
+                    node.port,
+                    pw.as_deref(),
+                    Instant::now() + Duration::from_millis(300),
+                ) {
                     Ok(_) => break,
                     Err(e) if Instant::now() > deadline => {
                         return Err(format!("the {} never answered: {e}", node.role))
@@ -531,9 +547,10 @@ impl Pair {
         let mut c = Raw::ready(p_port, pw.as_deref(), deadline)?;
         loop {
             let state = match c.cmd(&["INFO", "replication"]) {
-                Ok(Resp::Bulk(b)) => String::from_utf8_lossy(&b)
-                    .lines()
-                    .find_map(|l| l.strip_prefix("mirroring_state:").map(|s| s.trim().to_string())),
+                Ok(Resp::Bulk(b)) => String::from_utf8_lossy(&b).lines().find_map(|l| {
+                    l.strip_prefix("mirroring_state:")
+                        .map(|s| s.trim().to_string())
+                }),
                 _ => None,
             };
             if state.as_deref() == Some("synchronized") {
@@ -758,7 +775,12 @@ impl Writer {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let error = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, e, st, pre) = (acked.clone(), error.clone(), stop.clone(), prefix.to_string());
+        let (a, e, st, pre) = (
+            acked.clone(),
+            error.clone(),
+            stop.clone(),
+            prefix.to_string(),
+        );
         let handle = std::thread::spawn(move || {
             let mut n = 0u64;
             while !st.load(Ordering::Acquire) {
@@ -804,7 +826,12 @@ impl Writer {
 
     /// The acknowledged keys absent (or wrong) on the node at `port`,
     /// retried until none are missing or `timeout` passes.
-    pub fn missing_on(&self, port: u16, password: Option<&str>, timeout: Duration) -> Result<Vec<String>, String> {
+    pub fn missing_on(
+        &self,
+        port: u16,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<String>, String> {
         let acked: Vec<u64> = self.acked.lock().unwrap().iter().map(|(_, n)| *n).collect();
         let deadline = Instant::now() + timeout;
         let mut c = Raw::ready(port, password, Instant::now() + FRESH_CLIENT_TIMEOUT)?;
@@ -813,7 +840,10 @@ impl Writer {
         loop {
             let mut still = Vec::new();
             for chunk in todo.chunks(500) {
-                let keys: Vec<String> = chunk.iter().map(|n| format!("{}:{n}", self.prefix)).collect();
+                let keys: Vec<String> = chunk
+                    .iter()
+                    .map(|n| format!("{}:{n}", self.prefix))
+                    .collect();
                 let mut args: Vec<&[u8]> = vec![b"MGET"];
                 args.extend(keys.iter().map(|k| k.as_bytes()));
                 let vals = match c.call(&args) {
@@ -828,7 +858,10 @@ impl Writer {
             }
             todo = still;
             if todo.is_empty() || Instant::now() > deadline {
-                return Ok(todo.iter().map(|n| format!("{}:{n}", self.prefix)).collect());
+                return Ok(todo
+                    .iter()
+                    .map(|n| format!("{}:{n}", self.prefix))
+                    .collect());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -885,7 +918,10 @@ impl Harness {
     pub fn start(name: &str, o: PairOptions) -> Harness {
         let serial = serial();
         let pair = Pair::start(name, &o).unwrap_or_else(|e| {
-            panic!("{name}: the pair did not start (serve flags {:?}): {e}", o.extra)
+            panic!(
+                "{name}: the pair did not start (serve flags {:?}): {e}",
+                o.extra
+            )
         });
         let pw = o.password.as_deref();
         let canaries = vec![
@@ -1042,11 +1078,19 @@ impl Harness {
         ));
         self.check(
             p_rss < b.rss_bytes,
-            format!("principal RSS max {} >= bound {}", mib(p_rss), mib(b.rss_bytes)),
+            format!(
+                "principal RSS max {} >= bound {}",
+                mib(p_rss),
+                mib(b.rss_bytes)
+            ),
         );
         self.check(
             m_rss < b.rss_bytes,
-            format!("mirror RSS max {} >= bound {}", mib(m_rss), mib(b.rss_bytes)),
+            format!(
+                "mirror RSS max {} >= bound {}",
+                mib(m_rss),
+                mib(b.rss_bytes)
+            ),
         );
         // A fresh client, on each node.
         let pw = self.pair.password.clone();
@@ -1084,7 +1128,11 @@ impl Harness {
             attack.as_secs_f64()
         ));
         for (i, (role, port, timeout)) in [
-            ("principal", self.pair.principal.port, Duration::from_secs(2)),
+            (
+                "principal",
+                self.pair.principal.port,
+                Duration::from_secs(2),
+            ),
             ("mirror", self.pair.mirror.port, MIRROR_CATCH_UP_TIMEOUT),
         ]
         .into_iter()
@@ -1103,7 +1151,9 @@ impl Harness {
                     m.len(),
                     &m[..m.len().min(5)]
                 )),
-                Err(e) => self.fail(format!("reading acknowledged writes back from the {role}: {e}")),
+                Err(e) => self.fail(format!(
+                    "reading acknowledged writes back from the {role}: {e}"
+                )),
             }
         }
         if !alive {
