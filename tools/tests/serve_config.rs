@@ -195,7 +195,7 @@ fn a_served_node_keeps_its_log_and_checkpoints_private() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut c = loop {
-        if let Ok(c) = Client::connect(common::addr(port), Duration::from_secs(2)) {
+        if let Ok(c) = Client::connect(common::addr(port), Duration::from_secs(20)) {
             break c;
         }
         assert!(Instant::now() < deadline, "the server never came up");
@@ -364,7 +364,7 @@ fn a_server_started_with_a_password_file_requires_auth_with_that_password() {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let c = loop {
-            if let Ok(c) = Client::connect(common::addr(port), Duration::from_secs(2)) {
+            if let Ok(c) = Client::connect(common::addr(port), Duration::from_secs(20)) {
                 break c;
             }
             assert!(Instant::now() < deadline, "the server never came up");
