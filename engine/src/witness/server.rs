@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::node::Logger;
 use crate::replication::handshake::{random_nonce, Secret};
-use crate::witness::proto::{read_frame, Framer, Reply, Request, NONCE_BYTES, REPLY, REQUEST};
+use crate::witness::proto::{
+    read_frame, End, Reply, Request, WitnessHandshake, HELLO_BYTES, WITNESS_CONFIRM_BYTES,
+};
 use crate::witness::state::{StateError, WitnessState};
 use crate::witness::{LeaseConfig, PromoteReply, RenewReply, WitnessCore};
 
@@ -186,30 +188,23 @@ fn serve_conn(sh: &Shared, mut stream: TcpStream) -> Result<(), String> {
         .set_write_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     let nonce = random_nonce().map_err(|e| format!("no randomness for a nonce: {e}"))?;
-    stream.write_all(&nonce).map_err(|e| e.to_string())?;
-    // The partner's nonce, within a few read timeouts.
-    let mut theirs = [0u8; NONCE_BYTES];
-    let mut got = 0;
-    let began = Instant::now();
-    while got < NONCE_BYTES {
-        match std::io::Read::read(&mut stream, &mut theirs[got..]) {
-            Ok(0) => return Ok(()),
-            Ok(n) => got += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if began.elapsed() > Duration::from_secs(5) || sh.stop.load(Ordering::Acquire) {
-                    return Err("no nonce from the partner within 5 s".into());
-                }
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    let seed = crate::replication::pake::random_seed()
+        .map_err(|e| format!("no randomness for the key exchange: {e}"))?;
+    let hs = WitnessHandshake::start(End::Witness, &sh.opts.secret, nonce, seed);
+    stream.write_all(&hs.hello()).map_err(|e| e.to_string())?;
+    // The partner's hello and confirmation, each within a few read
+    // timeouts.
+    let mut theirs = [0u8; HELLO_BYTES];
+    if !read_within(sh, &mut stream, &mut theirs, "hello")? {
+        return Ok(());
     }
-    let framer = Framer::new(sh.opts.secret.clone(), nonce, theirs);
-    let mut seq = 0u64;
+    let (confirming, confirm) = hs.on_hello(&theirs)?;
+    stream.write_all(&confirm).map_err(|e| e.to_string())?;
+    let mut got = [0u8; WITNESS_CONFIRM_BYTES];
+    if !read_within(sh, &mut stream, &mut got, "key confirmation")? {
+        return Ok(());
+    }
+    let mut framer = confirming.on_confirm(&got)?;
     let mut last = Instant::now();
     loop {
         if sh.stop.load(Ordering::Acquire) {
@@ -234,14 +229,49 @@ fn serve_conn(sh: &Shared, mut stream: TcpStream) -> Result<(), String> {
             Err(e) => return Err(e.to_string()),
         };
         last = Instant::now();
-        let body = framer.open(REQUEST, seq, &payload)?;
+        let body = framer.open(&payload)?;
         let req = Request::decode(body)?;
         let reply = decide(sh, &req);
         stream
-            .write_all(&framer.seal(REPLY, seq, &reply.encode()))
+            .write_all(&framer.seal(&reply.encode()))
             .map_err(|e| e.to_string())?;
-        seq += 1;
     }
+}
+
+/// Fills `buf` from the partner within 5 s. Ok(false): it closed before
+/// sending anything.
+fn read_within(
+    sh: &Shared,
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<bool, String> {
+    let mut got = 0;
+    let began = Instant::now();
+    while got < buf.len() {
+        match std::io::Read::read(stream, &mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => {
+                return Err(format!(
+                    "the partner closed the connection after {got} bytes of its {what}"
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if began.elapsed() > Duration::from_secs(5) || sh.stop.load(Ordering::Acquire) {
+                    return Err(format!("no {what} from the partner within 5 s"));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(true)
 }
 
 /// One request against the core; a change of the durable state is stored
