@@ -31,7 +31,7 @@ use mirrorlog_engine::replication::wire::Message;
 use mirrorlog_engine::transport::runner::NodeIdentity;
 use mirrorlog_engine::transport::TransportChoice;
 use mirrorlog_engine::witness::client::WitnessClient;
-use mirrorlog_engine::witness::proto::{read_frame, Framer, Reply, Request, REPLY, REQUEST};
+use mirrorlog_engine::witness::proto::{handshake_blocking, read_frame, End, Reply, Request};
 use mirrorlog_engine::witness::server::{WitnessOptions, WitnessServer};
 use mirrorlog_engine::witness::LeaseConfig;
 
@@ -107,18 +107,11 @@ fn fake_witness(lease_ms: u64) -> FakeWitness {
             let held_tx = held_tx.clone();
             let release_rx = release_rx.clone();
             std::thread::spawn(move || {
-                let nonce = [7u8; 32];
-                if s.write_all(&nonce).is_err() {
+                let Ok(mut f) = handshake_blocking(End::Witness, &mut s, &secret()) else {
                     return;
-                }
-                let mut theirs = [0u8; 32];
-                if std::io::Read::read_exact(&mut s, &mut theirs).is_err() {
-                    return;
-                }
-                let f = Framer::new(secret(), nonce, theirs);
-                let mut seq = 0u64;
+                };
                 while let Ok(p) = read_frame(&mut s) {
-                    let Ok(body) = f.open(REQUEST, seq, &p) else {
+                    let Ok(body) = f.open(&p) else {
                         return;
                     };
                     let reply = match Request::decode(body).unwrap() {
@@ -145,10 +138,9 @@ fn fake_witness(lease_ms: u64) -> FakeWitness {
                             why: "not scripted".into(),
                         },
                     };
-                    if s.write_all(&f.seal(REPLY, seq, &reply.encode())).is_err() {
+                    if s.write_all(&f.seal(&reply.encode())).is_err() {
                         return;
                     }
-                    seq += 1;
                 }
             });
         }
@@ -715,18 +707,23 @@ fn regression_a_recorded_witness_reply_is_accepted_on_a_later_connection() {
     let recorder = std::thread::spawn(move || {
         let (mut c, _) = rec.accept().unwrap();
         let mut up = TcpStream::connect(witness_addr).unwrap();
-        let mut nonce = [0u8; 32];
-        up.read_exact(&mut nonce).unwrap();
-        c.write_all(&nonce).unwrap();
-        // The partner's nonce (since the fix) goes up as well.
-        let mut theirs = [0u8; 32];
-        c.read_exact(&mut theirs).unwrap();
-        up.write_all(&theirs).unwrap();
+        // Witness protocol 2: hellos (71 bytes) and confirmations (32)
+        // both ways, then the request and its reply.
+        let relay = |from: &mut TcpStream, to: &mut TcpStream, n: usize| {
+            let mut b = vec![0u8; n];
+            from.read_exact(&mut b).unwrap();
+            to.write_all(&b).unwrap();
+            b
+        };
+        let w_hello = relay(&mut up, &mut c, 71);
+        relay(&mut c, &mut up, 71);
+        let w_confirm = relay(&mut up, &mut c, 32);
+        relay(&mut c, &mut up, 32);
         let req = read_frame_bytes(&mut c);
         up.write_all(&req).unwrap();
         let reply = read_frame_bytes(&mut up);
         c.write_all(&reply).unwrap();
-        (nonce, reply)
+        ([w_hello, w_confirm].concat(), reply)
     });
     let renew = Request::Renew {
         database_id: DB,
@@ -763,11 +760,11 @@ fn regression_a_recorded_witness_reply_is_accepted_on_a_later_connection() {
     let fake_addr = fake.local_addr().unwrap();
     std::thread::spawn(move || {
         let (mut c, _) = fake.accept().unwrap();
-        c.write_all(&nonce).unwrap();
-        let mut theirs = [0u8; 32];
+        // The recorded hello and confirmation, whatever the partner says.
+        let _ = c.write_all(&nonce);
+        let mut theirs = [0u8; 71 + 32];
         let _ = c.read_exact(&mut theirs);
-        let _ = read_frame_bytes(&mut c);
-        c.write_all(&reply).unwrap();
+        let _ = c.write_all(&reply);
         std::thread::sleep(Duration::from_millis(500));
     });
     let mut a = WitnessClient::new(fake_addr, secret());

@@ -10,7 +10,7 @@ use mirrorlog_engine::apply::{Applier, ApplierThread, ApplyError, ApplyOptions};
 use mirrorlog_engine::log::sim::SimStorage;
 use mirrorlog_engine::log::{Compression, Log, LogOptions, Records, RecordsBuf};
 use mirrorlog_engine::replication::catchup::{plan_catch_up, CatchUp, PrincipalLog};
-use mirrorlog_engine::replication::handshake::{auth_mac, Handshake, Secret, Step};
+use mirrorlog_engine::replication::handshake::{Handshake, Secret, Step};
 use mirrorlog_engine::replication::wire::{Message, RefuseCode, Role};
 
 /// Applier tests measure a thread's CPU time by name: run them one at a time.
@@ -308,9 +308,9 @@ fn regression_handshake_refuses_an_older_mirror_that_catch_up_serves() {
     );
     let s = Secret::new(b"0123456789abcdef".to_vec()).unwrap();
     let db = [9; 16];
-    let (mut principal, _) = Handshake::start(Role::Principal, db, 2, s.clone(), [1; 32]);
-    let (_, mirror_hello) = Handshake::start(Role::Mirror, db, 1, s, [2; 32]);
-    let got = principal.on_message(mirror_hello);
+    let (mut principal, _) = Handshake::start(Role::Principal, db, 2, s.clone(), [1; 32], [1; 32]);
+    let (_, mirror_first) = Handshake::start(Role::Mirror, db, 1, s, [2; 32], [2; 32]);
+    let got = principal.on_message(mirror_first[0].clone());
     assert!(
         matches!(got, Ok(Step::Send(_))),
         "principal at epoch 2 refused a mirror at epoch 1 it could catch up: {got:?}"
@@ -366,50 +366,55 @@ fn regression_start_truncate_to_max_does_not_round_trip() {
 
 // ---------------------------------------------------------------- handshake
 
-/// Auth before hello, a replayed MAC from an earlier session, a reflected
-/// MAC, and anything after a failure are all refused.
+/// Confirm before hello, a confirmation recorded from an earlier session,
+/// a reflected one, and anything after a failure are all refused (version
+/// 4: PAKE and key confirmation).
 #[test]
 fn invariant_handshake_refuses_replay_reflection_and_out_of_order_auth() {
     let s = Secret::new(b"0123456789abcdef".to_vec()).unwrap();
     let db = [9; 16];
-    // Auth before hello.
-    let (mut m, _) = Handshake::start(Role::Mirror, db, 1, s.clone(), [1; 32]);
-    let err = m.on_message(Message::Auth { mac: [0; 32] }).unwrap_err();
+    // Confirm before hello.
+    let (mut m, _) = Handshake::start(Role::Mirror, db, 1, s.clone(), [1; 32], [1; 32]);
+    let err = m.on_message(Message::Confirm { mac: [0; 32] }).unwrap_err();
     assert_eq!(err.code, RefuseCode::Protocol);
-    assert!(m.on_message(Message::Auth { mac: [0; 32] }).is_err());
-    // A MAC recorded from a session with another nonce does not verify.
-    let (_, old_p) = Handshake::start(Role::Principal, db, 1, s.clone(), [3; 32]);
-    let (_, old_m) = Handshake::start(Role::Mirror, db, 1, s.clone(), [4; 32]);
-    let (Message::Hello(old_p), Message::Hello(old_m)) = (old_p, old_m) else {
-        unreachable!()
+    assert!(m.on_message(Message::Confirm { mac: [0; 32] }).is_err());
+    // A confirmation recorded from an earlier session (other nonces, other
+    // ephemerals) does not verify.
+    let (mut old_p, _) = Handshake::start(Role::Principal, db, 1, s.clone(), [3; 32], [3; 32]);
+    let (_, old_m_first) = Handshake::start(Role::Mirror, db, 1, s.clone(), [4; 32], [4; 32]);
+    old_p.on_message(old_m_first[0].clone()).unwrap();
+    let Ok(Step::Send(recorded)) = old_p.on_message(old_m_first[1].clone()) else {
+        panic!("old principal confirms")
     };
-    let recorded = auth_mac(&s, &old_p, &old_m);
-    let (mut m, Message::Hello(my)) = Handshake::start(Role::Mirror, db, 1, s.clone(), [5; 32])
-    else {
-        unreachable!()
+    let fresh = |nonce: u8| {
+        let (mut p, p_first) =
+            Handshake::start(Role::Principal, db, 1, s.clone(), [nonce; 32], [nonce; 32]);
+        let (mut m, m_first) = Handshake::start(Role::Mirror, db, 1, s.clone(), [5; 32], [5; 32]);
+        p.on_message(m_first[0].clone()).unwrap();
+        let Ok(Step::Send(p_confirm)) = p.on_message(m_first[1].clone()) else {
+            panic!("principal confirms")
+        };
+        m.on_message(p_first[0].clone()).unwrap();
+        let Ok(Step::Send(m_confirm)) = m.on_message(p_first[1].clone()) else {
+            panic!("mirror confirms")
+        };
+        (m, p_confirm[0].clone(), m_confirm[0].clone())
     };
-    let peer = old_p;
-    let Ok(Step::Send(sent)) = m.on_message(Message::Hello(peer)) else {
-        panic!("hello accepted")
-    };
-    let Message::Auth { mac: my_mac } = sent[0] else {
-        panic!("auth sent")
-    };
-    assert!(m.on_message(Message::Auth { mac: recorded }).is_err());
+    let (mut m, _right, _) = fresh(6);
+    assert!(m.on_message(recorded[0].clone()).is_err());
     assert!(!m.is_done());
-    // After the failure even the right MAC is refused.
-    let right = auth_mac(&s, &peer, &my);
-    assert!(m.on_message(Message::Auth { mac: right }).is_err());
-    // Reflection: our own MAC sent back does not verify.
-    let (mut m, _) = Handshake::start(Role::Mirror, db, 1, s.clone(), [5; 32]);
-    m.on_message(Message::Hello(peer)).unwrap();
-    assert!(m.on_message(Message::Auth { mac: my_mac }).is_err());
-    // And the genuine MAC does.
-    let (mut m, _) = Handshake::start(Role::Mirror, db, 1, s, [5; 32]);
-    m.on_message(Message::Hello(peer)).unwrap();
-    assert_eq!(
-        m.on_message(Message::Auth { mac: right }),
-        Ok(Step::Authenticated { peer })
-    );
+    // After the failure even the right confirmation is refused.
+    let (mut m, right, _) = fresh(6);
+    assert!(m.on_message(recorded[0].clone()).is_err());
+    assert!(m.on_message(right).is_err());
+    // Reflection: our own confirmation sent back does not verify.
+    let (mut m, _, mine) = fresh(6);
+    assert!(m.on_message(mine).is_err());
+    // And the genuine one does.
+    let (mut m, right, _) = fresh(6);
+    assert!(matches!(
+        m.on_message(right),
+        Ok(Step::Authenticated { peer, .. }) if peer.role == Role::Principal
+    ));
     assert!(m.is_done());
 }

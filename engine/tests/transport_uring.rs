@@ -279,7 +279,8 @@ fn sample_messages() -> Vec<Message> {
             epoch: 42,
             nonce: [9; 32],
         }),
-        Message::Auth { mac: [0xa5; 32] },
+        Message::Confirm { mac: [0xa5; 32] },
+        Message::Pake { msg: [0x5a; 33] },
         Message::Position {
             epoch: 42,
             written_lsn: 1 << 40,

@@ -875,6 +875,9 @@ pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Run
     }
     let secret = Secret::load(&o.secret_file)
         .map_err(|e| format!("--secret-file {}: {e}", o.secret_file.display()))?;
+    if let Some(w) = secret.entropy_warning() {
+        tracing::warn!("--secret-file {}: {w}", o.secret_file.display());
+    }
     let id = NodeIdentity {
         database_id: o.database_id,
         secret,

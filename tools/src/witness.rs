@@ -93,6 +93,9 @@ pub fn run(o: Options, logger: Logger) -> Result<(), String> {
 pub fn start(o: &Options, logger: Logger) -> Result<WitnessServer, String> {
     let secret = Secret::load(&o.secret_file)
         .map_err(|e| format!("--secret-file {}: {e}", o.secret_file.display()))?;
+    if let Some(w) = secret.entropy_warning() {
+        tracing::warn!("--secret-file {}: {w}", o.secret_file.display());
+    }
     WitnessServer::start(WitnessOptions {
         dir: o.dir.clone(),
         listen: o.listen,

@@ -363,11 +363,19 @@ fn a_server_started_with_a_password_file_requires_auth_with_that_password() {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
+        // Up once it answers (NOAUTH counts): a connection accepted while
+        // the node is still starting may be dropped if the start fails.
         let c = loop {
-            if let Ok(c) = Client::connect(common::addr(port), Duration::from_secs(20)) {
-                break c;
+            if let Ok(mut c) = Client::connect(common::addr(port), Duration::from_secs(20)) {
+                if c.call(&[b"PING"]).is_ok() {
+                    break c;
+                }
             }
-            assert!(Instant::now() < deadline, "the server never came up");
+            assert!(
+                Instant::now() < deadline,
+                "the server never came up: {}",
+                std::fs::read_to_string(d.join(log)).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         (common::Served(child), c)

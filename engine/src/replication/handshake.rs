@@ -1,30 +1,40 @@
 //! The partner handshake: both sides prove they know the shared secret
-//! before a byte of log moves, and agree on database, protocol and epoch.
+//! before a byte of log moves, without revealing anything that lets
+//! anyone test a guess of it offline, agree on database, protocol and
+//! epoch, and derive the session's message keys.
 //!
 //! ```text
-//!   principal                          mirror
-//!   Hello{role, db, epoch, nonce_p} ─▶
-//!                                  ◀─ Hello{role, db, epoch, nonce_m}
-//!   Auth{HMAC(secret, P-hello, M-hello)} ─▶
-//!                                  ◀─ Auth{HMAC(secret, M-hello, P-hello)}
+//!   principal                                   mirror
+//!   Hello{v4, role, db, epoch, nonce_p}, Pake{X} ─▶
+//!                            ◀─ Hello{v4, role, db, epoch, nonce_m}, Pake{Y}
+//!   (checks the mirror's hello; K = SPAKE2(secret, x, Y); keys from K and
+//!    the transcript T = both hellos and both PAKE messages)
+//!   Confirm{HMAC(k_confirm_principal, H(T))} ─▶
+//!                            ◀─ Confirm{HMAC(k_confirm_mirror, H(T))}
+//!   every later message ‖ tag (`seal`), keyed per direction from K
 //! ```
 //!
-//! Each MAC covers both hellos, so both fresh nonces: a recorded
-//! exchange cannot be replayed, and neither side can reflect the other's
-//! MAC back (the sender's hello comes first). Anything wrong gets a
-//! `Refuse` naming why, sent before the connection is closed, and an error
-//! for the local operator. Pure: no I/O, no clock.
+//! The PAKE (`pake`, SPAKE2) makes every value a side sends either a
+//! uniformly random point or a MAC keyed from the exchange's output, which
+//! needs the peer's ephemeral scalar as well as the secret: an eavesdropper
+//! learns nothing about the secret, and an attacker posing as a partner
+//! tests exactly one guess per connection (the one its PAKE message
+//! committed to). The transcript binds the nonces, so a recorded exchange
+//! cannot be replayed; the confirmations are keyed by their sender's role,
+//! so neither can be reflected. Anything wrong gets a `Refuse` naming why,
+//! sent before the connection is closed, and an error for the local
+//! operator. Pure: no I/O, no clock.
 
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use thiserror::Error;
 
+use crate::replication::pake::{KeyExchange, SessionSecrets, SEED_BYTES};
+use crate::replication::seal::SealKeys;
 use crate::replication::wire::{
-    encode_hello, Hello, Message, RefuseCode, Role, DATABASE_ID_BYTES, MAC_BYTES, NONCE_BYTES,
+    encode_hello, Hello, Message, RefuseCode, Role, DATABASE_ID_BYTES, NONCE_BYTES,
     PROTOCOL_VERSION,
 };
 
@@ -32,7 +42,75 @@ use crate::replication::wire::{
 #[derive(Clone)]
 pub struct Secret(Vec<u8>);
 
+// Callers that load a secret log `Secret::entropy_warning()` once.
+
 pub const SECRET_BYTES_MIN: usize = 16;
+/// Below this estimated entropy a secret gets a warning at load.
+pub const SECRET_ENTROPY_BITS_MIN: f64 = 80.0;
+
+fn entropy_bits_estimate(b: &[u8]) -> f64 {
+    let has = |f: fn(&u8) -> bool| b.iter().any(f);
+    let mut alphabet = 0u32;
+    if has(u8::is_ascii_lowercase) {
+        alphabet += 26;
+    }
+    if has(u8::is_ascii_uppercase) {
+        alphabet += 26;
+    }
+    if has(u8::is_ascii_digit) {
+        alphabet += 10;
+    }
+    let punct = |c: &u8| c.is_ascii_punctuation() || *c == b' ';
+    if has(punct) {
+        alphabet += 33;
+    }
+    if b.iter().any(|c| !c.is_ascii_alphanumeric() && !punct(c)) {
+        alphabet += 161;
+    }
+    let alphabet = alphabet.clamp(1, 256);
+    let mut chars = b.len() as f64 * f64::from(alphabet).log2();
+    let mut seen = [false; 256];
+    for &c in b {
+        seen[c as usize] = true;
+    }
+    let distinct = seen.iter().filter(|&&s| s).count();
+    if distinct < 8 {
+        chars = chars.min(b.len() as f64 * (distinct.max(1) as f64).log2());
+    }
+    let mut words = 0.0;
+    let mut punct_seen = [false; 256];
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_alphabetic() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            let run = &b[start..i];
+            let wordlike = run.len() <= 10 && run[1..].iter().all(u8::is_ascii_lowercase);
+            words += if wordlike {
+                11.0
+            } else {
+                run.len() as f64 * 52f64.log2()
+            };
+            continue;
+        }
+        words += if c.is_ascii_digit() {
+            10f64.log2()
+        } else if punct(&c) {
+            if std::mem::replace(&mut punct_seen[c as usize], true) {
+                0.0
+            } else {
+                5.0
+            }
+        } else {
+            8.0
+        };
+        i += 1;
+    }
+    chars.min(words)
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,6 +144,41 @@ impl Secret {
 
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// A rough upper estimate of the secret's entropy in bits, for
+    /// [`Secret::entropy_warning`]. The smallest of:
+    ///
+    /// * characters: length × log2(alphabet), the alphabet being the sum of
+    ///   the classes that occur (26 lowercase, 26 uppercase, 10 digits, 33
+    ///   other printable ASCII, 161 for any other byte; at most 256), and
+    ///   with fewer than 8 distinct bytes, length × log2(distinct bytes);
+    /// * words, as a dictionary attack sees them: every run of at most 10
+    ///   lowercase letters (optionally capitalised) is one word from a
+    ///   2,048-word list, 11 bits; a longer or mixed-case run 5.7 bits a
+    ///   letter; a digit 3.3 bits; other printable ASCII 5 bits the first
+    ///   time a byte value occurs and nothing after (a separator repeated);
+    ///   any other byte 8 bits.
+    ///
+    /// `head -c 32 /dev/urandom | base64` scores far above the threshold;
+    /// the README's old example `a-shared-secret-of-16+-bytes` scores 72.
+    pub fn entropy_bits_estimate(&self) -> f64 {
+        entropy_bits_estimate(&self.0)
+    }
+
+    /// A warning to log once when the secret is loaded, if its estimated
+    /// entropy is below [`SECRET_ENTROPY_BITS_MIN`]. The handshake allows
+    /// no offline guessing, but every connection is one online guess, and
+    /// a secret people can guess should not guard a database.
+    pub fn entropy_warning(&self) -> Option<String> {
+        let bits = self.entropy_bits_estimate();
+        (bits < SECRET_ENTROPY_BITS_MIN).then(|| {
+            format!(
+                "the shared secret looks weak: about {bits:.0} bits of entropy by a simple estimate \
+                 (words, character classes, repeated bytes), below {SECRET_ENTROPY_BITS_MIN:.0}; \
+                 use random bytes, e.g. head -c 32 /dev/urandom | base64 > FILE"
+            )
+        })
     }
 
     /// Reads a secret file: private to its owner, at least 16 bytes, one
@@ -102,35 +215,8 @@ pub fn random_nonce() -> std::io::Result<[u8; NONCE_BYTES]> {
     Ok(nonce)
 }
 
-const MAC_CONTEXT: &[u8] = b"mirrorlog-partner-auth-v1";
-
-/// HMAC-SHA256 keyed with the secret, fed context || sender's hello ||
-/// receiver's hello.
-fn keyed_mac(secret: &Secret, sender: &Hello, receiver: &Hello) -> Hmac<Sha256> {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&secret.0)
-        .expect("HMAC takes keys of any length");
-    let mut buf = Vec::with_capacity(MAC_CONTEXT.len() + 120);
-    buf.extend_from_slice(MAC_CONTEXT);
-    encode_hello(sender, &mut buf);
-    encode_hello(receiver, &mut buf);
-    mac.update(&buf);
-    mac
-}
-
-/// The MAC `sender` sends to `receiver`.
-pub fn auth_mac(secret: &Secret, sender: &Hello, receiver: &Hello) -> [u8; MAC_BYTES] {
-    keyed_mac(secret, sender, receiver)
-        .finalize()
-        .into_bytes()
-        .into()
-}
-
-fn verify_mac(secret: &Secret, sender: &Hello, receiver: &Hello, got: &[u8; MAC_BYTES]) -> bool {
-    // Constant-time comparison.
-    keyed_mac(secret, sender, receiver)
-        .verify_slice(got)
-        .is_ok()
-}
+/// Names the protocol in the SPAKE2 identity and the key schedule.
+const CONTEXT: &[u8] = b"mirrorlog-partner-v4";
 
 /// Why a handshake failed. `refuse` is the message to send the partner
 /// before closing (None when the partner refused us, or the failure is on
@@ -156,10 +242,12 @@ fn refuse(code: RefuseCode, reason: String) -> HandshakeError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Our hello is sent; waiting for the partner's.
+    /// Our hello and PAKE message are sent; waiting for the partner's hello.
     AwaitHello,
-    /// Hellos exchanged, our MAC sent; waiting for the partner's.
-    AwaitAuth,
+    /// The partner's hello passed; waiting for its PAKE message.
+    AwaitPake,
+    /// Our confirmation is sent; waiting for the partner's.
+    AwaitConfirm,
     Done,
     Failed,
 }
@@ -168,29 +256,38 @@ enum State {
 /// it returns.
 pub struct Handshake {
     me: Hello,
-    secret: Secret,
+    exchange: Option<KeyExchange>,
+    my_pake: [u8; crate::replication::wire::PAKE_BYTES],
     peer: Option<Hello>,
+    secrets: Option<SessionSecrets>,
     state: State,
 }
 
 /// What the handshake wants next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Step {
     /// Send these messages, then keep reading.
     Send(Vec<Message>),
-    /// The partner proved itself; these are its hello's facts.
-    Authenticated { peer: Hello },
+    /// The partner proved itself; these are its hello's facts and the
+    /// session's message keys (install them in the connection before the
+    /// next message is read or sent).
+    Authenticated { peer: Hello, keys: SealKeys },
 }
 
 impl Handshake {
-    /// Starts a handshake; returns it and the `Hello` to send at once.
+    /// Starts a handshake; returns it and the messages to send at once
+    /// (`hello`, then `pake`). `nonce` is public, `seed` is secret
+    /// randomness for the key exchange (both fresh from
+    /// [`random_nonce`] and [`crate::replication::pake::random_seed`];
+    /// tests fix them).
     pub fn start(
         role: Role,
         database_id: [u8; DATABASE_ID_BYTES],
         epoch: u64,
         secret: Secret,
         nonce: [u8; NONCE_BYTES],
-    ) -> (Handshake, Message) {
+        seed: [u8; SEED_BYTES],
+    ) -> (Handshake, Vec<Message>) {
         let me = Hello {
             version: PROTOCOL_VERSION,
             role,
@@ -198,13 +295,17 @@ impl Handshake {
             epoch,
             nonce,
         };
+        let exchange = KeyExchange::start(&secret, CONTEXT, seed);
+        let my_pake = exchange.message();
         let hs = Handshake {
             me,
-            secret,
+            exchange: Some(exchange),
+            my_pake,
             peer: None,
+            secrets: None,
             state: State::AwaitHello,
         };
-        (hs, Message::Hello(me))
+        (hs, vec![Message::Hello(me), Message::Pake { msg: my_pake }])
     }
 
     pub fn is_done(&self) -> bool {
@@ -219,6 +320,10 @@ impl Handshake {
             (Ok(Step::Authenticated { .. }), _) => State::Done,
             (Ok(Step::Send(_)), s) => s,
         };
+        if self.state == State::Failed {
+            self.exchange = None;
+            self.secrets = None;
+        }
         result
     }
 
@@ -238,80 +343,54 @@ impl Handshake {
                 refuse: None,
             }),
             (State::AwaitHello, Message::Hello(peer)) => {
-                if peer.version != PROTOCOL_VERSION {
-                    return Err(refuse(
-                        RefuseCode::BadVersion,
-                        format!(
-                            "partner speaks protocol version {}, this node speaks version {PROTOCOL_VERSION}",
-                            peer.version
-                        ),
-                    ));
-                }
-                if peer.database_id != me.database_id {
-                    return Err(refuse(
-                        RefuseCode::BadDatabase,
-                        format!(
-                            "partner serves database {}, this node serves {}; check database_id on both",
-                            hex(&peer.database_id),
-                            hex(&me.database_id)
-                        ),
-                    ));
-                }
-                if peer.role == me.role {
-                    return Err(refuse(
-                        RefuseCode::RoleConflict,
-                        format!("both nodes claim to be the {}", me.role.name()),
-                    ));
-                }
-                // The principal's epoch is never older than its mirror's:
-                // every principal incarnation starts a new epoch, and a mirror
-                // from an older one catches up (replication::catchup). A mirror
-                // from a newer epoch means this principal is stale.
-                let (principal_epoch, mirror_epoch) = match me.role {
-                    Role::Principal => (me.epoch, peer.epoch),
-                    Role::Mirror => (peer.epoch, me.epoch),
-                };
-                if mirror_epoch > principal_epoch {
-                    return Err(refuse(
-                        RefuseCode::EpochMismatch,
-                        format!(
-                            "the mirror is at epoch {mirror_epoch}, newer than the principal's epoch \
-                             {principal_epoch}: the principal is stale and must not serve it"
-                        ),
-                    ));
-                }
-                if peer.nonce == me.nonce {
-                    // Our own hello reflected back: not a partner.
-                    return Err(refuse(
-                        RefuseCode::Protocol,
-                        "partner echoed this node's nonce".into(),
-                    ));
-                }
+                check_hello(&me, &peer)?;
                 self.peer = Some(peer);
-                self.state = State::AwaitAuth;
-                let mac = auth_mac(&self.secret, &me, &peer);
-                Ok(Step::Send(vec![Message::Auth { mac }]))
+                self.state = State::AwaitPake;
+                Ok(Step::Send(Vec::new()))
             }
-            (State::AwaitAuth, Message::Auth { mac }) => {
-                let peer = self.peer.expect("AwaitAuth has the peer's hello");
-                if !verify_mac(&self.secret, &peer, &me, &mac) {
+            (State::AwaitPake, Message::Pake { msg }) => {
+                let peer = self.peer.expect("AwaitPake has the peer's hello");
+                let exchange = self.exchange.take().expect("AwaitPake has the exchange");
+                // The transcript in the principal's order, whoever we are.
+                let (p_hello, m_hello, p_pake, m_pake) = match me.role {
+                    Role::Principal => (me, peer, self.my_pake, msg),
+                    Role::Mirror => (peer, me, msg, self.my_pake),
+                };
+                let mut t = Vec::with_capacity(2 * 60 + 2 * 33);
+                encode_hello(&p_hello, &mut t);
+                encode_hello(&m_hello, &mut t);
+                t.extend_from_slice(&p_pake);
+                t.extend_from_slice(&m_pake);
+                let secrets = exchange
+                    .finish(&msg, CONTEXT, &t)
+                    .map_err(|e| refuse(RefuseCode::Protocol, e))?;
+                let mac = secrets.confirmation(me.role.name());
+                self.secrets = Some(secrets);
+                self.state = State::AwaitConfirm;
+                Ok(Step::Send(vec![Message::Confirm { mac }]))
+            }
+            (State::AwaitConfirm, Message::Confirm { mac }) => {
+                let peer = self.peer.expect("AwaitConfirm has the peer's hello");
+                let secrets = self.secrets.take().expect("AwaitConfirm has the secrets");
+                if !secrets.verify_confirmation(peer.role.name(), &mac) {
                     return Err(refuse(
                         RefuseCode::BadAuth,
                         "authentication failed: the partner does not hold the same shared secret"
                             .into(),
                     ));
                 }
-                Ok(Step::Authenticated { peer })
+                let keys = secrets.seal_keys(me.role.name(), peer.role.name());
+                Ok(Step::Authenticated { peer, keys })
             }
             (state, m) => Err(refuse(
                 RefuseCode::Protocol,
                 format!(
                     "unexpected {} message during the handshake ({})",
                     m.kind(),
-                    if state == State::AwaitHello {
-                        "expected hello"
-                    } else {
-                        "expected auth"
+                    match state {
+                        State::AwaitHello => "expected hello",
+                        State::AwaitPake => "expected pake",
+                        _ => "expected confirm",
                     }
                 ),
             )),
@@ -319,6 +398,112 @@ impl Handshake {
     }
 }
 
+/// The partner's hello against ours: version, database, roles, epochs.
+fn check_hello(me: &Hello, peer: &Hello) -> Result<(), HandshakeError> {
+    if peer.version != PROTOCOL_VERSION {
+        let hint = if peer.version < PROTOCOL_VERSION {
+            "; upgrade the partner (version 3 and older authenticated in a way that let the shared secret be guessed offline)"
+        } else {
+            "; upgrade this node"
+        };
+        return Err(refuse(
+            RefuseCode::BadVersion,
+            format!(
+                "partner speaks protocol version {}, this node speaks version {PROTOCOL_VERSION}{hint}",
+                peer.version
+            ),
+        ));
+    }
+    if peer.database_id != me.database_id {
+        return Err(refuse(
+            RefuseCode::BadDatabase,
+            format!(
+                "partner serves database {}, this node serves {}; check database_id on both",
+                hex(&peer.database_id),
+                hex(&me.database_id)
+            ),
+        ));
+    }
+    if peer.role == me.role {
+        return Err(refuse(
+            RefuseCode::RoleConflict,
+            format!("both nodes claim to be the {}", me.role.name()),
+        ));
+    }
+    // The principal's epoch is never older than its mirror's: every
+    // principal incarnation starts a new epoch, and a mirror from an older
+    // one catches up (replication::catchup). A mirror from a newer epoch
+    // means this principal is stale.
+    let (principal_epoch, mirror_epoch) = match me.role {
+        Role::Principal => (me.epoch, peer.epoch),
+        Role::Mirror => (peer.epoch, me.epoch),
+    };
+    if mirror_epoch > principal_epoch {
+        return Err(refuse(
+            RefuseCode::EpochMismatch,
+            format!(
+                "the mirror is at epoch {mirror_epoch}, newer than the principal's epoch \
+                 {principal_epoch}: the principal is stale and must not serve it"
+            ),
+        ));
+    }
+    if peer.nonce == me.nonce {
+        // Our own hello reflected back: not a partner.
+        return Err(refuse(
+            RefuseCode::Protocol,
+            "partner echoed this node's nonce".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(s: &str) -> Secret {
+        Secret::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn weak_secrets_get_a_warning_and_random_ones_do_not() {
+        for weak in [
+            "a-shared-secret-of-16+-bytes",
+            "correct-horse-battery-staple",
+            "Password1234567890",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "abababababababababababababababab",
+            "0000000000000000000000000000000000000000",
+        ] {
+            let s = secret(weak);
+            assert!(
+                s.entropy_warning().is_some(),
+                "{weak}: {} bits",
+                s.entropy_bits_estimate()
+            );
+        }
+        for strong in [
+            // head -c 32 /dev/urandom | base64
+            "q7ZbR0m3x1Vd9KjT2sXw8YhLc4uPnF6aGe5iJoQrWtE=",
+            // head -c 16 /dev/urandom | xxd -p
+            "9f3b2c7d41e08a6f5b19d2c4e7a30f86",
+        ] {
+            let s = secret(strong);
+            assert!(
+                s.entropy_warning().is_none(),
+                "{strong}: {} bits",
+                s.entropy_bits_estimate()
+            );
+        }
+        let raw: Vec<u8> = (0..32u8)
+            .map(|i| i.wrapping_mul(97).wrapping_add(13))
+            .collect();
+        assert!(Secret::new(raw).unwrap().entropy_warning().is_none());
+        let readme = secret("a-shared-secret-of-16+-bytes").entropy_bits_estimate();
+        assert!((readme - 71.6).abs() < 1.0, "{readme}");
+    }
 }

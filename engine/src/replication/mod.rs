@@ -14,5 +14,7 @@
 pub mod catchup;
 pub mod handshake;
 pub mod history;
+pub mod pake;
+pub mod seal;
 pub mod session;
 pub mod wire;

@@ -11,7 +11,10 @@ use thiserror::Error;
 
 use crate::log::frame::{BATCH_RAW_BYTES_MAX, FRAME_ALIGN, FRAME_HEADER_BYTES};
 
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: the handshake is a PAKE (`pake`, `confirm`) and every later message
+/// carries a MAC trailer (`seal`); 3 authenticated with HMAC(secret) over
+/// the hellos, which let anyone who connected guess the secret offline.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Bytes before the body: length (4) and type (1).
 pub const MESSAGE_HEADER_BYTES: usize = 5;
 /// The largest frame a log can hold (a stored payload never exceeds the raw
@@ -31,7 +34,7 @@ const SHIP_FIXED_BYTES: usize = 16;
 pub const SHIP_HEADER_BYTES: usize = MESSAGE_HEADER_BYTES + SHIP_FIXED_BYTES;
 
 const T_HELLO: u8 = 1;
-const T_AUTH: u8 = 2;
+const T_CONFIRM: u8 = 2;
 const T_REFUSE: u8 = 3;
 const T_POSITION: u8 = 4;
 const T_START: u8 = 5;
@@ -40,6 +43,9 @@ const T_ACK: u8 = 7;
 const T_HEARTBEAT: u8 = 8;
 const T_SNAPSHOT_BEGIN: u8 = 9;
 const T_SNAPSHOT_CHUNK: u8 = 10;
+const T_PAKE: u8 = 11;
+/// A `pake` body: the SPAKE2 message.
+pub const PAKE_BYTES: usize = crate::replication::pake::PAKE_BYTES;
 /// Epoch history entries a `snapshot-begin` may carry (far more than a
 /// log sees; bounds the message).
 pub const SNAPSHOT_HISTORY_MAX: usize = 1 << 16;
@@ -118,8 +124,13 @@ impl RefuseCode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Hello(Hello),
-    /// HMAC-SHA256 proving the sender knows the shared secret (see `auth`).
-    Auth {
+    /// The sender's SPAKE2 message (see `replication::pake`).
+    Pake {
+        msg: [u8; PAKE_BYTES],
+    },
+    /// Key confirmation: HMAC-SHA256 keyed from the exchange's output,
+    /// proving the sender derived the same session key (see `handshake`).
+    Confirm {
         mac: [u8; MAC_BYTES],
     },
     Refuse {
@@ -212,7 +223,8 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Hello(_) => "hello",
-            Message::Auth { .. } => "auth",
+            Message::Pake { .. } => "pake",
+            Message::Confirm { .. } => "confirm",
             Message::Refuse { .. } => "refuse",
             Message::Position { .. } => "position",
             Message::Start { .. } => "start",
@@ -233,8 +245,12 @@ impl Message {
                 out.push(T_HELLO);
                 encode_hello(h, out);
             }
-            Message::Auth { mac } => {
-                out.push(T_AUTH);
+            Message::Pake { msg } => {
+                out.push(T_PAKE);
+                out.extend_from_slice(msg);
+            }
+            Message::Confirm { mac } => {
+                out.push(T_CONFIRM);
                 out.extend_from_slice(mac);
             }
             Message::Refuse { code, reason } => {
@@ -371,9 +387,15 @@ impl Message {
                 exact("hello", HELLO_BYTES)?;
                 Message::Hello(decode_hello(body)?)
             }
-            T_AUTH => {
-                exact("auth", MAC_BYTES)?;
-                Message::Auth {
+            T_PAKE => {
+                exact("pake", PAKE_BYTES)?;
+                Message::Pake {
+                    msg: body.try_into().expect("exact size"),
+                }
+            }
+            T_CONFIRM => {
+                exact("confirm", MAC_BYTES)?;
+                Message::Confirm {
                     mac: body.try_into().expect("exact size"),
                 }
             }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::replication::seal::{IntegrityError, SealKey, SealKeys, TAG_BYTES};
 use crate::replication::wire::{ship_headers, Message, WireError, MESSAGE_BYTES_MAX};
 use crate::transport::{Conn, TransportPath};
 use crate::wake::Wakeup;
@@ -23,6 +24,8 @@ pub enum TransportError {
     Wire(#[from] WireError),
     #[error("io_uring: {0}")]
     Uring(String),
+    #[error(transparent)]
+    Integrity(#[from] IntegrityError),
 }
 
 /// Bytes read from the socket at a time.
@@ -40,6 +43,9 @@ pub(crate) struct RecvBuf {
     /// Messages longer than this are refused as soon as their length
     /// arrives (0: the protocol's own bound, `MESSAGE_BYTES_MAX`).
     limit: usize,
+    /// After the handshake: every message is followed by a tag, checked
+    /// with this key before the message is decoded.
+    seal: Option<SealKey>,
 }
 
 impl RecvBuf {
@@ -47,7 +53,14 @@ impl RecvBuf {
         self.limit = limit;
     }
 
-    /// A whole message from the buffered bytes, if there is one.
+    /// From now on every message must carry a valid tag under `key`.
+    pub(crate) fn set_seal(&mut self, key: SealKey) {
+        self.seal = Some(key);
+    }
+
+    /// A whole message from the buffered bytes, if there is one. With a
+    /// seal, its tag is checked before any of it is decoded: a message
+    /// that fails it never leaves this buffer.
     pub(crate) fn decode(&mut self) -> Result<Option<Message>, TransportError> {
         let pending = &self.buf[self.start..self.end];
         if self.limit > 0 && pending.len() >= 4 {
@@ -55,6 +68,31 @@ impl RecvBuf {
             if len > self.limit {
                 return Err(TransportError::Wire(WireError::TooLong(len)));
             }
+        }
+        if let Some(seal) = self.seal.as_mut() {
+            if pending.len() < 4 {
+                return Ok(None);
+            }
+            let len = u32::from_le_bytes(pending[..4].try_into().expect("4 bytes")) as usize;
+            if len > MESSAGE_BYTES_MAX {
+                return Err(TransportError::Wire(WireError::TooLong(len)));
+            }
+            let total = 4 + len + TAG_BYTES;
+            if pending.len() < total {
+                return Ok(None);
+            }
+            let (msg, tag) = pending[..total].split_at(4 + len);
+            seal.open(msg, tag.try_into().expect("TAG_BYTES"))?;
+            let Some((m, used)) = Message::decode(msg)? else {
+                unreachable!("a whole message was buffered");
+            };
+            debug_assert_eq!(used, 4 + len);
+            self.start += total;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+            return Ok(Some(m));
         }
         match Message::decode(pending)? {
             Some((msg, used)) => {
@@ -79,7 +117,7 @@ impl RecvBuf {
             self.end -= self.start;
             self.start = 0;
         }
-        debug_assert!(self.end <= MESSAGE_BYTES_MAX + 4);
+        debug_assert!(self.end <= MESSAGE_BYTES_MAX + 4 + TAG_BYTES);
         if self.buf.len() < self.end + READ_CHUNK {
             self.buf.resize(self.end + READ_CHUNK, 0);
         }
@@ -100,6 +138,8 @@ pub struct BlockingConn {
     scratch: Vec<u8>,
     sent: u64,
     send_timeout: Option<Duration>,
+    /// After the handshake: the key that tags every message sent.
+    seal: Option<SealKey>,
 }
 
 /// Waits for `fd` to be ready for `events`, or for `wake`; returns
@@ -159,6 +199,7 @@ impl BlockingConn {
             scratch: Vec::new(),
             sent: 0,
             send_timeout: None,
+            seal: None,
         })
     }
 
@@ -199,12 +240,32 @@ impl BlockingConn {
 
 /// At most this many iovecs per `writev` (IOV_MAX is 1024 on Linux).
 const IOVECS_MAX: usize = 512;
+/// Ships per `writev`: header, frame and tag each.
+const SHIPS_PER_WRITE: usize = IOVECS_MAX / 3;
+
+/// The tags of `ship` messages (header, frame) in order, advancing `seal`;
+/// empty without one.
+pub(crate) fn ship_tags(
+    seal: Option<&mut SealKey>,
+    headers: &[[u8; crate::replication::wire::SHIP_HEADER_BYTES]],
+    frames: &[&[u8]],
+    out: &mut Vec<[u8; TAG_BYTES]>,
+) {
+    out.clear();
+    if let Some(seal) = seal {
+        out.extend(headers.iter().zip(frames).map(|(h, f)| seal.seal(&[h, f])));
+    }
+}
 
 impl Conn for BlockingConn {
     fn send(&mut self, msg: &Message) -> Result<(), TransportError> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         msg.encode(&mut scratch);
+        if let Some(seal) = self.seal.as_mut() {
+            let tag = seal.seal(&[&scratch]);
+            scratch.extend_from_slice(&tag);
+        }
         let r = self.write_all_vectored(&mut [IoSlice::new(&scratch)]);
         self.scratch = scratch;
         r
@@ -217,14 +278,22 @@ impl Conn for BlockingConn {
         frames: &[&[u8]],
     ) -> Result<(), TransportError> {
         let all = ship_headers(commit_lsn, prev_lsn, frames);
-        for (chunk, headers) in frames
-            .chunks(IOVECS_MAX / 2)
-            .zip(all.chunks(IOVECS_MAX / 2))
+        // Tags are computed over the frames where they lie (the segment
+        // map) and sent as their own small buffers: no copy of a frame.
+        let mut tags = Vec::new();
+        ship_tags(self.seal.as_mut(), &all, frames, &mut tags);
+        for (i, (chunk, headers)) in frames
+            .chunks(SHIPS_PER_WRITE)
+            .zip(all.chunks(SHIPS_PER_WRITE))
+            .enumerate()
         {
-            let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
-            for (h, f) in headers.iter().zip(chunk) {
+            let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 3);
+            for (j, (h, f)) in headers.iter().zip(chunk).enumerate() {
                 parts.push(IoSlice::new(h));
                 parts.push(IoSlice::new(f));
+                if let Some(t) = tags.get(i * SHIPS_PER_WRITE + j) {
+                    parts.push(IoSlice::new(t));
+                }
             }
             self.write_all_vectored(&mut parts)?;
         }
@@ -292,6 +361,11 @@ impl Conn for BlockingConn {
 
     fn set_recv_limit(&mut self, max_message_bytes: usize) {
         self.rx.set_limit(max_message_bytes);
+    }
+
+    fn set_seal(&mut self, keys: SealKeys) {
+        self.seal = Some(keys.send);
+        self.rx.set_seal(keys.recv);
     }
 }
 

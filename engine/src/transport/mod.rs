@@ -21,6 +21,7 @@ pub mod uring;
 use std::fmt;
 use std::time::Duration;
 
+use crate::replication::seal::SealKeys;
 use crate::replication::wire::Message;
 use crate::wake::Wakeup;
 
@@ -141,6 +142,14 @@ pub trait Conn: Send {
     /// small limit, so an unauthenticated peer cannot make a node buffer a
     /// 64 MiB message.
     fn set_recv_limit(&mut self, max_message_bytes: usize);
+
+    /// Turns on integrity once the handshake authenticated the partner:
+    /// from the next message on, every message sent carries a tag under
+    /// `keys.send` and every message received must carry a valid one under
+    /// `keys.recv`, checked before it is decoded (a failure is
+    /// [`TransportError::Integrity`] and the connection is done). No
+    /// default: a connection that forgot this would accept anything.
+    fn set_seal(&mut self, keys: SealKeys);
 
     /// Whether ship payloads go out as zero-copy sends (`SendZc`).
     fn zero_copy(&self) -> bool {

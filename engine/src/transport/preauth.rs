@@ -353,6 +353,10 @@ impl Conn for Watched<'_> {
         self.conn.set_recv_limit(max_message_bytes)
     }
 
+    fn set_seal(&mut self, keys: crate::replication::seal::SealKeys) {
+        self.conn.set_seal(keys)
+    }
+
     fn zero_copy(&self) -> bool {
         self.conn.zero_copy()
     }

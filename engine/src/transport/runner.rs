@@ -135,7 +135,9 @@ impl SessionStatus {
 }
 
 /// Runs this side's handshake over `conn` until the partner is
-/// authenticated or refused (a refusal is sent to the partner too).
+/// authenticated or refused (a refusal is sent to the partner too). On
+/// success the connection carries the session's message keys: every later
+/// message either way is tagged and checked (`replication::seal`).
 pub fn authenticate(
     conn: &mut dyn Conn,
     role: Role,
@@ -144,25 +146,30 @@ pub fn authenticate(
     nonce: [u8; NONCE_BYTES],
     timeout: Duration,
 ) -> Result<u64, String> {
-    let (mut hs, hello) = Handshake::start(role, id.database_id, epoch, id.secret.clone(), nonce);
+    let seed = crate::replication::pake::random_seed()
+        .map_err(|e| format!("no randomness for the key exchange: {e}"))?;
+    let (mut hs, first) =
+        Handshake::start(role, id.database_id, epoch, id.secret.clone(), nonce, seed);
     // Until the partner is authenticated, only handshake-sized messages.
     conn.set_recv_limit(HANDSHAKE_MESSAGE_BYTES_MAX);
-    let r = handshake_loop(conn, &mut hs, hello, timeout);
+    let r = handshake_loop(conn, &mut hs, first, timeout);
     conn.set_recv_limit(0);
     r
 }
 
 /// The largest message accepted before authentication (a hello is 61
-/// bytes, an auth 33, a refusal at most about 1 KiB).
+/// bytes, a pake 38, a confirm 37, a refusal at most about 1 KiB).
 const HANDSHAKE_MESSAGE_BYTES_MAX: usize = 4096;
 
 fn handshake_loop(
     conn: &mut dyn Conn,
     hs: &mut Handshake,
-    hello: Message,
+    first: Vec<Message>,
     timeout: Duration,
 ) -> Result<u64, String> {
-    conn.send(&hello).map_err(|e| e.to_string())?;
+    for m in &first {
+        conn.send(m).map_err(|e| e.to_string())?;
+    }
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -178,7 +185,12 @@ fn handshake_loop(
                     conn.send(&m).map_err(|e| e.to_string())?;
                 }
             }
-            Ok(Step::Authenticated { peer }) => return Ok(peer.epoch),
+            Ok(Step::Authenticated { peer, keys }) => {
+                // Before anything more is read or sent: the next message
+                // either way is the first tagged one.
+                conn.set_seal(keys);
+                return Ok(peer.epoch);
+            }
             Err(e) => {
                 if let Some(r) = e.refuse {
                     let _ = conn.send(&r);

@@ -7,10 +7,12 @@
 //! `TcpStream`. Besides one NOP at set-up (to check that `io_uring_enter`
 //! is allowed), four kinds of request ever go into it:
 //!
-//! * **Sends.** `send_ships` builds the 21-byte `ship` headers in a `Vec` it
-//!   owns and one `iovec` list alternating header / frame, where each frame
+//! * **Sends.** `send_ships` builds the 21-byte `ship` headers and, after
+//!   the handshake, their 32-byte tags (`replication::seal`, computed over
+//!   header and frame where they lie) in `Vec`s it owns, and one `iovec`
+//!   list of header / frame / tag, where each frame
 //!   iovec points straight into the caller's slice (the segment map): no
-//!   user-space copy of frame bytes. Up to 512 iovecs (256 frames) go into
+//!   user-space copy of frame bytes. Up to 510 iovecs (170 frames) go into
 //!   one `IORING_OP_SENDMSG` (or `IORING_OP_SENDMSG_ZC`, see below), so one
 //!   ring enter submits the send and waits for it. `send` encodes a control
 //!   message into a scratch `Vec` and sends it the same way (always plain).
@@ -47,7 +49,7 @@
 //! remainder of a short one) is submitted only after the previous send's
 //! completion has been reaped, so the bytes on the socket are in call
 //! order. Big iovec lists keep this from costing throughput: a single SQE
-//! carries up to 256 frames.
+//! carries up to 170 frames.
 //!
 //! The kernel never *writes* memory of ours: sends only read (headers,
 //! frames, `msghdr`, `iovec`s), polls and cancels reference no memory, the
@@ -102,8 +104,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
+use crate::replication::seal::{SealKey, SealKeys, TAG_BYTES};
 use crate::replication::wire::{ship_headers, Message, SHIP_HEADER_BYTES};
-use crate::transport::blocking::{RecvBuf, TransportError};
+use crate::transport::blocking::{ship_tags, RecvBuf, TransportError};
 use crate::transport::{Conn, SendMode, TransportPath};
 use crate::wake::Wakeup;
 
@@ -116,6 +119,8 @@ const SQ_ENTRIES: u32 = 16;
 const CQ_ENTRIES: u32 = 256;
 /// At most this many iovecs per send SQE (IOV_MAX is 1024 on Linux).
 const IOVECS_MAX: usize = 512;
+/// Ships per send SQE: header, frame and tag each.
+const SHIPS_PER_SEND: usize = IOVECS_MAX / 3;
 /// With [`SendMode::Auto`] to a remote peer, a send SQE carrying at least
 /// this many bytes goes out as a zero-copy send.
 pub const ZC_BYTES_MIN: usize = 64 << 10;
@@ -375,6 +380,10 @@ pub struct UringConn {
     scratch: Vec<u8>,
     /// `ship` headers of the current `send_ships` call (reused allocation).
     headers: Vec<[u8; SHIP_HEADER_BYTES]>,
+    /// Their tags, likewise (empty before the handshake).
+    tags: Vec<[u8; TAG_BYTES]>,
+    /// After the handshake: the key that tags every message sent.
+    seal: Option<SealKey>,
     sent: u64,
     send_timeout: Option<Duration>,
     st: RingState,
@@ -436,6 +445,8 @@ impl UringConn {
             rx: RecvBuf::default(),
             scratch: Vec::new(),
             headers: Vec::new(),
+            tags: Vec::new(),
+            seal: None,
             sent: 0,
             send_timeout: None,
             st: RingState::default(),
@@ -566,7 +577,7 @@ impl UringConn {
             // reaped below (or after the connection broke, when nothing is
             // submitted again); the kernel reads them at submission anyway
             // (IORING_FEAT_SUBMIT_STABLE, checked at set-up). The bytes are
-            // the caller's headers and frames, borrowed for the whole
+            // the caller's headers, frames and tags, borrowed for the whole
             // `send_ships`/`send` call, which also waits for zero-copy
             // notifications before returning. The kernel only reads them.
             unsafe { self.push(&entry)? };
@@ -757,6 +768,10 @@ impl Conn for UringConn {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         msg.encode(&mut scratch);
+        if let Some(seal) = self.seal.as_mut() {
+            let tag = seal.seal(&[&scratch]);
+            scratch.extend_from_slice(&tag);
+        }
         let mut iov = [libc::iovec {
             iov_base: scratch.as_ptr() as *mut libc::c_void,
             iov_len: scratch.len(),
@@ -778,15 +793,21 @@ impl Conn for UringConn {
         let mut headers = std::mem::take(&mut self.headers);
         headers.clear();
         headers.extend(ship_headers(commit_lsn, prev_lsn, frames));
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(IOVECS_MAX.min(frames.len() * 2));
+        // Tags are computed over the frames where they lie (the segment
+        // map) and go out as their own small iovecs: zero-copy sends stay
+        // zero-copy.
+        let mut tags = std::mem::take(&mut self.tags);
+        ship_tags(self.seal.as_mut(), &headers, frames, &mut tags);
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(IOVECS_MAX.min(frames.len() * 3));
         let mut result = Ok(());
-        for (hs, fs) in headers
-            .chunks(IOVECS_MAX / 2)
-            .zip(frames.chunks(IOVECS_MAX / 2))
+        for (i, (hs, fs)) in headers
+            .chunks(SHIPS_PER_SEND)
+            .zip(frames.chunks(SHIPS_PER_SEND))
+            .enumerate()
         {
             iov.clear();
             let mut bytes = 0usize;
-            for (h, f) in hs.iter().zip(fs) {
+            for (j, (h, f)) in hs.iter().zip(fs).enumerate() {
                 iov.push(libc::iovec {
                     iov_base: h.as_ptr() as *mut libc::c_void,
                     iov_len: h.len(),
@@ -796,6 +817,13 @@ impl Conn for UringConn {
                     iov_len: f.len(),
                 });
                 bytes += h.len() + f.len();
+                if let Some(t) = tags.get(i * SHIPS_PER_SEND + j) {
+                    iov.push(libc::iovec {
+                        iov_base: t.as_ptr() as *mut libc::c_void,
+                        iov_len: t.len(),
+                    });
+                    bytes += t.len();
+                }
             }
             let zc = self.zc && bytes >= self.zc_bytes_min;
             result = self.send_iov(&mut iov, zc);
@@ -809,7 +837,10 @@ impl Conn for UringConn {
             let waited = self.wait_notifs();
             result = result.and(waited);
         }
+        // The tags' memory, like the headers', outlived every send and
+        // notification above.
         self.headers = headers;
+        self.tags = tags;
         result
     }
 
@@ -847,6 +878,11 @@ impl Conn for UringConn {
 
     fn set_recv_limit(&mut self, max_message_bytes: usize) {
         self.rx.set_limit(max_message_bytes);
+    }
+
+    fn set_seal(&mut self, keys: SealKeys) {
+        self.seal = Some(keys.send);
+        self.rx.set_seal(keys.recv);
     }
 
     fn zero_copy(&self) -> bool {

@@ -7,12 +7,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::replication::handshake::Secret;
-use crate::witness::proto::{read_frame, Framer, Reply, Request, NONCE_BYTES, REPLY, REQUEST};
+use crate::witness::proto::{
+    read_frame, End, Framer, Reply, Request, WitnessHandshake, HELLO_BYTES, WITNESS_CONFIRM_BYTES,
+};
 
 pub struct WitnessClient {
     addr: SocketAddr,
     secret: Secret,
-    conn: Option<(TcpStream, Framer, u64)>,
+    conn: Option<(TcpStream, Framer)>,
 }
 
 impl WitnessClient {
@@ -49,31 +51,58 @@ impl WitnessClient {
             let mut s = TcpStream::connect_timeout(&self.addr, left()?)
                 .map_err(|e| format!("connecting to the witness at {}: {e}", self.addr))?;
             s.set_nodelay(true).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(left()?))
-                .map_err(|e| e.to_string())?;
-            let mut nonce = [0u8; NONCE_BYTES];
-            s.read_exact(&mut nonce)
-                .map_err(|e| format!("reading the witness's nonce: {e}"))?;
-            // Ours too: a recorded exchange replayed by someone posing as
-            // the witness then fails our check.
-            let mine = crate::replication::handshake::random_nonce()
+            let nonce = crate::replication::handshake::random_nonce()
                 .map_err(|e| format!("no randomness for a nonce: {e}"))?;
+            let seed = crate::replication::pake::random_seed()
+                .map_err(|e| format!("no randomness for the key exchange: {e}"))?;
+            let hs = WitnessHandshake::start(End::Partner, &self.secret, nonce, seed);
+            // Both ends send their hello at once.
             s.set_write_timeout(Some(left()?))
                 .map_err(|e| e.to_string())?;
-            s.write_all(&mine)
-                .map_err(|e| format!("sending our nonce to the witness: {e}"))?;
-            self.conn = Some((s, Framer::new(self.secret.clone(), nonce, mine), 0));
+            s.write_all(&hs.hello())
+                .map_err(|e| format!("sending our hello to the witness: {e}"))?;
+            s.set_read_timeout(Some(left()?))
+                .map_err(|e| e.to_string())?;
+            let mut theirs = [0u8; HELLO_BYTES];
+            read_greeting(&mut s, &mut theirs, "hello")?;
+            let (confirming, confirm) = hs.on_hello(&theirs)?;
+            s.write_all(&confirm)
+                .map_err(|e| format!("sending our key confirmation to the witness: {e}"))?;
+            let mut got = [0u8; WITNESS_CONFIRM_BYTES];
+            read_greeting(&mut s, &mut got, "key confirmation")?;
+            let framer = confirming.on_confirm(&got)?;
+            self.conn = Some((s, framer));
         }
-        let (s, framer, seq) = self.conn.as_mut().expect("connected");
+        let (s, framer) = self.conn.as_mut().expect("connected");
         s.set_write_timeout(Some(left()?))
             .map_err(|e| e.to_string())?;
-        s.write_all(&framer.seal(REQUEST, *seq, &req.encode()))
+        s.write_all(&framer.seal(&req.encode()))
             .map_err(|e| format!("writing to the witness: {e}"))?;
         s.set_read_timeout(Some(left()?))
             .map_err(|e| e.to_string())?;
         let payload = read_frame(s).map_err(|e| format!("reading from the witness: {e}"))?;
-        let body = framer.open(REPLY, *seq, &payload)?;
-        *seq += 1;
+        let body = framer.open(&payload)?;
         Reply::decode(body)
     }
+}
+
+/// Reads one fixed-size piece of the witness's handshake; an early close
+/// is told apart (an old witness closes after its bare nonce).
+fn read_greeting(s: &mut TcpStream, buf: &mut [u8], what: &str) -> Result<(), String> {
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(format!(
+                    "the witness closed the connection during the handshake after {got} bytes of its {what} \
+                     (a witness of an older mirrorlog speaks witness protocol 1 and closes here; \
+                     a witness with another secret closes after the key confirmation)"
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the witness's {what}: {e}")),
+        }
+    }
+    Ok(())
 }

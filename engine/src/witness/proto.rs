@@ -1,35 +1,171 @@
-//! The witness's wire format: requests from partners, replies from the
-//! witness, each authenticated with the partners' shared secret.
+//! The witness's wire format: a PAKE handshake keyed with the partners'
+//! shared secret (the same exchange as the partner link,
+//! `replication::pake`), then requests from partners and replies from the
+//! witness, each tagged with a session key.
 //!
-//! On connect the witness sends a fresh 32-byte nonce, and the partner
-//! answers with a fresh nonce of its own. Then every frame, either way, is
+//! On connect both sides send a hello at once (the witness too), then,
+//! having the other's, a key confirmation:
 //!
 //! ```text
-//! len   u32   bytes that follow (body and MAC), at most FRAME_BYTES_MAX
-//! body  [..]  a Request or a Reply (first byte: its type)
-//! mac   [32]  HMAC-SHA256(secret, CONTEXT || witness nonce || partner nonce
-//!                          || direction || seq || body)
+//! hello    magic "MLWH" · version u16 (2) · nonce [32] · pake [33]   71 bytes
+//! confirm  HMAC-SHA256(k("confirm " ‖ sender), H(T))                  32 bytes
 //! ```
 //!
-//! `direction` is 0 for a request and 1 for a reply; `seq` (u64) counts
-//! the requests on this connection from 0, and a reply carries its
-//! request's. So a frame is valid only on the connection it was made for,
-//! in its place, in its direction: nothing can be replayed or reflected.
-//! Both sides pick a nonce: a recorded exchange replayed by someone posing
-//! as the witness fails the partner's check, as one replayed at the witness
-//! fails the witness's.
+//! `T` is the witness's hello followed by the partner's; `sender` is
+//! "witness" or "partner" (see `replication::pake` for the key schedule).
+//! Nothing either side sends lets anyone test a guess of the secret
+//! offline. Then every frame, either way, is
+//!
+//! ```text
+//! len   u32   bytes that follow (body and tag), at most FRAME_BYTES_MAX
+//! body  [..]  a Request or a Reply (first byte: its type)
+//! tag   [32]  BLAKE3-keyed(key of the direction, seq u64 ‖ len ‖ body)
+//! ```
+//!
+//! The keys are "mac partner to witness" and "mac witness to partner";
+//! `seq` counts the frames in that direction from 0 (so a reply carries
+//! its request's number). A frame is valid only on the connection it was
+//! made for, in its place, in its direction: nothing can be replayed,
+//! reordered or reflected.
 //! Integers are little-endian; a string is a u16 length and UTF-8.
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-
 use crate::replication::handshake::Secret;
+use crate::replication::pake::{KeyExchange, SessionSecrets, CONFIRM_BYTES, SEED_BYTES};
+use crate::replication::seal::{SealKeys, TAG_BYTES};
 
 pub const NONCE_BYTES: usize = crate::replication::wire::NONCE_BYTES;
-const MAC_BYTES: usize = 32;
-const CONTEXT: &[u8] = b"mirrorlog-witness-v1";
 /// No request or reply is near this; a larger length is refused unread.
 pub const FRAME_BYTES_MAX: usize = 4096;
+/// 2: the PAKE handshake and session-keyed tags. 1 sent bare nonces and
+/// MACed every frame with HMAC(secret), so anyone posing as the witness
+/// got a value to test guesses of the secret against offline.
+pub const WITNESS_PROTOCOL_VERSION: u16 = 2;
+const HELLO_MAGIC: &[u8; 4] = b"MLWH";
+pub const HELLO_BYTES: usize = 4 + 2 + NONCE_BYTES + crate::replication::pake::PAKE_BYTES;
+pub use crate::replication::pake::CONFIRM_BYTES as WITNESS_CONFIRM_BYTES;
+const CONTEXT: &[u8] = b"mirrorlog-witness-v2";
+
+/// Which end of a witness connection this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Witness,
+    Partner,
+}
+
+impl End {
+    fn name(self) -> &'static str {
+        match self {
+            End::Witness => "witness",
+            End::Partner => "partner",
+        }
+    }
+    fn other(self) -> End {
+        match self {
+            End::Witness => End::Partner,
+            End::Partner => End::Witness,
+        }
+    }
+}
+
+/// One end's handshake: `start`, send the hello; `on_hello` with the
+/// peer's, send the confirmation; `on_confirm` with the peer's gives the
+/// framer.
+pub struct WitnessHandshake {
+    end: End,
+    exchange: KeyExchange,
+    hello: [u8; HELLO_BYTES],
+}
+
+/// Waiting for the peer's confirmation.
+pub struct Confirming {
+    end: End,
+    secrets: SessionSecrets,
+}
+
+impl WitnessHandshake {
+    pub fn start(
+        end: End,
+        secret: &Secret,
+        nonce: [u8; NONCE_BYTES],
+        seed: [u8; SEED_BYTES],
+    ) -> WitnessHandshake {
+        let exchange = KeyExchange::start(secret, CONTEXT, seed);
+        let mut hello = [0u8; HELLO_BYTES];
+        hello[..4].copy_from_slice(HELLO_MAGIC);
+        hello[4..6].copy_from_slice(&WITNESS_PROTOCOL_VERSION.to_le_bytes());
+        hello[6..6 + NONCE_BYTES].copy_from_slice(&nonce);
+        hello[6 + NONCE_BYTES..].copy_from_slice(&exchange.message());
+        WitnessHandshake {
+            end,
+            exchange,
+            hello,
+        }
+    }
+
+    /// The hello to send.
+    pub fn hello(&self) -> [u8; HELLO_BYTES] {
+        self.hello
+    }
+
+    /// The peer's hello: checks magic and version, finishes the key
+    /// exchange; returns the confirmation to send.
+    pub fn on_hello(
+        self,
+        peer: &[u8; HELLO_BYTES],
+    ) -> Result<(Confirming, [u8; CONFIRM_BYTES]), String> {
+        let theirs = self.end.other().name();
+        if &peer[..4] != HELLO_MAGIC {
+            return Err(format!(
+                "the {theirs}'s greeting is not a witness protocol hello: it probably runs an \
+                 older mirrorlog (witness protocol 1); this node speaks version \
+                 {WITNESS_PROTOCOL_VERSION}: upgrade it"
+            ));
+        }
+        let version = u16::from_le_bytes([peer[4], peer[5]]);
+        if version != WITNESS_PROTOCOL_VERSION {
+            return Err(format!(
+                "the {theirs} speaks witness protocol version {version}, this node speaks \
+                 version {WITNESS_PROTOCOL_VERSION}"
+            ));
+        }
+        if peer[6..6 + NONCE_BYTES] == self.hello[6..6 + NONCE_BYTES] {
+            return Err(format!("the {theirs} echoed this node's nonce"));
+        }
+        let pake: [u8; crate::replication::pake::PAKE_BYTES] =
+            peer[6 + NONCE_BYTES..].try_into().expect("PAKE_BYTES");
+        let (w, p) = match self.end {
+            End::Witness => (&self.hello, peer),
+            End::Partner => (peer, &self.hello),
+        };
+        let transcript = [&w[..], &p[..]].concat();
+        let secrets = self.exchange.finish(&pake, CONTEXT, &transcript)?;
+        let confirm = secrets.confirmation(self.end.name());
+        Ok((
+            Confirming {
+                end: self.end,
+                secrets,
+            },
+            confirm,
+        ))
+    }
+}
+
+impl Confirming {
+    /// The peer's confirmation: verifies it (constant time) and returns
+    /// the framer for the rest of the connection.
+    pub fn on_confirm(self, got: &[u8; CONFIRM_BYTES]) -> Result<Framer, String> {
+        let other = self.end.other();
+        if !self.secrets.verify_confirmation(other.name(), got) {
+            return Err(format!(
+                "authentication failed: the {} does not hold the same shared secret",
+                other.name()
+            ));
+        }
+        Ok(Framer {
+            keys: self.secrets.seal_keys(self.end.name(), other.name()),
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -355,66 +491,58 @@ impl Reply {
     }
 }
 
-/// Frames and checks frames for one connection.
-pub struct Framer {
-    secret: Secret,
-    witness_nonce: [u8; NONCE_BYTES],
-    partner_nonce: [u8; NONCE_BYTES],
+/// The whole handshake of one end over a blocking stream (its timeouts
+/// bound it): fresh nonce and seed, hello both ways, confirmation both
+/// ways. For tests and simple tools; the service and the client run the
+/// same steps with their own deadlines and messages.
+pub fn handshake_blocking(
+    end: End,
+    s: &mut (impl std::io::Read + std::io::Write),
+    secret: &Secret,
+) -> Result<Framer, String> {
+    let nonce = crate::replication::handshake::random_nonce().map_err(|e| e.to_string())?;
+    let seed = crate::replication::pake::random_seed().map_err(|e| e.to_string())?;
+    let hs = WitnessHandshake::start(end, secret, nonce, seed);
+    s.write_all(&hs.hello()).map_err(|e| e.to_string())?;
+    let mut theirs = [0u8; HELLO_BYTES];
+    s.read_exact(&mut theirs).map_err(|e| e.to_string())?;
+    let (c, confirm) = hs.on_hello(&theirs)?;
+    s.write_all(&confirm).map_err(|e| e.to_string())?;
+    let mut got = [0u8; CONFIRM_BYTES];
+    s.read_exact(&mut got).map_err(|e| e.to_string())?;
+    c.on_confirm(&got)
 }
 
-pub const REQUEST: u8 = 0;
-pub const REPLY: u8 = 1;
+/// Frames and checks frames for one connection, after the handshake.
+pub struct Framer {
+    keys: SealKeys,
+}
 
 impl Framer {
-    pub fn new(
-        secret: Secret,
-        witness_nonce: [u8; NONCE_BYTES],
-        partner_nonce: [u8; NONCE_BYTES],
-    ) -> Framer {
-        Framer {
-            secret,
-            witness_nonce,
-            partner_nonce,
-        }
-    }
-
-    fn mac(&self, direction: u8, seq: u64, body: &[u8]) -> Hmac<Sha256> {
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(self.secret.bytes())
-            .expect("HMAC takes keys of any length");
-        m.update(CONTEXT);
-        m.update(&self.witness_nonce);
-        m.update(&self.partner_nonce);
-        m.update(&[direction]);
-        m.update(&seq.to_le_bytes());
-        m.update(body);
-        m
-    }
-
-    /// The whole frame (length, body, MAC) for `body`.
-    pub fn seal(&self, direction: u8, seq: u64, body: &[u8]) -> Vec<u8> {
-        let mac: [u8; MAC_BYTES] = self
-            .mac(direction, seq, body)
-            .finalize()
-            .into_bytes()
-            .into();
-        let mut f = Vec::with_capacity(4 + body.len() + MAC_BYTES);
-        f.extend_from_slice(&((body.len() + MAC_BYTES) as u32).to_le_bytes());
+    /// The whole frame (length, body, tag) for the next `body` sent.
+    pub fn seal(&mut self, body: &[u8]) -> Vec<u8> {
+        let len = ((body.len() + TAG_BYTES) as u32).to_le_bytes();
+        let tag = self.keys.send.seal(&[&len, body]);
+        let mut f = Vec::with_capacity(4 + body.len() + TAG_BYTES);
+        f.extend_from_slice(&len);
         f.extend_from_slice(body);
-        f.extend_from_slice(&mac);
+        f.extend_from_slice(&tag);
         f
     }
 
-    /// Checks a frame's payload (what followed the length) and returns its
-    /// body; the MAC comparison is constant-time.
-    pub fn open<'a>(&self, direction: u8, seq: u64, payload: &'a [u8]) -> Result<&'a [u8], String> {
-        if payload.len() < MAC_BYTES {
-            return Err("witness frame shorter than its MAC".into());
+    /// Checks the next received frame's payload (what followed the length)
+    /// and returns its body; the comparison is constant-time.
+    pub fn open<'a>(&mut self, payload: &'a [u8]) -> Result<&'a [u8], String> {
+        if payload.len() < TAG_BYTES {
+            return Err("witness frame shorter than its tag".into());
         }
-        let (body, mac) = payload.split_at(payload.len() - MAC_BYTES);
-        self.mac(direction, seq, body)
-            .verify_slice(mac)
+        let (body, tag) = payload.split_at(payload.len() - TAG_BYTES);
+        let msg = [&(payload.len() as u32).to_le_bytes()[..], body].concat();
+        self.keys
+            .recv
+            .open(&msg, tag.try_into().expect("TAG_BYTES"))
             .map_err(|_| {
-                "witness frame failed authentication (wrong secret, or tampered)".to_string()
+                "witness frame failed its integrity check (altered, replayed or reordered on the way); the connection is closed".to_string()
             })?;
         Ok(body)
     }
@@ -510,35 +638,79 @@ mod tests {
         }
     }
 
+    /// Runs both ends' handshakes in memory.
+    fn connect(
+        witness: &Secret,
+        partner: &Secret,
+    ) -> (Result<Framer, String>, Result<Framer, String>) {
+        let w = WitnessHandshake::start(End::Witness, witness, [7; NONCE_BYTES], [1; 32]);
+        let p = WitnessHandshake::start(End::Partner, partner, [9; NONCE_BYTES], [2; 32]);
+        let (wh, ph) = (w.hello(), p.hello());
+        let (wc, wconf) = w.on_hello(&ph).unwrap();
+        let (pc, pconf) = p.on_hello(&wh).unwrap();
+        (wc.on_confirm(&pconf), pc.on_confirm(&wconf))
+    }
+
+    #[test]
+    fn the_handshake_needs_the_same_secret_on_both_ends() {
+        let (w, p) = connect(&secret(), &secret());
+        assert!(w.is_ok() && p.is_ok());
+        let other = Secret::new(b"another-secret-of-16+".to_vec()).unwrap();
+        let (w, p) = connect(&secret(), &other);
+        assert!(w
+            .err()
+            .unwrap()
+            .contains("does not hold the same shared secret"));
+        assert!(p
+            .err()
+            .unwrap()
+            .contains("does not hold the same shared secret"));
+    }
+
+    #[test]
+    fn an_old_or_other_version_is_named() {
+        let w = WitnessHandshake::start(End::Partner, &secret(), [7; NONCE_BYTES], [1; 32]);
+        // Version 1 sent a bare 32-byte nonce and then a frame.
+        let mut v1 = [0x5au8; HELLO_BYTES];
+        v1[..4].copy_from_slice(&[1, 2, 3, 4]);
+        let e = w.on_hello(&v1).err().unwrap();
+        assert!(e.contains("witness protocol 1"), "{e}");
+        let w = WitnessHandshake::start(End::Partner, &secret(), [7; NONCE_BYTES], [1; 32]);
+        let mut v3 =
+            WitnessHandshake::start(End::Witness, &secret(), [8; NONCE_BYTES], [2; 32]).hello();
+        v3[4..6].copy_from_slice(&3u16.to_le_bytes());
+        let e = w.on_hello(&v3).err().unwrap();
+        assert!(e.contains("version 3") && e.contains("version 2"), "{e}");
+    }
+
     #[test]
     fn a_frame_is_valid_only_in_its_place_and_direction() {
-        let f = Framer::new(secret(), [7; NONCE_BYTES], [9; NONCE_BYTES]);
-        let frame = f.seal(REQUEST, 3, b"body");
-        let payload = &frame[4..];
-        assert_eq!(f.open(REQUEST, 3, payload), Ok(&b"body"[..]));
-        assert!(
-            f.open(REQUEST, 4, payload).is_err(),
-            "replayed in another place"
-        );
-        assert!(f.open(REPLY, 3, payload).is_err(), "reflected");
-        let mine = Framer::new(secret(), [7; NONCE_BYTES], [10; NONCE_BYTES]);
-        assert!(
-            mine.open(REQUEST, 3, payload).is_err(),
-            "the witness's nonce replayed with another partner nonce"
-        );
-        let other = Framer::new(secret(), [8; NONCE_BYTES], [9; NONCE_BYTES]);
-        assert!(
-            other.open(REQUEST, 3, payload).is_err(),
-            "another connection"
-        );
-        let wrong = Framer::new(
-            Secret::new(b"another-secret-of-16+".to_vec()).unwrap(),
-            [7; NONCE_BYTES],
-            [9; NONCE_BYTES],
-        );
-        assert!(wrong.open(REQUEST, 3, payload).is_err(), "wrong secret");
-        let mut bad = payload.to_vec();
+        let (w, p) = connect(&secret(), &secret());
+        let (mut w, mut p) = (w.unwrap(), p.unwrap());
+        let f0 = p.seal(b"request 0");
+        let f1 = p.seal(b"request 1");
+        assert!(p.open(&f0[4..]).is_err(), "reflected");
+        assert!(w.open(&f1[4..]).is_err(), "out of order");
+        assert_eq!(w.open(&f0[4..]), Ok(&b"request 0"[..]));
+        assert!(w.open(&f0[4..]).is_err(), "replayed");
+        let mut bad = f1[4..].to_vec();
         bad[0] ^= 1;
-        assert!(f.open(REQUEST, 3, &bad).is_err(), "tampered");
+        assert!(w.open(&bad).is_err(), "tampered");
+        assert_eq!(w.open(&f1[4..]), Ok(&b"request 1"[..]));
+        let r = w.seal(b"reply 0");
+        assert_eq!(p.open(&r[4..]), Ok(&b"reply 0"[..]));
+        // Another connection's frames, with the same secret, fail.
+        let (w2, _) = connect(&secret(), &secret());
+        let mut w2 = w2.unwrap();
+        let (_, p3) = {
+            let w = WitnessHandshake::start(End::Witness, &secret(), [3; NONCE_BYTES], [5; 32]);
+            let p = WitnessHandshake::start(End::Partner, &secret(), [4; NONCE_BYTES], [6; 32]);
+            let (wh, ph) = (w.hello(), p.hello());
+            let (wc, wconf) = w.on_hello(&ph).unwrap();
+            let (pc, pconf) = p.on_hello(&wh).unwrap();
+            (wc.on_confirm(&pconf), pc.on_confirm(&wconf))
+        };
+        let f = p3.unwrap().seal(b"request 0");
+        assert!(w2.open(&f[4..]).is_err(), "another connection");
     }
 }

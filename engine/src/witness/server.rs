@@ -15,7 +15,9 @@ use crate::replication::handshake::{random_nonce, Secret};
 use crate::transport::preauth::{
     preauth_deadline, PreAuthGate, PreAuthLimits, PreAuthSlot, NO_SOURCE,
 };
-use crate::witness::proto::{read_frame, Framer, Reply, Request, NONCE_BYTES, REPLY, REQUEST};
+use crate::witness::proto::{
+    read_frame, End, Reply, Request, WitnessHandshake, HELLO_BYTES, WITNESS_CONFIRM_BYTES,
+};
 use crate::witness::state::{StateError, WitnessState};
 use crate::witness::{LeaseConfig, PromoteReply, RenewReply, WitnessCore};
 
@@ -255,39 +257,53 @@ fn serve_conn(
         .set_write_timeout(Some(sh.preauth_deadline))
         .map_err(|e| e.to_string())?;
     let nonce = random_nonce().map_err(|e| format!("no randomness for a nonce: {e}"))?;
-    stream.write_all(&nonce).map_err(|e| e.to_string())?;
-    // The partner's nonce, within the pre-auth deadline.
-    let mut theirs = [0u8; NONCE_BYTES];
-    let mut got = 0;
-    while got < NONCE_BYTES {
-        match std::io::Read::read(&mut stream, &mut theirs[got..]) {
-            Ok(0) => return Ok(()),
-            Ok(n) => got += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if Instant::now() >= preauth_until || sh.stop.load(Ordering::Acquire) {
-                    return Err(format!(
-                        "no nonce from the partner within {:?}",
-                        sh.preauth_deadline
-                    ));
-                }
-                read_wait(&stream, false)?;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    let seed = crate::replication::pake::random_seed()
+        .map_err(|e| format!("no randomness for the key exchange: {e}"))?;
+    let hs = WitnessHandshake::start(End::Witness, &sh.opts.secret, nonce, seed);
+    stream.write_all(&hs.hello()).map_err(|e| e.to_string())?;
+    // The partner's hello and confirmation, within the pre-auth deadline.
+    let mut theirs = [0u8; HELLO_BYTES];
+    if !read_within(
+        sh,
+        &mut stream,
+        &mut theirs,
+        "hello",
+        preauth_until,
+        &read_wait,
+    )? {
+        return Ok(());
     }
-    if let Some(slot) = slot {
+    if let Some(slot) = slot.as_ref() {
         slot.spoke();
     }
-    let framer = Framer::new(sh.opts.secret.clone(), nonce, theirs);
-    let mut seq = 0u64;
-    let mut last = Instant::now();
-    // Held (counted) until the connection ends.
+    let (confirming, confirm) = hs.on_hello(&theirs)?;
+    stream.write_all(&confirm).map_err(|e| e.to_string())?;
+    let mut got = [0u8; WITNESS_CONFIRM_BYTES];
+    if !read_within(
+        sh,
+        &mut stream,
+        &mut got,
+        "key confirmation",
+        preauth_until,
+        &read_wait,
+    )? {
+        return Ok(());
+    }
+    let mut framer = confirming.on_confirm(&got)?;
+    // Its key confirmation verified: the peer holds the secret.
     let mut _authenticated: Option<Authenticated> = None;
+    if slot.as_ref().is_some_and(|s| s.evicted()) {
+        return Err("authenticated after the gate had closed it".into());
+    }
+    if let Some(s) = slot.take() {
+        s.passed();
+        _authenticated = Some(Authenticated::enter(sh)?);
+        read_wait(&stream, true)?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+    }
+    let mut last = Instant::now();
     loop {
         if sh.stop.load(Ordering::Acquire) {
             return Ok(());
@@ -319,25 +335,12 @@ fn serve_conn(
             Err(e) => return Err(e.to_string()),
         };
         last = Instant::now();
-        let body = framer.open(REQUEST, seq, &payload)?;
-        if slot.as_ref().is_some_and(|s| s.evicted()) {
-            return Err("authenticated after the gate had closed it".into());
-        }
-        if let Some(s) = slot.take() {
-            // The first frame verified: the peer holds the secret.
-            s.passed();
-            _authenticated = Some(Authenticated::enter(sh)?);
-            read_wait(&stream, true)?;
-            stream
-                .set_write_timeout(Some(Duration::from_secs(5)))
-                .map_err(|e| e.to_string())?;
-        }
+        let body = framer.open(&payload)?;
         let req = Request::decode(body)?;
         let reply = decide(sh, &req);
         stream
-            .write_all(&framer.seal(REPLY, seq, &reply.encode()))
+            .write_all(&framer.seal(&reply.encode()))
             .map_err(|e| e.to_string())?;
-        seq += 1;
     }
 }
 
@@ -360,6 +363,46 @@ impl Drop for Authenticated<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Fills `buf` from the partner before `until` (the pre-auth deadline).
+/// Ok(false): it closed before sending anything.
+fn read_within(
+    sh: &Shared,
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    what: &str,
+    until: Instant,
+    read_wait: &dyn Fn(&TcpStream, bool) -> Result<(), String>,
+) -> Result<bool, String> {
+    let mut got = 0;
+    while got < buf.len() {
+        match std::io::Read::read(stream, &mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => {
+                return Err(format!(
+                    "the partner closed the connection after {got} bytes of its {what}"
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if Instant::now() >= until || sh.stop.load(Ordering::Acquire) {
+                    return Err(format!(
+                        "no {what} from the partner within the pre-auth deadline"
+                    ));
+                }
+                read_wait(stream, false)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(true)
 }
 
 /// One request against the core; a change of the durable state is stored
