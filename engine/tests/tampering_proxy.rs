@@ -270,6 +270,12 @@ fn regression_tampering_proxy_rewrites_a_shipped_value_and_its_crc(t: TransportC
         Duration::from_secs(10),
         || m.status().mirror.applied >= end,
     );
+    let got = applied.0.lock().unwrap().clone();
+    assert!(
+        !got.iter().any(|r| r == TAMPERED),
+        "the mirror applied the tampered value: {got:?}"
+    );
+    assert!(got.iter().any(|r| r == ORIGINAL), "{got:?}");
     let lines = m_lines.lock().unwrap().clone();
     assert!(
         lines.iter().any(|l| l.contains("integrity check failed")),
@@ -284,9 +290,6 @@ fn regression_tampering_proxy_rewrites_a_shipped_value_and_its_crc(t: TransportC
         last.contains("integrity check failed"),
         "the status names the integrity failure: {last}"
     );
-    let got = applied.0.lock().unwrap().clone();
-    assert!(got.iter().any(|r| r == ORIGINAL), "{got:?}");
-    assert!(!got.iter().any(|r| r == TAMPERED), "tampered value applied");
     drop(m);
     drop(proxy);
     p.shutdown();
