@@ -1,7 +1,9 @@
 //! Mirroring between partners.
 //!
 //! Built, all pure (no I/O, no clock) and tested: the partner wire messages
-//! (`wire`), the authenticated handshake (`handshake`), the catch-up rule
+//! (`wire`), the authenticated handshake (`handshake`: a PAKE, `pake`,
+//! shared with the witness link, so the shared secret cannot be guessed
+//! offline), the per-message tags after it (`seal`), the catch-up rule
 //! (`catchup`: where a reconnecting mirror resumes and what it must cut),
 //! the durable epoch history it reads (`history`), and the session state
 //! machines of principal and mirror (`session`: position, start, shipping,

@@ -4,7 +4,9 @@
 //! (`pake::SessionSecrets::seal_keys`).
 //!
 //! ```text
-//! tag = BLAKE3-keyed(key_direction, seq u64 LE ‖ message bytes)
+//! tag = BLAKE3-keyed(key_direction, M[21..] ‖ M[..21] ‖ seq u64 LE)
+//!       (M the message's bytes: length, type, body; a message shorter
+//!        than 21 bytes is hashed whole, then seq)
 //! ```
 //!
 //! `seq` counts the messages sent in that direction since the handshake,
@@ -24,6 +26,9 @@ use thiserror::Error;
 
 /// Bytes of a tag.
 pub const TAG_BYTES: usize = 32;
+/// The hashed message is rotated by this much: a `ship`'s header.
+pub const ROTATE_BYTES: usize = crate::replication::wire::SHIP_HEADER_BYTES;
+const _: () = assert!(ROTATE_BYTES == 21);
 
 /// One direction's key and the sequence number of its next message.
 pub struct SealKey {
@@ -38,12 +43,27 @@ impl SealKey {
 
     /// The tag of the message made of `parts` (concatenated), for the
     /// current sequence number, without advancing it.
+    ///
+    /// What is hashed is the message rotated left by [`ROTATE_BYTES`]
+    /// (its bytes from there on, then its first bytes), then `seq`: BLAKE3
+    /// compresses 1 KiB chunks in parallel (SIMD) only when they line up
+    /// with its input, and a `ship`'s frame, the bulk, starts 21 bytes into
+    /// the message. Hashed in wire order (or with `seq` first), a 4 KiB
+    /// ship hashed at 0.7 GB/s instead of 2.5 here. A rotation by a fixed
+    /// amount is a bijection, and the message's own length field says
+    /// where it ends, so the input stays unambiguous.
     pub fn tag_of(&self, parts: &[&[u8]]) -> [u8; TAG_BYTES] {
         let mut h = blake3::Hasher::new_keyed(&self.key);
-        h.update(&self.seq.to_le_bytes());
+        let mut head = [0u8; ROTATE_BYTES];
+        let mut head_len = 0;
         for p in parts {
-            h.update(p);
+            let take = (ROTATE_BYTES - head_len).min(p.len());
+            head[head_len..head_len + take].copy_from_slice(&p[..take]);
+            head_len += take;
+            h.update(&p[take..]);
         }
+        h.update(&head[..head_len]);
+        h.update(&self.seq.to_le_bytes());
         *h.finalize().as_bytes()
     }
 
@@ -151,8 +171,23 @@ mod tests {
         );
     }
 
+    /// A message split anywhere into parts gets the same tag.
+    #[test]
+    fn the_tag_does_not_depend_on_how_the_message_is_split() {
+        let k = SealKey::new([5; 32]);
+        let msg: Vec<u8> = (0..200u8).collect();
+        let whole = k.tag_of(&[&msg]);
+        for cut in [0, 1, 20, 21, 22, 100, 200] {
+            assert_eq!(k.tag_of(&[&msg[..cut], &msg[cut..]]), whole, "{cut}");
+        }
+        assert_eq!(k.tag_of(&[&msg[..3], &msg[3..10], &msg[10..]]), whole);
+        let short = b"0123456789";
+        assert_eq!(k.tag_of(&[&short[..4], &short[4..]]), k.tag_of(&[short]));
+    }
+
     /// Not a benchmark of record (see bench/): a quick look at what the
-    /// MAC costs per byte, BLAKE3 against HMAC-SHA256.
+    /// MAC costs per byte, BLAKE3 against HMAC-SHA256, on a ship-shaped
+    /// message (21-byte header, then the frame).
     #[test]
     #[ignore]
     fn seal_tag_throughput() {
@@ -162,14 +197,16 @@ mod tests {
             let buf = vec![7u8; size];
             let n = (256usize << 20) / size;
             let k = SealKey::new([3; 32]);
+            let header = [9u8; ROTATE_BYTES];
             let t = std::time::Instant::now();
             for _ in 0..n {
-                std::hint::black_box(k.tag_of(&[&buf]));
+                std::hint::black_box(k.tag_of(&[&header, &buf]));
             }
             let b3 = (n * size) as f64 / t.elapsed().as_secs_f64() / 1e9;
             let t = std::time::Instant::now();
             for _ in 0..n {
                 let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&[3; 32]).unwrap();
+                m.update(&header);
                 m.update(&buf);
                 std::hint::black_box(m.finalize());
             }

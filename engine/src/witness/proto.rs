@@ -19,7 +19,8 @@
 //! ```text
 //! len   u32   bytes that follow (body and tag), at most FRAME_BYTES_MAX
 //! body  [..]  a Request or a Reply (first byte: its type)
-//! tag   [32]  BLAKE3-keyed(key of the direction, seq u64 ‖ len ‖ body)
+//! tag   [32]  BLAKE3-keyed(key of the direction, M[21..] ‖ M[..21] ‖ seq u64)
+//!             with M = len ‖ body (the rotation of `replication::seal`)
 //! ```
 //!
 //! The keys are "mac partner to witness" and "mac witness to partner";
