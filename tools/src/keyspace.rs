@@ -22,33 +22,28 @@ use std::hash::{BuildHasher, RandomState};
 /// A stored value: immutable, reference-counted bytes.
 pub type Value = bytes::Bytes;
 
+type Entry = (Vec<u8>, Value);
+
 #[derive(Clone, Debug)]
 enum Bucket {
-    One(Vec<u8>, Value),
+    One(Entry),
     /// Keys whose hashes collide (rare: 64-bit hashes).
-    Many(Vec<(Vec<u8>, Value)>),
+    Many(Vec<Entry>),
 }
 
 impl Bucket {
-    fn get(&self, key: &[u8]) -> Option<&Value> {
+    fn entries(&self) -> &[Entry] {
         match self {
-            Bucket::One(k, v) => (k.as_slice() == key).then_some(v),
-            Bucket::Many(kv) => kv.iter().find(|(k, _)| k.as_slice() == key).map(|(_, v)| v),
-        }
-    }
-
-    fn entries(&self) -> &[(Vec<u8>, Value)] {
-        match self {
-            Bucket::One(..) => unreachable!("callers match One first"),
+            Bucket::One(e) => std::slice::from_ref(e),
             Bucket::Many(kv) => kv,
         }
     }
 
-    fn len(&self) -> usize {
-        match self {
-            Bucket::One(..) => 1,
-            Bucket::Many(kv) => kv.len(),
-        }
+    fn get(&self, key: &[u8]) -> Option<&Value> {
+        self.entries()
+            .iter()
+            .find(|(k, _)| k.as_slice() == key)
+            .map(|(_, v)| v)
     }
 }
 
@@ -114,18 +109,18 @@ impl Keyspace {
         let h = self.hash(&key);
         match self.tree.entry(h) {
             btree_map::Entry::Vacant(e) => {
-                e.insert(Bucket::One(key, value));
+                e.insert(Bucket::One((key, value)));
                 self.len += 1;
                 None
             }
             btree_map::Entry::Occupied(mut e) => {
                 let b = e.get_mut();
-                if let Bucket::One(k, v) = b {
+                if let Bucket::One((k, v)) = b {
                     if *k == key {
                         return Some(std::mem::replace(v, value));
                     }
-                    let (k, v) = (std::mem::take(k), v.clone());
-                    *b = Bucket::Many(vec![(k, v)]);
+                    let one = (std::mem::take(k), v.clone());
+                    *b = Bucket::Many(vec![one]);
                 }
                 let Bucket::Many(kv) = b else {
                     unreachable!("made Many above")
@@ -147,11 +142,11 @@ impl Keyspace {
             return None;
         };
         let old = match e.get_mut() {
-            Bucket::One(k, _) if k.as_slice() == key => match e.remove() {
-                Bucket::One(_, v) => v,
+            Bucket::One((k, _)) if k.as_slice() == key => match e.remove() {
+                Bucket::One((_, v)) => v,
                 Bucket::Many(_) => unreachable!("matched One"),
             },
-            Bucket::One(..) => return None,
+            Bucket::One(_) => return None,
             Bucket::Many(kv) => {
                 let i = kv.iter().position(|(k, _)| k.as_slice() == key)?;
                 let (_, v) = kv.swap_remove(i);
@@ -172,13 +167,9 @@ impl Keyspace {
 
     /// Every entry, in cursor order.
     pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Value)> {
-        self.tree.values().flat_map(|b| {
-            let (one, many) = match b {
-                Bucket::One(k, v) => (Some((k, v)), None),
-                Bucket::Many(_) => (None, Some(b.entries().iter().map(|(k, v)| (k, v)))),
-            };
-            one.into_iter().chain(many.into_iter().flatten())
-        })
+        self.tree
+            .values()
+            .flat_map(|b| b.entries().iter().map(|(k, v)| (k, v)))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &Vec<u8>> {
@@ -197,11 +188,10 @@ impl Keyspace {
             if visited >= count.max(1) {
                 return h;
             }
-            match b {
-                Bucket::One(k, v) => each(k, v),
-                Bucket::Many(kv) => kv.iter().for_each(|(k, v)| each(k, v)),
+            for (k, v) in b.entries() {
+                each(k, v);
             }
-            visited += b.len();
+            visited += b.entries().len();
         }
         0
     }
