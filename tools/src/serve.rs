@@ -536,11 +536,10 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
             output.soft, output.hard
         ));
     }
-    // The largest write the log can commit (group commit's batch bound:
-    // 4 MiB, or a quarter of a segment if that is less): no command may
-    // carry more, and no bulk be larger.
+    // The largest write the log can commit (group commit's batch bound):
+    // no command may carry more, and no bulk be larger.
     let segment = segment_bytes.unwrap_or(mirrorlog_engine::log::segment::SEGMENT_BYTES_DEFAULT);
-    limits.max_command = (4usize << 20).min(segment / 4);
+    limits.max_command = mirrorlog_engine::commit::default_batch_bytes_max(segment);
     limits.max_bulk = limits.max_bulk.min(limits.max_command);
     if witness.is_some() && peer.is_none() {
         return Err(

@@ -180,6 +180,15 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("static histogram bounds are valid")
 }
 
+/// The batch bound group commit uses unless told otherwise
+/// ([`CommitOptions::batch_bytes_max`] `None`) for a log of `segment_bytes`
+/// segments: 4 MiB, or a quarter of a segment's capacity if that is less.
+/// The largest write such a log can commit.
+pub fn default_batch_bytes_max(segment_bytes: usize) -> usize {
+    let capacity = segment_bytes.saturating_sub(crate::log::segment::SEGMENT_HEADER_BYTES);
+    (4 << 20).min(capacity / 4)
+}
+
 impl<S: Storage> GroupCommit<S> {
     /// Starts the appender thread for `log`. Batches are written with the
     /// log's last epoch (at least 1) until [`GroupCommit::set_epoch`].
@@ -187,7 +196,7 @@ impl<S: Storage> GroupCommit<S> {
         let capacity = log.options().segment_bytes - crate::log::segment::SEGMENT_HEADER_BYTES;
         let max = BATCH_RAW_BYTES_MAX.min(capacity - FRAME_HEADER_BYTES);
         let batch_bytes_max = match options.batch_bytes_max {
-            None => (4 << 20).min(capacity / 4),
+            None => default_batch_bytes_max(log.options().segment_bytes),
             Some(b) if b == 0 || b > max => {
                 return Err(StartError::BadOption(format!(
                     "batch_bytes_max must be between 1 and {max} (a batch must fit one segment); got {b}"

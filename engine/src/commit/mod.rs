@@ -16,7 +16,9 @@ mod group;
 pub mod level;
 pub mod progress;
 
-pub use group::{CommitOptions, CommitStats, Committed, GroupCommit, Ticket};
+pub use group::{
+    default_batch_bytes_max, CommitOptions, CommitStats, Committed, GroupCommit, Ticket,
+};
 pub use level::Level;
 pub use progress::{Detached, Progress};
 
