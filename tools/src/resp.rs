@@ -116,6 +116,12 @@ impl Parser {
         self.multi.is_none() && self.inline_scanned == 0
     }
 
+    /// Whether a command is on its way: part of one taken, or bytes of one
+    /// left in `unparsed` (the caller's buffer after the taken bytes).
+    pub fn mid_command(&self, unparsed: &[u8]) -> bool {
+        !unparsed.is_empty() || !self.idle()
+    }
+
     /// Parses on from `buf`, which starts where the last call's taken
     /// bytes ended. Returns the bytes taken (the caller drops them from its
     /// buffer) and the command, once complete. An empty inline line is a

@@ -56,6 +56,9 @@ pub enum IoMode {
     Threads,
 }
 
+/// What a client that took longer than the command timeout is told.
+pub(crate) const COMMAND_TIMEOUT_REPLY: &[u8] =
+    b"-ERR Protocol error: the command took too long to arrive\r\n";
 /// How long accepting pauses when the process is out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Unsent output beyond which a connection's replies wait to be encoded
@@ -483,8 +486,7 @@ impl Server {
             if let (Some(t), Some(since)) = (self.opts.command_timeout, cmd_since) {
                 if since.elapsed() >= t {
                     self.command_timed_out();
-                    let _ = s
-                        .write_all(b"-ERR Protocol error: the command took too long to arrive\r\n");
+                    let _ = s.write_all(COMMAND_TIMEOUT_REPLY);
                     return Ok(());
                 }
             }
@@ -514,7 +516,6 @@ impl Server {
             let mut used = 0;
             let mut outcomes = Vec::new();
             let mut quit = false;
-            out.clear();
             loop {
                 let limits = self.limits_for(&conn);
                 match parser.parse(&buf[used..], &limits) {
@@ -565,7 +566,7 @@ impl Server {
                 }
             }
             buf.drain(..used);
-            if cmd_since.is_none() && (!buf.is_empty() || !parser.idle()) {
+            if cmd_since.is_none() && parser.mid_command(&buf) {
                 cmd_since = Some(Instant::now());
             }
             if buf.len() > cap {

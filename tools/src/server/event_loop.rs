@@ -653,7 +653,7 @@ impl Loop<'_> {
             }
         }
         c.buf.drain(..used);
-        if c.cmd_since.is_none() && (!c.buf.is_empty() || !c.parser.idle()) {
+        if c.cmd_since.is_none() && c.parser.mid_command(&c.buf) {
             c.cmd_since = Some(Instant::now());
         }
         if c.exhausted && !c.closing && c.buf.len() > server.query_cap() {
@@ -735,9 +735,7 @@ impl Loop<'_> {
         }
         for id in slow {
             if let Some(c) = self.clients.get_mut(&id) {
-                let _ = c
-                    .sock
-                    .write(b"-ERR Protocol error: the command took too long to arrive\r\n");
+                let _ = c.sock.write(super::COMMAND_TIMEOUT_REPLY);
             }
             self.server.command_timed_out();
             self.close(id);
