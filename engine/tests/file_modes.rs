@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mirrorlog_engine::apply::Applier;
-use mirrorlog_engine::log::{LogOptions, Records};
+use mirrorlog_engine::log::Records;
 use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, Principal, WitnessLink};
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::session::MirroringState;
@@ -20,6 +20,7 @@ use mirrorlog_engine::transport::TransportChoice;
 use mirrorlog_engine::witness::server::{WitnessOptions, WitnessServer};
 use mirrorlog_engine::witness::LeaseConfig;
 
+use common::modes::not_private;
 use common::nodes::{tempdir, wait_until};
 
 const DB: [u8; 16] = *b"file-modes-db-01";
@@ -34,28 +35,6 @@ impl Applier for Nothing {
     fn apply(&mut self, _: u64, _: u64, _: &Records) -> Result<(), String> {
         Ok(())
     }
-}
-
-/// Every path under `dir` (and `dir` itself) whose mode is not the
-/// private one, with its mode.
-fn not_private(dir: &Path) -> Vec<(String, u32)> {
-    let mut bad = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(p) = todo.pop() {
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        let mode = m.permissions().mode() & 0o777;
-        if m.is_dir() {
-            if mode != 0o700 {
-                bad.push((p.display().to_string(), mode));
-            }
-            for e in std::fs::read_dir(&p).unwrap() {
-                todo.push(e.unwrap().path());
-            }
-        } else if mode != 0o600 {
-            bad.push((p.display().to_string(), mode));
-        }
-    }
-    bad
 }
 
 #[test]
@@ -94,10 +73,7 @@ fn principal_mirror_and_witness_directories_hold_only_private_files() {
                 secret: secret(),
             },
         );
-        c.log = LogOptions {
-            segment_bytes: 256 * 1024,
-            ..LogOptions::default()
-        };
+        c.log = common::nodes::log_opts();
         c.transport = TransportChoice::Blocking;
         c.session.partner_timeout_ms = 300;
         c.session.heartbeat_ms = 30;

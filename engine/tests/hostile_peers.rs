@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mirrorlog_engine::apply::Applier;
-use mirrorlog_engine::log::{LogOptions, Records};
+use mirrorlog_engine::log::Records;
 use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, Principal, WitnessLink};
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::session::MirroringState;
@@ -55,10 +55,7 @@ fn config(dir: &Path, timeout_ms: u64, lines: &Lines) -> NodeConfig {
             secret: secret(),
         },
     );
-    c.log = LogOptions {
-        segment_bytes: 256 * 1024,
-        ..LogOptions::default()
-    };
+    c.log = common::nodes::log_opts();
     c.transport = TransportChoice::Blocking;
     c.session.partner_timeout_ms = timeout_ms;
     c.session.heartbeat_ms = 30;

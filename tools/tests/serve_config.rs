@@ -8,6 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::modes::not_private;
 use common::{free_port, secret};
 
 fn dir(tag: &str) -> std::path::PathBuf {
@@ -148,29 +149,6 @@ fn client_limits_are_configurable_and_enforced() {
     assert!(talk(ok.as_bytes()).starts_with("+OK"));
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// Every path under `dir` (and `dir` itself) that is not private: files
-/// must be 0600, directories 0700.
-fn not_private(dir: &std::path::Path) -> Vec<(String, u32)> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut bad = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(p) = todo.pop() {
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        let mode = m.permissions().mode() & 0o777;
-        if m.is_dir() {
-            if mode != 0o700 {
-                bad.push((p.display().to_string(), mode));
-            }
-            for e in std::fs::read_dir(&p).unwrap() {
-                todo.push(e.unwrap().path());
-            }
-        } else if mode != 0o600 {
-            bad.push((p.display().to_string(), mode));
-        }
-    }
-    bad
 }
 
 #[test]

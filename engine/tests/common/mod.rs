@@ -1,6 +1,8 @@
 //! Test helpers shared by several integration tests.
 #![allow(dead_code)] // each test crate uses a different subset
 
+#[path = "../modes/mod.rs"]
+pub mod modes;
 pub mod nodes;
 #[path = "../scratch/mod.rs"]
 pub mod scratch;

@@ -1,6 +1,8 @@
 //! Helpers shared by the tools' integration tests.
 #![allow(dead_code)] // each test crate uses a different subset
 
+#[path = "../../../engine/tests/modes/mod.rs"]
+pub mod modes;
 #[path = "../../../engine/tests/scratch/mod.rs"]
 pub mod scratch;
 
