@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Commands, Connection, RedisResult, Value};
 
-use common::{free_port, secret, Served};
+use common::{free_port, node_args, secret, Served};
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
     common::tempdir("serve", tag)
@@ -67,25 +67,8 @@ struct Pair {
 }
 
 fn args(pair: &Pair, role: &str, port: u16) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--role",
-        role,
-        "--dir",
-        &pair.dir.join(role).display().to_string(),
-        "--secret-file",
-        &pair.secret.display().to_string(),
-        "--port",
-        &port.to_string(),
-        "--partner",
-        &format!("127.0.0.1:{}", pair.partner),
-        "--segment-bytes",
-        "65536",
-        "--checkpoint-secs",
-        "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a = node_args(&pair.dir.join(role), &pair.secret, role, port, pair.partner);
+    a.extend(["--segment-bytes", "65536", "--checkpoint-secs", "0"].map(String::from));
     if role == "mirror" {
         a.extend([
             "--principal-clients".to_string(),
@@ -774,23 +757,8 @@ fn regression_auth_honours_only_the_default_user() {
     let dir = tempdir("authuser");
     let secret = secret(&dir);
     let port = free_port();
-    let args: Vec<String> = [
-        "--role",
-        "principal",
-        "--dir",
-        &dir.join("p").display().to_string(),
-        "--secret-file",
-        &secret.display().to_string(),
-        "--port",
-        &port.to_string(),
-        "--partner",
-        &format!("127.0.0.1:{}", free_port()),
-        "--password",
-        "pw-for-the-test",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = node_args(&dir.join("p"), &secret, "principal", port, free_port());
+    args.extend(["--password", "pw-for-the-test"].map(String::from));
     let _p = serve(&args);
     let deadline = Instant::now() + Duration::from_secs(20);
     let ask = |cmd: &str| -> String {

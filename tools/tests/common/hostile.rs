@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{free_port, secret, Served};
+use super::{free_port, node_args, secret, Served};
 
 /// The canary's period.
 pub const CANARY_EVERY: Duration = Duration::from_millis(100);
@@ -477,25 +477,8 @@ impl Pair {
         let secret = secret(&dir);
         let (p_port, m_port, partner) = (free_port(), free_port(), free_port());
         let args = |role: &str, port: u16| {
-            let mut a: Vec<String> = [
-                "--role",
-                role,
-                "--dir",
-                &dir.join(role).display().to_string(),
-                "--secret-file",
-                &secret.display().to_string(),
-                "--port",
-                &port.to_string(),
-                "--partner",
-                &format!("127.0.0.1:{partner}"),
-                "--safety",
-                "full",
-                "--checkpoint-secs",
-                "0",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let mut a = node_args(&dir.join(role), &secret, role, port, partner);
+            a.extend(["--safety", "full", "--checkpoint-secs", "0"].map(String::from));
             if role == "mirror" {
                 a.extend(["--principal-clients".into(), format!("127.0.0.1:{p_port}")]);
             }

@@ -120,6 +120,32 @@ pub fn serve(args: &[String], log: &Path) -> Served {
     )
 }
 
+/// The `serve` flags every test node has: its role, directory, secret,
+/// client port and the partners' address; callers add their own.
+pub fn node_args(
+    node_dir: &Path,
+    secret: &Path,
+    role: &str,
+    port: u16,
+    partner: u16,
+) -> Vec<String> {
+    [
+        "--role",
+        role,
+        "--dir",
+        &node_dir.display().to_string(),
+        "--secret-file",
+        &secret.display().to_string(),
+        "--port",
+        &port.to_string(),
+        "--partner",
+        &format!("127.0.0.1:{partner}"),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
 /// `serve` flags for a node of a reseed test: its directory `dir/sub`,
 /// client port, the partners' address, 256 KiB segments and a checkpoint
 /// every second (so log deletion and reseeds happen quickly).
@@ -131,23 +157,7 @@ pub fn small_node_args(
     port: u16,
     partner: u16,
 ) -> Vec<String> {
-    [
-        "--role",
-        role,
-        "--dir",
-        &dir.join(sub).display().to_string(),
-        "--secret-file",
-        &secret.display().to_string(),
-        "--port",
-        &port.to_string(),
-        "--partner",
-        &format!("127.0.0.1:{partner}"),
-        "--segment-bytes",
-        "262144",
-        "--checkpoint-secs",
-        "1",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect()
+    let mut a = node_args(&dir.join(sub), secret, role, port, partner);
+    a.extend(["--segment-bytes", "262144", "--checkpoint-secs", "1"].map(String::from));
+    a
 }
