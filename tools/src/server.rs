@@ -197,7 +197,7 @@ pub struct Server {
     /// still accept the newest connection to refuse it.
     spare_fd: Mutex<Option<std::fs::File>>,
     /// Rate-limited WARN lines (accept errors, output limits).
-    warned: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    warned: Mutex<HashMap<&'static str, (Option<Instant>, u64)>>,
     /// Failed AUTH token buckets per source address.
     auth_fails: Mutex<HashMap<std::net::IpAddr, (f64, Instant)>>,
 }
@@ -256,12 +256,15 @@ impl Server {
     fn warn_limited(&self, what: &'static str, line: impl FnOnce() -> String) {
         let mut w = self.warned.lock().expect("warned");
         let now = Instant::now();
-        let e = w
-            .entry(what)
-            .or_insert((now - Duration::from_secs(3600), 0));
-        if now.duration_since(e.0) >= Duration::from_secs(10) {
+        // When `what` was last logged (None: never), and lines suppressed
+        // since. (No "long ago" instant: `now - 1 h` panics on a machine up
+        // for less than an hour.)
+        let e = w.entry(what).or_insert((None, 0));
+        if e.0
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
             let suppressed = std::mem::take(&mut e.1);
-            e.0 = now;
+            e.0 = Some(now);
             let more = if suppressed > 0 {
                 format!(" ({suppressed} more like it suppressed)")
             } else {
