@@ -80,6 +80,11 @@ mirrorlog serve --config FILE [OPTIONS]
     --idle-timeout-secs N     close idle clients (default: never)
     --command-timeout-secs N  close a client that takes longer than N seconds to
                               send one command (slowloris; default 60, 0: none)
+    --read-barrier on|off     on (default): a read on the principal waits until
+                              the writes it sees are committed at the client's
+                              level, so no client sees a write a failover may
+                              still lose. off: reads see writes as soon as they
+                              are made, as in Redis (for tests and benchmarks)
     --output-limit-hard-bytes N   close a client whose unsent replies would
                               exceed N bytes (default 64 MiB)
     --output-limit-soft-bytes N   ... or stay above N bytes (default 16 MiB)
@@ -132,6 +137,7 @@ pub struct ServeOptions {
     pub limits: crate::resp::Limits,
     pub output: crate::server::OutputLimits,
     pub command_timeout: Option<Duration>,
+    pub read_barrier: bool,
 }
 
 fn resolve(flag: &str, v: &str) -> Result<SocketAddr, String> {
@@ -182,6 +188,7 @@ struct FileConfig {
     max_bulk_bytes: Option<u64>,
     max_args: Option<u64>,
     max_inline_bytes: Option<u64>,
+    read_barrier: Option<String>,
 }
 
 /// Reads a config file into the flags it stands for.
@@ -236,6 +243,7 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
         c.retention_max_bytes.map(|n| n.to_string()),
     );
     put("log_level", c.log_level);
+    put("read_barrier", c.read_barrier);
     put("max_bulk_bytes", c.max_bulk_bytes.map(|n| n.to_string()));
     put("max_args", c.max_args.map(|n| n.to_string()));
     put(
@@ -377,6 +385,7 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
     let mut limits = crate::resp::Limits::default();
     let mut output = crate::server::OutputLimits::default();
     let mut command_timeout = Some(Duration::from_secs(60));
+    let mut read_barrier = true;
     let mut soft_given = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -493,6 +502,13 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
                 })?;
                 command_timeout = (n > 0).then(|| Duration::from_secs(n));
             }
+            "--read-barrier" => {
+                read_barrier = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(format!("--read-barrier {v:?}: expected on or off")),
+                }
+            }
             "--log-level" => {
                 let v = value()?;
                 if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
@@ -584,6 +600,7 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
         limits,
         output,
         command_timeout,
+        read_barrier,
     };
     Ok((o, io))
 }
@@ -945,6 +962,7 @@ pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Run
         retention_max_bytes: o.retention_max_bytes,
         output: o.output,
         command_timeout: o.command_timeout,
+        read_barrier: o.read_barrier,
     };
     if let Err(e) = crate::server::raise_fd_limit(o.max_clients) {
         tracing::warn!("{e}");

@@ -158,6 +158,9 @@ pub struct ServerOptions {
     /// Longest time a client may take to send one command, from its first
     /// byte (or the end of the one before) to its last (None: no bound).
     pub command_timeout: Option<Duration>,
+    /// Reads on the principal wait for the commits of the writes they see
+    /// (false: they see writes at once, as in Redis).
+    pub read_barrier: bool,
 }
 
 impl Default for ServerOptions {
@@ -173,6 +176,7 @@ impl Default for ServerOptions {
             retention_max_bytes: None,
             output: OutputLimits::default(),
             command_timeout: Some(Duration::from_secs(60)),
+            read_barrier: true,
         }
     }
 }
