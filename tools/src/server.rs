@@ -9,9 +9,10 @@
 //!
 //! On the principal a write takes the store's write lock, computes its
 //! effects, hands them to group commit and applies them to the store before
-//! releasing the lock, so the log order is the store's order. (Readers on
-//! the principal can therefore see a write before it is acknowledged, as
-//! in Redis.) On the mirror the applier builds the same store from the log,
+//! releasing the lock, so the log order is the store's order. A read that
+//! sees a write not yet committed at the reader's level is answered only
+//! once it is (the read barrier, `barrier`; `--read-barrier off` answers at
+//! once, as Redis does). On the mirror the applier builds the same store from the log,
 //! never beyond the commit LSN; writes are refused with `-READONLY`.
 
 use std::collections::HashMap;
@@ -29,7 +30,10 @@ use mirrorlog_engine::replication::session::MirroringState;
 use crate::kv::{glob_match, Effect, Glob, Keyspace, KvApplier, Shared, Store, Value};
 use crate::resp::{Limits, Parser, Reply};
 
+mod barrier;
 mod event_loop;
+
+use barrier::{Barrier, Seen};
 
 /// How long a command waits for a role change in progress before it is
 /// answered `-TRYAGAIN`.
@@ -195,6 +199,9 @@ pub struct Server {
     /// A commit failed after its effects reached the store (the log is
     /// poisoned): the store may be ahead of the log; refuse everything.
     broken: Mutex<Option<String>>,
+    /// Commits whose effects are in the store but not yet acknowledged
+    /// (see `barrier`).
+    barrier: Barrier,
     stats: Stats,
     started: Instant,
     /// A descriptor kept free, so that a process out of descriptors can
@@ -237,6 +244,7 @@ impl Server {
             clients: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             broken: Mutex::new(None),
+            barrier: Barrier::new(),
             stats: Stats::default(),
             started: Instant::now(),
             spare_fd: Mutex::new(std::fs::File::open("/dev/null").ok()),
@@ -412,6 +420,8 @@ impl Server {
                 }
             }
         };
+        // No write can run now; the old node's tickets must not outlive it.
+        self.barrier.clear();
         match change(old) {
             Ok(new) => {
                 *self.principal_hint.write().expect("hint") = hint;
@@ -640,22 +650,32 @@ impl Server {
     fn resolve(&self, o: Outcome, conn: &mut Conn) -> Reply {
         match o {
             Outcome::Now(r) => r,
-            Outcome::After(ticket, r) => self.settle(ticket.wait(), r, conn),
+            Outcome::After(ticket, r) => {
+                let read = ticket.is_follower();
+                self.settle(ticket.wait(), r, conn, read)
+            }
         }
     }
 
-    /// The reply to a write whose commit ended with `result`.
+    /// The reply to a write whose commit ended with `result`, or (`read`)
+    /// to a read held by the barrier for the commit it saw.
     fn settle(
         &self,
         result: Result<mirrorlog_engine::commit::Committed, CommitError>,
         r: Reply,
         conn: &mut Conn,
+        read: bool,
     ) -> Reply {
         match result {
             Ok(c) => {
-                conn.last_write_end = conn.last_write_end.max(c.lsn_end);
+                if !read {
+                    conn.last_write_end = conn.last_write_end.max(c.lsn_end);
+                }
                 r
             }
+            Err(e) if read => Reply::err(format!(
+                "ERR the read saw a write that was not committed: {e}"
+            )),
             Err(e) => {
                 if matches!(
                     e,
@@ -799,17 +819,29 @@ impl Server {
             }
             "EXEC" => now(Reply::err("ERR EXEC without MULTI")),
             "DISCARD" => now(Reply::err("ERR DISCARD without MULTI")),
-            "INFO" => now(Reply::bulk(self.info(args.get(1)))),
+            "INFO" => {
+                // Its keyspace section is a read of the whole keyspace.
+                let keyspace = args.get(1).is_none_or(|s| {
+                    let s = String::from_utf8_lossy(s).to_ascii_lowercase();
+                    matches!(s.as_str(), "keyspace" | "all" | "everything" | "default")
+                });
+                let reply = Reply::bulk(self.info(args.get(1)));
+                if keyspace {
+                    self.held(conn, &Seen::All, reply)
+                } else {
+                    now(reply)
+                }
+            }
             "ROLE" => now(self.role()),
             "WAIT" => now(self.wait(conn, args)),
             "MIRROR" => now(self.mirror_cmd(conn, args)),
-            "DBSIZE" => now(Reply::Int(
-                self.store.read().expect("store").map.len() as i64
-            )),
             _ if is_write(&name) => self.write_one(conn, &name, args),
             _ => {
                 let st = self.store.read().expect("store");
-                now(read_cmd(&st, &name, args).unwrap_or_else(|| unknown(&name, args)))
+                match read_cmd(&st, &name, args) {
+                    Some(reply) => self.held(conn, &seen_by(&name, args), reply),
+                    None => now(unknown(&name, args)),
+                }
             }
         }
     }
@@ -994,7 +1026,24 @@ impl Server {
         let mut st = self.store.write().expect("store");
         let mut journal = Journal::default();
         let reply = write_cmd(&mut st, name, args, &mut journal);
-        self.commit(p, conn, &mut st, journal, reply)
+        self.commit(p, conn, &mut st, journal, reply, &seen_by(name, args))
+    }
+
+    /// A reply already computed from the store that depends on `seen`: held until the newest commit among them reached
+    /// the connection's level (see `barrier`).
+    fn held(&self, conn: &Conn, seen: &Seen<'_>, reply: Reply) -> Outcome {
+        if !self.opts.read_barrier {
+            return Outcome::Now(reply);
+        }
+        let node = self.node();
+        let Node::Principal(p) = &*node else {
+            return Outcome::Now(reply);
+        };
+        let level = conn.level.unwrap_or(p.group_commit().default_level());
+        match self.barrier.wait_for(seen, level) {
+            Some(t) => Outcome::After(t, reply),
+            None => Outcome::Now(reply),
+        }
     }
 
     /// Logs the journal's effects (already applied to `st`) in one commit,
@@ -1008,9 +1057,12 @@ impl Server {
         st: &mut Store,
         journal: Journal,
         reply: Reply,
+        seen: &Seen<'_>,
     ) -> Outcome {
         if journal.effects.is_empty() {
-            return Outcome::Now(reply);
+            // Nothing to log, but the reply still tells of the keys' state
+            // (SET NX refused, DEL of an absent key): a read.
+            return self.held(conn, seen, reply);
         }
         let records: Vec<Vec<u8>> = journal.effects.iter().map(Effect::encode).collect();
         let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
@@ -1018,6 +1070,9 @@ impl Server {
         match p.commit_at(&refs, level) {
             Ok(t) => {
                 st.lsn = st.lsn.max(p.log().written_lsn());
+                if self.opts.read_barrier {
+                    self.barrier.record(&journal.effects, &t);
+                }
                 Outcome::After(t, reply)
             }
             Err(e) => {
@@ -1054,7 +1109,8 @@ impl Server {
                 };
                 replies.push(r);
             }
-            self.commit(p, conn, &mut st, journal, Reply::Array(replies))
+            let seen = seen_by_all(&queued);
+            self.commit(p, conn, &mut st, journal, Reply::Array(replies), &seen)
         } else {
             let st = self.store.read().expect("store");
             let replies = queued
@@ -1064,7 +1120,7 @@ impl Server {
                     read_cmd(&st, &n, a).unwrap_or_else(|| unknown(&n, a))
                 })
                 .collect();
-            Outcome::Now(Reply::Array(replies))
+            self.held(conn, &seen_by_all(&queued), Reply::Array(replies))
         }
     }
 
@@ -1168,6 +1224,7 @@ impl Server {
             ("LEVEL", 3) => match String::from_utf8_lossy(&args[2]).parse::<Level>() {
                 Ok(l) => {
                     conn.level = Some(l);
+                    self.barrier.note_level(l);
                     Reply::ok()
                 }
                 Err(e) => Reply::err(format!("ERR {e}")),
@@ -1301,7 +1358,7 @@ impl Server {
         }
         if show("stats") {
             out.push_str(&format!(
-                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nclient_output_buffer_limit_disconnections:{}\r\nmirrorlog_accept_errors:{}\r\nmirrorlog_command_timeouts:{}\r\nmirrorlog_auth_failures:{}\r\nmirrorlog_auth_rate_limited:{}\r\n\r\n",
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nclient_output_buffer_limit_disconnections:{}\r\nmirrorlog_accept_errors:{}\r\nmirrorlog_command_timeouts:{}\r\nmirrorlog_auth_failures:{}\r\nmirrorlog_auth_rate_limited:{}\r\nmirrorlog_read_barrier_keys:{}\r\n\r\n",
                 self.stats.connections.load(Ordering::Relaxed),
                 self.stats.commands.load(Ordering::Relaxed),
                 self.stats.rejected.load(Ordering::Relaxed),
@@ -1310,6 +1367,7 @@ impl Server {
                 self.stats.command_timeouts.load(Ordering::Relaxed),
                 self.stats.auth_failures.load(Ordering::Relaxed),
                 self.stats.auth_rate_limited.load(Ordering::Relaxed),
+                self.barrier.len(),
             ));
         }
         if show("replication") {
@@ -1374,6 +1432,34 @@ fn waits_for_switch(name: &str) -> bool {
         name,
         "PING" | "INFO" | "MIRROR" | "ROLE" | "CLIENT" | "COMMAND" | "HELLO" | "AUTH"
     )
+}
+
+/// The keys a command's reply depends on (for a write: the keys it may
+/// touch, whose state its reply may tell of even when it changes nothing).
+fn seen_by<'a>(name: &str, args: &'a [Vec<u8>]) -> Seen<'a> {
+    let keys = |from: usize, step: usize| {
+        Seen::Keys(args.iter().skip(from).step_by(step).map(|k| k.as_slice()).collect())
+    };
+    match name {
+        "DBSIZE" | "KEYS" | "SCAN" | "RANDOMKEY" | "FLUSHALL" | "FLUSHDB" => Seen::All,
+        "MGET" | "EXISTS" | "DEL" | "UNLINK" | "TOUCH" => keys(1, 1),
+        "MSET" | "MSETNX" => keys(1, 2),
+        _ if args.len() > 1 => keys(1, usize::MAX),
+        _ => Seen::Keys(Vec::new()),
+    }
+}
+
+/// The keys a transaction's replies depend on.
+fn seen_by_all(queued: &[Vec<Vec<u8>>]) -> Seen<'_> {
+    let mut all = Vec::new();
+    for a in queued {
+        let n = String::from_utf8_lossy(&a[0]).to_ascii_uppercase();
+        match seen_by(&n, a) {
+            Seen::All => return Seen::All,
+            Seen::Keys(k) => all.extend(k),
+        }
+    }
+    Seen::Keys(all)
 }
 
 fn is_write(name: &str) -> bool {

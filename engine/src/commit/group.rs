@@ -708,6 +708,36 @@ impl<S: Storage> Ticket<S> {
         self.level
     }
 
+    /// A ticket that completes when this commit's batch reaches `level`,
+    /// by the same rules as an acknowledgement (Rule P, the detached
+    /// policy, failures). It is for a *read* that saw this commit's
+    /// effects before they were acknowledged: answering it only then means
+    /// no client learns of a write that a failover may still lose. Its
+    /// `Committed` has `records == 0`, and it records no latency.
+    pub fn follow(&self, level: Level) -> Ticket<S> {
+        Ticket {
+            shared: self.shared.clone(),
+            slot: self.slot.clone(),
+            first_record: self.first_record,
+            records: 0,
+            level,
+            submitted: self.submitted,
+            recorded: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether this is a [`Ticket::follow`] ticket (a read's), not a commit.
+    pub fn is_follower(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Whether the commit reached its level, from atomics alone (no lock):
+    /// a cheap check that may say `false` for a commit whose outcome is in
+    /// fact known (failed, or acknowledged as exposed).
+    pub fn reached_now(&self) -> bool {
+        self.reached()
+    }
+
     /// The outcome if it is known, without waiting. The level is checked
     /// before any failure: a batch hardened before the log was poisoned
     /// stays acknowledged.

@@ -494,9 +494,9 @@ impl Loop<'_> {
                 let (o, proto) = c.pending.pop_front().expect("front");
                 let reply = match (o, result) {
                     (Outcome::Now(r), _) => r,
-                    (Outcome::After(_, r), Some(result)) => {
+                    (Outcome::After(t, r), Some(result)) => {
                         let conn = c.conn.as_mut().expect("pending replies keep the conn");
-                        server.settle(result, r, conn)
+                        server.settle(result, r, conn, t.is_follower())
                     }
                     (Outcome::After(..), None) => unreachable!("polled ready"),
                 };
