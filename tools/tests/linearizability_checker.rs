@@ -83,7 +83,10 @@ fn a_stale_read_after_a_completed_write_is_rejected() {
     ]);
     assert_eq!(r.violations.len(), 1);
     let shown = r.violations[0].to_string();
-    assert!(shown.contains("SET 2") && shown.contains("\"1\""), "{shown}");
+    assert!(
+        shown.contains("SET 2") && shown.contains("\"1\""),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -167,7 +170,11 @@ fn incr_anomalies_are_rejected() {
 #[test]
 fn keys_are_checked_apart_and_the_shortest_failing_key_is_named() {
     let mut h = vec![set(0, "1", 0, 1), get(1, Some("1"), 2, 3)];
-    let mut bad = vec![set(0, "a", 0, 1), set(0, "b", 2, 3), get(1, Some("a"), 4, 5)];
+    let mut bad = vec![
+        set(0, "a", 0, 1),
+        set(0, "b", 2, 3),
+        get(1, Some("a"), 4, 5),
+    ];
     for o in &mut bad {
         o.key = b"other".to_vec();
     }

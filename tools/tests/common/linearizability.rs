@@ -116,7 +116,18 @@ impl fmt::Display for Violation {
             self.ops.len(),
             self.total_ops
         )?;
-        for o in &self.ops {
+        // The failure is at the prefix's end: show the operations up to it.
+        const SHOWN: usize = 40;
+        let skip = self.ops.len().saturating_sub(SHOWN);
+        if skip > 0 {
+            writeln!(
+                f,
+                "  ... {skip} earlier operations not shown; the last {SHOWN}:"
+            )?;
+        }
+        let mut tail: Vec<&Op> = self.ops.iter().collect();
+        tail.sort_by_key(|o| o.ret.max(o.invoke));
+        for o in tail.into_iter().skip(skip) {
             let call = match &o.call {
                 Call::Set(v) => format!("SET {}", String::from_utf8_lossy(v)),
                 Call::Get => "GET".into(),
@@ -213,10 +224,7 @@ fn cut(ops: &[Op], t: u64) -> Vec<Op> {
 /// A prefix of a linearizable history is linearizable, so the failing
 /// cut times are an up-set: binary-search the first.
 fn shortest_failing_prefix(ops: &[Op]) -> Vec<Op> {
-    let mut times: Vec<u64> = ops
-        .iter()
-        .flat_map(|o| [o.invoke + 1, o.ret + 1])
-        .collect();
+    let mut times: Vec<u64> = ops.iter().flat_map(|o| [o.invoke + 1, o.ret + 1]).collect();
     times.sort_unstable();
     times.dedup();
     let (mut lo, mut hi) = (0usize, times.len() - 1);
@@ -256,7 +264,10 @@ pub fn check_key(ops: &[Op]) -> (bool, u64) {
     for (i, o) in ops.iter().enumerate() {
         events.push((2 * o.invoke + 1, true, i));
         if matches!(o.outcome, Outcome::Ok(_)) {
-            assert!(o.ret >= o.invoke, "operation answered before invoked: {o:?}");
+            assert!(
+                o.ret >= o.invoke,
+                "operation answered before invoked: {o:?}"
+            );
             events.push(((2 * o.ret).max(2 * o.invoke + 2), false, i));
             finite += 1;
         }
