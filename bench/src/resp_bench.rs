@@ -522,11 +522,13 @@ pub fn render(cfg: &Config, s: &RespSuite) -> String {
         fmt_us(s.fsync.value_at_quantile(0.5)),
         fmt_us(s.rtt.value_at_quantile(0.5))
     );
-    let _ = writeln!(
-        o,
-        "\n  {:<38} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "case", "ops/s", "p50", "p99", "p99.9", "max"
-    );
+    if !s.cases.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n  {:<38} {:>12} {:>9} {:>9} {:>9} {:>9}",
+            "case", "ops/s", "p50", "p99", "p99.9", "max"
+        );
+    }
     for c in &s.cases {
         let h = &c.hist;
         let _ = writeln!(

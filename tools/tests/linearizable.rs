@@ -346,7 +346,7 @@ fn history_under_faults(tag: &str, barrier: &str) -> linearizability::Report {
     // B follows its --peer (this proxy) because it starts first, before
     // the witness names anyone; A's --peer is used only if deposed.
     let link = Proxy::start(addr(a.partner));
-    let mut pb = spawn(&b, &a, "mirror", &s, link.addr, wb.addr, barrier);
+    let pb = spawn(&b, &a, "mirror", &s, link.addr, wb.addr, barrier);
     std::thread::sleep(Duration::from_millis(300));
     let mut pa = spawn(&a, &b, "principal", &s, addr(b.partner), wa.addr, barrier);
     wait_for(
