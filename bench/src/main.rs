@@ -185,6 +185,10 @@ OPTIONS:
     --connections LIST     latency, peers, resp: clients (default 1,8,32).
     --pipeline N           latency, resp: depth of the pipelined mode (default
                            32; 1 skips it).
+    --mix                  resp: instead of the cases above, a 50/50 SET/GET mix
+                           (safety full, each --connections count) on a pair
+                           with --read-barrier off, then one with on (same
+                           build, same run): GET and SET ops/s and p99 each.
     --transports LIST      mirroring: io_uring,blocking (default both; an
                            unavailable io_uring is reported and skipped).
     --runs N               failover: SIGKILL failovers to measure (default 20;
@@ -291,6 +295,9 @@ pub struct Config {
     /// resp: client connection counts, and the pipelined mode's depth.
     pub connections: Vec<usize>,
     pub pipeline: usize,
+    /// resp: run only the read-barrier comparison instead (a 50/50
+    /// SET/GET mix, safety full, --read-barrier off and on).
+    pub mix: bool,
     /// failover: runs, the partner timeout (= witness lease), MB written
     /// while the mirror is down, and the mirrorlog binary to run.
     pub runs: usize,
@@ -434,6 +441,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut seconds = None;
     let mut warmup = None;
     let mut quick = false;
+    let mut mix = false;
     let mut dir = None;
     let mut json = None;
     let mut committers = vec![1, 8, 64];
@@ -486,7 +494,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let takes_value = !matches!(flag.as_str(), "-h" | "--help" | "--quick");
+        let takes_value = !matches!(flag.as_str(), "-h" | "--help" | "--quick" | "--mix");
         if !takes_value && inline.is_some() {
             return Err(format!("{flag} takes no value"));
         }
@@ -499,6 +507,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
             "--quick" => quick = true,
+            "--mix" => mix = true,
             "--seconds" => {
                 let s = parse_f64(&flag, &value()?)?;
                 if s <= 0.0 {
@@ -701,6 +710,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         transports,
         connections,
         pipeline,
+        mix,
         runs: runs.unwrap_or(if quick { 3 } else { 20 }),
         partner_timeout_ms,
         catchup_mb: catchup_mb.unwrap_or(if quick { 20 } else { 200 }),

@@ -77,7 +77,149 @@ pub struct RespSuite {
     pub fsync: Histogram<u64>,
     pub rtt: Histogram<u64>,
     pub cases: Vec<CaseResult>,
+    /// `--mix`: the read-barrier comparison.
+    pub mix: Vec<MixResult>,
     pub total_seconds: f64,
+}
+
+/// One 50/50 SET/GET run (safety full) with the read barrier on or off.
+pub struct MixResult {
+    pub read_barrier: bool,
+    pub connections: usize,
+    pub seconds: f64,
+    pub set_ops: u64,
+    pub get_ops: u64,
+    pub set: Histogram<u64>,
+    pub get: Histogram<u64>,
+}
+
+/// A mix client: each command a SET or a GET (even odds) of a random key;
+/// latencies go to the SET or the GET histogram.
+fn mix_worker(
+    addr: SocketAddr,
+    seed: u64,
+    phase: &AtomicU8,
+) -> Result<[(u64, Histogram<u64>); 2], String> {
+    let mut c = Client::connect(addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let mut rng = XorShift::new(seed);
+    let mut out = [(0, new_histogram()), (0, new_histogram())];
+    let mut value = vec![0u8; VALUE_BYTES];
+    loop {
+        let p = phase.load(Ordering::Acquire);
+        if p == STOP {
+            return Ok(out);
+        }
+        let r = rng.next_u64();
+        let key = format!("key:{:06}", (r >> 1) % KEYS);
+        let is_get = r & 1 == 1;
+        rng.fill(&mut value);
+        let cmd: Vec<&[u8]> = if is_get {
+            vec![b"GET", key.as_bytes()]
+        } else {
+            vec![b"SET", key.as_bytes(), &value]
+        };
+        let t = Instant::now();
+        let reply = c.call(&cmd).map_err(|e| e.to_string())?;
+        let ns = t.elapsed().as_nanos().max(1) as u64;
+        if let Reply::Error(e) = reply {
+            return Err(format!("server error: {e}"));
+        }
+        if p == TIMED {
+            let (n, h) = &mut out[is_get as usize];
+            h.saturating_record(ns);
+            *n += 1;
+        }
+    }
+}
+
+fn run_mix(
+    cfg: &Config,
+    addr: SocketAddr,
+    read_barrier: bool,
+    connections: usize,
+) -> Result<MixResult, String> {
+    let phase = AtomicU8::new(WARMUP);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..connections)
+            .map(|i| {
+                let phase = &phase;
+                s.spawn(move || {
+                    let r = mix_worker(addr, i as u64 + 1, phase);
+                    if r.is_err() {
+                        phase.store(STOP, Ordering::Release);
+                    }
+                    r
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(cfg.warmup));
+        let _ = phase.compare_exchange(WARMUP, TIMED, Ordering::AcqRel, Ordering::Acquire);
+        let t0 = Instant::now();
+        let end = t0 + Duration::from_secs_f64(cfg.seconds);
+        while Instant::now() < end && phase.load(Ordering::Acquire) != STOP {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = phase.compare_exchange(TIMED, STOP, Ordering::AcqRel, Ordering::Acquire);
+        let seconds = t0.elapsed().as_secs_f64();
+        let mut r = MixResult {
+            read_barrier,
+            connections,
+            seconds,
+            set_ops: 0,
+            get_ops: 0,
+            set: new_histogram(),
+            get: new_histogram(),
+        };
+        for h in handles {
+            let [(so, sh), (go, gh)] = h
+                .join()
+                .map_err(|_| "a client thread panicked".to_string())??;
+            r.set_ops += so;
+            r.get_ops += go;
+            r.set.add(&sh).map_err(|e| format!("{e:?}"))?;
+            r.get.add(&gh).map_err(|e| format!("{e:?}"))?;
+        }
+        Ok(r)
+    })
+}
+
+/// The read barrier's goals (issue 14), per connection count: with the
+/// barrier, GET p99 no worse than SET p99, and GET throughput at least
+/// 90% of the same mix without it.
+pub fn mix_targets(s: &RespSuite) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    for on in s.mix.iter().filter(|m| m.read_barrier) {
+        let Some(off) = s
+            .mix
+            .iter()
+            .find(|m| !m.read_barrier && m.connections == on.connections)
+        else {
+            continue;
+        };
+        let (gp, sp) = (
+            on.get.value_at_quantile(0.99),
+            on.set.value_at_quantile(0.99),
+        );
+        out.push((
+            gp <= sp,
+            format!(
+                "barrier on, {} connections: GET p99 {} <= SET p99 {}",
+                on.connections,
+                fmt_us(gp),
+                fmt_us(sp)
+            ),
+        ));
+        let ratio = (on.get_ops as f64 / on.seconds) / (off.get_ops as f64 / off.seconds).max(1e-9);
+        out.push((
+            ratio >= 0.9,
+            format!(
+                "barrier on, {} connections: GET throughput {:.1}% of barrier off (goal >= 90%)",
+                on.connections,
+                ratio * 100.0
+            ),
+        ));
+    }
+    out
 }
 
 const VALUE_BYTES: usize = 100;
@@ -125,6 +267,16 @@ impl Drop for Pair {
 }
 
 pub(crate) fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair, String> {
+    start_pair_with(cfg, safety, tag, true)
+}
+
+/// [`start_pair`] with the read barrier (`--read-barrier`) on or off.
+pub(crate) fn start_pair_with(
+    cfg: &Config,
+    safety: Safety,
+    tag: &str,
+    read_barrier: bool,
+) -> Result<Pair, String> {
     let dir = cfg.scratch.join(format!("resp-{tag}"));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let secret = dir.join("secret");
@@ -156,6 +308,7 @@ pub(crate) fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair
         limits: mirrorlog::resp::Limits::default(),
         output: mirrorlog::server::OutputLimits::default(),
         command_timeout: None,
+        read_barrier,
     };
     let quiet = Logger::new(|_| {});
     let p = serve::start_with_io(&base(true, "principal"), cfg.server_io, quiet.clone())?;
@@ -290,7 +443,18 @@ pub fn run(cfg: &Config) -> Result<RespSuite, String> {
     .hist;
     let rtt = crate::mirroring::loopback_rtt(warmup, timed)?;
     let mut results = Vec::new();
-    for safety in [Safety::Full, Safety::Off] {
+    let mut mix = Vec::new();
+    if cfg.mix {
+        for barrier in [false, true] {
+            let tag = if barrier { "mix-on" } else { "mix-off" };
+            let pair = start_pair_with(cfg, Safety::Full, tag, barrier)?;
+            for &connections in &cfg.connections {
+                eprintln!("[{tag}] 50/50 SET/GET, {connections} connections");
+                mix.push(run_mix(cfg, pair.principal, barrier, connections)?);
+            }
+        }
+    }
+    for safety in [Safety::Full, Safety::Off].into_iter().filter(|_| !cfg.mix) {
         let tag = if safety == Safety::Full {
             "full"
         } else {
@@ -306,6 +470,7 @@ pub fn run(cfg: &Config) -> Result<RespSuite, String> {
         fsync,
         rtt,
         cases: results,
+        mix,
         total_seconds: t0.elapsed().as_secs_f64(),
     })
 }
@@ -357,11 +522,13 @@ pub fn render(cfg: &Config, s: &RespSuite) -> String {
         fmt_us(s.fsync.value_at_quantile(0.5)),
         fmt_us(s.rtt.value_at_quantile(0.5))
     );
-    let _ = writeln!(
-        o,
-        "\n  {:<38} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "case", "ops/s", "p50", "p99", "p99.9", "max"
-    );
+    if !s.cases.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n  {:<38} {:>12} {:>9} {:>9} {:>9} {:>9}",
+            "case", "ops/s", "p50", "p99", "p99.9", "max"
+        );
+    }
     for c in &s.cases {
         let h = &c.hist;
         let _ = writeln!(
@@ -375,8 +542,36 @@ pub fn render(cfg: &Config, s: &RespSuite) -> String {
             fmt_us(h.max())
         );
     }
+    if !s.mix.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nread barrier: 50/50 SET/GET mix, safety full, same build and run"
+        );
+        let _ = writeln!(
+            o,
+            "  {:<26} {:>11} {:>9} {:>9} {:>11} {:>9} {:>9}",
+            "case", "GET ops/s", "GET p50", "GET p99", "SET ops/s", "SET p50", "SET p99"
+        );
+        for m in &s.mix {
+            let _ = writeln!(
+                o,
+                "  {:<26} {:>11} {:>9} {:>9} {:>11} {:>9} {:>9}",
+                format!(
+                    "barrier {} conn {}",
+                    if m.read_barrier { "on" } else { "off" },
+                    m.connections
+                ),
+                thousands(m.get_ops as f64 / m.seconds),
+                fmt_us(m.get.value_at_quantile(0.5)),
+                fmt_us(m.get.value_at_quantile(0.99)),
+                thousands(m.set_ops as f64 / m.seconds),
+                fmt_us(m.set.value_at_quantile(0.5)),
+                fmt_us(m.set.value_at_quantile(0.99)),
+            );
+        }
+    }
     let _ = writeln!(o, "\ntargets:");
-    for (pass, t) in targets(s) {
+    for (pass, t) in targets(s).into_iter().chain(mix_targets(s)) {
         let _ = writeln!(o, "  [{}] {t}", if pass { "PASS" } else { "MISS" });
     }
     let _ = writeln!(o, "\ndurability: safety full = a SET is answered after both principal and mirror fsynced it (remote-flush); safety off = after the principal's fsync. Latency is per command, client-observed (a pipelined command counts the whole round). Total {:.0} s.", s.total_seconds);
@@ -397,7 +592,15 @@ pub fn to_json(cfg: &Config, s: &RespSuite) -> Value {
             "ops_per_s": c.ops_per_s(),
             "latency_us": lat_json(&c.hist),
         })).collect::<Vec<_>>(),
-        "targets": targets(s).iter().map(|(p, t)| json!({"pass": p, "target": t})).collect::<Vec<_>>(),
+        "read_barrier_mix": s.mix.iter().map(|m| json!({
+            "read_barrier": m.read_barrier,
+            "connections": m.connections,
+            "get_ops_per_s": m.get_ops as f64 / m.seconds,
+            "set_ops_per_s": m.set_ops as f64 / m.seconds,
+            "get_latency_us": lat_json(&m.get),
+            "set_latency_us": lat_json(&m.set),
+        })).collect::<Vec<_>>(),
+        "targets": targets(s).iter().chain(mix_targets(s).iter()).map(|(p, t)| json!({"pass": p, "target": t})).collect::<Vec<_>>(),
         "total_seconds": s.total_seconds,
     })
 }
