@@ -820,11 +820,14 @@ impl Server {
             "EXEC" => now(Reply::err("ERR EXEC without MULTI")),
             "DISCARD" => now(Reply::err("ERR DISCARD without MULTI")),
             "INFO" => {
-                // Its keyspace section is a read of the whole keyspace.
-                let keyspace = args.get(1).is_none_or(|s| {
-                    let s = String::from_utf8_lossy(s).to_ascii_lowercase();
-                    matches!(s.as_str(), "keyspace" | "all" | "everything" | "default")
-                });
+                // `INFO keyspace` is a read of the whole keyspace and is
+                // held like DBSIZE. The default and `all` replies are not:
+                // monitoring must answer while a commit cannot complete
+                // (mirror gone in safety full), so their key count may
+                // include writes not yet committed.
+                let keyspace = args
+                    .get(1)
+                    .is_some_and(|s| s.eq_ignore_ascii_case(b"keyspace"));
                 let reply = Reply::bulk(self.info(args.get(1)));
                 if keyspace {
                     self.held(conn, &Seen::All, reply)
