@@ -902,7 +902,7 @@ fn wait_until_listenable(server: &Server, spec: &Spec, why: &str) {
                     spec.o.partner,
                     backoff.as_millis()
                 );
-                if attempt == 1 || attempt % 10 == 0 {
+                if attempt == 1 || attempt.is_multiple_of(10) {
                     spec.logger.line(&format!("mirrorlog: {note}"));
                 }
                 server.note_switching(&note);
