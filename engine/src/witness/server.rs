@@ -54,6 +54,17 @@ struct Shared {
     _lock: std::fs::File,
 }
 
+/// What of the core is kept in `WITNESS`.
+fn durable_state(c: &WitnessCore) -> WitnessState {
+    WitnessState {
+        epoch: c.epoch,
+        principal: c.principal.clone(),
+        exposed: c.exposed,
+        resigned: c.resigned,
+        claims: c.claims.clone(),
+    }
+}
+
 /// Takes the exclusive lock (flock) on `LOCK` in the witness directory,
 /// as `FsStorage::open` does for a log directory.
 fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
@@ -120,14 +131,11 @@ impl WitnessServer {
         ));
         let started = Instant::now();
         let opts_lease_ms = opts.lease.lease_ms;
+        let mut core = WitnessCore::new(opts.lease, 0, st.epoch, st.principal, st.exposed);
+        core.resigned = st.resigned;
+        core.claims = st.claims;
         let shared = Arc::new(Shared {
-            core: Mutex::new(WitnessCore::new(
-                opts.lease,
-                0,
-                st.epoch,
-                st.principal,
-                st.exposed,
-            )),
+            core: Mutex::new(core),
             opts,
             started,
             stop: AtomicBool::new(false),
@@ -160,12 +168,7 @@ impl WitnessServer {
 
     /// The current epoch, principal and exposed flag.
     pub fn state(&self) -> WitnessState {
-        let c = self.shared.core.lock().expect("witness lock");
-        WitnessState {
-            epoch: c.epoch,
-            principal: c.principal.clone(),
-            exposed: c.exposed,
-        }
+        durable_state(&self.shared.core.lock().expect("witness lock"))
     }
 
     pub fn shutdown(mut self) {
@@ -503,13 +506,11 @@ fn decide(sh: &Shared, req: &Request) -> Reply {
     };
     let changed = core.epoch != before.epoch
         || core.principal != before.principal
-        || core.exposed != before.exposed;
+        || core.exposed != before.exposed
+        || core.resigned != before.resigned
+        || core.claims != before.claims;
     if changed {
-        let st = WitnessState {
-            epoch: core.epoch,
-            principal: core.principal.clone(),
-            exposed: core.exposed,
-        };
+        let st = durable_state(&core);
         if let Err(e) = st.store(&sh.opts.dir) {
             *core = before;
             return refused_store(&e);
