@@ -211,6 +211,26 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_file_reads_as_not_resigned_with_no_claims() {
+        let mut v1 = b"MLWITNS1".to_vec();
+        v1.extend_from_slice(&5u64.to_le_bytes());
+        v1.push(1);
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.push(b'a');
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            WitnessState::decode(&v1),
+            Ok(WitnessState {
+                epoch: 5,
+                principal: Some("a".into()),
+                exposed: true,
+                ..WitnessState::default()
+            })
+        );
+    }
+
+    #[test]
     fn survives_a_store_and_load_in_a_directory() {
         let d =
             std::env::temp_dir().join(format!("mirrorlog-witness-state-{}", std::process::id()));
