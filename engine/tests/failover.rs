@@ -636,3 +636,27 @@ fn exposure_ends_once_the_mirror_has_every_commit_and_automatic_failover_works_a
     }
     assert_eq!(b.epoch(), p.epoch);
 }
+
+/// Before the fix two witnesses ran on one `--dir`, each granting epochs
+/// from its own in-memory copy of `WITNESS`: a second start now fails while
+/// the first lives, and succeeds once it is gone.
+#[test]
+fn regression_two_witnesses_cannot_share_a_directory() {
+    let d = tempdir("failover", "witness-lock");
+    let lines = Lines::default();
+    let first = witness(&d.join("w"), &lines);
+    let second = WitnessServer::start(WitnessOptions {
+        dir: d.join("w"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        secret: secret(),
+        database_id: DB,
+        lease: LeaseConfig::default(),
+        logger: Logger::new(|_| {}),
+    });
+    let Err(e) = second else {
+        panic!("a second witness started on the first one's directory")
+    };
+    assert!(e.contains("is in use"), "{e}");
+    drop(first);
+    let _again = witness(&d.join("w"), &lines);
+}

@@ -3559,7 +3559,6 @@ fn regression_a_whole_millisecond_witness_clock_grants_before_the_old_lease_ends
 /// deposed in favour of itself. Claim ids guard the retries of one start
 /// only.
 #[test]
-#[ignore = "bug: a late claim of an earlier start of the principal (another claim id) is granted a newer epoch and deposes the principal's running epoch"]
 fn regression_a_late_claim_of_an_earlier_start_deposes_its_own_claimant() {
     let mut w = WitnessCore::new(LeaseConfig::default(), 0, 2, Some("a".into()), false);
     // `a` restarts (claim id 7); the request is held in a cut link; `a`

@@ -803,6 +803,11 @@ fn watch_role(server: &Arc<Server>, spec: &Spec) {
                     let Node::Mirror(m) = old else {
                         unreachable!("checked above")
                     };
+                    // The partner address may still be held: on the plain
+                    // pair the old principal listens on this very address
+                    // until it has left its role. Wait for it, retrying
+                    // with backoff, the attempts shown in the status.
+                    wait_until_listenable(server, spec, &why);
                     let (principal, _applier, _) = m
                         .into_principal(spec.o.partner)
                         .map_err(|e| e.to_string())?;
@@ -824,11 +829,16 @@ fn watch_role(server: &Arc<Server>, spec: &Spec) {
                 if deposed.is_none() && !p.resigned() {
                     continue;
                 }
-                // Follow whom the witness named, else the peer.
+                // Follow whom the witness named, else the peer; on the
+                // plain pair (no witness, no peer) the new principal takes
+                // over the one partner address both share, once this node
+                // has let go of it.
+                let plain = spec.o.witness.is_none() && spec.o.peer.is_none();
                 let follow = deposed
                     .as_deref()
                     .and_then(|n| n.parse::<SocketAddr>().ok())
-                    .or(spec.o.peer);
+                    .or(spec.o.peer)
+                    .or(plain.then_some(spec.o.partner));
                 let Some(follow) = follow else {
                     continue;
                 };
@@ -857,7 +867,11 @@ fn watch_role(server: &Arc<Server>, spec: &Spec) {
                 drop(node);
                 let why = format!("rejoining as mirror of {follow}");
                 spec.logger.line(&format!("mirrorlog: {why}"));
-                let hint = spec.o.peer_clients.clone();
+                let hint = spec.o.peer_clients.clone().or_else(|| {
+                    // The plain pair's mirror named this node's clients; this
+                    // node knows its new principal's only from its flag.
+                    plain.then(|| spec.o.principal_clients.clone()).flatten()
+                });
                 let r = server.switch(&why, hint, |old| {
                     drop(old);
                     spec.mirror(follow).map(Node::Mirror)
@@ -868,6 +882,50 @@ fn watch_role(server: &Arc<Server>, spec: &Spec) {
                 }
             }
             Node::Switching(_) => {}
+        }
+    }
+}
+
+/// Backoff of a role change waiting for its partner address: from the
+/// first to the most, doubling.
+const LISTEN_RETRY_FIRST: Duration = Duration::from_millis(20);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Waits until this node can listen on its partner address, trying with
+/// backoff; each failure is logged (the first and then every tenth) and
+/// shown as the role change's reason (status `last_error`, INFO
+/// `mirroring_switch`). It never gives up: the grant is taken, and the
+/// only way on is to serve it (an operator can free the address, or stop
+/// this node and force service elsewhere).
+fn wait_until_listenable(server: &Server, spec: &Spec, why: &str) {
+    let mut backoff = LISTEN_RETRY_FIRST;
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        match std::net::TcpListener::bind(spec.o.partner) {
+            Ok(l) => {
+                drop(l);
+                if attempt > 1 {
+                    spec.logger.line(&format!(
+                        "mirrorlog: listening on {} is possible again (attempt {attempt})",
+                        spec.o.partner
+                    ));
+                }
+                return;
+            }
+            Err(e) => {
+                let note = format!(
+                    "{why}: listening for the mirror on {} failed (attempt {attempt}: {e}); retrying in {} ms",
+                    spec.o.partner,
+                    backoff.as_millis()
+                );
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    spec.logger.line(&format!("mirrorlog: {note}"));
+                }
+                server.note_switching(&note);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(LISTEN_RETRY_MAX);
+            }
         }
     }
 }

@@ -381,8 +381,11 @@ impl Server {
         let st = match &*self.node() {
             Node::Principal(p) => p.status(),
             Node::Mirror(m) => m.status(),
-            Node::Switching(_) => {
-                if let Some(s) = self.last_status.lock().expect("status").clone() {
+            Node::Switching(why) => {
+                // The node as it was, with the role change's progress as
+                // its last error (a failed or retrying change is visible).
+                if let Some(mut s) = self.last_status.lock().expect("status").clone() {
+                    s.last_error = Some(format!("changing role: {why}"));
                     return s;
                 }
                 unreachable!("a switch records the status first")
@@ -394,6 +397,15 @@ impl Server {
     /// The node now (a role change swaps it).
     pub fn node(&self) -> Arc<Node> {
         self.node.read().expect("node lock").clone()
+    }
+
+    /// During a role change: replaces its reason (a retrying change says
+    /// what it waits for). No effect on a node not switching.
+    pub fn note_switching(&self, why: &str) {
+        let mut n = self.node.write().expect("node lock");
+        if matches!(&**n, Node::Switching(_)) {
+            *n = Arc::new(Node::Switching(why.to_string()));
+        }
     }
 
     /// Changes role: puts `Node::Switching(why)` in place, waits until no

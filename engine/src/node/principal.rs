@@ -745,18 +745,52 @@ fn supervise(sh: &Shared) {
 /// its epoch before it gives up.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The file holding a node's start counter (the claim id of its last
+/// start as principal with a witness): `u64` LE, then its CRC32C (LE u32).
+pub const STARTS_FILE: &str = "STARTS";
+
+/// Increments the start counter in `dir` and stores it durably before it
+/// is used: a claim id no earlier start had.
+fn next_start(dir: &std::path::Path) -> Result<u64, NodeError> {
+    let path = dir.join(STARTS_FILE);
+    let last = match std::fs::read(&path) {
+        Ok(b) if b.len() == 12
+            && crc32c::crc32c(&b[..8]) == u32::from_le_bytes(b[8..].try_into().expect("4")) =>
+        {
+            u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+        }
+        Ok(_) => {
+            return Err(NodeError::Config(format!(
+                "{} is damaged: it holds this node's start counter, which the witness requires to grow; restore it, or remove it and start this node against a new witness",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(source) => {
+            return Err(NodeError::Io {
+                context: format!("reading {}", path.display()),
+                source,
+            })
+        }
+    };
+    let next = last + 1;
+    let mut b = next.to_le_bytes().to_vec();
+    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    crate::durable::replace_file(dir, STARTS_FILE, &b)
+        .map_err(|(context, source)| NodeError::Io { context, source })?;
+    Ok(next)
+}
+
 /// Asks the witness for this node's epoch as principal.
 fn claim(cfg: &NodeConfig, link: &WitnessLink, last_epoch: u64) -> Result<u64, NodeError> {
     let mut c = WitnessClient::new(link.addr, cfg.identity.secret.clone());
     let deadline = Instant::now() + CLAIM_TIMEOUT;
     let mut said = false;
     // One id for this start, the same on every retry: the witness grants
-    // it one epoch however many copies of the request reach it.
-    let nonce = crate::replication::handshake::random_nonce().map_err(|source| NodeError::Io {
-        context: "no randomness for a claim id".into(),
-        source,
-    })?;
-    let claim_id = u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes"));
+    // it one epoch however many copies of the request reach it. It is the
+    // node's durable start counter, so a later start's id is larger and
+    // the witness refuses a late copy of an earlier start's claim.
+    let claim_id = next_start(&cfg.dir)?;
     loop {
         let req = Request::Claim {
             database_id: cfg.identity.database_id,

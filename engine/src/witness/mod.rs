@@ -46,12 +46,27 @@ pub struct WitnessCore {
     last_renewal_ms: u64,
     /// The principal of `epoch` resigned (a manual failover): it accepts
     /// no more commits and its mirror has its whole log, so a promotion
-    /// need not wait out its lease. Not durable: a restarted witness waits.
-    resigned: bool,
-    /// The last claim granted: who, its id, the epoch (in memory: a copy of
-    /// a claim outliving a witness restart is not guarded).
-    last_claim: Option<(String, u64, u64)>,
+    /// need not wait out its lease. Durable (`WITNESS`): a restarted
+    /// witness still knows the principal promised to stop.
+    pub resigned: bool,
+    /// Per node, the last claim granted to it: its name, the claim id (the
+    /// node's start counter, which grows with every start) and the epoch
+    /// granted. Durable: a late copy of a claim of an earlier start (a
+    /// smaller id) is refused even after a witness restart.
+    pub claims: Vec<Claim>,
 }
+
+/// The last claim a node was granted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    pub name: String,
+    pub claim_id: u64,
+    pub epoch: u64,
+}
+
+/// The witness remembers the last claim of at most this many nodes (two
+/// partners, and room for renamed ones); the oldest entry goes first.
+pub const CLAIMS_MAX: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RenewReply {
@@ -88,7 +103,7 @@ impl WitnessCore {
             exposed,
             last_renewal_ms: now_ms,
             resigned: false,
-            last_claim: None,
+            claims: Vec::new(),
         }
     }
 
@@ -216,7 +231,9 @@ impl WitnessCore {
     /// witness's and the node's. `claim_id` names one start: a retry, or a
     /// late copy of the request, gets the epoch already granted to it
     /// (and changes nothing), never a second one that would depose the
-    /// claimant's own running epoch.
+    /// claimant's own running epoch. Claim ids are the node's durable
+    /// start counter: a claim with a smaller id than the node's last
+    /// granted one is a late copy from an earlier start, and is refused.
     pub fn on_claim(
         &mut self,
         now_ms: u64,
@@ -224,8 +241,22 @@ impl WitnessCore {
         name: &str,
         claim_id: u64,
     ) -> PromoteReply {
-        if let Some((n, id, epoch)) = &self.last_claim {
-            if n == name && *id == claim_id {
+        if let Some(Claim {
+            claim_id: id,
+            epoch,
+            ..
+        }) = self.claims.iter().find(|c| c.name == name)
+        {
+            if claim_id < *id {
+                // A copy of a claim of an earlier start, delayed in the
+                // network: that start is over (a later one claimed).
+                return PromoteReply::Refused {
+                    why: format!(
+                        "claim {claim_id} of {name} is older than its claim {id} (a late copy of an earlier start's claim)"
+                    ),
+                };
+            }
+            if *id == claim_id {
                 return if self.epoch == *epoch && self.principal.as_deref() == Some(name) {
                     PromoteReply::Granted { epoch: *epoch }
                 } else {
@@ -248,7 +279,15 @@ impl WitnessCore {
             },
             _ => {
                 self.grant(now_ms, self.epoch.max(last_epoch) + 1, name);
-                self.last_claim = Some((name.to_string(), claim_id, self.epoch));
+                self.claims.retain(|c| c.name != name);
+                if self.claims.len() >= CLAIMS_MAX {
+                    self.claims.remove(0);
+                }
+                self.claims.push(Claim {
+                    name: name.to_string(),
+                    claim_id,
+                    epoch: self.epoch,
+                });
                 PromoteReply::Granted { epoch: self.epoch }
             }
         }

@@ -40,7 +40,10 @@ pub const FRAME_BYTES_MAX: usize = 4096;
 /// 2: the PAKE handshake and session-keyed tags. 1 sent bare nonces and
 /// MACed every frame with HMAC(secret), so anyone posing as the witness
 /// got a value to test guesses of the secret against offline.
-pub const WITNESS_PROTOCOL_VERSION: u16 = 2;
+/// 3: a claim's `claim_id` is the node's durable start counter (file
+/// `STARTS`), which the witness requires to grow per node; a smaller one
+/// (a late copy of an earlier start's claim) is refused.
+pub const WITNESS_PROTOCOL_VERSION: u16 = 3;
 const HELLO_MAGIC: &[u8; 4] = b"MLWH";
 pub const HELLO_BYTES: usize = 4 + 2 + NONCE_BYTES + crate::replication::pake::PAKE_BYTES;
 pub use crate::replication::pake::CONFIRM_BYTES as WITNESS_CONFIRM_BYTES;
@@ -677,11 +680,11 @@ mod tests {
         let e = w.on_hello(&v1).err().unwrap();
         assert!(e.contains("witness protocol 1"), "{e}");
         let w = WitnessHandshake::start(End::Partner, &secret(), [7; NONCE_BYTES], [1; 32]);
-        let mut v3 =
+        let mut v2 =
             WitnessHandshake::start(End::Witness, &secret(), [8; NONCE_BYTES], [2; 32]).hello();
-        v3[4..6].copy_from_slice(&3u16.to_le_bytes());
-        let e = w.on_hello(&v3).err().unwrap();
-        assert!(e.contains("version 3") && e.contains("version 2"), "{e}");
+        v2[4..6].copy_from_slice(&2u16.to_le_bytes());
+        let e = w.on_hello(&v2).err().unwrap();
+        assert!(e.contains("version 2") && e.contains("version 3"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,41 @@ struct Shared {
     preauth: Arc<PreAuthGate>,
     /// min(lease, 2 s): the nonce and the first request come by then.
     preauth_deadline: Duration,
+    /// The directory's `LOCK` (flock), held while this witness lives.
+    _lock: std::fs::File,
+}
+
+/// What of the core is kept in `WITNESS`.
+fn durable_state(c: &WitnessCore) -> WitnessState {
+    WitnessState {
+        epoch: c.epoch,
+        principal: c.principal.clone(),
+        exposed: c.exposed,
+        resigned: c.resigned,
+        claims: c.claims.clone(),
+    }
+}
+
+/// Takes the exclusive lock (flock) on `LOCK` in the witness directory,
+/// as `FsStorage::open` does for a log directory.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    let path = dir.join(crate::log::storage::LOCK_FILE);
+    let f = crate::private::file_options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "witness directory {} is in use: another witness holds its {} file",
+            dir.display(),
+            crate::log::storage::LOCK_FILE
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("locking {}: {e}", path.display())),
+    }
 }
 
 /// A running witness. Dropping it stops it.
@@ -75,6 +110,10 @@ impl WitnessServer {
         if let Some(line) = crate::private::tighten_and_say(&opts.dir, "mirrorlog[witness]") {
             opts.logger.line(&line);
         }
+        // One witness per directory, like one log per log directory: two
+        // witnesses on one `WITNESS` file would each grant epochs from
+        // their own copy of it in memory (two principals).
+        let lock = lock_dir(&opts.dir)?;
         let st = WitnessState::load(&opts.dir).map_err(|e| e.to_string())?;
         let listener = TcpListener::bind(opts.listen)
             .map_err(|e| format!("listening on {}: {e}", opts.listen))?;
@@ -92,20 +131,18 @@ impl WitnessServer {
         ));
         let started = Instant::now();
         let opts_lease_ms = opts.lease.lease_ms;
+        let mut core = WitnessCore::new(opts.lease, 0, st.epoch, st.principal, st.exposed);
+        core.resigned = st.resigned;
+        core.claims = st.claims;
         let shared = Arc::new(Shared {
-            core: Mutex::new(WitnessCore::new(
-                opts.lease,
-                0,
-                st.epoch,
-                st.principal,
-                st.exposed,
-            )),
+            core: Mutex::new(core),
             opts,
             started,
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             preauth: PreAuthGate::new(PreAuthLimits::default(), "mirrorlog[witness]"),
             preauth_deadline: preauth_deadline(Duration::from_millis(opts_lease_ms)),
+            _lock: lock,
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -131,12 +168,7 @@ impl WitnessServer {
 
     /// The current epoch, principal and exposed flag.
     pub fn state(&self) -> WitnessState {
-        let c = self.shared.core.lock().expect("witness lock");
-        WitnessState {
-            epoch: c.epoch,
-            principal: c.principal.clone(),
-            exposed: c.exposed,
-        }
+        durable_state(&self.shared.core.lock().expect("witness lock"))
     }
 
     pub fn shutdown(mut self) {
@@ -474,13 +506,11 @@ fn decide(sh: &Shared, req: &Request) -> Reply {
     };
     let changed = core.epoch != before.epoch
         || core.principal != before.principal
-        || core.exposed != before.exposed;
+        || core.exposed != before.exposed
+        || core.resigned != before.resigned
+        || core.claims != before.claims;
     if changed {
-        let st = WitnessState {
-            epoch: core.epoch,
-            principal: core.principal.clone(),
-            exposed: core.exposed,
-        };
+        let st = durable_state(&core);
         if let Err(e) = st.store(&sh.opts.dir) {
             *core = before;
             return refused_store(&e);
