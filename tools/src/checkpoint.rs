@@ -111,7 +111,7 @@ fn write_tmp(tmp: &Path, lsn: u64, map: &Keyspace) -> Result<(), String> {
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)
+        .open(tmp)
         .map_err(|e| ctx("creating", e))?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut crc = 0u32;
