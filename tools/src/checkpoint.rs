@@ -52,13 +52,66 @@ pub fn write(node_dir: &Path, lsn: u64, map: &Keyspace) -> Result<PathBuf, Strin
     mirrorlog_engine::private::create_dir_all(&d)
         .map_err(|e| format!("creating {}: {e}", d.display()))?;
     let path = d.join(name(lsn));
-    let tmp = d.join(format!("{}.tmp", name(lsn)));
+    let tmp = d.join(format!("{}{TMP_SUFFIX}", name(lsn)));
+    // A failed attempt takes its temporary with it: a node retrying a
+    // checkpoint on a full disk would otherwise leave one per attempt (each
+    // at its own LSN) until nothing, not even a restart, has room.
+    write_tmp(&tmp, lsn, map).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    fs::rename(&tmp, &path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("renaming {}: {e}", tmp.display())
+    })?;
+    sync_dir(&d).map_err(|e| format!("syncing {}: {e}", d.display()))?;
+    // Older ones beyond the newest KEEP go.
+    let mut all = list(node_dir);
+    all.sort_unstable();
+    if all.len() > KEEP {
+        for old in &all[..all.len() - KEEP] {
+            let _ = fs::remove_file(d.join(name(*old)));
+        }
+        let _ = sync_dir(&d);
+    }
+    Ok(path)
+}
+
+/// The suffix of a checkpoint being written; such a file is never a
+/// checkpoint (only the rename makes one) and is removed on failure and at
+/// start ([`remove_temporaries`]).
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Removes what failed or interrupted checkpoint writes left behind (files
+/// ending in `.tmp` in the checkpoint directory); returns their names.
+/// `mirrorlog serve` calls it at start, before anything else needs disk
+/// space.
+pub fn remove_temporaries(node_dir: &Path) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(dir(node_dir)) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in rd.filter_map(|e| e.ok()) {
+        let Ok(n) = e.file_name().into_string() else {
+            continue;
+        };
+        if n.ends_with(TMP_SUFFIX) && fs::remove_file(e.path()).is_ok() {
+            removed.push(n);
+        }
+    }
+    if !removed.is_empty() {
+        let _ = sync_dir(&dir(node_dir));
+    }
+    removed
+}
+
+/// Writes and syncs the checkpoint's bytes to `tmp`.
+fn write_tmp(tmp: &Path, lsn: u64, map: &Keyspace) -> Result<(), String> {
     let ctx = |what: &str, e: std::io::Error| format!("{what} {}: {e}", tmp.display());
     let f = mirrorlog_engine::private::file_options()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)
+        .open(tmp)
         .map_err(|e| ctx("creating", e))?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut crc = 0u32;
@@ -82,19 +135,7 @@ pub fn write(node_dir: &Path, lsn: u64, map: &Keyspace) -> Result<PathBuf, Strin
     w.write_all(&crc.to_le_bytes())
         .map_err(|e| ctx("writing", e))?;
     let f = w.into_inner().map_err(|e| ctx("writing", e.into_error()))?;
-    f.sync_all().map_err(|e| ctx("syncing", e))?;
-    fs::rename(&tmp, &path).map_err(|e| ctx("renaming", e))?;
-    sync_dir(&d).map_err(|e| format!("syncing {}: {e}", d.display()))?;
-    // Older ones beyond the newest KEEP go.
-    let mut all = list(node_dir);
-    all.sort_unstable();
-    if all.len() > KEEP {
-        for old in &all[..all.len() - KEEP] {
-            let _ = fs::remove_file(d.join(name(*old)));
-        }
-        let _ = sync_dir(&d);
-    }
-    Ok(path)
+    f.sync_all().map_err(|e| ctx("syncing", e))
 }
 
 /// LSNs of the checkpoint files present (valid or not).
@@ -148,17 +189,22 @@ pub fn install_raw(node_dir: &Path, lsn: u64, bytes: &[u8]) -> Result<Keyspace, 
 }
 
 fn replace(d: &Path, n: &str, bytes: &[u8]) -> Result<(), String> {
-    let tmp = d.join(format!("{n}.tmp"));
+    let tmp = d.join(format!("{n}{TMP_SUFFIX}"));
     let ctx = |what: &str, e: std::io::Error| format!("{what} {}: {e}", tmp.display());
-    let mut f = mirrorlog_engine::private::file_options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| ctx("creating", e))?;
-    f.write_all(bytes).map_err(|e| ctx("writing", e))?;
-    f.sync_all().map_err(|e| ctx("syncing", e))?;
-    fs::rename(&tmp, d.join(n)).map_err(|e| ctx("renaming", e))?;
+    (|| {
+        let mut f = mirrorlog_engine::private::file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| ctx("creating", e))?;
+        f.write_all(bytes).map_err(|e| ctx("writing", e))?;
+        f.sync_all().map_err(|e| ctx("syncing", e))?;
+        fs::rename(&tmp, d.join(n)).map_err(|e| ctx("renaming", e))
+    })()
+    .inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
     sync_dir(d).map_err(|e| format!("syncing {}: {e}", d.display()))
 }
 
@@ -295,6 +341,59 @@ mod tests {
         let b = fs::read(&p).unwrap();
         fs::write(&p, &b[..b.len() - 3]).unwrap();
         assert!(load_newest(&d, |_| {}).is_none());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn tmp_files(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir(d))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Issue 14: every failed checkpoint left its `.tmp`; retries piled
+    /// them up until the disk was full and the node could not restart.
+    #[test]
+    fn regression_a_failed_checkpoint_leaves_no_temporary_file() {
+        let d = tempdir("fail");
+        let mut m = Keyspace::new();
+        m.insert(b"k".to_vec(), Value::from_static(b"v"));
+        // The final names are taken by non-empty directories: the rename
+        // (the last step, after every byte was written) fails.
+        for lsn in [10u64, 20, 30] {
+            let blocker = dir(&d).join(name(lsn));
+            fs::create_dir_all(blocker.join("x")).unwrap();
+            let e = write(&d, lsn, &m).unwrap_err();
+            assert!(e.contains("renaming"), "{e}");
+            assert_eq!(tmp_files(&d), Vec::<String>::new(), "after LSN {lsn}");
+        }
+        // The reseed path's writer too.
+        fs::create_dir_all(dir(&d).join(name(40)).join("x")).unwrap();
+        assert!(replace(&dir(&d), &name(40), b"bytes").is_err());
+        assert_eq!(tmp_files(&d), Vec::<String>::new());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Issue 14: temporaries from a crash (or an older version) are
+    /// removed at start, before they can keep a full disk full.
+    #[test]
+    fn regression_leftover_checkpoint_temporaries_are_removed_at_start() {
+        let d = tempdir("start");
+        let mut m = Keyspace::new();
+        m.insert(b"k".to_vec(), Value::from_static(b"v"));
+        write(&d, 100, &m).unwrap();
+        for lsn in [200u64, 300] {
+            fs::write(dir(&d).join(format!("{}.tmp", name(lsn))), b"half").unwrap();
+        }
+        assert_eq!(tmp_files(&d).len(), 2);
+        let removed = remove_temporaries(&d);
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert_eq!(tmp_files(&d), Vec::<String>::new());
+        assert_eq!(list(&d), vec![100], "the checkpoint itself stays");
+        assert_eq!(load_newest(&d, |w| panic!("{w}")).unwrap().lsn, 100);
         fs::remove_dir_all(&d).unwrap();
     }
 }

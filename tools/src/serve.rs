@@ -947,6 +947,12 @@ pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Run
     if let Some(line) = mirrorlog_engine::private::tighten_and_say(&o.dir, "mirrorlog") {
         logger.line(&line);
     }
+    // Before anything else needs room: what failed checkpoints left.
+    for t in crate::checkpoint::remove_temporaries(&o.dir) {
+        logger.line(&format!(
+            "mirrorlog: removed checkpoints/{t}, left by a checkpoint that failed or was interrupted"
+        ));
+    }
     let secret = Secret::load(&o.secret_file)
         .map_err(|e| format!("--secret-file {}: {e}", o.secret_file.display()))?;
     if let Some(w) = secret.entropy_warning() {
