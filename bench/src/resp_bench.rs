@@ -156,6 +156,7 @@ pub(crate) fn start_pair(cfg: &Config, safety: Safety, tag: &str) -> Result<Pair
         limits: mirrorlog::resp::Limits::default(),
         output: mirrorlog::server::OutputLimits::default(),
         command_timeout: None,
+        client_tls: None,
     };
     let quiet = Logger::new(|_| {});
     let p = serve::start_with_io(&base(true, "principal"), cfg.server_io, quiet.clone())?;
