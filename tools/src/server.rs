@@ -344,7 +344,9 @@ impl Server {
                 .tls_handshake_failures
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.warn_limited("tls-handshake", || format!("a client's TLS handshake failed: {why}"));
+        self.warn_limited("tls-handshake", || {
+            format!("a client's TLS handshake failed: {why}")
+        });
     }
 
     fn command_timed_out(&self) {

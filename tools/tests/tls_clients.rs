@@ -119,7 +119,11 @@ impl Certs {
 
     /// A `redis` crate connection over TLS (trusting the test CA), with
     /// the given client certificate and key.
-    fn connect(&self, port: u16, client: Option<(&[u8], &[u8])>) -> redis::RedisResult<redis::Connection> {
+    fn connect(
+        &self,
+        port: u16,
+        client: Option<(&[u8], &[u8])>,
+    ) -> redis::RedisResult<redis::Connection> {
         let c = redis::Client::build_with_tls(
             format!("rediss://127.0.0.1:{port}/"),
             redis::TlsCertificates {
@@ -226,7 +230,9 @@ fn set_get_pipelines_over_tls(io: &str) {
     // A pipeline of 2,000 SETs, then one of 2,000 GETs.
     let mut pipe = redis::pipe();
     for i in 0..2000 {
-        pipe.cmd("SET").arg(format!("tls:p{i}")).arg(format!("value {i}"));
+        pipe.cmd("SET")
+            .arg(format!("tls:p{i}"))
+            .arg(format!("value {i}"));
     }
     let oks: Vec<String> = pipe.query(&mut con).unwrap();
     assert_eq!(oks.len(), 2000);
@@ -329,7 +335,11 @@ fn client_certificates_required_with_a_ca() {
     let dir = tempdir("tls-clients", "auth");
     let c2 = certs(&dir);
     // No --tls-auth-clients with a CA: yes, as Redis.
-    for (mode, without_ok) in [(None, false), (Some("yes"), false), (Some("optional"), true)] {
+    for (mode, without_ok) in [
+        (None, false),
+        (Some("yes"), false),
+        (Some("optional"), true),
+    ] {
         let s = secret(&dir);
         let (port, tls_port) = (free_port(), free_port());
         let sub = format!("n-{}", mode.unwrap_or("default"));
@@ -381,12 +391,17 @@ fn until_closed(s: &mut TcpStream, within: Duration) -> Result<Vec<u8>, Vec<u8>>
     let t0 = Instant::now();
     let mut got = Vec::new();
     let mut b = [0u8; 4096];
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     while t0.elapsed() < within {
         match s.read(&mut b) {
             Ok(0) => return Ok(got),
             Ok(n) => got.extend_from_slice(&b[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return Ok(got),
         }
     }
@@ -399,8 +414,9 @@ fn plaintext_on_tls_port(io: &str) {
     for req in [&b"*1\r\n$4\r\nPING\r\n"[..], b"PING\r\n", b"GET x\r\n\r\n"] {
         let mut s = TcpStream::connect(addr(n.tls_port)).unwrap();
         s.write_all(req).unwrap();
-        let got = until_closed(&mut s, Duration::from_secs(5))
-            .unwrap_or_else(|g| panic!("a plaintext client on the TLS port was not closed within 5 s (got {g:?})"));
+        let got = until_closed(&mut s, Duration::from_secs(5)).unwrap_or_else(|g| {
+            panic!("a plaintext client on the TLS port was not closed within 5 s (got {g:?})")
+        });
         assert!(
             !String::from_utf8_lossy(&got).contains("PONG"),
             "answered in plaintext: {got:?}"
@@ -409,10 +425,16 @@ fn plaintext_on_tls_port(io: &str) {
         assert!(got.is_empty() || got[0] == 21, "not an alert: {got:?}");
     }
     // Others are still served, on both ports.
-    assert_eq!(redis::cmd("PING").query::<String>(&mut keep).unwrap(), "PONG");
+    assert_eq!(
+        redis::cmd("PING").query::<String>(&mut keep).unwrap(),
+        "PONG"
+    );
     let _: () = c.client(n.tls_port).set("still", "served").unwrap();
     let i = info(n.port);
-    assert!(field(&i, "mirrorlog_tls_handshake_failures").unwrap() >= 3, "{i}");
+    assert!(
+        field(&i, "mirrorlog_tls_handshake_failures").unwrap() >= 3,
+        "{i}"
+    );
     n.alive();
 }
 
@@ -496,11 +518,18 @@ fn stalled_handshakes(io: &str) {
     // The deadline is 2 s: all are closed by 2 s plus a tick or two.
     for s in silent.iter_mut().chain(trickle.iter_mut()) {
         let left = Duration::from_secs(6).saturating_sub(t0.elapsed());
-        until_closed(s, left.max(Duration::from_millis(100)))
-            .unwrap_or_else(|_| panic!("a stalled TLS handshake was still open {:?} after it began (deadline 2 s)", t0.elapsed()));
+        until_closed(s, left.max(Duration::from_millis(100))).unwrap_or_else(|_| {
+            panic!(
+                "a stalled TLS handshake was still open {:?} after it began (deadline 2 s)",
+                t0.elapsed()
+            )
+        });
     }
     let closed_after = t0.elapsed();
-    assert!(closed_after >= Duration::from_millis(1900), "closed before the deadline: {closed_after:?}");
+    assert!(
+        closed_after >= Duration::from_millis(1900),
+        "closed before the deadline: {closed_after:?}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (worst, err, pings) = canary.finish();
     assert_eq!(err, None, "the canary got an error");
@@ -510,7 +539,10 @@ fn stalled_handshakes(io: &str) {
         "the canary waited {worst:?} for an answer during the stalled handshakes"
     );
     let i = info(n.port);
-    assert!(field(&i, "mirrorlog_tls_handshake_timeouts").unwrap() >= 32, "{i}");
+    assert!(
+        field(&i, "mirrorlog_tls_handshake_timeouts").unwrap() >= 32,
+        "{i}"
+    );
     n.alive();
 }
 
@@ -534,7 +566,10 @@ fn refused(args: &[String], want: &str) {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started with {args:?}");
-    assert!(err.contains(want), "for {args:?} expected {want:?} in:\n{err}");
+    assert!(
+        err.contains(want),
+        "for {args:?} expected {want:?} in:\n{err}"
+    );
 }
 
 #[test]
@@ -551,11 +586,20 @@ fn tls_configuration_errors_are_clear() {
     let flag = |f: &str, v: &Path| [f.to_string(), v.display().to_string()];
     refused(&base(&["--tls-port".into(), tp.clone()]), "--tls-port");
     refused(
-        &base(&[["--tls-port".into(), tp.clone()].as_slice(), &flag("--tls-cert", &c.server_cert)].concat()),
+        &base(
+            &[
+                ["--tls-port".into(), tp.clone()].as_slice(),
+                &flag("--tls-cert", &c.server_cert),
+            ]
+            .concat(),
+        ),
         "needs --tls-key",
     );
     refused(&base(&["--port".into(), "0".into()]), "--port 0");
-    refused(&base(&["--tls-auth-clients".into(), "maybe".into()]), "expected no, optional or yes");
+    refused(
+        &base(&["--tls-auth-clients".into(), "maybe".into()]),
+        "expected no, optional or yes",
+    );
     let missing = dir.join("missing.pem");
     let mut a = c.flags(free_port());
     a[3] = missing.display().to_string();
@@ -629,10 +673,15 @@ fn tls_only_from_a_config_file_with_port_zero() {
     let _: () = con.set("only", "tls").unwrap();
     assert_eq!(con.get::<_, String>("only").unwrap(), "tls");
     // optional: a client certificate from another CA is still refused.
-    assert!(c.connect(tls_port, Some((&c.stranger_cert, &c.stranger_key))).is_err());
+    assert!(c
+        .connect(tls_port, Some((&c.stranger_cert, &c.stranger_key)))
+        .is_err());
     // No plaintext port: nothing listens on the default one for this node
     // (the log names only the TLS address).
     let text = std::fs::read_to_string(&n.log).unwrap();
-    assert!(text.contains(&format!("serving TLS clients on 127.0.0.1:{tls_port}")), "{text}");
+    assert!(
+        text.contains(&format!("serving TLS clients on 127.0.0.1:{tls_port}")),
+        "{text}"
+    );
     assert!(!con.is_open() || con.check_connection());
 }

@@ -920,7 +920,11 @@ fn read_tls(c: &mut Client, chunk: &mut [u8]) -> io::Result<()> {
             t.process_new_packets()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) => {}
         Err(e) => return Err(e),
     }
     loop {
