@@ -178,6 +178,10 @@ fn blocks(conn: &Conn, args: &[Vec<u8>]) -> bool {
         })
 }
 
+/// Another loop: where to deal it a connection (with whether it came
+/// through the TLS listener), and its waker.
+type Peer = (Sender<(TcpStream, bool)>, Arc<LoopWake>);
+
 struct Loop<'a> {
     server: &'a Arc<Server>,
     ep: Epoll,
@@ -194,7 +198,7 @@ struct Loop<'a> {
     /// came through the TLS listener).
     inbox: Receiver<(TcpStream, bool)>,
     /// The other loops (the accepting loop deals connections round-robin).
-    peers: Vec<(Sender<(TcpStream, bool)>, Arc<LoopWake>)>,
+    peers: Vec<Peer>,
     next_peer: usize,
     /// Set when any loop ends, so the others end too.
     quit: &'a AtomicBool,
@@ -282,7 +286,7 @@ fn run_loop(
     listeners: &[(u64, &TcpListener)],
     wake: Arc<LoopWake>,
     inbox: Receiver<(TcpStream, bool)>,
-    peers: Vec<(Sender<(TcpStream, bool)>, Arc<LoopWake>)>,
+    peers: Vec<Peer>,
     quit: &AtomicBool,
 ) -> io::Result<()> {
     let ep = Epoll::new()?;
