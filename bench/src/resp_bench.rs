@@ -309,6 +309,7 @@ pub(crate) fn start_pair_with(
         output: mirrorlog::server::OutputLimits::default(),
         command_timeout: None,
         read_barrier,
+        client_tls: None,
     };
     let quiet = Logger::new(|_| {});
     let p = serve::start_with_io(&base(true, "principal"), cfg.server_io, quiet.clone())?;

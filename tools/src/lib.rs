@@ -13,4 +13,5 @@ pub mod resp;
 pub mod serve;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod witness;

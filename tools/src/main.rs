@@ -139,6 +139,12 @@ fn main() -> ExitCode {
                             r.client_addr.port(),
                             r.partner_addr
                         );
+                        if let Some(t) = r.tls_addr {
+                            tracing::info!(
+                                "serving TLS clients on {t} (try redis-cli --tls --cacert CA.pem -p {})",
+                                t.port()
+                            );
+                        }
                         match r.serve(o.checkpoint_every, logger) {
                             Ok(()) => ExitCode::SUCCESS,
                             Err(e) => {

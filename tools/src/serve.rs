@@ -31,7 +31,8 @@ mirrorlog serve --config FILE [OPTIONS]
     --secret-file FILE        the partners' shared secret (>= 16 bytes, mode 0600)
     --database-id ID          names the database (up to 16 bytes; both partners
                               must agree; default \"mirrorlog\")
-    --port N                  client (RESP) port (default 6379)
+    --port N                  client (RESP) port (default 6379; 0: no plaintext
+                              port, with --tls-port, as Redis)
     --bind ADDR               client address to bind (default 127.0.0.1)
     --partner ADDR:PORT       principal: where to listen for the mirror (default
                               127.0.0.1:7400); mirror: the principal's partner
@@ -94,6 +95,17 @@ mirrorlog serve --config FILE [OPTIONS]
                               source address gets at most 10 failed AUTH answers
                               a second (a burst of 20); beyond, the connection
                               is closed.
+  TLS on the client port (rustls; see README, TLS):
+    --tls-port N              a TLS-only client port (on --bind), beside the
+                              plaintext --port (--port 0: TLS only)
+    --tls-cert FILE           the server's certificate chain (PEM)
+    --tls-key FILE            its private key (PEM; mode 0600 or stricter)
+    --tls-ca-cert FILE        CA certificates that sign client certificates
+    --tls-auth-clients no|optional|yes   client certificates: yes (the default
+                              with --tls-ca-cert) refuses a client without one
+                              signed by the CA; optional accepts a client
+                              without one; no asks for none. A handshake must
+                              be done within the command timeout (at most 10 s)
     --segment-bytes N         size of new log segment files (default 64 MiB;
                               a multiple of 4096 from 8 KiB to 4 GiB)
     --log-level L             error, warn, info (default) or debug; RUST_LOG,
@@ -138,6 +150,8 @@ pub struct ServeOptions {
     pub output: crate::server::OutputLimits,
     pub command_timeout: Option<Duration>,
     pub read_barrier: bool,
+    /// TLS on the client port (None: plaintext only).
+    pub client_tls: Option<crate::tls::ClientTls>,
 }
 
 fn resolve(flag: &str, v: &str) -> Result<SocketAddr, String> {
@@ -189,6 +203,11 @@ struct FileConfig {
     max_args: Option<u64>,
     max_inline_bytes: Option<u64>,
     read_barrier: Option<String>,
+    tls_port: Option<u16>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    tls_ca_cert: Option<String>,
+    tls_auth_clients: Option<String>,
 }
 
 /// Reads a config file into the flags it stands for.
@@ -250,6 +269,11 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
         "max_inline_bytes",
         c.max_inline_bytes.map(|n| n.to_string()),
     );
+    put("tls_port", c.tls_port.map(|p| p.to_string()));
+    put("tls_cert", c.tls_cert);
+    put("tls_key", c.tls_key);
+    put("tls_ca_cert", c.tls_ca_cert);
+    put("tls_auth_clients", c.tls_auth_clients);
     Ok(v)
 }
 
@@ -295,6 +319,14 @@ pub fn parse_with_io(args: &[String]) -> Result<(ServeOptions, IoMode), String> 
         }
         if flag == "--witness" {
             probe.extend(["--peer".into(), "127.0.0.1:1".into()]);
+        }
+        if flag.starts_with("--tls-") || flag == "--port" && value == "0" {
+            // TLS keys stand only together: check one with the others.
+            for (f, v) in [("--tls-port", "1"), ("--tls-cert", "x"), ("--tls-key", "x")] {
+                if flag != f {
+                    probe.extend([f.into(), v.into()]);
+                }
+            }
         }
         if let Err(e) = parse_flags(&probe) {
             return Err(format!(
@@ -387,6 +419,8 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
     let mut command_timeout = Some(Duration::from_secs(60));
     let mut read_barrier = true;
     let mut soft_given = false;
+    let (mut tls_port, mut tls_cert, mut tls_key, mut tls_ca, mut tls_auth) =
+        (None::<u16>, None, None, None, None);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -539,6 +573,22 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
                     .map_err(|_| format!("--checkpoint-secs {v:?}: expected seconds"))?;
                 checkpoint_every = (n > 0).then(|| Duration::from_secs(n));
             }
+            "--tls-port" => {
+                let v = value()?;
+                tls_port = Some(v.parse().ok().filter(|&p| p > 0).ok_or_else(|| {
+                    format!("--tls-port {v:?}: expected a port number (1 to 65535)")
+                })?)
+            }
+            "--tls-cert" => tls_cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => tls_key = Some(PathBuf::from(value()?)),
+            "--tls-ca-cert" => tls_ca = Some(PathBuf::from(value()?)),
+            "--tls-auth-clients" => {
+                tls_auth = Some(
+                    value()?
+                        .parse::<crate::tls::AuthClients>()
+                        .map_err(|e| format!("--tls-auth-clients {e}"))?,
+                )
+            }
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -574,6 +624,37 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
             )
         }
     };
+    // TLS on the client port: --tls-port with a certificate and its key
+    // (as Redis, a certificate alone opens no TLS port).
+    let client_tls = match (tls_port, tls_cert, tls_key) {
+        (None, _, _) if port == 0 => {
+            return Err("--port 0 turns the plaintext client port off; give --tls-port N for a TLS one (or a --port)".into())
+        }
+        (None, _, _) => None,
+        (Some(p), Some(cert), Some(key)) => {
+            if p == port {
+                return Err(format!("--tls-port {p} is also --port; give them different ports (or --port 0 for TLS only)"));
+            }
+            Some(crate::tls::ClientTls {
+                files: crate::tls::TlsFiles {
+                    cert,
+                    key,
+                    ca: tls_ca,
+                    auth_clients: tls_auth,
+                },
+                addr: resolve("--bind/--tls-port", &format!("{bind}:{p}"))?,
+                plaintext_too: port != 0,
+            })
+        }
+        (Some(p), None, _) => {
+            return Err(format!("--tls-port {p} needs --tls-cert FILE (the server's certificate, PEM) and --tls-key FILE"))
+        }
+        (Some(p), Some(_), None) => {
+            return Err(format!(
+                "--tls-port {p} needs --tls-key FILE (the certificate's private key, PEM)"
+            ))
+        }
+    };
     let o = ServeOptions {
         principal,
         dir: dir.ok_or("--dir is required")?,
@@ -601,6 +682,7 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
         output,
         command_timeout,
         read_barrier,
+        client_tls,
     };
     Ok((o, io))
 }
@@ -608,9 +690,13 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
 /// A started server: the node, the client listener's address.
 pub struct Running {
     pub server: Arc<Server>,
+    /// The plaintext client port's address (with --port 0: the TLS one's).
     pub client_addr: SocketAddr,
+    /// The TLS client port's address (--tls-port).
+    pub tls_addr: Option<SocketAddr>,
     pub partner_addr: SocketAddr,
     listener: Option<std::net::TcpListener>,
+    tls_listener: Option<std::net::TcpListener>,
     spec: Arc<Spec>,
 }
 
@@ -623,7 +709,8 @@ impl Running {
         checkpoint_every: Option<Duration>,
         logger: Logger,
     ) -> std::io::Result<()> {
-        let l = self.listener.take().expect("not served yet");
+        let (l, tls) = (self.listener.take(), self.tls_listener.take());
+        assert!(l.is_some() || tls.is_some(), "served once");
         if let Some(every) = checkpoint_every {
             let server = self.server.clone();
             let logger = logger.clone();
@@ -650,7 +737,7 @@ impl Running {
         }
         let (server, spec) = (self.server.clone(), self.spec.clone());
         std::thread::spawn(move || watch_role(&server, &spec));
-        self.server.serve(l)
+        self.server.serve_on(l, tls)
     }
 }
 
@@ -962,9 +1049,32 @@ pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Run
         database_id: o.database_id,
         secret,
     };
-    let listener = std::net::TcpListener::bind(o.client)
-        .map_err(|e| format!("listening for clients on {}: {e}", o.client))?;
-    let client_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The client listeners: plaintext unless --port 0, TLS with --tls-port
+    // (its certificate and key checked before anything starts).
+    let listener = match o.client_tls.as_ref().is_some_and(|t| !t.plaintext_too) {
+        true => None,
+        false => Some(
+            std::net::TcpListener::bind(o.client)
+                .map_err(|e| format!("listening for clients on {}: {e}", o.client))?,
+        ),
+    };
+    let (tls_config, tls_listener) = match &o.client_tls {
+        None => (None, None),
+        Some(t) => {
+            let config = crate::tls::server_config(&t.files)?;
+            let l = std::net::TcpListener::bind(t.addr)
+                .map_err(|e| format!("listening for TLS clients on {}: {e}", t.addr))?;
+            (Some(config), Some(l))
+        }
+    };
+    let tls_addr = match &tls_listener {
+        Some(l) => Some(l.local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let client_addr = match &listener {
+        Some(l) => l.local_addr().map_err(|e| e.to_string())?,
+        None => tls_addr.expect("a TLS listener without the plaintext one"),
+    };
     let spec = Arc::new(Spec {
         o: o.clone(),
         id,
@@ -1027,6 +1137,7 @@ pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Run
         output: o.output,
         command_timeout: o.command_timeout,
         read_barrier: o.read_barrier,
+        tls: tls_config,
     };
     if let Err(e) = crate::server::raise_fd_limit(o.max_clients) {
         tracing::warn!("{e}");
@@ -1034,8 +1145,10 @@ pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Run
     Ok(Running {
         server: Server::new(node, spec.store.clone(), opts),
         client_addr,
+        tls_addr,
         partner_addr,
-        listener: Some(listener),
+        listener,
+        tls_listener,
         spec,
     })
 }

@@ -100,6 +100,9 @@ const AUTH_FAIL_BURST: f64 = 20.0;
 /// Source addresses the AUTH limiter remembers (oldest forgotten first).
 const AUTH_SOURCES_MAX: usize = 4096;
 
+/// Longest a TLS handshake may take (the command timeout, if shorter).
+const TLS_HANDSHAKE_MAX: Duration = Duration::from_secs(10);
+
 /// Most event loops `--io epoll:N` takes.
 pub const EVENT_LOOPS_MAX: usize = 64;
 
@@ -165,6 +168,10 @@ pub struct ServerOptions {
     /// Reads on the principal wait for the commits of the writes they see
     /// (false: they see writes at once, as in Redis).
     pub read_barrier: bool,
+    /// TLS for the connections accepted on the TLS listener (see
+    /// [`Server::serve_on`]); its handshake must complete within
+    /// [`Server::tls_handshake_time`].
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerOptions {
@@ -181,6 +188,7 @@ impl Default for ServerOptions {
             output: OutputLimits::default(),
             command_timeout: Some(Duration::from_secs(60)),
             read_barrier: true,
+            tls: None,
         }
     }
 }
@@ -223,6 +231,8 @@ struct Stats {
     command_timeouts: AtomicU64,
     auth_failures: AtomicU64,
     auth_rate_limited: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+    tls_handshake_timeouts: AtomicU64,
 }
 
 /// A command's outcome: a reply now, or one once a commit is acknowledged.
@@ -323,6 +333,31 @@ impl Server {
         let o = self.opts.output;
         self.warn_limited("output", || {
             format!("closed a client for overcoming its {which} output buffer limit ({bytes} bytes unsent; hard {}, soft {} for {} s)", o.hard, o.soft, o.soft_time.as_secs())
+        });
+    }
+
+    /// How long a TLS client may take to complete its handshake: the
+    /// command timeout, at most 10 s (a client stalling mid-handshake
+    /// holds a connection no longer than one sending a command slowly).
+    pub(crate) fn tls_handshake_time(&self) -> Duration {
+        self.opts
+            .command_timeout
+            .map_or(TLS_HANDSHAKE_MAX, |t| t.min(TLS_HANDSHAKE_MAX))
+    }
+
+    /// A TLS handshake failed (`timed_out`: it took too long).
+    pub(crate) fn tls_handshake_failed(&self, timed_out: bool, why: &dyn std::fmt::Display) {
+        if timed_out {
+            self.stats
+                .tls_handshake_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.warn_limited("tls-handshake", || {
+            format!("a client's TLS handshake failed: {why}")
         });
     }
 
@@ -450,24 +485,59 @@ impl Server {
 
     /// Serves clients on `listener` until [`Server::stop`].
     pub fn serve(self: &Arc<Server>, listener: TcpListener) -> std::io::Result<()> {
-        if let IoMode::Epoll { loops } = self.opts.io {
-            return event_loop::serve(self, listener, loops);
+        self.serve_on(Some(listener), None)
+    }
+
+    /// Serves plaintext clients on `plain` and TLS clients on `tls` (which
+    /// needs [`ServerOptions::tls`]) until [`Server::stop`].
+    pub fn serve_on(
+        self: &Arc<Server>,
+        plain: Option<TcpListener>,
+        tls: Option<TcpListener>,
+    ) -> std::io::Result<()> {
+        if tls.is_some() && self.opts.tls.is_none() {
+            return Err(std::io::Error::other(
+                "a TLS listener needs a TLS configuration",
+            ));
         }
-        listener.set_nonblocking(true)?;
+        let listeners: Vec<(TcpListener, bool)> = plain
+            .map(|l| (l, false))
+            .into_iter()
+            .chain(tls.map(|l| (l, true)))
+            .collect();
+        if listeners.is_empty() {
+            return Err(std::io::Error::other("no client listener to serve"));
+        }
+        if let IoMode::Epoll { loops } = self.opts.io {
+            return event_loop::serve(self, listeners, loops);
+        }
+        for (l, _) in &listeners {
+            l.set_nonblocking(true)?;
+        }
+        let mut turn = 0usize;
         while !self.stop.load(Ordering::Acquire) {
-            let (stream, _) = match listener.accept() {
-                Ok(x) => x,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
-                Err(e) => {
-                    // Never the end of serving (see event_loop's accept).
-                    if self.accept_failed(&listener, &e) {
-                        std::thread::sleep(ACCEPT_PAUSE);
+            // Each listener in turn, so a busy one starves neither.
+            turn = turn.wrapping_add(1);
+            let mut accepted = None;
+            for k in 0..listeners.len() {
+                let (listener, is_tls) = &listeners[(turn + k) % listeners.len()];
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        accepted = Some((s, *is_tls));
+                        break;
                     }
-                    continue;
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        // Never the end of serving (see event_loop's accept).
+                        if self.accept_failed(listener, &e) {
+                            std::thread::sleep(ACCEPT_PAUSE);
+                        }
+                    }
                 }
+            }
+            let Some((stream, is_tls)) = accepted else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
             };
             if self.clients.load(Ordering::Acquire) >= self.opts.max_clients {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -479,7 +549,7 @@ impl Server {
             self.stats.connections.fetch_add(1, Ordering::Relaxed);
             let me = self.clone();
             std::thread::spawn(move || {
-                let _ = me.client(stream);
+                let _ = me.client(stream, is_tls);
                 me.clients.fetch_sub(1, Ordering::AcqRel);
             });
         }
@@ -493,14 +563,37 @@ impl Server {
         self.stop.store(true, Ordering::Release);
     }
 
-    fn client(&self, mut s: TcpStream) -> std::io::Result<()> {
+    fn client(&self, s: TcpStream, tls: bool) -> std::io::Result<()> {
         s.set_nonblocking(false)?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
         // A client that reads nothing blocks this thread's writes; for no
         // longer than the soft output limit's time.
         s.set_write_timeout(Some(self.opts.output.soft_time.max(Duration::from_secs(1))))?;
-        let mut conn = self.new_conn(s.peer_addr().ok().map(|a| a.ip()));
+        let peer = s.peer_addr().ok().map(|a| a.ip());
+        let Some(config) = self.opts.tls.as_ref().filter(|_| tls) else {
+            // Plaintext: the socket itself, no layer between.
+            return self.client_io(s, peer);
+        };
+        let tls = rustls::ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
+        let mut s = crate::tls::TlsStream { tls, sock: s };
+        if let Err(e) = s.handshake(Instant::now() + self.tls_handshake_time(), &self.stop) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                self.tls_handshake_failed(e.kind() == std::io::ErrorKind::TimedOut, &e);
+            }
+            return Err(e);
+        }
+        self.client_io(s, peer)
+    }
+
+    /// Serves one client over `s` (a socket, or TLS over one, whose reads
+    /// time out every 200 ms so that stops and deadlines are seen).
+    fn client_io<S: Read + Write>(
+        &self,
+        mut s: S,
+        peer: Option<std::net::IpAddr>,
+    ) -> std::io::Result<()> {
+        let mut conn = self.new_conn(peer);
         let cap = self.query_cap();
         let mut parser = Parser::default();
         let mut buf: Vec<u8> = Vec::new();
@@ -613,9 +706,9 @@ impl Server {
     /// Resolves and sends `outcomes` in order through `out`, written
     /// whenever it reaches 1 MiB; false if a reply beyond the hard output
     /// limit closed the connection.
-    fn send_outcomes(
+    fn send_outcomes<S: Write>(
         &self,
-        s: &mut TcpStream,
+        s: &mut S,
         outcomes: &mut Vec<Outcome>,
         out: &mut Vec<u8>,
         conn: &mut Conn,
@@ -1373,7 +1466,7 @@ impl Server {
         }
         if show("stats") {
             out.push_str(&format!(
-                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nclient_output_buffer_limit_disconnections:{}\r\nmirrorlog_accept_errors:{}\r\nmirrorlog_command_timeouts:{}\r\nmirrorlog_auth_failures:{}\r\nmirrorlog_auth_rate_limited:{}\r\nmirrorlog_read_barrier_keys:{}\r\n\r\n",
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nclient_output_buffer_limit_disconnections:{}\r\nmirrorlog_accept_errors:{}\r\nmirrorlog_command_timeouts:{}\r\nmirrorlog_auth_failures:{}\r\nmirrorlog_auth_rate_limited:{}\r\nmirrorlog_tls_handshake_failures:{}\r\nmirrorlog_tls_handshake_timeouts:{}\r\nmirrorlog_read_barrier_keys:{}\r\n\r\n",
                 self.stats.connections.load(Ordering::Relaxed),
                 self.stats.commands.load(Ordering::Relaxed),
                 self.stats.rejected.load(Ordering::Relaxed),
@@ -1382,6 +1475,8 @@ impl Server {
                 self.stats.command_timeouts.load(Ordering::Relaxed),
                 self.stats.auth_failures.load(Ordering::Relaxed),
                 self.stats.auth_rate_limited.load(Ordering::Relaxed),
+                self.stats.tls_handshake_failures.load(Ordering::Relaxed),
+                self.stats.tls_handshake_timeouts.load(Ordering::Relaxed),
                 self.barrier.len(),
             ));
         }
@@ -1453,7 +1548,13 @@ fn waits_for_switch(name: &str) -> bool {
 /// touch, whose state its reply may tell of even when it changes nothing).
 fn seen_by<'a>(name: &str, args: &'a [Vec<u8>]) -> Seen<'a> {
     let keys = |from: usize, step: usize| {
-        Seen::Keys(args.iter().skip(from).step_by(step).map(|k| k.as_slice()).collect())
+        Seen::Keys(
+            args.iter()
+                .skip(from)
+                .step_by(step)
+                .map(|k| k.as_slice())
+                .collect(),
+        )
     };
     match name {
         "DBSIZE" | "KEYS" | "SCAN" | "RANDOMKEY" | "FLUSHALL" | "FLUSHDB" => Seen::All,

@@ -110,7 +110,9 @@ impl Barrier {
         }
         inner.last = Some(entry());
         if inner.keys.len() > 2 * inner.swept + 256 {
-            inner.keys.retain(|_, e| !e.ticket.follow(level).reached_now());
+            inner
+                .keys
+                .retain(|_, e| !e.ticket.follow(level).reached_now());
             inner.swept = inner.keys.len();
             let inner = &mut *inner;
             for slot in [&mut inner.flush, &mut inner.last] {

@@ -11,6 +11,16 @@
 //! keeps its order; a connection stops being read while it has much output
 //! unsent or many replies pending (back-pressure).
 //!
+//! A TLS connection (accepted on the TLS listener) carries a rustls
+//! [`ServerConnection`]: what the socket gives goes through `read_tls` and
+//! `process_new_packets`, its plaintext into the same input buffer; output
+//! is encoded into the same `out` and handed to rustls (which holds at
+//! most 64 KiB of records) as the socket takes it, so the output limits
+//! and the command timeout bound a TLS client as a plaintext one. The
+//! handshake never blocks the loop, and one not done within
+//! `Server::tls_handshake_time` closes the connection. Plaintext
+//! connections take the same path as before (no layer, no extra copy).
+//!
 //! Commands that may block for long (WAIT, MIRROR FAILOVER, FORCE-SERVICE
 //! and CHECKPOINT, and any command that would wait for a role change in
 //! progress) run on a helper thread once every earlier reply of their
@@ -31,12 +41,15 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use mirrorlog_engine::wake::Wakeup;
+use rustls::ServerConnection;
 
 use super::{Conn, Outcome, Server};
 use crate::resp::{Parser, Reply};
 
 const LISTENER: u64 = 0;
 const WAKE: u64 = 1;
+/// The TLS-only listener (connection ids start after it).
+const TLS_LISTENER: u64 = 2;
 /// Longest sleep in `epoll_wait`: how soon a stop or an idle timeout is
 /// noticed.
 const TICK_MS: i32 = 100;
@@ -104,6 +117,10 @@ impl Wake for LoopWake {
 
 struct Client {
     sock: TcpStream,
+    /// TLS over `sock` (None: plaintext).
+    tls: Option<Box<ServerConnection>>,
+    /// A TLS handshake not done by then closes the connection.
+    handshake_until: Option<Instant>,
     /// None while a helper thread runs a command for this connection.
     conn: Option<Conn>,
     buf: Vec<u8>,
@@ -135,6 +152,12 @@ impl Client {
     fn unsent(&self) -> usize {
         self.out.len() - self.out_pos
     }
+
+    /// Everything encoded reached the socket (nor does rustls hold any
+    /// record back).
+    fn all_sent(&self) -> bool {
+        self.unsent() == 0 && !self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
 }
 
 /// A command that can block its thread for long inside `Server::command`
@@ -155,6 +178,10 @@ fn blocks(conn: &Conn, args: &[Vec<u8>]) -> bool {
         })
 }
 
+/// Another loop: where to deal it a connection (with whether it came
+/// through the TLS listener), and its waker.
+type Peer = (Sender<(TcpStream, bool)>, Arc<LoopWake>);
+
 struct Loop<'a> {
     server: &'a Arc<Server>,
     ep: Epoll,
@@ -167,10 +194,11 @@ struct Loop<'a> {
     done_tx: Sender<(u64, Conn, Reply)>,
     done_rx: Receiver<(u64, Conn, Reply)>,
     chunk: Vec<u8>,
-    /// Connections another loop accepted for this one.
-    inbox: Receiver<TcpStream>,
+    /// Connections another loop accepted for this one (and whether they
+    /// came through the TLS listener).
+    inbox: Receiver<(TcpStream, bool)>,
     /// The other loops (the accepting loop deals connections round-robin).
-    peers: Vec<(Sender<TcpStream>, Arc<LoopWake>)>,
+    peers: Vec<Peer>,
     next_peer: usize,
     /// Set when any loop ends, so the others end too.
     quit: &'a AtomicBool,
@@ -178,11 +206,22 @@ struct Loop<'a> {
     accept_paused: Option<Instant>,
 }
 
-/// Serves clients on `listener` until [`Server::stop`], with `loops` event
-/// loops: the first accepts and deals connections round-robin to all of
-/// them (itself included); each then serves its connections alone.
-pub(super) fn serve(server: &Arc<Server>, listener: TcpListener, loops: usize) -> io::Result<()> {
-    listener.set_nonblocking(true)?;
+/// Serves clients on `listeners` (each with whether it is the TLS one)
+/// until [`Server::stop`], with `loops` event loops: the first accepts and
+/// deals connections round-robin to all of them (itself included); each
+/// then serves its connections alone.
+pub(super) fn serve(
+    server: &Arc<Server>,
+    listeners: Vec<(TcpListener, bool)>,
+    loops: usize,
+) -> io::Result<()> {
+    for (l, _) in &listeners {
+        l.set_nonblocking(true)?;
+    }
+    let listening: Vec<(u64, &TcpListener)> = listeners
+        .iter()
+        .map(|(l, tls)| (if *tls { TLS_LISTENER } else { LISTENER }, l))
+        .collect();
     let quit = AtomicBool::new(false);
     let mut peers = Vec::new();
     let mut others = Vec::new();
@@ -200,7 +239,7 @@ pub(super) fn serve(server: &Arc<Server>, listener: TcpListener, loops: usize) -
             let h = std::thread::Builder::new()
                 .name(format!("mirrorlog-loop-{}", i + 1))
                 .spawn_scoped(s, move || {
-                    let r = run_loop(server, None, wake, rx, Vec::new(), quit);
+                    let r = run_loop(server, &[], wake, rx, Vec::new(), quit);
                     quit.store(true, Ordering::Release);
                     r
                 });
@@ -219,7 +258,7 @@ pub(super) fn serve(server: &Arc<Server>, listener: TcpListener, loops: usize) -
                 Wakeup::new().and_then(|w| {
                     run_loop(
                         server,
-                        Some(&listener),
+                        &listening,
                         Arc::new(LoopWake(w)),
                         inbox,
                         peers,
@@ -244,19 +283,19 @@ pub(super) fn serve(server: &Arc<Server>, listener: TcpListener, loops: usize) -
 
 fn run_loop(
     server: &Arc<Server>,
-    listener: Option<&TcpListener>,
+    listeners: &[(u64, &TcpListener)],
     wake: Arc<LoopWake>,
-    inbox: Receiver<TcpStream>,
-    peers: Vec<(Sender<TcpStream>, Arc<LoopWake>)>,
+    inbox: Receiver<(TcpStream, bool)>,
+    peers: Vec<Peer>,
     quit: &AtomicBool,
 ) -> io::Result<()> {
     let ep = Epoll::new()?;
-    if let Some(l) = listener {
+    for &(token, l) in listeners {
         ep.ctl(
             libc::EPOLL_CTL_ADD,
             l.as_raw_fd(),
             libc::EPOLLIN as u32,
-            LISTENER,
+            token,
         )?;
     }
     ep.ctl(libc::EPOLL_CTL_ADD, wake.0.fd(), libc::EPOLLIN as u32, WAKE)?;
@@ -267,7 +306,7 @@ fn run_loop(
         waker: Waker::from(wake.clone()),
         wake,
         clients: HashMap::new(),
-        next_id: 2,
+        next_id: TLS_LISTENER + 1,
         waiting: HashSet::new(),
         done_tx,
         done_rx,
@@ -278,7 +317,7 @@ fn run_loop(
         quit,
         accept_paused: None,
     };
-    let r = l.run(listener);
+    let r = l.run(listeners);
     let ids: Vec<u64> = l.clients.keys().copied().collect();
     for id in ids {
         l.close(id);
@@ -291,7 +330,7 @@ fn run_loop(
 }
 
 impl Loop<'_> {
-    fn run(&mut self, listener: Option<&TcpListener>) -> io::Result<()> {
+    fn run(&mut self, listeners: &[(u64, &TcpListener)]) -> io::Result<()> {
         let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut last_tick = Instant::now();
         loop {
@@ -301,20 +340,23 @@ impl Loop<'_> {
             let n = self.ep.wait(&mut evs, TICK_MS)?;
             for ev in &evs[..n] {
                 let (token, events) = (ev.u64, ev.events);
-                match (token, listener) {
-                    (LISTENER, Some(listener)) => self.accept(listener),
-                    (LISTENER, None) => {}
-                    (token, _) => match token {
-                        WAKE => self.wake.0.drain(),
-                        id => self.on_event(id, events),
-                    },
+                match token {
+                    LISTENER | TLS_LISTENER => {
+                        if let Some(&(_, l)) = listeners.iter().find(|(t, _)| *t == token) {
+                            if self.accept(l, token == TLS_LISTENER) {
+                                self.pause_accepting(listeners);
+                            }
+                        }
+                    }
+                    WAKE => self.wake.0.drain(),
+                    id => self.on_event(id, events),
                 }
             }
             // Armed before re-checking: a wake-up from here on makes the
             // eventfd readable, so nothing is missed while asleep.
             self.wake.0.arm();
-            while let Ok(stream) = self.inbox.try_recv() {
-                self.add(stream);
+            while let Ok((stream, tls)) = self.inbox.try_recv() {
+                self.add(stream, tls);
             }
             while let Ok((id, conn, reply)) = self.done_rx.try_recv() {
                 self.back_from_helper(id, conn, reply);
@@ -327,38 +369,48 @@ impl Loop<'_> {
                 last_tick = Instant::now();
                 self.close_idle();
             }
-            if let (Some(until), Some(l)) = (self.accept_paused, listener) {
+            if let Some(until) = self.accept_paused {
                 if Instant::now() >= until {
                     self.accept_paused = None;
-                    self.ep.ctl(
-                        libc::EPOLL_CTL_ADD,
-                        l.as_raw_fd(),
-                        libc::EPOLLIN as u32,
-                        LISTENER,
-                    )?;
+                    for &(token, l) in listeners {
+                        self.ep.ctl(
+                            libc::EPOLL_CTL_ADD,
+                            l.as_raw_fd(),
+                            libc::EPOLLIN as u32,
+                            token,
+                        )?;
+                    }
                 }
             }
         }
     }
 
-    /// Accepts what is waiting. An accept error never ends serving: out
-    /// of descriptors, the newest connection is refused with an error
-    /// (through the spare descriptor) and accepting pauses briefly (the
-    /// listener leaves the epoll set, or level-triggered readiness would
-    /// spin); other errors are a connection gone before it was taken.
-    fn accept(&mut self, listener: &TcpListener) {
+    /// Accepting pauses briefly: the listeners leave the epoll set (or
+    /// level-triggered readiness would spin) until `accept_paused`.
+    fn pause_accepting(&mut self, listeners: &[(u64, &TcpListener)]) {
+        if self.accept_paused.is_some() {
+            return;
+        }
+        for &(token, l) in listeners {
+            let _ = self.ep.ctl(libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, token);
+        }
+        self.accept_paused = Some(Instant::now() + super::ACCEPT_PAUSE);
+    }
+
+    /// Accepts what is waiting (`tls`: on the TLS listener). An accept
+    /// error never ends serving: out of descriptors, the newest connection
+    /// is refused with an error (through the spare descriptor) and the
+    /// caller pauses accepting (true); other errors are a connection gone
+    /// before it was taken.
+    fn accept(&mut self, listener: &TcpListener, tls: bool) -> bool {
         loop {
             let (stream, _) = match listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if self.server.accept_failed(listener, &e) {
-                        let _ = self
-                            .ep
-                            .ctl(libc::EPOLL_CTL_DEL, listener.as_raw_fd(), 0, LISTENER);
-                        self.accept_paused = Some(Instant::now() + super::ACCEPT_PAUSE);
-                        return;
+                        return true;
                     }
                     continue;
                 }
@@ -379,11 +431,11 @@ impl Loop<'_> {
             let turn = self.next_peer % (self.peers.len() + 1);
             self.next_peer = self.next_peer.wrapping_add(1);
             if turn == 0 {
-                self.add(stream);
+                self.add(stream, tls);
                 continue;
             }
             let (tx, wake) = &self.peers[turn - 1];
-            match tx.send(stream) {
+            match tx.send((stream, tls)) {
                 Ok(()) => wake.0.signal(),
                 Err(_) => {
                     // That loop has ended (the server is stopping).
@@ -393,13 +445,29 @@ impl Loop<'_> {
         }
     }
 
-    /// Takes on a connection accepted (and counted) for this loop.
-    fn add(&mut self, stream: TcpStream) {
+    /// Takes on a connection accepted (and counted) for this loop (`tls`:
+    /// from the TLS listener; its handshake starts with its first bytes).
+    fn add(&mut self, stream: TcpStream, tls: bool) {
         let server = self.server;
+        let tls = match server.opts.tls.as_ref().filter(|_| tls) {
+            None => None,
+            Some(config) => match ServerConnection::new(config.clone()) {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    server.tls_handshake_failed(false, &e);
+                    server.clients.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+            },
+        };
         let id = self.next_id;
         self.next_id += 1;
         let peer = stream.peer_addr().ok().map(|a| a.ip());
         let c = Client {
+            handshake_until: tls
+                .as_ref()
+                .map(|_| Instant::now() + server.tls_handshake_time()),
+            tls,
             sock: stream,
             conn: Some(server.new_conn(peer)),
             buf: Vec::new(),
@@ -432,7 +500,20 @@ impl Loop<'_> {
             self.close(id);
             return;
         }
-        if events & libc::EPOLLIN as u32 != 0 {
+        if events & libc::EPOLLIN as u32 != 0 && c.tls.is_some() {
+            match read_tls(c, &mut self.chunk) {
+                Ok(()) => {}
+                Err(e) => {
+                    if c.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+                        self.server.tls_handshake_failed(false, &e);
+                    }
+                    // The alert rustls queued, if any, goes out first.
+                    let _ = flush(c);
+                    self.close(id);
+                    return;
+                }
+            }
+        } else if events & libc::EPOLLIN as u32 != 0 {
             match c.sock.read(&mut self.chunk) {
                 Ok(0) => c.eof = true,
                 Ok(n) => {
@@ -579,7 +660,14 @@ impl Loop<'_> {
             && c.conn.is_some()
             && c.blocked.is_none()
             && (c.closing || c.eof && c.exhausted);
-        if done && c.unsent() == 0 {
+        if done && c.all_sent() {
+            if let Some(t) = c.tls.as_deref_mut() {
+                // A TLS client is told the end (close_notify) first.
+                if !t.is_handshaking() {
+                    t.send_close_notify();
+                }
+                let _ = flush(c);
+            }
             self.close(id);
             return;
         }
@@ -709,11 +797,17 @@ impl Loop<'_> {
         let mut slow = Vec::new();
         let mut soft = Vec::new();
         let mut idle = Vec::new();
+        let mut handshakes = Vec::new();
+        let now = Instant::now();
         for (&id, c) in &self.clients {
             if c.conn.is_none() {
                 continue;
             }
-            if opts
+            if c.handshake_until.is_some_and(|u| now >= u)
+                && c.tls.as_ref().is_some_and(|t| t.is_handshaking())
+            {
+                handshakes.push(id);
+            } else if opts
                 .command_timeout
                 .is_some_and(|t| c.cmd_since.is_some_and(|s| s.elapsed() >= t))
             {
@@ -733,9 +827,22 @@ impl Loop<'_> {
                 idle.push(id);
             }
         }
+        for id in handshakes {
+            self.server
+                .tls_handshake_failed(true, &"not done within the handshake deadline");
+            self.close(id);
+        }
         for id in slow {
             if let Some(c) = self.clients.get_mut(&id) {
-                let _ = c.sock.write(super::COMMAND_TIMEOUT_REPLY);
+                match c.tls.as_deref_mut() {
+                    None => {
+                        let _ = c.sock.write(super::COMMAND_TIMEOUT_REPLY);
+                    }
+                    Some(t) => {
+                        let _ = t.writer().write(super::COMMAND_TIMEOUT_REPLY);
+                        let _ = t.write_tls(&mut c.sock);
+                    }
+                }
             }
             self.server.command_timed_out();
             self.close(id);
@@ -768,7 +875,7 @@ impl Loop<'_> {
         if read {
             ev |= libc::EPOLLIN as u32;
         }
-        if c.unsent() > 0 {
+        if !c.all_sent() {
             ev |= libc::EPOLLOUT as u32;
         }
         self.set_events(id, Some(ev));
@@ -805,8 +912,73 @@ impl Loop<'_> {
     }
 }
 
-/// Writes what the socket takes now.
+/// Takes what the socket has for a TLS connection: records into rustls,
+/// their plaintext into `buf` (all of it: rustls must not sit on
+/// plaintext that no readiness event would bring back).
+fn read_tls(c: &mut Client, chunk: &mut [u8]) -> io::Result<()> {
+    let t = c.tls.as_deref_mut().expect("a TLS connection");
+    match t.read_tls(&mut c.sock) {
+        Ok(0) => c.eof = true,
+        Ok(_) => {
+            c.idle_since = Instant::now();
+            t.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) => {}
+        Err(e) => return Err(e),
+    }
+    loop {
+        match t.reader().read(chunk) {
+            // close_notify.
+            Ok(0) => {
+                c.eof = true;
+                break;
+            }
+            Ok(n) => {
+                c.buf.extend_from_slice(&chunk[..n]);
+                c.exhausted = false;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // Closed without close_notify: the end all the same.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                c.eof = true;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes what the socket takes now (for TLS: what rustls has queued, then
+/// more of `out` through it).
 fn flush(c: &mut Client) -> io::Result<()> {
+    if let Some(t) = c.tls.as_deref_mut() {
+        'socket: loop {
+            while t.wants_write() {
+                match t.write_tls(&mut c.sock) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 'socket,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if c.out_pos == c.out.len() {
+                break;
+            }
+            match t.writer().write(&c.out[c.out_pos..])? {
+                0 => break,
+                n => c.out_pos += n,
+            }
+        }
+        compact(c);
+        return Ok(());
+    }
     while c.out_pos < c.out.len() {
         match c.sock.write(&c.out[c.out_pos..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -816,6 +988,12 @@ fn flush(c: &mut Client) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
+    compact(c);
+    Ok(())
+}
+
+/// Drops what was sent from `out` (all of it, or a large head).
+fn compact(c: &mut Client) {
     if c.out_pos == c.out.len() {
         c.out.clear();
         c.out_pos = 0;
@@ -823,5 +1001,4 @@ fn flush(c: &mut Client) -> io::Result<()> {
         c.out.drain(..c.out_pos);
         c.out_pos = 0;
     }
-    Ok(())
 }
