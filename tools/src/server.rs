@@ -1143,11 +1143,12 @@ impl Server {
         if !self.opts.read_barrier {
             return Outcome::Now(reply);
         }
-        let node = self.node();
-        let Node::Principal(p) = &*node else {
-            return Outcome::Now(reply);
+        // Only a principal's commits are recorded (and a role change clears
+        // them), so the node is looked up only when one is pending.
+        let level = || match &*self.node() {
+            Node::Principal(p) => Some(conn.level.unwrap_or(p.group_commit().default_level())),
+            _ => None,
         };
-        let level = conn.level.unwrap_or(p.group_commit().default_level());
         match self.barrier.wait_for(seen, level) {
             Some(t) => Outcome::After(t, reply),
             None => Outcome::Now(reply),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use mirrorlog::client::Client;
 use mirrorlog::resp::Reply;
 
-use common::{free_port, secret, tempdir, Served};
+use common::{free_port, secret, spawn_witness, tempdir, Served};
 
 const TIMEOUT_MS: u64 = 500;
 
@@ -26,22 +26,6 @@ struct Partner {
     dir: std::path::PathBuf,
     client: u16,
     partner: u16,
-}
-
-fn spawn_witness(d: &Path, s: &Path, port: u16) -> Served {
-    Served(
-        Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
-            .args(["witness", "--dir"])
-            .arg(d.join("w"))
-            .arg("--secret-file")
-            .arg(s)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--lease-ms", &TIMEOUT_MS.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 fn spawn(me: &Partner, other: &Partner, role: &str, s: &Path, witness: u16) -> Served {
@@ -187,7 +171,7 @@ fn sigkill_failover_rejoin_and_manual_failover_lose_no_acknowledged_write() {
         client: free_port(),
         partner: free_port(),
     };
-    let _w = spawn_witness(&d, &s, wport);
+    let _w = spawn_witness(&d.join("w"), &s, wport, TIMEOUT_MS);
     let mut pa = spawn(&a, &b, "principal", &s, wport);
     let _pb = spawn(&b, &a, "mirror", &s, wport);
     wait_for(

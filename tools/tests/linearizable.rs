@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use mirrorlog::client::Client;
 use mirrorlog::resp::Reply;
 
-use common::{addr, free_port, secret, tempdir, wait_for, Served};
+use common::{addr, free_port, secret, spawn_witness, tempdir, wait_for, Served};
 use linearizability::{Call, Op, Outcome, Ret};
 
 const TIMEOUT_MS: u64 = 1000;
@@ -150,22 +150,6 @@ struct Partner {
     dir: std::path::PathBuf,
     client: u16,
     partner: u16,
-}
-
-fn spawn_witness(d: &Path, s: &Path, port: u16) -> Served {
-    Served(
-        Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
-            .args(["witness", "--dir"])
-            .arg(d.join("w"))
-            .arg("--secret-file")
-            .arg(s)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--lease-ms", &TIMEOUT_MS.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 /// A partner whose --peer and --witness go through the given proxies.
@@ -340,7 +324,7 @@ fn history_under_faults(tag: &str, barrier: &str) -> linearizability::Report {
         client: free_port(),
         partner: free_port(),
     };
-    let _w = spawn_witness(&d, &s, wport);
+    let _w = spawn_witness(&d.join("w"), &s, wport, TIMEOUT_MS);
     let wa = Proxy::start(addr(wport));
     let wb = Proxy::start(addr(wport));
     // B follows its --peer (this proxy) because it starts first, before

@@ -131,7 +131,13 @@ impl Barrier {
     /// (answer now). Called once the reply is computed: a commit recorded
     /// since is newer than any the reply saw, and waiting for it covers
     /// them (entries go only once reached), so no store lock is needed.
-    pub(super) fn wait_for(&self, seen: &Seen<'_>, level: Level) -> Option<Ticket<FsStorage>> {
+    /// `level` is asked only when some such commit exists (None: do not
+    /// wait), so a read with nothing pending costs one map lookup per key.
+    pub(super) fn wait_for(
+        &self,
+        seen: &Seen<'_>,
+        level: impl FnOnce() -> Option<Level>,
+    ) -> Option<Ticket<FsStorage>> {
         let inner = self.inner.lock().expect("barrier lock");
         let newer = |a: Option<&'_ Entry>, b: Option<&'_ Entry>| -> bool {
             match (a, b) {
@@ -158,7 +164,7 @@ impl Barrier {
             }
             Seen::Keys(_) => {}
         }
-        let t = newest?.ticket.follow(level);
+        let t = newest?.ticket.follow(level()?);
         (!t.reached_now()).then_some(t)
     }
 

@@ -120,6 +120,25 @@ pub fn serve(args: &[String], log: &Path) -> Served {
     )
 }
 
+/// A `mirrorlog witness` in `dir` on 127.0.0.1:`port` with leases of
+/// `lease_ms`, its output discarded.
+pub fn spawn_witness(dir: &Path, secret: &Path, port: u16, lease_ms: u64) -> Served {
+    Served(
+        Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+            .arg("witness")
+            .arg("--dir")
+            .arg(dir)
+            .arg("--secret-file")
+            .arg(secret)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--lease-ms", &lease_ms.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// The `serve` flags every test node has: its role, directory, secret,
 /// client port and the partners' address; callers add their own.
 pub fn node_args(
