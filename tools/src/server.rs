@@ -430,6 +430,14 @@ impl Server {
     }
 
     /// The node now (a role change swaps it).
+    /// [`Server::status`] without the commit latency summaries (cheap).
+    pub fn status_brief(&self) -> Status {
+        match &*self.node() {
+            Node::Principal(p) => p.status_brief(),
+            _ => self.status(),
+        }
+    }
+
     pub fn node(&self) -> Arc<Node> {
         self.node.read().expect("node lock").clone()
     }
@@ -1388,7 +1396,7 @@ impl Server {
     }
 
     fn role(&self) -> Reply {
-        let s = self.status();
+        let s = self.status_brief();
         match &*self.node() {
             Node::Principal(p) => {
                 let mirrors = if s.state == MirroringState::Disconnected {
@@ -1437,7 +1445,7 @@ impl Server {
             want.as_deref()
                 .is_none_or(|w| w == "all" || w == "everything" || w == "default" || w == name)
         };
-        let s = self.status();
+        let s = self.status_brief();
         let mut out = String::new();
         if show("server") {
             out.push_str(&format!(
@@ -1485,7 +1493,7 @@ impl Server {
             let state = format!("{:?}", s.state).to_lowercase();
             match &*self.node() {
                 Node::Principal(_) => out.push_str(&format!(
-                    "# Replication\r\nrole:master\r\nconnected_slaves:{}\r\nmaster_repl_offset:{}\r\nmirroring_state:{state}\r\nmirroring_safety:{}\r\nmirroring_epoch:{}\r\nmirroring_exposed:{}\r\nmirror_received_lsn:{}\r\nmirror_hardened_lsn:{}\r\nmirror_applied_lsn:{}\r\ncommit_lsn:{}\r\nsend_queue_bytes:{}\r\ntransport:{}\r\n\r\n",
+                    "# Replication\r\nrole:master\r\nconnected_slaves:{}\r\nmaster_repl_offset:{}\r\nmirroring_state:{state}\r\nmirroring_safety:{}\r\nmirroring_epoch:{}\r\nmirroring_exposed:{}\r\nmirroring_witness_exposed:{}\r\nmirror_received_lsn:{}\r\nmirror_hardened_lsn:{}\r\nmirror_applied_lsn:{}\r\ncommit_lsn:{}\r\nsend_queue_bytes:{}\r\ntransport:{}\r\n\r\n",
                     u8::from(s.state != MirroringState::Disconnected),
                     s.written_lsn,
                     match &*self.node() {
@@ -1494,6 +1502,9 @@ impl Server {
                     },
                     s.epoch,
                     u8::from(s.exposed),
+                    // Told the witness it ran exposed, not yet covered: no
+                    // automatic failover until it is.
+                    u8::from(s.witness.as_ref().is_some_and(|w| w.exposed)),
                     s.mirror.received,
                     s.mirror.hardened,
                     s.mirror.applied,

@@ -404,7 +404,13 @@ impl<S: Storage> GroupCommit<S> {
 
     /// Commit latency (submit to level reached, in nanoseconds) per level.
     pub fn latency_ns(&self, level: Level) -> Histogram<u64> {
-        self.shared.latency_ns.lock().expect("latency lock")[level.index()].clone()
+        self.with_latency_ns(level, Histogram::clone)
+    }
+
+    /// `f` of a level's latency histogram, read in place: no copy, and the
+    /// lock the commit path records under is held only for `f`.
+    pub fn with_latency_ns<R>(&self, level: Level, f: impl FnOnce(&Histogram<u64>) -> R) -> R {
+        f(&self.shared.latency_ns.lock().expect("latency lock")[level.index()])
     }
 
     /// Records the latency of a remote level (for the replication layer).

@@ -320,6 +320,22 @@ impl Principal {
     }
 
     pub fn status(&self) -> Status {
+        let mut s = self.status_brief();
+        s.latency = Level::ALL
+            .iter()
+            .map(|&l| {
+                self.shared
+                    .gc
+                    .with_latency_ns(l, |h| LatencySummary::of(l, h))
+            })
+            .collect();
+        s
+    }
+
+    /// [`Principal::status`] without the latency summaries (empty), which
+    /// cost a scan of every level's histogram: for what is asked often
+    /// (ROLE, the read barrier's level checks, client libraries polling).
+    pub fn status_brief(&self) -> Status {
         let sh = &self.shared;
         let gc = &sh.gc;
         let log = gc.log();
@@ -360,10 +376,7 @@ impl Principal {
             bytes_sent: snap.bytes_sent,
             raw_bytes: stats.raw_bytes,
             log_bytes: stats.log_bytes,
-            latency: Level::ALL
-                .iter()
-                .map(|&l| LatencySummary::of(l, &gc.latency_ns(l)))
-                .collect(),
+            latency: Vec::new(),
             sessions: snap.sessions,
             last_error: snap.last_error,
             preauth_rejected: sh.preauth.rejected(),
