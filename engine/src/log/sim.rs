@@ -167,6 +167,17 @@ pub struct SimStorage {
     state: Arc<Mutex<State>>,
 }
 
+impl std::fmt::Debug for SimStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock();
+        f.debug_struct("SimStorage")
+            .field("files", &st.files.keys().collect::<Vec<_>>())
+            .field("ops", &st.journal.len())
+            .field("faults", &st.faults)
+            .finish()
+    }
+}
+
 impl Default for SimStorage {
     fn default() -> Self {
         SimStorage::new()
