@@ -154,8 +154,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use mirrorlog_engine::commit::Level;
 use mirrorlog_engine::log::frame::decode_header;
-use mirrorlog_engine::log::sim::{CrashMode, SimStorage};
+use mirrorlog_engine::log::sim::{CrashMode, FaultCounts, SimStorage, EIO, ENOSPC};
 use mirrorlog_engine::log::{Compression, Log, LogOptions, RecordsBuf};
+use mirrorlog_engine::replication::history::EpochHistory;
 use mirrorlog_engine::replication::catchup::{plan_catch_up, CatchUpError, PrincipalLog};
 use mirrorlog_engine::replication::session::{
     MirrorCommand, MirrorProgress, MirrorSession, MirroringState, PrincipalCommand,
@@ -248,24 +249,6 @@ fn frames(log: &Log<SimStorage>) -> Vec<(u64, Vec<u8>)> {
             (v.lsn(), v.frame().to_vec())
         })
         .collect()
-}
-
-/// `EpochHistory::begin`, in memory: earlier starts are clamped to the new
-/// epoch's start, which is appended.
-fn history_begin(h: &mut Vec<(u64, u64)>, epoch: u64, start: u64) {
-    let last = h.last().map_or(0, |e| e.0);
-    assert!(
-        epoch > last,
-        "epoch {epoch} does not come after the last recorded epoch {last}"
-    );
-    for e in h.iter_mut() {
-        e.1 = e.1.min(start);
-    }
-    h.push((epoch, start));
-}
-
-fn history_last(h: &[(u64, u64)]) -> u64 {
-    h.last().map_or(0, |e| e.0)
 }
 
 // ---------------------------------------------------------------------------
@@ -563,7 +546,8 @@ struct Node {
     inc: u64,
     storage: SimStorage,
     log: Log<SimStorage>,
-    history: Vec<(u64, u64)>,
+    /// The real `EpochHistory`, in the file `EPOCHS` on the log's storage.
+    history: EpochHistory<SimStorage>,
     /// The mirror's applier (in memory).
     applied: u64,
     role: Role,
@@ -699,8 +683,16 @@ struct Stats {
     /// granted a newer epoch).
     deposed_by_itself: u64,
     operator_restores: u64,
-    /// Disk faults injected (a node's storage armed to fail its syncs).
+    /// Disk faults injected (a node's storage armed to fail its syncs,
+    /// writes or creates).
     disk_faults: u64,
+    /// Of those, failed writes (EIO or ENOSPC) and failed creates and
+    /// renames (ENOSPC).
+    disk_write_faults: u64,
+    disk_create_faults: u64,
+    /// Failures the glue met that left the log unpoisoned (a refused
+    /// create: the batch, the history write or the session fails).
+    clean_refusals: u64,
     /// Logs poisoned by a failed sync, on a principal and on a mirror (or
     /// a claimant / a promoted mirror's hand-over sync).
     poisoned_principals: u64,
@@ -738,6 +730,9 @@ impl Stats {
         self.deposed_by_itself += o.deposed_by_itself;
         self.operator_restores += o.operator_restores;
         self.disk_faults += o.disk_faults;
+        self.disk_write_faults += o.disk_write_faults;
+        self.disk_create_faults += o.disk_create_faults;
+        self.clean_refusals += o.clean_refusals;
         self.poisoned_principals += o.poisoned_principals;
         self.poisoned_mirrors += o.poisoned_mirrors;
         self.poisoned_commits += o.poisoned_commits;
@@ -774,6 +769,9 @@ struct Sim {
     rng: Rng,
     /// Disk faults' own random stream (see `Knobs::disk_faults`).
     disk_rng: Rng,
+    /// The kind of each disk fault (its own stream, so the failed syncs
+    /// are drawn as before the other kinds existed).
+    kind_rng: Rng,
     cfg: Cfg,
     now: u64,
     queue: BTreeMap<(u64, u64), Ev>,
@@ -799,6 +797,13 @@ struct Sim {
     stats: Stats,
     trace: VecDeque<String>,
     trace_all: bool,
+}
+
+/// Whether a failed log or history operation of node `n` is a disk fault's
+/// doing: the log is poisoned, or an injected fault fired (a clean refusal,
+/// such as ENOSPC creating a file, leaves the log unpoisoned).
+fn disk_erred(node: &Node) -> bool {
+    node.log.poisoned().is_some() || node.storage.fault_counts() != FaultCounts::default()
 }
 
 fn link(x: usize, y: usize) -> usize {
@@ -859,13 +864,14 @@ impl Sim {
         }
         let mk = || {
             let storage = SimStorage::new();
+            let log_storage = storage.clone();
             let (log, _) = Log::open_with(storage.clone(), opts()).unwrap();
             Node {
                 up: true,
                 inc: 1,
                 storage,
                 log,
-                history: Vec::new(),
+                history: EpochHistory::load_from(log_storage.clone()).unwrap(),
                 applied: 0,
                 role: Role::Down,
                 was_principal: false,
@@ -883,6 +889,7 @@ impl Sim {
             seed,
             rng,
             disk_rng,
+            kind_rng: Rng::new(seed ^ 0x4B1D_F00D_4B1D_F00D),
             cfg,
             now: 0,
             queue: BTreeMap::new(),
@@ -1241,7 +1248,7 @@ impl Sim {
 
     fn claim_step(&mut self, n: usize) {
         let now = self.lns(n);
-        let last = history_last(&self.nodes[n].history).max(self.nodes[n].log.last_epoch());
+        let last = self.nodes[n].history.last_epoch().max(self.nodes[n].log.last_epoch());
         let Role::Claiming(c) = &mut self.nodes[n].role else {
             return;
         };
@@ -1301,7 +1308,7 @@ impl Sim {
 
     fn become_principal(&mut self, n: usize, epoch: u64) {
         let node = &self.nodes[n];
-        let last = history_last(&node.history).max(node.log.last_epoch());
+        let last = node.history.last_epoch().max(node.log.last_epoch());
         if epoch <= last {
             self.fail(format!(
                 "{} was granted epoch {epoch}, but its log already went through epoch {last}",
@@ -1345,6 +1352,20 @@ impl Sim {
                 return;
             }
         }
+        // `Principal::open`: the epoch is begun in the history before any
+        // batch of it; if that write fails (a full or failing disk), the
+        // start fails and the process exits, as after a failed sync.
+        let written = self.nodes[n].log.written_lsn();
+        if let Err(e) = self.nodes[n].history.begin(epoch, written) {
+            self.stats.failed_promotions += 1;
+            self.disk_failed(n, &format!("beginning epoch {epoch} in the history: {e}"));
+            self.note(format!(
+                "{}: granted epoch {epoch}, but cannot start as principal: the process exits",
+                NAMES[n]
+            ));
+            self.crash(n);
+            return;
+        }
         self.holders.insert(epoch, n);
         self.close_mirror_conn(n);
         let now = self.lns(n);
@@ -1352,8 +1373,6 @@ impl Sim {
         let node = &mut self.nodes[n];
         node.inc += 1;
         node.was_principal = true;
-        let written = node.log.written_lsn();
-        history_begin(&mut node.history, epoch, written);
         let hardened = node.log.hardened_lsn();
         node.role = Role::Principal(Box::new(Prin {
             epoch,
@@ -1376,7 +1395,8 @@ impl Sim {
         }));
         self.note(format!(
             "{}: principal of epoch {epoch} (log {written}, history {:?})",
-            NAMES[n], self.nodes[n].history
+            NAMES[n],
+            self.nodes[n].history.entries()
         ));
         self.lease_step(n);
         self.schedule_tick(n);
@@ -1419,7 +1439,7 @@ impl Sim {
             NAMES[n],
             self.nodes[n].log.written_lsn(),
             self.nodes[n].log.last_epoch(),
-            self.nodes[n].history
+            self.nodes[n].history.entries()
         ));
         let now = self.lns(n);
         self.mir(n).expect("mirror").phase = MPhase::Settling { next_ns: now };
@@ -1615,8 +1635,10 @@ impl Sim {
             Err(e) => {
                 // `write_batch`: the batch fails (`CommitError::Append`);
                 // a failure that poisoned the log (the sync sealing a full
-                // segment) fails every waiting commit too (`settle`).
-                if self.nodes[n].log.poisoned().is_none() {
+                // segment, a failed write) fails every waiting commit too
+                // (`settle`). A clean refusal (ENOSPC creating the next
+                // segment) fails this batch only; later ones try again.
+                if !disk_erred(&self.nodes[n]) {
                     self.fail(format!("{}: the principal cannot append: {e}", NAMES[n]));
                 }
                 self.disk_failed(n, &format!("appending a batch: {e}"));
@@ -1758,11 +1780,12 @@ impl Sim {
                         segment_end: node.log.segment_end_at(0),
                         total_bytes: 0,
                         crc32c: 0,
-                        history: node.history.clone(),
+                        history: node.history.entries().to_vec(),
                     };
                     self.note(format!(
                         "{}: {why}: reseeds the mirror (snapshot at LSN 0, history {:?})",
-                        NAMES[n], node.history
+                        NAMES[n],
+                        node.history.entries()
                     ));
                     self.send(conn, n, PMsg::Msg(begin));
                     self.prin(n).expect("principal").sess = None;
@@ -1818,7 +1841,7 @@ impl Sim {
                     return;
                 };
                 let plog = PrincipalLog {
-                    history,
+                    history: history.entries(),
                     start_lsn: log.start_lsn(),
                     written_lsn: log.written_lsn(),
                     epoch: p.epoch,
@@ -2051,16 +2074,17 @@ impl Sim {
         if mine > 0 && !history.iter().any(|&(e, _)| e == mine) {
             let from = node
                 .history
+                .entries()
                 .iter()
                 .find(|&&(e, _)| e == mine)
                 .map_or(node.log.start_lsn(), |&(_, s)| s)
                 .max(node.log.start_lsn());
             salvaged = node.log.written_lsn().saturating_sub(from);
         }
-        let (written, old_history) = (node.log.written_lsn(), node.history.clone());
+        let (written, old_history) = (node.log.written_lsn(), node.history.entries().to_vec());
         node.applied = lsn;
         if let Err(e) = node.log.reset(lsn, Some(segment_end)) {
-            if node.log.poisoned().is_none() {
+            if !disk_erred(node) {
                 self.fail(format!(
                     "{}: the reseed cannot restart the log: {e}",
                     NAMES[n]
@@ -2071,8 +2095,11 @@ impl Sim {
             self.disk_failed(n, &format!("restarting the log for a reseed: {e}"));
             return false;
         }
-        let node = &mut self.nodes[n];
-        node.history = history;
+        if let Err(e) = self.nodes[n].history.replace(&history) {
+            // `restore_snapshot` fails; the session ends with the error.
+            self.disk_failed(n, &format!("adopting the principal's history: {e}"));
+            return false;
+        }
         if salvaged > 0 {
             self.stats.reseeds_salvaging += 1;
         }
@@ -2189,7 +2216,7 @@ impl Sim {
                     let node = &mut self.nodes[n];
                     let before = node.log.written_lsn();
                     if let Err(e) = node.log.truncate(t) {
-                        if node.log.poisoned().is_none() {
+                        if !disk_erred(node) {
                             self.fail(format!("{}: the mirror cannot truncate: {e}", NAMES[n]));
                         }
                         // The runner ends the session with the error.
@@ -2205,12 +2232,17 @@ impl Sim {
                 MirrorCommand::Append(frame) => {
                     let header = decode_header(&frame).expect("shipped frame header");
                     let node = &mut self.nodes[n];
-                    if header.epoch > history_last(&node.history) {
+                    if header.epoch > node.history.last_epoch() {
                         let w = node.log.written_lsn();
-                        history_begin(&mut node.history, header.epoch, w);
+                        if let Err(e) = node.history.begin(header.epoch, w) {
+                            // `runner`: the session ends with the error.
+                            self.disk_failed(n, &format!("beginning an epoch in the history: {e}"));
+                            self.mirror_session_closed(n, &format!("recording the epoch: {e}"));
+                            return;
+                        }
                     }
                     if let Err(e) = node.log.append_frame(&frame) {
-                        if node.log.poisoned().is_some() {
+                        if disk_erred(node) {
                             // A poisoned log (or the sync sealing a full
                             // segment failed): the session ends with it.
                             self.disk_failed(n, &format!("appending a shipped frame: {e}"));
@@ -2374,7 +2406,7 @@ impl Sim {
         let now = self.lns(n);
         let t = self.cfg.session.partner_timeout_ms as f64 * NS_PER_MS;
         let node = &self.nodes[n];
-        let last_local = history_last(&node.history).max(node.log.last_epoch());
+        let last_local = node.history.last_epoch().max(node.log.last_epoch());
         let next_id = self.id();
         let Some(m) = self.mir(n) else { return };
         let Some(call) = m.call.take_if(|c| c.id == id && now < c.deadline_ns) else {
@@ -2583,6 +2615,8 @@ impl Sim {
         let (log, report) =
             Log::open_with(node.storage.clone(), opts()).expect("a crashed log recovers");
         node.log = log;
+        node.history =
+            EpochHistory::load_from(node.storage.clone()).expect("a crashed history loads");
         node.applied = 0;
         node.disk_failed = false;
         self.note(format!(
@@ -2739,11 +2773,35 @@ impl Sim {
             return;
         }
         self.stats.disk_faults += 1;
-        self.note(format!(
-            "fault: {}'s disk fails every sync after {after} more",
-            NAMES[n]
-        ));
-        self.nodes[n].storage.fail_syncs_after(after);
+        // The kind from a stream of its own: half the faults are failed
+        // syncs, drawn as before the other kinds existed.
+        let storage = &self.nodes[n].storage;
+        let what = match self.kind_rng.below(8) {
+            0..=3 => {
+                storage.fail_syncs_after(after);
+                format!("fails every sync after {after} more")
+            }
+            4 | 5 => {
+                let (errno, name) = if self.kind_rng.chance(0.5) {
+                    (EIO, "EIO")
+                } else {
+                    (ENOSPC, "ENOSPC")
+                };
+                let after = self.kind_rng.below(16);
+                storage.fail_writes_after(after, errno);
+                self.stats.disk_write_faults += 1;
+                format!("fails every write with {name} after {after} more")
+            }
+            _ => {
+                // A full disk: no file can be created or renamed (the next
+                // segment, a truncation's rewrite, `EPOCHS.tmp`).
+                let after = self.kind_rng.below(2);
+                storage.fail_creates_after(after, ENOSPC);
+                self.stats.disk_create_faults += 1;
+                format!("fails every create and rename with ENOSPC after {after} more")
+            }
+        };
+        self.note(format!("fault: {}'s disk {what}", NAMES[n]));
     }
 
     /// The glue met a failed log operation of a poisoned log: the node
@@ -2754,10 +2812,16 @@ impl Sim {
         if self.nodes[n].disk_failed {
             return;
         }
-        if self.nodes[n].log.poisoned().is_none() {
-            self.fail(format!("{}: {what}, but the log is not poisoned", NAMES[n]));
+        if !disk_erred(&self.nodes[n]) {
+            self.fail(format!(
+                "{}: {what}, but the log is not poisoned and no disk fault fired",
+                NAMES[n]
+            ));
         }
         self.nodes[n].disk_failed = true;
+        if self.nodes[n].log.poisoned().is_none() {
+            self.stats.clean_refusals += 1;
+        }
         if matches!(self.nodes[n].role, Role::Principal(_)) {
             self.stats.poisoned_principals += 1;
         } else {
@@ -2783,11 +2847,11 @@ impl Sim {
             self.restart(n);
             return;
         }
-        if self.nodes[n].log.poisoned().is_none() {
+        if !self.nodes[n].disk_failed {
             return;
         }
         self.note(format!(
-            "operator: restarts {} (its log is poisoned)",
+            "operator: restarts {} (its disk failed)",
             NAMES[n]
         ));
         self.crash(n);
@@ -2814,9 +2878,11 @@ impl Sim {
         for (n, name) in NAMES.iter().enumerate() {
             // Disks heal: an armed fault is disarmed, a poisoned log's
             // node restarted.
-            self.nodes[n].storage.fail_syncs_after(u64::MAX);
-            if self.nodes[n].up && self.nodes[n].log.poisoned().is_some() {
-                self.note(format!("operator: restarts {name} (its log is poisoned)"));
+            self.nodes[n].storage.heal();
+            if self.nodes[n].up
+                && (self.nodes[n].log.poisoned().is_some() || self.nodes[n].disk_failed)
+            {
+                self.note(format!("operator: restarts {name} (its disk failed)"));
                 self.crash(n);
             }
         }
@@ -3121,7 +3187,7 @@ impl Sim {
                 node.log.written_lsn(),
                 node.log.hardened_lsn(),
                 node.log.last_epoch(),
-                node.history
+                node.history.entries()
             );
         }
         s
