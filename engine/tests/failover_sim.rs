@@ -369,6 +369,10 @@ enum Ev {
     Restart {
         node: usize,
     },
+    /// Power fails on a node whose disk lies (`Sim::disk_fault`).
+    PowerLoss {
+        node: usize,
+    },
     WitnessRestart,
     Heal {
         links: Vec<usize>,
@@ -690,6 +694,17 @@ struct Stats {
     /// renames (ENOSPC).
     disk_write_faults: u64,
     disk_create_faults: u64,
+    /// Lying disks (syncs report success, nothing is made durable), each
+    /// followed by a power failure; the crashes of a node whose disk had
+    /// lied; and of those, the ones whose recovery showed the lie (the
+    /// durable-LSN hint, a segment without its header, a damaged
+    /// `EPOCHS`): the operator restores that node from its partner.
+    disk_lies: u64,
+    lie_crashes: u64,
+    lie_detected: u64,
+    /// Acknowledged commits lost after a lying disk lost them (see
+    /// `Sim::final_checks`).
+    lost_to_lies: u64,
     /// Failures the glue met that left the log unpoisoned (a refused
     /// create: the batch, the history write or the session fails).
     clean_refusals: u64,
@@ -732,6 +747,10 @@ impl Stats {
         self.disk_faults += o.disk_faults;
         self.disk_write_faults += o.disk_write_faults;
         self.disk_create_faults += o.disk_create_faults;
+        self.disk_lies += o.disk_lies;
+        self.lie_crashes += o.lie_crashes;
+        self.lie_detected += o.lie_detected;
+        self.lost_to_lies += o.lost_to_lies;
         self.clean_refusals += o.clean_refusals;
         self.poisoned_principals += o.poisoned_principals;
         self.poisoned_mirrors += o.poisoned_mirrors;
@@ -794,6 +813,8 @@ struct Sim {
     grants: Vec<Grant>,
     holders: BTreeMap<u64, usize>,
     acks: Vec<Ack>,
+    /// Crashes of a node whose disk had lied: the node and when.
+    lie_crashes: Vec<(usize, u64)>,
     stats: Stats,
     trace: VecDeque<String>,
     trace_all: bool,
@@ -910,6 +931,7 @@ impl Sim {
             grants: Vec::new(),
             holders: BTreeMap::new(),
             acks: Vec::new(),
+            lie_crashes: Vec::new(),
             stats: Stats {
                 seeds: 1,
                 ..Stats::default()
@@ -2607,22 +2629,52 @@ impl Sim {
                 seed: self.rng.next(),
             }
         };
+        let lied = self.nodes[n].storage.has_lied();
+        if lied {
+            self.stats.lie_crashes += 1;
+            self.lie_crashes.push((n, self.now));
+        }
         let node = &mut self.nodes[n];
         node.up = false;
         node.inc += 1;
         node.role = Role::Down;
         node.storage = node.storage.crash_image(node.storage.ops(), mode);
-        let (log, report) =
-            Log::open_with(node.storage.clone(), opts()).expect("a crashed log recovers");
-        node.log = log;
-        node.history =
-            EpochHistory::load_from(node.storage.clone()).expect("a crashed history loads");
         node.applied = 0;
         node.disk_failed = false;
-        self.note(format!(
-            "{}: crashes; recovers log to {} (last epoch {})",
-            NAMES[n], report.end_lsn, report.last_epoch
-        ));
+        let recovered = Log::open_with(node.storage.clone(), opts())
+            .map_err(|e| e.to_string())
+            .and_then(|(log, report)| {
+                let history =
+                    EpochHistory::load_from(node.storage.clone()).map_err(|e| e.to_string())?;
+                Ok((log, report, history))
+            });
+        match recovered {
+            Ok((log, report, history)) => {
+                node.log = log;
+                node.history = history;
+                self.note(format!(
+                    "{}: crashes; recovers log to {} (last epoch {})",
+                    NAMES[n], report.end_lsn, report.last_epoch
+                ));
+            }
+            Err(e) if lied => {
+                // The lie shows (a checksum, the durable-LSN hint): the
+                // node refuses to start, and the operator restores it from
+                // its partner, as the error says: an empty log and history,
+                // started as a mirror (the partner reships everything).
+                self.stats.lie_detected += 1;
+                node.storage = SimStorage::new();
+                let (log, _) = Log::open_with(node.storage.clone(), opts()).expect("empty log");
+                node.log = log;
+                node.history = EpochHistory::load_from(node.storage.clone()).expect("empty");
+                node.was_principal = false;
+                self.note(format!(
+                    "{}: crashes; its disk lied and recovery says so ({e}): the operator empties it to rejoin as mirror",
+                    NAMES[n]
+                ));
+            }
+            Err(e) => self.fail(format!("{}: a crashed node does not recover: {e}", NAMES[n])),
+        }
     }
 
     fn restart(&mut self, n: usize) {
@@ -2775,7 +2827,7 @@ impl Sim {
         self.stats.disk_faults += 1;
         // The kind from a stream of its own: half the faults are failed
         // syncs, drawn as before the other kinds existed.
-        let storage = &self.nodes[n].storage;
+        let storage = self.nodes[n].storage.clone();
         let what = match self.kind_rng.below(8) {
             0..=3 => {
                 storage.fail_syncs_after(after);
@@ -2791,6 +2843,18 @@ impl Sim {
                 storage.fail_writes_after(after, errno);
                 self.stats.disk_write_faults += 1;
                 format!("fails every write with {name} after {after} more")
+            }
+            7 => {
+                // A volatile write cache that ignores flushes: every sync
+                // "succeeds", nothing more becomes durable, and the power
+                // fails a little later (the lie matters only then).
+                let after = self.kind_rng.below(4);
+                storage.lie_on_syncs_after(after);
+                self.stats.disk_lies += 1;
+                let cycle = self.cfg.session.partner_timeout_ms + self.cfg.lease.lease_ms;
+                let d = self.kind_rng.range(cycle / 4, 3 * cycle) * 1000;
+                self.at(self.now + d, Ev::PowerLoss { node: n });
+                format!("lies about every sync after {after} more; power fails in {} ms", d / 1000)
             }
             _ => {
                 // A full disk: no file can be created or renamed (the next
@@ -3061,6 +3125,14 @@ impl Sim {
                 if self.nodes[node].up && self.nodes[node].inc == inc {
                     self.nodes[node].was_principal = false;
                     self.start_mirror(node);
+                }
+            }
+            Ev::PowerLoss { node } => {
+                if !self.healing && self.nodes[node].up {
+                    self.note(format!("fault: {}'s power fails", NAMES[node]));
+                    self.crash(node);
+                    let d = self.kind_rng.range(20, 500) * 1000;
+                    self.at(self.now + d, Ev::Restart { node });
                 }
             }
             Ev::Restart { node } => {
