@@ -88,7 +88,10 @@ impl<S: Storage> ReplaceDir for S {
 
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), (String, io::Error)> {
         let tmp = format!("{name}.tmp");
-        if self.list().is_ok_and(|names| names.iter().any(|n| *n == tmp)) {
+        if self
+            .list()
+            .is_ok_and(|names| names.iter().any(|n| *n == tmp))
+        {
             self.remove(&tmp)
                 .map_err(|e| (format!("removing {}", self.describe(&tmp)), e))?;
         }
@@ -96,8 +99,12 @@ impl<S: Storage> ReplaceDir for S {
             .map_err(|e| (format!("writing {}", self.describe(&tmp)), e))?;
         self.rename(&tmp, name)
             .map_err(|e| (format!("replacing {}", self.describe(name)), e))?;
-        self.sync_dir()
-            .map_err(|e| (format!("syncing the directory of {}", self.describe(name)), e))
+        self.sync_dir().map_err(|e| {
+            (
+                format!("syncing the directory of {}", self.describe(name)),
+                e,
+            )
+        })
     }
 
     fn describe(&self, name: &str) -> String {

@@ -43,7 +43,9 @@ fn frames(log: &Log<SimStorage>) -> Frames {
 
 fn modes(seed: u64) -> Vec<CrashMode> {
     let mut m = vec![CrashMode::SyncedOnly, CrashMode::Everything];
-    m.extend((0..6).map(|i| CrashMode::RandomPages { seed: seed * 101 + i }));
+    m.extend((0..6).map(|i| CrashMode::RandomPages {
+        seed: seed * 101 + i,
+    }));
     m
 }
 
@@ -98,13 +100,20 @@ fn disk_faults_a_failed_write_poisons_the_log_and_nothing_unsynced_is_acknowledg
         let required = written.clone();
         sim.fail_writes_after(0, code);
         let err = log.append(1, &batch(9, 300)).unwrap_err();
-        assert_eq!(errno(&err), Some(code), "the error carries the errno: {err}");
+        assert_eq!(
+            errno(&err),
+            Some(code),
+            "the error carries the errno: {err}"
+        );
         assert!(
             err.to_string().contains("writing batch"),
             "the error says what failed: {err}"
         );
         assert!(log.poisoned().is_some(), "a failed write poisons the log");
-        assert!(matches!(log.append(1, &batch(10, 10)), Err(AppendError::Poisoned(_))));
+        assert!(matches!(
+            log.append(1, &batch(10, 10)),
+            Err(AppendError::Poisoned(_))
+        ));
         assert!(matches!(log.sync(), Err(SyncError::Poisoned(_))));
         assert_eq!(log.hardened_lsn(), hardened, "nothing more is hardened");
         assert_eq!(sim.fault_counts().failed_writes, 1);
@@ -112,7 +121,10 @@ fn disk_faults_a_failed_write_poisons_the_log_and_nothing_unsynced_is_acknowledg
             let image = sim.crash_image(sim.ops(), mode);
             let (rec, _) = Log::open_with(image, opts()).expect("the image recovers");
             check_image(&frames(&rec), &written, &required, &format!("{mode:?}"));
-            assert!(rec.append(1, &batch(11, 50)).is_ok(), "a sound disk takes writes again");
+            assert!(
+                rec.append(1, &batch(11, 50)).is_ok(),
+                "a sound disk takes writes again"
+            );
         }
     }
 }
@@ -131,7 +143,10 @@ fn disk_faults_random_write_failures_never_lose_a_batch_whose_sync_succeeded() {
         // failed write may have been its last, the padding), never acknowledged.
         let mut failed_at = None;
         for i in 0..60u64 {
-            match log.append(1 + i / 20, &batch(seed * 1000 + i, 100 + (i as usize * 37) % 900)) {
+            match log.append(
+                1 + i / 20,
+                &batch(seed * 1000 + i, 100 + (i as usize * 37) % 900),
+            ) {
                 Ok(p) => {
                     let f: Frames = frames(&log)
                         .into_iter()
@@ -162,7 +177,10 @@ fn disk_faults_random_write_failures_never_lose_a_batch_whose_sync_succeeded() {
         }
         if log.poisoned().is_some() {
             failures += 1;
-            assert!(log.sync().is_err(), "seed {seed}: a poisoned log hardens nothing");
+            assert!(
+                log.sync().is_err(),
+                "seed {seed}: a poisoned log hardens nothing"
+            );
         }
         for mode in modes(seed) {
             let image = sim.crash_image(sim.ops(), mode);
@@ -177,7 +195,10 @@ fn disk_faults_random_write_failures_never_lose_a_batch_whose_sync_succeeded() {
             check_image(&got, &written, &required, &format!("seed {seed} {mode:?}"));
         }
     }
-    assert!(failures > 10, "the fault fired in only {failures} of 40 seeds");
+    assert!(
+        failures > 10,
+        "the fault fired in only {failures} of 40 seeds"
+    );
 }
 
 #[test]
@@ -206,7 +227,10 @@ fn disk_faults_enospc_creating_the_next_segment_refuses_the_batch_and_loses_noth
     assert!(sim.fault_counts().failed_creates >= 1);
     // Refused before the new file existed: the log is intact and, once
     // there is space again, takes the batch.
-    assert!(log.poisoned().is_none(), "a refused create is a clean refusal");
+    assert!(
+        log.poisoned().is_none(),
+        "a refused create is a clean refusal"
+    );
     assert_eq!(log.hardened_lsn(), log.written_lsn());
     sim.heal();
     let p = log.append(1, &batch(99, 700)).expect("space is back");
@@ -229,10 +253,15 @@ fn disk_faults_a_lying_sync_leaves_a_consistent_prefix_or_a_named_corruption() {
         let mut written = Frames::new();
         let mut hardened_batches = Frames::new();
         for i in 0..24u64 {
-            let p = log.append(1, &batch(seed * 100 + i, 200 + (i as usize * 53) % 700)).unwrap();
+            let p = log
+                .append(1, &batch(seed * 100 + i, 200 + (i as usize * 53) % 700))
+                .unwrap();
             written.extend(frames(&log).into_iter().filter(|(l, _)| *l == p.lsn_start));
             if i % 2 == 1 {
-                assert_eq!(log.sync().expect("a lying sync reports success"), log.written_lsn());
+                assert_eq!(
+                    log.sync().expect("a lying sync reports success"),
+                    log.written_lsn()
+                );
                 hardened_batches = written.clone();
             }
         }
@@ -243,7 +272,12 @@ fn disk_faults_a_lying_sync_leaves_a_consistent_prefix_or_a_named_corruption() {
                 Ok((rec, _)) => {
                     let got = frames(&rec);
                     // Consistent: only whole batches written at their LSN.
-                    check_image(&got, &written, &Frames::new(), &format!("seed {seed} {mode:?}"));
+                    check_image(
+                        &got,
+                        &written,
+                        &Frames::new(),
+                        &format!("seed {seed} {mode:?}"),
+                    );
                     if hardened_batches.keys().any(|l| !got.contains_key(l)) {
                         lost += 1;
                     }
@@ -348,7 +382,10 @@ fn disk_faults_the_epoch_history_on_simulated_storage_survives_crashes_and_fault
     assert!(sim.list().unwrap().iter().any(|n| n == "EPOCHS.tmp"));
     sim.heal();
     h.begin(3, 900).expect("space is back");
-    assert_eq!(EpochHistory::load_from(sim.clone()).unwrap().last_epoch(), 3);
+    assert_eq!(
+        EpochHistory::load_from(sim.clone()).unwrap().last_epoch(),
+        3
+    );
 
     // A failed read (open) is an error naming the file, not an empty history.
     sim.fail_opens_after(0, EIO);
@@ -361,7 +398,10 @@ fn disk_faults_the_epoch_history_on_simulated_storage_survives_crashes_and_fault
     let (mut old, mut new, mut damaged) = (0, 0, 0);
     sim.lie_on_syncs_after(0);
     h.begin(4, 1000).expect("a lying disk reports success");
-    for mode in modes(11).into_iter().chain((0..30).map(|s| CrashMode::RandomPages { seed: s })) {
+    for mode in modes(11)
+        .into_iter()
+        .chain((0..30).map(|s| CrashMode::RandomPages { seed: s }))
+    {
         match EpochHistory::load_from(sim.crash_image(sim.ops(), mode)) {
             Ok(g) if g.entries() == [(1, 0), (2, 500), (3, 900)] => old += 1,
             Ok(g) if g.entries() == [(1, 0), (2, 500), (3, 900), (4, 1000)] => new += 1,
@@ -370,7 +410,10 @@ fn disk_faults_the_epoch_history_on_simulated_storage_survives_crashes_and_fault
             Err(e) => panic!("{mode:?}: {e}"),
         }
     }
-    assert!(old > 0 && new > 0 && damaged > 0, "{old} old, {new} new, {damaged} damaged");
+    assert!(
+        old > 0 && new > 0 && damaged > 0,
+        "{old} old, {new} new, {damaged} damaged"
+    );
 }
 
 /// Found by the simulator (seed 131 with failed creates): a mirror's

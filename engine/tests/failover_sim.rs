@@ -65,34 +65,61 @@
 //!   mirror starts as mirror. A granted mirror starts as principal of the
 //!   granted epoch on its log, synced first (`Mirror::into_principal`),
 //!   beginning the epoch in its history.
-//! * Epoch histories (`replication::history::EpochHistory`) are kept in
-//!   memory with the same `begin` rule; they are durable, so they survive
-//!   crashes.
-//! * Disk faults: `SimStorage::fail_syncs_after(k)` (k ≤ 3) on a node's
-//!   log storage, so from then on every sync of it fails with EIO (a
-//!   batch's msync, the sync sealing a full segment inside an append, the
-//!   syncs of a truncation or a reseed's reset), and the real `Log`
-//!   poisons itself. The glue, as the node has it (nothing in `node::*`
-//!   reacts to a poisoned log): the principal's `GroupCommit` refuses new
-//!   commits (`CommitError::Poisoned`), fails the batch whose append
-//!   failed, and `Ticket::outcome` checks the level before the failure,
-//!   so a waiting commit stays acknowledged only if hardened before the
-//!   poisoning and covered, every other one fails; the principal keeps its
-//!   lease keeper and its mirror session. The mirror's runner ends the
-//!   session with the error (append, sync, truncate, reset), its status
+//! * Epoch histories are the real `replication::history::EpochHistory`,
+//!   kept in the file `EPOCHS` on the node's `SimStorage` beside its log
+//!   (`EpochHistory::load_from`, the same replace-by-rename protocol as
+//!   `durable::replace_file`), so crash images hold them, a crash reloads
+//!   them, and the disk faults below reach them.
+//! * Disk faults, on a node's storage (log and `EPOCHS`), until that
+//!   node's next crash image (a sound disk), one of (by a stream of their
+//!   own): half the time `SimStorage::fail_syncs_after(k)` (k ≤ 3), from
+//!   then on every sync fails with EIO (a batch's msync, the sync sealing
+//!   a full segment inside an append, the syncs of a truncation or a
+//!   reseed's reset); a quarter `fail_writes_after(k, EIO or ENOSPC)`
+//!   (k < 16), every write fails (a batch's frame, a hint); an eighth
+//!   `fail_creates_after(k, ENOSPC)` (k ≤ 1), a full disk: no file can be
+//!   created or renamed (the next segment, a truncation's rewrite,
+//!   `EPOCHS.tmp`); an eighth a lying disk (below). A failed sync or
+//!   write poisons the real `Log`; a refused create before the new
+//!   segment exists fails that append cleanly (the log unpoisoned), and
+//!   one after it poisons. The glue, as the node has it (nothing in
+//!   `node::*` reacts to a poisoned log): the principal's `GroupCommit`
+//!   refuses new commits once the log is poisoned
+//!   (`CommitError::Poisoned`), fails the batch whose append failed, and
+//!   `Ticket::outcome` checks the level before the failure, so a waiting
+//!   commit stays acknowledged only if hardened before the poisoning and
+//!   covered, every other one fails; the principal keeps its lease keeper
+//!   and its mirror session. The mirror's runner ends the session with
+//!   the error (append, sync, truncate, reset, and a failed `EPOCHS`
+//!   write: beginning an epoch, adopting a reseed's history), its status
 //!   SYNCHRONIZED or not as it was, and every later session ends the same
-//!   way. A granted mirror whose hand-over sync fails (`Principal::open`,
-//!   so `into_principal` errs and the embedder's switch fails: the node
-//!   serves nothing) is modelled as a process that exits. The operator
-//!   restarts a poisoned node 50 ms to two cycles after the glue first
-//!   met the failure: a crash image (what of the unsynced tail reached
-//!   the disk is chance, as after a failed fsync) and a start 20–500 ms
-//!   later, on a sound disk; a node that exited on a failed promotion
-//!   restarts as the mirror it was and finds its grant by settling with
-//!   the witness. Not
-//!   modelled: faults of the epoch history file (in memory here), failed
-//!   writes and reads (`SimStorage` injects failed syncs only), and data
-//!   a sync reported durable going missing.
+//!   way. A node whose start as principal fails (a granted mirror's
+//!   hand-over sync in `Principal::open`, so `into_principal` errs and the
+//!   embedder's switch fails; or the `EPOCHS` write beginning its epoch)
+//!   serves nothing: modelled as a process that exits. The operator
+//!   restarts a node whose disk failed 50 ms to two cycles after the glue
+//!   first met the failure: a crash image (what of the unsynced tail
+//!   reached the disk is chance, as after a failed fsync) and a start
+//!   20–500 ms later, on a sound disk; a node that exited on a failed
+//!   promotion restarts as the mirror it was and finds its grant by
+//!   settling with the witness.
+//! * Lying disks (`SimStorage::lie_on_syncs_after(k)`, k ≤ 3: every sync,
+//!   directory sync and create's data sync reports success and makes
+//!   nothing durable, as a volatile write cache that ignores flushes),
+//!   followed by a power failure of that node a quarter cycle to three
+//!   cycles later (the lie matters only at a crash) and a restart. The
+//!   node cannot see the lie; its recovery may (the durable-LSN hint says
+//!   more was durable than the checksums find, a segment or `EPOCHS`
+//!   whose creation "synced" holds no valid header or checksum): the
+//!   node refuses to start, and the operator does what the error says,
+//!   restores it from its partner (a copy of the partner's durable disk,
+//!   started as a mirror) and forces service on the partner if nobody
+//!   serves (the restored node may have been an exposed principal).
+//!   Otherwise it starts on a shorter log, as if the lost tail had never
+//!   been written. Read faults: a log reads its files through the
+//!   mapping, which cannot fail, so the simulator injects none; a page
+//!   that reads back wrong is `SimStorage::flip_bit`, which
+//!   `tests/disk_faults.rs` covers (recovery's checksums catch it).
 //!
 //! The world: per-node clocks whose rates drift within `[1 − ρ, 1 + ρ]`
 //! with arbitrary offsets; message delays well below the partner timeout;
@@ -107,7 +134,7 @@
 //! restarts of all three, clock rate changes, safety full/off phases,
 //! per-commit levels, forced service asked by an "operator" at random,
 //! and (for 40% of the seeds, from their own random stream) disk faults
-//! on the principal's or the mirror's log, one every 4 to 16 cycles.
+//! on the principal's or the mirror's storage, one every 4 to 16 cycles.
 //! Clients commit to either partner (a stale principal gets clients too).
 //! Then every fault heals and the world quiesces.
 //!
@@ -119,7 +146,20 @@
 //!    none beyond its log's hardened LSN (which a failed sync does not
 //!    advance: a commit whose batch's sync failed is never acknowledged).
 //! 2. An acknowledged commit is lost (not byte for byte at its LSN in the
-//!    final principal's log) only if forced service was granted after it.
+//!    final principal's log) only if forced service was granted after it,
+//!    or a node's disk was lying when it was acknowledged, that node
+//!    acknowledged commits as principal while it lied, and then lost power
+//!    (counted, `lost_to_lies`). The safety argument
+//!    assumes that a sync which reports success made the data durable; a
+//!    lie can be detected only where a checksum, the durable-LSN hint or
+//!    the partner's copy shows it. A lie on the mirror alone is covered:
+//!    the principal holds every commit and reships what the mirror lost.
+//!    A lie on the principal is not, even in safety full: the liar comes
+//!    back with a shorter log, claims the next epoch, and its history cuts
+//!    the mirror's copy of commits acknowledged on both
+//!    (`regression_seed_101_*`, ignored: the mirror had applied them, which
+//!    no honest history without forced service cuts, so the partner's copy
+//!    could show the lie; the glue does not look yet).
 //! 3. An acknowledged commit lost to forced service on a mirror that was
 //!    following the principal it replaced (it accepted that principal's
 //!    `start`) ends above the LSN the mirror had hardened when the witness
@@ -145,7 +185,9 @@
 //! MIRRORLOG_FAILOVER_TRACE=1 prints every notable event as it happens,
 //! MIRRORLOG_FAILOVER_KNOBS=restore=1 turns the operator's forced service
 //! on, `reclaim=1` the operator's restart of a failed promotion as
-//! principal, `disk=0` the disk faults off (see `knobs()`); to explore, MIRRORLOG_FAILOVER_FIRST_SEED=<s> starts
+//! principal, `disk=0` the disk faults off, `every_disk_fault=0` failed
+//! syncs only, `lies=0` no tolerance for a lying disk's losses (see
+//! `knobs()`); to explore, MIRRORLOG_FAILOVER_FIRST_SEED=<s> starts
 //! elsewhere, MIRRORLOG_FAILOVER_KEEP_GOING=1 runs every seed and lists
 //! the failing ones, MIRRORLOG_FAILOVER_SAY=1 names the seeds that needed
 //! the operator (and those with a reseed without forced service).
@@ -156,8 +198,8 @@ use mirrorlog_engine::commit::Level;
 use mirrorlog_engine::log::frame::decode_header;
 use mirrorlog_engine::log::sim::{CrashMode, FaultCounts, SimStorage, EIO, ENOSPC};
 use mirrorlog_engine::log::{Compression, Log, LogOptions, RecordsBuf};
-use mirrorlog_engine::replication::history::EpochHistory;
 use mirrorlog_engine::replication::catchup::{plan_catch_up, CatchUpError, PrincipalLog};
+use mirrorlog_engine::replication::history::EpochHistory;
 use mirrorlog_engine::replication::session::{
     MirrorCommand, MirrorProgress, MirrorSession, MirroringState, PrincipalCommand,
     PrincipalSession, SessionConfig,
@@ -1289,7 +1331,10 @@ impl Sim {
 
     fn claim_step(&mut self, n: usize) {
         let now = self.lns(n);
-        let last = self.nodes[n].history.last_epoch().max(self.nodes[n].log.last_epoch());
+        let last = self.nodes[n]
+            .history
+            .last_epoch()
+            .max(self.nodes[n].log.last_epoch());
         let Role::Claiming(c) = &mut self.nodes[n].role else {
             return;
         };
@@ -2692,9 +2737,9 @@ impl Sim {
                 self.stats.lie_detected += 1;
                 let other = &self.nodes[1 - n].storage;
                 let copy = other.crash_image(other.ops(), CrashMode::SyncedOnly);
-                let restored = Log::open_with(copy.clone(), opts()).ok().and_then(|(log, _)| {
-                    Some((log, EpochHistory::load_from(copy.clone()).ok()?))
-                });
+                let restored = Log::open_with(copy.clone(), opts())
+                    .ok()
+                    .and_then(|(log, _)| Some((log, EpochHistory::load_from(copy.clone()).ok()?)));
                 let Some((log, history)) = restored else {
                     self.fail(format!(
                         "{}: its disk lied ({e}) and its partner's disk cannot be copied",
@@ -2714,7 +2759,10 @@ impl Sim {
                 ));
                 self.at(self.now, Ev::OperatorForce { node: 1 - n });
             }
-            Err(e) => self.fail(format!("{}: a crashed node does not recover: {e}", NAMES[n])),
+            Err(e) => self.fail(format!(
+                "{}: a crashed node does not recover: {e}",
+                NAMES[n]
+            )),
         }
     }
 
@@ -2901,7 +2949,10 @@ impl Sim {
                 let cycle = self.cfg.session.partner_timeout_ms + self.cfg.lease.lease_ms;
                 let d = self.kind_rng.range(cycle / 4, 3 * cycle) * 1000;
                 self.at(self.now + d, Ev::PowerLoss { node: n });
-                format!("lies about every sync after {after} more; power fails in {} ms", d / 1000)
+                format!(
+                    "lies about every sync after {after} more; power fails in {} ms",
+                    d / 1000
+                )
             }
             _ => {
                 // A full disk: no file can be created or renamed (the next
@@ -2985,10 +3036,7 @@ impl Sim {
         if !self.nodes[n].disk_failed {
             return;
         }
-        self.note(format!(
-            "operator: restarts {} (its disk failed)",
-            NAMES[n]
-        ));
+        self.note(format!("operator: restarts {} (its disk failed)", NAMES[n]));
         self.crash(n);
         let d = self.disk_rng.range(20, 500) * 1000;
         self.at(self.now + d, Ev::OperatorRestart { node: n });
@@ -3360,15 +3408,22 @@ impl Sim {
             if final_log.get(&a.start) == Some(&&a.frame) {
                 continue;
             }
-            // A disk that lied when the commit was acknowledged, on either
-            // node, and then lost power, may have lost it: nothing on that
-            // node could tell, and the glue has no rule that prefers the
-            // partner's copy (see the module documentation).
+            // A disk that lied when the commit was acknowledged and then
+            // lost power may have lost it, if that node served as
+            // principal while it lied: nothing on it could tell, and the
+            // glue has no rule that prefers the partner's copy (see the
+            // module documentation). A liar that was only ever mirror
+            // while it lied is no excuse: the principal has the commit.
+            let liar_served = |l: usize, from: u64, to: u64| {
+                self.acks
+                    .iter()
+                    .any(|b| b.node == l && from <= b.t && b.t <= to)
+            };
             if self.cfg.knobs.lies_tolerated
                 && self
                     .lie_crashes
                     .iter()
-                    .any(|&(_, from, to)| from <= a.t && a.t <= to)
+                    .any(|&(l, from, to)| from <= a.t && a.t <= to && liar_served(l, from, to))
             {
                 self.stats.lost_to_lies += 1;
                 continue;

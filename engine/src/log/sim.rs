@@ -97,7 +97,8 @@ impl Trigger {
             self.left -= 1;
             return false;
         }
-        self.per_million >= 1_000_000 || splitmix(&mut self.rng) % 1_000_000 < self.per_million as u64
+        self.per_million >= 1_000_000
+            || splitmix(&mut self.rng) % 1_000_000 < self.per_million as u64
     }
 }
 
