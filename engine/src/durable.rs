@@ -90,7 +90,7 @@ impl<S: Storage> ReplaceDir for S {
         let tmp = format!("{name}.tmp");
         if self
             .list()
-            .is_ok_and(|names| names.iter().any(|n| *n == tmp))
+            .is_ok_and(|names| names.contains(&tmp))
         {
             self.remove(&tmp)
                 .map_err(|e| (format!("removing {}", self.describe(&tmp)), e))?;
