@@ -88,10 +88,7 @@ impl<S: Storage> ReplaceDir for S {
 
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), (String, io::Error)> {
         let tmp = format!("{name}.tmp");
-        if self
-            .list()
-            .is_ok_and(|names| names.contains(&tmp))
-        {
+        if self.list().is_ok_and(|names| names.contains(&tmp)) {
             self.remove(&tmp)
                 .map_err(|e| (format!("removing {}", self.describe(&tmp)), e))?;
         }
