@@ -888,6 +888,12 @@ impl<S: Storage> Log<S> {
         // (and their bytes) alive.
         self.truncations.fetch_add(1, Ordering::AcqRel);
         self.written.store(lsn, Ordering::Release);
+        // The hardened LSN follows at once: if a step below fails, the
+        // poisoned log must still hold `hardened <= written` (everything
+        // below the cut was synced above, so `lsn` is truthful). A cut that
+        // left it above the written LSN broke every later user of the pair
+        // (a mirror session's progress, found by the simulator).
+        self.hardened.fetch_min(lsn, Ordering::AcqRel);
         let before = last_batch_in(&segments[..idx]);
         let last_epoch = last_epoch.or(before.map(|(e, _)| e)).unwrap_or(0);
         // Cutting at the very start of a segment that follows padding empties
