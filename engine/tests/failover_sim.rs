@@ -2216,7 +2216,7 @@ impl Sim {
                 if m.force == Force::Asked {
                     m.force = Force::Refused;
                 }
-                let (s, first) = MirrorSession::new(cfg, nowms, last_epoch, progress);
+                let (s, first) = MirrorSession::new(cfg, nowms, last_epoch, progress, 0);
                 m.sessions += 1;
                 let note = format!(
                     "{}: connected to the principal of epoch {principal_epoch} (force {:?})",

@@ -23,6 +23,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
         Just(RefuseCode::Protocol),
         Just(RefuseCode::LogPurged),
         Just(RefuseCode::Other),
+        Just(RefuseCode::HandOver),
+        Just(RefuseCode::CommitsLost),
     ];
     prop_oneof![
         (

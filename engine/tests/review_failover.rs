@@ -379,6 +379,7 @@ fn regression_rewinding_start_acks_stale_applied_and_applies_uncommitted_frames(
             hardened: 8192,
             applied: 8192,
         },
+        0,
     );
     let Some(MirrorCommand::Send(pos)) = first.into_iter().next() else {
         panic!("no position")

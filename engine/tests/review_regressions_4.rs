@@ -61,6 +61,7 @@ fn regression_unsynced_tail_at_start_is_never_synced() {
             hardened: 0,
             applied: 0,
         },
+        0,
     );
     let mut to_p: Vec<Message> = Vec::new();
     let mut to_m: Vec<Message> = Vec::new();
@@ -136,6 +137,7 @@ fn regression_truncated_start_leaves_unsynced_prefix_forever() {
             hardened: 1024,
             applied: 0,
         },
+        0,
     );
     let mut all = m.on_message(
         1,
@@ -268,7 +270,7 @@ fn regression_resume_reports_synchronized_with_a_send_queue() {
 /// decoder rejects an end LSN that overflows).
 #[test]
 fn regression_ship_base_lsn_near_max_is_refused() {
-    let (mut m, _) = MirrorSession::new(cfg(), 0, 0, MirrorProgress::default());
+    let (mut m, _) = MirrorSession::new(cfg(), 0, 0, MirrorProgress::default(), 0);
     m.on_message(
         0,
         Message::Start {
@@ -310,7 +312,7 @@ fn regression_start_truncate_respects_applied() {
         hardened: 8192,
         applied: 4096,
     };
-    let (mut m, _) = MirrorSession::new(cfg(), 0, 1, prog);
+    let (mut m, _) = MirrorSession::new(cfg(), 0, 1, prog, 0);
     let out = m.on_message(
         1,
         Message::Start {
@@ -326,7 +328,7 @@ fn regression_start_truncate_respects_applied() {
         matches!((rewind, cut), (Some(r), Some(c)) if r < c),
         "{out:?}"
     );
-    let (mut m, _) = MirrorSession::new(cfg(), 0, 1, prog);
+    let (mut m, _) = MirrorSession::new(cfg(), 0, 1, prog, 0);
     let out = m.on_message(
         1,
         Message::Start {
@@ -346,7 +348,7 @@ fn regression_start_truncate_respects_applied() {
     );
     // Cut and resume at different places, or beyond the local end: refused.
     for (from, t) in [(6144, 4096), (9000, 9000)] {
-        let (mut m, _) = MirrorSession::new(cfg(), 0, 1, prog);
+        let (mut m, _) = MirrorSession::new(cfg(), 0, 1, prog, 0);
         let out = m.on_message(
             1,
             Message::Start {
@@ -374,6 +376,7 @@ fn regression_hostile_values_are_bounded() {
             hardened: 2048,
             applied: 0,
         },
+        0,
     );
     m.on_message(
         0,

@@ -93,6 +93,10 @@ struct World {
     /// network or middlebox; TCP itself never does it): the sessions may
     /// close it, and the world then reconnects, as nodes do.
     faulted: bool,
+    /// The mirror machine crashed since the last session began: its
+    /// process is new and its commit floor starts again at 0 (as
+    /// `node::mirror::connect_loop` keeps it, in memory).
+    mirror_restarted: bool,
 }
 
 impl World {
@@ -116,7 +120,15 @@ impl World {
             hardened: self.m_log.hardened_lsn(),
             applied: self.applied,
         };
-        let (m, first) = MirrorSession::new(self.cfg, self.now, self.m_log.last_epoch(), progress);
+        // The mirror's process goes on: the floor it was told carries over
+        // (with honest disks no principal ever cuts below it).
+        let floor = if std::mem::take(&mut self.mirror_restarted) {
+            0
+        } else {
+            self.m.commit_floor()
+        };
+        let (m, first) =
+            MirrorSession::new(self.cfg, self.now, self.m_log.last_epoch(), progress, floor);
         self.m = m;
         self.apply_limit = self.applied;
         self.run_mirror(first);
@@ -155,6 +167,7 @@ impl World {
         let (log, _) = Log::open_with(self.m_storage.clone(), opts()).expect("mirror recovers");
         self.m_log = log;
         self.applied = 0;
+        self.mirror_restarted = true;
         self.reconnect();
     }
 
@@ -220,6 +233,12 @@ impl World {
     fn run_mirror(&mut self, cmds: Vec<MirrorCommand>) {
         for c in cmds {
             match c {
+                // Disks here are honest: no principal may cut below what
+                // it told the mirror was committed.
+                MirrorCommand::Send(Message::Refuse {
+                    code: RefuseCode::CommitsLost,
+                    reason,
+                }) => panic!("an honest principal was refused for lost commits: {reason}"),
                 MirrorCommand::Send(m) => self.to_principal.push_back(m),
                 MirrorCommand::Close { reason } => self.closed = Some(format!("mirror: {reason}")),
                 io => self.mirror_io.push_back(io),
@@ -393,7 +412,7 @@ fn connect(
         hardened: m_log.hardened_lsn(),
         applied: 0,
     };
-    let (m, first) = MirrorSession::new(cfg, 0, m_epoch, progress);
+    let (m, first) = MirrorSession::new(cfg, 0, m_epoch, progress, 0);
     let mut w = World {
         p_storage,
         m_storage,
@@ -415,6 +434,7 @@ fn connect(
         acked: Default::default(),
         acked_to: 0,
         cfg,
+        mirror_restarted: false,
     };
     w.run_mirror(first);
     w
@@ -638,7 +658,7 @@ fn out_of_order_acks_silence_and_stray_messages_close_the_session() {
         .any(|c| matches!(c, PrincipalCommand::Close { reason } if reason.contains("silent"))));
     assert_eq!(p.state(), MirroringState::Disconnected);
     // A mirror sent a ship: not its message to send.
-    let (mut m, _) = MirrorSession::new(cfg, 0, 0, MirrorProgress::default());
+    let (mut m, _) = MirrorSession::new(cfg, 0, 0, MirrorProgress::default(), 0);
     let out = m.on_message(
         0,
         Message::Ship {
@@ -693,7 +713,7 @@ fn regression_seed_3994_a_reordered_ship_after_segment_padding_left_a_hole() {
 #[test]
 fn a_ship_that_does_not_follow_the_mirrors_log_is_refused() {
     let cfg = SessionConfig::default();
-    let (mut m, _) = MirrorSession::new(cfg, 0, 1, MirrorProgress::default());
+    let (mut m, _) = MirrorSession::new(cfg, 0, 1, MirrorProgress::default(), 0);
     let out = m.on_message(
         0,
         Message::Start {

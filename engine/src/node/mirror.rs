@@ -296,6 +296,10 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
     let mut fallback_logged = false;
     let mut last_said = String::new();
     let mut promote = Promoter::new(sh);
+    // The highest commit LSN a principal told this mirror, over all its
+    // sessions (`MirrorSession::new`): in memory only, so a new start (and
+    // a deposed principal that rejoins as mirror) begins at 0.
+    let mut commit_floor = 0u64;
     while !sh.stop.load(Ordering::Acquire) {
         if promote.uncertain {
             if let Some(p) = promote.settle(sh, &history) {
@@ -361,6 +365,7 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 &sh.applier,
                 Some(&mut history),
                 sh.cfg.session,
+                &mut commit_floor,
                 &mut || sh.stop.load(Ordering::Acquire),
                 &sh.session,
             );

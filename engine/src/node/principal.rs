@@ -659,6 +659,7 @@ fn sender_loop(sh: &Shared, rx: mpsc::Receiver<Box<dyn Conn>>) {
     crate::affinity::pin_current(sh.cfg.sender_core);
     let log = &sh.cfg.logger;
     let mut next: Option<Box<dyn Conn>> = None;
+    let mut repeats = SessionRepeats::default();
     while !sh.stop.load(Ordering::Acquire) {
         let mut conn = match next.take() {
             Some(c) => c,
@@ -669,10 +670,24 @@ fn sender_loop(sh: &Shared, rx: mpsc::Receiver<Box<dyn Conn>>) {
             },
         };
         let path = conn.path();
-        log.line(&format!(
-            "mirrorlog[principal]: mirror attached over {path}"
-        ));
-        let preempt = || -> bool {
+        // A mirror that keeps refusing (or being refused) reconnects every
+        // second or so: such quick sessions are said once, then summarised;
+        // one that lasts is said once it lasted.
+        let mut attach_said = !repeats.quiet();
+        if attach_said {
+            log.line(&format!(
+                "mirrorlog[principal]: mirror attached over {path}"
+            ));
+        }
+        let began = Instant::now();
+        let mut preempt = || -> bool {
+            if !attach_said && began.elapsed() >= REPEAT_SESSION_MAX {
+                attach_said = true;
+                log.line(&format!(
+                    "mirrorlog[principal]: mirror attached over {path} (after {})",
+                    repeats.summary()
+                ));
+            }
             if sh.stop.load(Ordering::Acquire) {
                 return true;
             }
@@ -684,7 +699,6 @@ fn sender_loop(sh: &Shared, rx: mpsc::Receiver<Box<dyn Conn>>) {
                 Err(_) => false,
             }
         };
-        let mut preempt = preempt;
         let why = serve_principal(
             conn.as_mut(),
             &sh.gc,
@@ -693,9 +707,83 @@ fn sender_loop(sh: &Shared, rx: mpsc::Receiver<Box<dyn Conn>>) {
             &mut preempt,
             &sh.session,
         );
-        log.line(&format!(
-            "mirrorlog[principal]: mirror session ended: {why}"
-        ));
+        if let Some(line) = repeats.ended(&why, began.elapsed(), Instant::now()) {
+            log.line(&format!("mirrorlog[principal]: {line}"));
+        }
+    }
+}
+
+/// Quick sessions that end the same way again and again (a mirror that
+/// refuses this principal's log, say): the first is said, the repeats
+/// are counted and said once a `REPEATS_SAID_EVERY`, with the count.
+#[derive(Default)]
+struct SessionRepeats {
+    /// The reason the last quick session ended with, how many times in a
+    /// row it did (after the first), how many of those are unsaid, and
+    /// when the last line about it went out.
+    last: Option<Repeat>,
+}
+
+struct Repeat {
+    why: String,
+    streak: u64,
+    unsaid: u64,
+    said: Instant,
+}
+
+/// A session that lasted less than this and ended as the one before it is
+/// a repeat.
+const REPEAT_SESSION_MAX: Duration = Duration::from_secs(1);
+const REPEATS_SAID_EVERY: Duration = Duration::from_secs(60);
+
+impl SessionRepeats {
+    /// Quick sessions repeat: the next one's attachment goes unsaid
+    /// unless it lasts.
+    fn quiet(&self) -> bool {
+        self.last.as_ref().is_some_and(|r| r.streak > 0)
+    }
+
+    /// What the repeats were, for the line of a session that lasted.
+    fn summary(&self) -> String {
+        match &self.last {
+            Some(r) => format!("{} quick sessions that ended: {}", r.streak + 1, r.why),
+            None => "nothing".into(),
+        }
+    }
+
+    /// A session ended after `lasted`: the line to log, if any.
+    fn ended(&mut self, why: &str, lasted: Duration, now: Instant) -> Option<String> {
+        let quick = lasted < REPEAT_SESSION_MAX;
+        if let Some(r) = self.last.as_mut().filter(|r| quick && r.why == why) {
+            r.streak += 1;
+            r.unsaid += 1;
+            let since = now.duration_since(r.said);
+            if since < REPEATS_SAID_EVERY {
+                return None;
+            }
+            let line = format!(
+                "mirror session ended {} more times in {:.0} s: {why}",
+                r.unsaid,
+                since.as_secs_f64()
+            );
+            r.unsaid = 0;
+            r.said = now;
+            return Some(line);
+        }
+        let line = match self.last.take() {
+            Some(r) if r.unsaid > 0 => format!(
+                "mirror session ended: {why} (before it, {} more ended: {})",
+                r.unsaid, r.why
+            ),
+            _ => format!("mirror session ended: {why}"),
+        };
+        self.last = quick.then(|| Repeat {
+            why: why.to_string(),
+            streak: 0,
+            unsaid: 0,
+            said: now,
+        });
+        Some(line)
     }
 }
 
@@ -1017,5 +1105,50 @@ fn lease_keeper(sh: &Shared) {
             .map(|ns| ns / 1_000_000);
         drop(v);
         lapse(lease_end_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_refusing_every_second_is_said_once_a_minute_not_every_time() {
+        let mut r = SessionRepeats::default();
+        let t0 = Instant::now();
+        let quick = Duration::from_millis(20);
+        let why = "the mirror refused: the principal's log leaves this mirror's at LSN 5";
+        assert!(!r.quiet());
+        assert_eq!(
+            r.ended(why, quick, t0).as_deref(),
+            Some(format!("mirror session ended: {why}").as_str())
+        );
+        // The second attachment is still said; from then on, quiet.
+        assert!(!r.quiet());
+        let lines: Vec<String> = (1..=120u64)
+            .filter_map(|s| r.ended(why, quick, t0 + Duration::from_secs(s)))
+            .collect();
+        assert!(r.quiet());
+        assert_eq!(
+            lines,
+            vec![
+                format!("mirror session ended 60 more times in 60 s: {why}"),
+                format!("mirror session ended 60 more times in 60 s: {why}"),
+            ]
+        );
+        // Something else ends it: said at once, with the unsaid repeats.
+        r.ended(why, quick, t0 + Duration::from_secs(121));
+        let line = r
+            .ended(
+                "stopped",
+                Duration::from_secs(30),
+                t0 + Duration::from_secs(160),
+            )
+            .expect("a new reason is said");
+        assert_eq!(
+            line,
+            format!("mirror session ended: stopped (before it, 1 more ended: {why})")
+        );
+        assert!(!r.quiet());
     }
 }

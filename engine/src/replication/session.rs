@@ -498,23 +498,50 @@ pub struct MirrorSession {
     principal_written: Option<u64>,
     /// A reseed in progress: its LSN, total and received bytes.
     snapshot: Option<(u64, u64, u64)>,
+    /// The last batch's epoch in the local log when the session began.
+    last_epoch: u64,
+    /// The highest commit LSN a principal told this mirror process (in
+    /// this session or an earlier one), never above what this log had
+    /// hardened when it was told. See [`MirrorSession::new`].
+    commit_floor: u64,
 }
 
 impl MirrorSession {
     /// A session whose handshake just completed: sends the position of the
     /// local log (epoch of its last batch, 0 if none).
+    ///
+    /// `commit_floor` is [`MirrorSession::commit_floor`] of the previous
+    /// session of this mirror process (0 for its first, and for a node
+    /// that was principal before: only what a principal *told* this
+    /// process counts). A commit LSN a principal tells its mirror is
+    /// hardened on both; with honest disks, while this process lives and
+    /// stays mirror, the only nodes that can be principal are that one
+    /// (which keeps it) and this one, so no principal ever asks it to cut
+    /// below the floor. One that does lost acknowledged commits (a disk
+    /// that lied about fsync, a restored or damaged log): the session
+    /// refuses (`RefuseCode::CommitsLost`) and the log is kept.
     pub fn new(
         cfg: SessionConfig,
         now_ms: u64,
         last_epoch: u64,
         progress: MirrorProgress,
+        commit_floor: u64,
     ) -> (MirrorSession, Vec<MirrorCommand>) {
         assert!(progress.hardened <= progress.received && progress.applied <= progress.hardened);
+        // Nothing cuts this log below the floor while it lives: not a
+        // truncation (refused below it), not a reseed (likewise).
+        assert!(
+            commit_floor <= progress.hardened,
+            "commit floor {commit_floor} above the hardened LSN {}",
+            progress.hardened
+        );
         let s = MirrorSession {
             cfg,
             phase: Phase::AwaitPosition,
             expected: progress.received,
             progress,
+            last_epoch,
+            commit_floor,
             commit_lsn: progress.applied,
             sync_in_flight: false,
             principal_written: None,
@@ -537,6 +564,34 @@ impl MirrorSession {
 
     pub fn commit_lsn(&self) -> u64 {
         self.commit_lsn
+    }
+
+    /// The highest commit LSN a principal told this mirror process (the
+    /// floor given to `new`, raised by every `ship` and `heartbeat`),
+    /// capped at what this log had hardened then: the next session's
+    /// `commit_floor`.
+    pub fn commit_floor(&self) -> u64 {
+        self.commit_floor
+    }
+
+    /// A principal told `commit_lsn`: hardened on both, so on this side at
+    /// most what this log hardened (an honest principal never tells more:
+    /// its commit LSN is the minimum with this mirror's acknowledged
+    /// hardened LSN).
+    fn told_commit(&mut self, commit_lsn: u64) {
+        self.commit_lsn = self.commit_lsn.max(commit_lsn);
+        self.commit_floor = self
+            .commit_floor
+            .max(commit_lsn.min(self.progress.hardened));
+    }
+
+    /// The reason of a refusal to go below the commit floor: `what` the
+    /// principal asked, and what that proves.
+    fn commits_lost(&self, what: &str) -> String {
+        format!(
+            "{what}, though it reported LSN {} committed (hardened on both) to this mirror: it lost commits it had acknowledged (a disk that lied about fsync, or a restored or damaged log). This mirror keeps its log. To go on, stop that node, make this one principal (`mirrorlog force-service` on it), then start the other again: it rejoins as this one's mirror",
+            self.commit_floor
+        )
     }
 
     /// The state as far as the mirror can tell: SYNCHRONIZED once it has
@@ -629,6 +684,13 @@ impl MirrorSession {
                         );
                         return out;
                     }
+                    if t < self.commit_floor {
+                        let reason = self.commits_lost(&format!(
+                            "the principal's log leaves this mirror's at LSN {t} (its catch-up plan cuts there)"
+                        ));
+                        self.close(&mut out, RefuseCode::CommitsLost, reason);
+                        return out;
+                    }
                     rewinding = t < self.progress.applied;
                     if rewinding {
                         // The state machine goes back first (to a
@@ -713,7 +775,7 @@ impl MirrorSession {
                     return out;
                 }
                 self.expected = header.end_lsn();
-                self.commit_lsn = self.commit_lsn.max(commit_lsn);
+                self.told_commit(commit_lsn);
                 out.push(MirrorCommand::Append(frame));
             }
             (
@@ -724,7 +786,7 @@ impl MirrorSession {
                 },
             ) => {
                 self.principal_written = Some(written_lsn);
-                self.commit_lsn = self.commit_lsn.max(commit_lsn);
+                self.told_commit(commit_lsn);
                 out.push(self.apply_limit());
                 out.push(self.ack(now_ms));
             }
@@ -747,6 +809,35 @@ impl MirrorSession {
                         RefuseCode::Protocol,
                         "snapshot-begin carries a history that is not ordered".into(),
                     );
+                    return out;
+                }
+                // A reseed empties this log and restarts it at `lsn`. An
+                // honest principal reseeds a mirror that was told commits
+                // only when its log was purged, and then from a snapshot
+                // at or beyond its own log's start, which is beyond where
+                // this mirror resumes, itself at or beyond the floor. Its
+                // other reason, a last epoch here that its history lacks,
+                // cannot hold either: once this process was told a commit
+                // it had accepted a `start` planned with that epoch in the
+                // principal's history (or got later batches from it), and
+                // a history only grows. Either says it lost commits.
+                let unknown =
+                    self.last_epoch != 0 && !history.iter().any(|&(e, _)| e == self.last_epoch);
+                let why = if lsn < self.commit_floor {
+                    Some(format!(
+                        "the principal reseeds this mirror from a snapshot at LSN {lsn}"
+                    ))
+                } else if unknown && self.commit_floor > 0 {
+                    Some(format!(
+                        "the principal's history lacks epoch {}, of this mirror's last batch, which it held when this mirror followed it (it asks for a reseed)",
+                        self.last_epoch
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    let reason = self.commits_lost(&why);
+                    self.close(&mut out, RefuseCode::CommitsLost, reason);
                     return out;
                 }
                 out.push(MirrorCommand::SnapshotBegin {
@@ -913,5 +1004,181 @@ impl MirrorSession {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> SessionConfig {
+        SessionConfig::default()
+    }
+
+    /// A mirror whose log (last epoch 1) is hardened and applied to 8192,
+    /// told commits up to `floor` by an earlier session of its process.
+    fn mirror(floor: u64) -> MirrorSession {
+        let progress = MirrorProgress {
+            received: 8192,
+            hardened: 8192,
+            applied: 8192,
+        };
+        MirrorSession::new(cfg(), 0, 1, progress, floor).0
+    }
+
+    fn start(t: u64) -> Message {
+        Message::Start {
+            epoch: 2,
+            from_lsn: t,
+            truncate_to: Some(t),
+        }
+    }
+
+    fn refusal(out: &[MirrorCommand]) -> Option<String> {
+        let refused = out.iter().find_map(|c| match c {
+            MirrorCommand::Send(Message::Refuse {
+                code: RefuseCode::CommitsLost,
+                reason,
+            }) => Some(reason.clone()),
+            _ => None,
+        });
+        let touched = out.iter().any(|c| {
+            matches!(
+                c,
+                MirrorCommand::Truncate(_)
+                    | MirrorCommand::Rewind(_)
+                    | MirrorCommand::SnapshotBegin { .. }
+            )
+        });
+        assert!(
+            refused.is_none() || !touched,
+            "a refusal touched the log or the state: {out:?}"
+        );
+        let closed = out.iter().any(
+            |c| matches!(c, MirrorCommand::Close { reason } if Some(reason) == refused.as_ref()),
+        );
+        assert_eq!(
+            refused.is_some(),
+            closed,
+            "a refusal closes with its reason: {out:?}"
+        );
+        refused
+    }
+
+    #[test]
+    fn mirror_a_cut_below_the_commit_it_was_told_is_refused_and_the_log_kept() {
+        let mut m = mirror(6144);
+        let out = m.on_message(1, start(4096));
+        let why = refusal(&out).expect("refused");
+        assert!(
+            why.contains("LSN 4096") && why.contains("LSN 6144"),
+            "{why}"
+        );
+        assert!(
+            why.contains("lost commits") && why.contains("force-service"),
+            "{why}"
+        );
+        assert_eq!(m.state(), MirroringState::Disconnected);
+        assert_eq!(m.progress().received, 8192, "nothing cut");
+        assert_eq!(
+            m.commit_floor(),
+            6144,
+            "the floor stays for the next session"
+        );
+    }
+
+    #[test]
+    fn mirror_a_cut_at_or_above_the_commit_floor_truncates_as_before() {
+        for t in [6144, 7168] {
+            let mut m = mirror(6144);
+            let out = m.on_message(1, start(t));
+            assert!(out.contains(&MirrorCommand::Truncate(t)), "{out:?}");
+            assert!(out.contains(&MirrorCommand::Rewind(t)), "{out:?}");
+            assert_eq!(refusal(&out), None);
+            assert_eq!(m.commit_floor(), 6144);
+        }
+        // A fresh mirror process (floor 0) takes any cut.
+        let mut m = mirror(0);
+        assert!(m
+            .on_message(1, start(0))
+            .contains(&MirrorCommand::Truncate(0)));
+    }
+
+    #[test]
+    fn mirror_the_commit_floor_rises_with_what_it_is_told_capped_at_its_hardened_log() {
+        let mut m = mirror(0);
+        m.on_message(
+            1,
+            Message::Start {
+                epoch: 1,
+                from_lsn: 8192,
+                truncate_to: None,
+            },
+        );
+        m.on_message(
+            2,
+            Message::Heartbeat {
+                commit_lsn: 4096,
+                written_lsn: 8192,
+            },
+        );
+        assert_eq!(m.commit_floor(), 4096);
+        // A commit LSN beyond what this log hardened is not this mirror's
+        // to vouch for.
+        m.on_message(
+            3,
+            Message::Heartbeat {
+                commit_lsn: 20_000,
+                written_lsn: 20_000,
+            },
+        );
+        assert_eq!(m.commit_floor(), 8192);
+        // Nor does an older one lower it.
+        m.on_message(
+            4,
+            Message::Heartbeat {
+                commit_lsn: 100,
+                written_lsn: 8192,
+            },
+        );
+        assert_eq!(m.commit_floor(), 8192);
+    }
+
+    #[test]
+    fn mirror_a_reseed_below_the_floor_or_of_a_lost_epoch_is_refused() {
+        let begin = |lsn: u64, history: Vec<(u64, u64)>| Message::SnapshotBegin {
+            lsn,
+            segment_end: 16384,
+            total_bytes: 10,
+            crc32c: 0,
+            history,
+        };
+        // Below the floor.
+        let mut m = mirror(6144);
+        let why = refusal(&m.on_message(1, begin(4096, vec![(1, 0), (3, 4096)]))).expect("refused");
+        assert!(
+            why.contains("snapshot at LSN 4096") && why.contains("LSN 6144"),
+            "{why}"
+        );
+        // At or above it, but the principal lost the epoch of this log's
+        // last batch (1).
+        let mut m = mirror(6144);
+        let why =
+            refusal(&m.on_message(1, begin(12288, vec![(2, 0), (3, 4096)]))).expect("refused");
+        assert!(why.contains("lacks epoch 1"), "{why}");
+        // The honest reseed: a purged log, from a snapshot beyond this
+        // log's end, with the epoch known.
+        let mut m = mirror(6144);
+        let out = m.on_message(1, begin(12288, vec![(1, 0), (3, 10_000)]));
+        assert_eq!(refusal(&out), None);
+        assert!(
+            matches!(out[0], MirrorCommand::SnapshotBegin { lsn: 12288, .. }),
+            "{out:?}"
+        );
+        // A fresh mirror process takes an unknown-epoch reseed (its last
+        // epoch may be its own, from when it was principal).
+        let mut m = mirror(0);
+        let out = m.on_message(1, begin(0, vec![(2, 0)]));
+        assert_eq!(refusal(&out), None);
     }
 }

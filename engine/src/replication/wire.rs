@@ -102,6 +102,10 @@ pub enum RefuseCode {
     /// commits, the mirror has hardened all of its log, and the mirror is
     /// to take over.
     HandOver = 9,
+    /// The mirror refuses a cut (or a reseed) below the highest commit LSN
+    /// a principal told it: the principal lost commits it acknowledged
+    /// (see `MirrorSession::new`). The mirror keeps its log.
+    CommitsLost = 10,
 }
 
 impl RefuseCode {
@@ -115,6 +119,7 @@ impl RefuseCode {
             6 => RefuseCode::Protocol,
             7 => RefuseCode::LogPurged,
             9 => RefuseCode::HandOver,
+            10 => RefuseCode::CommitsLost,
             // Unknown codes from a newer peer still carry their reason text.
             _ => RefuseCode::Other,
         }

@@ -723,25 +723,33 @@ pub fn run_mirror<S: Storage, A: Applier>(
     ) {
         return e;
     }
+    // One session: no principal told this one anything before it.
+    let mut commit_floor = 0;
     serve_mirror(
         conn,
         log,
         applier,
         history,
         cfg,
+        &mut commit_floor,
         &mut || stop.load(Ordering::Acquire),
         status,
     )
 }
 
 /// The mirror's session on an authenticated connection, until it closes
-/// or `stop()` says so.
+/// or `stop()` says so. `commit_floor` is the highest commit LSN a
+/// principal told this mirror process, kept by the caller across its
+/// sessions (0 before the first; see `MirrorSession::new`): the session
+/// starts from it and leaves it raised to what it was told.
+#[allow(clippy::too_many_arguments)]
 pub fn serve_mirror<S: Storage, A: Applier>(
     conn: &mut dyn Conn,
     log: &Arc<Log<S>>,
     applier: &ApplierThread<A>,
     history: Option<&mut EpochHistory>,
     cfg: SessionConfig,
+    commit_floor: &mut u64,
     stop: &mut dyn FnMut() -> bool,
     status: &SessionStatus,
 ) -> String {
@@ -758,7 +766,7 @@ pub fn serve_mirror<S: Storage, A: Applier>(
         hardened: log.hardened_lsn(),
         applied: applier.applied_lsn().min(log.hardened_lsn()),
     };
-    let (session, first) = MirrorSession::new(cfg, 0, log.last_epoch(), progress);
+    let (session, first) = MirrorSession::new(cfg, 0, log.last_epoch(), progress, *commit_floor);
     let mut run = MirrorRun {
         log,
         applier,
@@ -842,6 +850,7 @@ pub fn serve_mirror<S: Storage, A: Applier>(
         }
     })();
     applier.set_watcher(None);
+    *commit_floor = run.session.commit_floor();
     let reason = result.err().unwrap_or_default();
     status.update(|s| {
         s.connected = false;
