@@ -204,7 +204,7 @@ use mirrorlog_engine::replication::session::{
     MirrorCommand, MirrorProgress, MirrorSession, MirroringState, PrincipalCommand,
     PrincipalSession, SessionConfig,
 };
-use mirrorlog_engine::replication::wire::Message;
+use mirrorlog_engine::replication::wire::{Message, RefuseCode};
 use mirrorlog_engine::witness::{LeaseClock, LeaseConfig, PromoteReply, RenewReply, WitnessCore};
 
 // ---------------------------------------------------------------------------
@@ -420,6 +420,11 @@ enum Ev {
     OperatorForce {
         node: usize,
     },
+    /// The operator acts on a mirror's refusal of a cut below its commit
+    /// floor (`Sim::operator_commits_lost`).
+    OperatorCommitsLost {
+        honest: usize,
+    },
     WitnessRestart,
     Heal {
         links: Vec<usize>,
@@ -565,6 +570,10 @@ struct Mir {
     snapshot: Option<Incoming>,
     /// The epoch of the principal whose `start` this mirror last accepted.
     started_epoch: Option<u64>,
+    /// `connect_loop`'s commit floor: the highest commit LSN a principal
+    /// told this mirror process, handed from each session to the next
+    /// (`MirrorSession::commit_floor`); a new mirror starts at 0.
+    commit_floor: u64,
 }
 
 /// A snapshot being received: its LSN, the end of its first segment and
@@ -762,6 +771,19 @@ struct Stats {
     /// Acknowledged commits lost after a lying disk lost them (see
     /// `Sim::final_checks`).
     lost_to_lies: u64,
+    /// Sessions a mirror refused because the principal asked it to cut
+    /// (or reseed) below its commit floor (`RefuseCode::CommitsLost`: the
+    /// principal lost acknowledged commits), and the operator's actions on
+    /// them (`Sim::operator_commits_lost`).
+    commits_lost_refusals: u64,
+    commits_lost_episodes: u64,
+    /// Acknowledged commits a mirror held hardened when it refused that
+    /// were lost all the same (its process restarted before the operator
+    /// made it principal, say, so its floor was gone).
+    refused_then_lost: u64,
+    /// Acknowledged commits lost to the forced service that answered such
+    /// a refusal: all the liar's, acknowledged while it lied or after.
+    lost_to_liars_cut: u64,
     /// Failures the glue met that left the log unpoisoned (a refused
     /// create: the batch, the history write or the session fails).
     clean_refusals: u64,
@@ -808,6 +830,10 @@ impl Stats {
         self.lie_crashes += o.lie_crashes;
         self.lie_detected += o.lie_detected;
         self.lost_to_lies += o.lost_to_lies;
+        self.commits_lost_refusals += o.commits_lost_refusals;
+        self.commits_lost_episodes += o.commits_lost_episodes;
+        self.refused_then_lost += o.refused_then_lost;
+        self.lost_to_liars_cut += o.lost_to_liars_cut;
         self.clean_refusals += o.clean_refusals;
         self.poisoned_principals += o.poisoned_principals;
         self.poisoned_mirrors += o.poisoned_mirrors;
@@ -875,6 +901,17 @@ struct Sim {
     /// Crashes of a node whose disk had lied: the node, when the lie
     /// began and when the node crashed.
     lie_crashes: Vec<(usize, u64, u64)>,
+    /// A node the operator keeps stopped (`Sim::operator_commits_lost`).
+    held_down: [bool; 2],
+    /// The operator is acting on a refusal for lost commits (the node
+    /// that refused).
+    commits_lost_episode: Option<usize>,
+    /// At each refusal for lost commits: when, and the acknowledged
+    /// commits the refusing mirror then held hardened (LSN and frame).
+    refused_holdings: Vec<(u64, Vec<(u64, Vec<u8>)>)>,
+    /// The grants (index in `grants`) that made a refusing mirror serve,
+    /// with the node that lost commits and when its disk began to lie.
+    commits_lost_grants: Vec<(usize, usize, u64)>,
     stats: Stats,
     trace: VecDeque<String>,
     trace_all: bool,
@@ -993,6 +1030,10 @@ impl Sim {
             acks: Vec::new(),
             lie_started: [None; 2],
             lie_crashes: Vec::new(),
+            held_down: [false; 2],
+            commits_lost_episode: None,
+            refused_holdings: Vec::new(),
+            commits_lost_grants: Vec::new(),
             stats: Stats {
                 seeds: 1,
                 ..Stats::default()
@@ -1519,6 +1560,7 @@ impl Sim {
             uncertain: true,
             snapshot: None,
             started_epoch: None,
+            commit_floor: 0,
         }));
         self.note(format!(
             "{}: mirror (log {}, last epoch {}, history {:?})",
@@ -2126,6 +2168,8 @@ impl Sim {
         let m = self.mir(n).expect("mirror");
         let Some(s) = m.sess.take() else { return };
         m.snapshot = None;
+        // `serve_mirror` hands the floor back to `connect_loop`.
+        m.commit_floor = s.s.commit_floor();
         m.ended_sync = s.last_state == MirroringState::Synchronized;
         let ended_sync = m.ended_sync;
         self.send(s.conn, n, PMsg::Eof);
@@ -2216,7 +2260,8 @@ impl Sim {
                 if m.force == Force::Asked {
                     m.force = Force::Refused;
                 }
-                let (s, first) = MirrorSession::new(cfg, nowms, last_epoch, progress, 0);
+                let (s, first) =
+                    MirrorSession::new(cfg, nowms, last_epoch, progress, m.commit_floor);
                 m.sessions += 1;
                 let note = format!(
                     "{}: connected to the principal of epoch {principal_epoch} (force {:?})",
@@ -2284,7 +2329,17 @@ impl Sim {
                 return;
             }
             match c {
-                MirrorCommand::Send(msg) => self.send(conn, n, PMsg::Msg(msg)),
+                MirrorCommand::Send(msg) => {
+                    if let Message::Refuse {
+                        code: RefuseCode::CommitsLost,
+                        reason,
+                    } = &msg
+                    {
+                        let reason = reason.clone();
+                        self.commits_lost_refused(n, &reason);
+                    }
+                    self.send(conn, n, PMsg::Msg(msg));
+                }
                 MirrorCommand::Rewind(t) => {
                     let before = self.nodes[n].applied;
                     self.note(format!(
@@ -2767,7 +2822,7 @@ impl Sim {
     }
 
     fn restart(&mut self, n: usize) {
-        if self.nodes[n].up {
+        if self.nodes[n].up || self.held_down[n] {
             return;
         }
         self.nodes[n].up = true;
@@ -3024,6 +3079,102 @@ impl Sim {
         self.at(self.now + 200_000, Ev::OperatorForce { node: n });
     }
 
+    /// The mirror `n` refused its principal's cut (or reseed) below its
+    /// commit floor (`RefuseCode::CommitsLost`): that principal lost
+    /// commits it had acknowledged. With honest disks this never happens
+    /// (the session's safety argument), so the principal must be a node
+    /// whose disk lied and lost power. The first refusal of an episode
+    /// records what `n` then held and calls the operator.
+    fn commits_lost_refused(&mut self, n: usize, reason: &str) {
+        self.stats.commits_lost_refusals += 1;
+        self.note(format!(
+            "{}: refuses its principal's catch-up: {reason}",
+            NAMES[n]
+        ));
+        if !self.lie_crashes.iter().any(|&(l, _, _)| l == 1 - n) {
+            self.fail(format!(
+                "{} refused {} for lost commits, but {} never lost power while its disk lied: {reason}",
+                NAMES[n],
+                NAMES[1 - n],
+                NAMES[1 - n]
+            ));
+        }
+        if self.commits_lost_episode.is_some() {
+            return;
+        }
+        self.commits_lost_episode = Some(n);
+        self.stats.commits_lost_episodes += 1;
+        if std::env::var("MIRRORLOG_FAILOVER_SAY").is_ok() {
+            eprintln!(
+                "seed {}: {} refused a cut below its commit floor",
+                self.seed, NAMES[n]
+            );
+        }
+        let log = &self.nodes[n].log;
+        let hardened = log.hardened_lsn();
+        let mine: BTreeMap<u64, Vec<u8>> = frames(log).into_iter().collect();
+        let held = self
+            .acks
+            .iter()
+            .filter(|a| a.end <= hardened && mine.get(&a.start) == Some(&a.frame))
+            .map(|a| (a.start, a.frame.clone()))
+            .collect();
+        self.refused_holdings.push((self.now, held));
+        let cycle = self.cfg.session.partner_timeout_ms + self.cfg.lease.lease_ms;
+        let d = self.rng.range(50, cycle) * 1000;
+        self.at(self.now + d, Ev::OperatorCommitsLost { honest: n });
+    }
+
+    /// The operator does what the refusal says (as after a lie that
+    /// recovery detects, it makes the node with the good copy serve):
+    /// stops the other node, the principal that lost commits, and keeps
+    /// it stopped (the witness grants forced service only once its lease
+    /// is over); asks forced service on `honest`, every 200 ms until it
+    /// serves; then starts the other again: it claims, is refused (the
+    /// witness names `honest`), rejoins as mirror and is cut where its
+    /// history leaves the new principal's. What that loses is what it
+    /// alone had: commits it acknowledged while its disk lied (which
+    /// `honest` lacks) or after it came back shorter.
+    fn operator_commits_lost(&mut self, honest: usize) {
+        let liar = 1 - honest;
+        if matches!(&self.nodes[honest].role, Role::Principal(p) if !p.deposed) {
+            self.held_down[liar] = false;
+            self.commits_lost_episode = None;
+            let grant = self.grants.iter().rposition(|g| g.node == honest);
+            let lie = self.lie_crashes.iter().rev().find(|&&(l, _, _)| l == liar);
+            if let (Some(g), Some(&(_, from, _))) = (grant, lie) {
+                self.commits_lost_grants.push((g, liar, from));
+            }
+            self.note(format!(
+                "operator: {} serves; starts {} again, to rejoin as its mirror",
+                NAMES[honest], NAMES[liar]
+            ));
+            self.restart(liar);
+            return;
+        }
+        if self.nodes[liar].up {
+            self.note(format!(
+                "operator: stops {}, whose log lost commits it had acknowledged ({} refused its cut)",
+                NAMES[liar], NAMES[honest]
+            ));
+            self.crash(liar);
+        }
+        self.held_down[liar] = true;
+        let cycle = self.cfg.session.partner_timeout_ms + self.cfg.lease.lease_ms;
+        let now = self.lns(honest);
+        if let Some(m) = self.mir(honest) {
+            if m.sess.is_none() && m.force != Force::Asked {
+                m.force = Force::Asked;
+                m.force_deadline_ns = now + 3.0 * cycle as f64 * NS_PER_MS;
+                self.note(format!(
+                    "operator: forced service on {} (it refused a cut below its commit floor)",
+                    NAMES[honest]
+                ));
+            }
+        }
+        self.at(self.now + 200_000, Ev::OperatorCommitsLost { honest });
+    }
+
     /// The operator restarts a node whose log is poisoned: the process
     /// stops (a crash image: what reached the disk of the unsynced tail is
     /// left to chance, as after a failed fsync) and starts again a little
@@ -3255,6 +3406,7 @@ impl Sim {
                 }
             }
             Ev::OperatorForce { node } => self.operator_force(node),
+            Ev::OperatorCommitsLost { honest } => self.operator_commits_lost(honest),
             Ev::Restart { node } => {
                 if !self.healing {
                     self.restart(node);
@@ -3404,6 +3556,14 @@ impl Sim {
             ));
         }
         let final_log: BTreeMap<u64, &Vec<u8>> = pf.iter().map(|(l, f)| (*l, f)).collect();
+        // What a mirror held when it refused a cut below its commit floor.
+        let held: std::collections::BTreeSet<&(u64, Vec<u8>)> =
+            self.refused_holdings.iter().flat_map(|(_, h)| h).collect();
+        for (lsn, frame) in held {
+            if final_log.get(lsn) != Some(&frame) {
+                self.stats.refused_then_lost += 1;
+            }
+        }
         for a in &self.acks {
             if final_log.get(&a.start) == Some(&&a.frame) {
                 continue;
@@ -3431,12 +3591,12 @@ impl Sim {
             // The forced grant whose node lacked it lost it; or the commit
             // was beyond what a forced node had hardened (it may have held
             // it unsynced, then crashed). Anything else breaks invariant 2.
-            let g = match a.lost_at {
-                Some(i) => &self.grants[i],
+            let gi = match a.lost_at {
+                Some(i) => i,
                 None => match self
                     .grants
                     .iter()
-                    .find(|g| g.kind == GrantKind::Forced && g.t > a.t && a.end > g.hardened)
+                    .position(|g| g.kind == GrantKind::Forced && g.t > a.t && a.end > g.hardened)
                 {
                     Some(g) => g,
                     None => self.fail(format!(
@@ -3452,6 +3612,30 @@ impl Sim {
                     )),
                 },
             };
+            let g = &self.grants[gi];
+            // The forced service that answered a refusal for lost commits
+            // loses only what the node that lost them alone had: commits
+            // it acknowledged while its disk lied or after it came back
+            // shorter (everything it acknowledged before the lie was
+            // durable there, so below where its log now ends, which the
+            // refusing mirror holds byte for byte).
+            if let Some(&(_, liar, from)) =
+                self.commits_lost_grants.iter().find(|&&(i, _, _)| i == gi)
+            {
+                if a.node != liar || a.t < from {
+                    self.fail(format!(
+                        "acknowledged commit lost to the forced service that answered a refusal for lost commits, but not one {} acknowledged while its disk lied (from {} ms) or after: {} epoch {} LSN {}..{} at {} ms; the grant: {g:?}",
+                        NAMES[liar],
+                        from / 1000,
+                        NAMES[a.node],
+                        a.epoch,
+                        a.start,
+                        a.end,
+                        a.t / 1000,
+                    ));
+                }
+                self.stats.lost_to_liars_cut += 1;
+            }
             if !g.followed {
                 // The forced node's log is not a prefix of the replaced
                 // principal's: it may hold another history at these LSNs.
@@ -3851,25 +4035,34 @@ fn regression_a_whole_millisecond_witness_clock_grants_before_the_old_lease_ends
 /// commits (hardened on `a` too), loses power, recovers a shorter log
 /// (83040; nothing on `b` can tell: its hint was lost with the data),
 /// claims epoch 5 and is granted it; `a` rejoins, and the principal's
-/// history makes it cut its log from 92160 to 83040: commits acknowledged
-/// with both copies hardened are gone, though `a` held them. The partner's
-/// copy could show the lie: `a` had *applied* up to the commit LSN `b`
-/// published, above the cut, and without forced service no honest history
-/// ever cuts a mirror below what it applied. Ignored until the glue uses
-/// that (e.g. the principal refuses to serve a mirror whose applied LSN
-/// is beyond its own log in a common epoch unless its grant was forced;
-/// the mirror refuses such a cut). The default run tolerates the loss
-/// (`Knobs::lies_tolerated`).
+/// history made it cut its log from 92160 to 83040: commits acknowledged
+/// with both copies hardened were gone, though `a` held them. Now `a`'s
+/// process remembers the highest commit LSN `b` told it (its commit
+/// floor, 92160), which no honest principal ever asks it to cut below:
+/// it refuses the cut (`RefuseCode::CommitsLost`) and keeps its log; the
+/// operator does what the refusal says (stops `b`, forces service on
+/// `a`, starts `b` again, which rejoins as `a`'s mirror and is reseeded),
+/// and what is lost is only what `b` acknowledged while its disk lied or
+/// after (`Sim::final_checks` checks exactly that for this grant), not a
+/// commit `a` held: with lies not tolerated, the seed passes.
 #[test]
-#[ignore = "open: a lying principal's shorter log wins over its mirror's copy"]
-fn regression_seed_101_a_lying_principal_comes_back_shorter_and_its_mirror_is_cut() {
-    run_seed_with(
+fn regression_seed_101_a_lying_principal_comes_back_shorter_and_its_mirror_refuses_the_cut() {
+    let s = run_seed_with(
         101,
         Knobs {
             lies_tolerated: false,
             ..Knobs::default_run()
         },
     );
+    assert!(
+        s.commits_lost_refusals > 0 && s.commits_lost_episodes == 1,
+        "a did not refuse the cut below its commit floor: {s:?}"
+    );
+    assert_eq!(
+        s.refused_then_lost, 0,
+        "a commit a held hardened when it refused was lost: {s:?}"
+    );
+    assert!(s.lost_to_liars_cut > 0, "b lost nothing it acknowledged while lying: {s:?}");
 }
 
 // ---------------------------------------------------------------------------
