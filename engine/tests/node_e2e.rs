@@ -449,3 +449,125 @@ fn regression_an_unauthenticated_peer_cannot_announce_a_huge_message() {
         t.elapsed()
     );
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// Starts a principal on `dir` at `addr`, waiting for the old one's port.
+fn principal_at(dir: &Path, addr: SocketAddr, lines: &Arc<Mutex<Vec<String>>>) -> Principal {
+    loop {
+        match Principal::start(config(dir, TransportChoice::Blocking, lines), addr) {
+            Ok(p) => break p,
+            Err(e) if e.to_string().contains("in use") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Issue 14: a principal whose log comes back shorter than what it told
+/// its mirror was committed (here a restored copy of an older log; a disk
+/// that lied about fsync does the same) starts a new epoch and its
+/// catch-up plan asks the mirror to cut below that commit LSN. The mirror
+/// process remembers the highest commit LSN it was told (its commit
+/// floor, across sessions) and refuses: its log stays whole, its status
+/// says why at every reconnection (logged once), and the principal's
+/// status shows the refusal. Before, the mirror cut acknowledged commits.
+#[test]
+fn mirror_refuses_to_cut_below_the_commits_it_was_told_when_the_principal_comes_back_shorter() {
+    let (pd, md, old) = (tempdir("short-p"), tempdir("short-m"), tempdir("short-old"));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let t = TransportChoice::Blocking;
+    let p = Principal::start(config(&pd, t, &lines), any_port()).unwrap();
+    let addr = p.local_addr();
+    let m = Mirror::start(config(&md, t, &lines), addr, Kv::default(), None).unwrap();
+    wait_until("the mirror to attach", Duration::from_secs(10), || {
+        p.status().state == MirroringState::Synchronized
+    });
+    for i in 0..20u32 {
+        assert!(!p.commit_wait(&[&i.to_le_bytes()]).unwrap().exposed);
+    }
+    drop(p);
+    // The copy a restore will bring back: the log as it was then.
+    let old_end = frames(&pd).len();
+    copy_dir(&pd, &old);
+    let p = principal_at(&pd, addr, &lines);
+    wait_until("the mirror to reattach", Duration::from_secs(10), || {
+        p.status().state == MirroringState::Synchronized
+    });
+    let mut end = 0;
+    for i in 20..40u32 {
+        let c = p.commit_wait(&[&i.to_le_bytes()]).unwrap();
+        assert!(!c.exposed, "commit {i} acknowledged without the mirror");
+        end = c.lsn_end;
+    }
+    wait_until(
+        "the mirror to be told the commits",
+        Duration::from_secs(10),
+        || m.status().commit_lsn >= end,
+    );
+    let written = m.log().written_lsn();
+    drop(p);
+    wait_until("the mirror to notice", Duration::from_secs(10), || {
+        m.status().state == MirroringState::Disconnected
+    });
+    // The principal's node comes back on the old copy: shorter than the
+    // commits it acknowledged with both copies hardened.
+    std::fs::remove_dir_all(&pd).unwrap();
+    copy_dir(&old, &pd);
+    let short = Log::open(&pd, LogOptions::default())
+        .unwrap()
+        .0
+        .written_lsn();
+    assert!(short < end && frames(&pd).len() == old_end);
+    let p = principal_at(&pd, addr, &lines);
+    wait_until("the mirror to refuse", Duration::from_secs(10), || {
+        p.status().sessions >= 3
+            && m.status()
+                .last_error
+                .is_some_and(|e| e.contains("lost commits it had acknowledged"))
+    });
+    let why = m.status().last_error.unwrap();
+    assert!(
+        why.contains(&format!("LSN {short}")) && why.contains("force-service"),
+        "{why}"
+    );
+    assert!(
+        p.status()
+            .last_error
+            .is_some_and(|e| e.contains("the mirror refused") && e.contains("lost commits")),
+        "the principal's status does not show the refusal: {:?}",
+        p.status().last_error
+    );
+    assert_eq!(m.log().written_lsn(), written, "the mirror cut its log");
+    assert!(m.log().hardened_lsn() >= end);
+    // Said once on each side, not at every reconnection.
+    let said = |side: &str| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with(side) && l.contains("lost commits it had acknowledged"))
+            .count()
+    };
+    assert_eq!(said("mirrorlog[mirror]"), 1, "{:?}", lines.lock().unwrap());
+    assert_eq!(
+        said("mirrorlog[principal]"),
+        1,
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    drop(p);
+    drop(m);
+}
