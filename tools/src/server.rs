@@ -217,6 +217,9 @@ pub struct Server {
     spare_fd: Mutex<Option<std::fs::File>>,
     /// Rate-limited WARN lines (accept errors, output limits).
     warned: Mutex<HashMap<&'static str, (Option<Instant>, u64)>>,
+    /// TLS clients being refused (max clients reached) over TLS, so that
+    /// they can read why: bounded, as each costs a thread and a handshake.
+    refusing_tls: Arc<AtomicUsize>,
     /// Failed AUTH token buckets per source address.
     auth_fails: Mutex<HashMap<std::net::IpAddr, (f64, Instant)>>,
 }
@@ -259,6 +262,7 @@ impl Server {
             started: Instant::now(),
             spare_fd: Mutex::new(std::fs::File::open("/dev/null").ok()),
             warned: Mutex::new(HashMap::new()),
+            refusing_tls: Arc::new(AtomicUsize::new(0)),
             auth_fails: Mutex::new(HashMap::new()),
         })
     }
@@ -324,6 +328,67 @@ impl Server {
         }
         *spare = std::fs::File::open("/dev/null").ok();
         true
+    }
+
+    /// Refuses a client because `--max-clients` are connected. A TLS
+    /// client would read plaintext as a corrupt record, so it gets the
+    /// error over TLS after a short handshake, on a thread of its own;
+    /// at most `REFUSING_TLS_MAX` at a time (beyond, a flood of them is
+    /// closed at once: the error is a courtesy, not worth a thread each).
+    pub(crate) fn refuse_full(&self, mut stream: TcpStream, tls: bool) {
+        const REFUSING_TLS_MAX: usize = 4;
+        const REFUSAL: &[u8] = b"-ERR max number of clients reached\r\n";
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        let Some(config) = self.opts.tls.as_ref().filter(|_| tls) else {
+            let _ = stream.write_all(REFUSAL);
+            return;
+        };
+        let busy = self.refusing_tls.clone();
+        if busy.fetch_add(1, Ordering::AcqRel) >= REFUSING_TLS_MAX {
+            busy.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let config = config.clone();
+        let spawned = std::thread::Builder::new()
+            .name("refuse-tls".into())
+            .spawn(move || {
+                let refuse = || -> std::io::Result<()> {
+                    stream.set_nonblocking(false)?;
+                    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+                    stream.set_write_timeout(Some(Duration::from_millis(500)))?;
+                    let tls =
+                        rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+                    let mut s = crate::tls::TlsStream { tls, sock: stream };
+                    let never = AtomicBool::new(false);
+                    s.handshake(Instant::now() + Duration::from_secs(1), &never)?;
+                    s.write_all(REFUSAL)?;
+                    s.tls.send_close_notify();
+                    s.flush()?;
+                    // Closing with the client's first command unread would
+                    // reset the connection, and the reset can reach the
+                    // client before the error: end our side, then take
+                    // what it sends until it closes (a second at most).
+                    s.sock.shutdown(std::net::Shutdown::Write)?;
+                    let until = Instant::now() + Duration::from_secs(1);
+                    let mut sink = [0u8; 4096];
+                    while Instant::now() < until {
+                        match s.sock.read(&mut sink) {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                    Ok(())
+                };
+                let _ = refuse();
+                busy.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            self.refusing_tls.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn output_limit_reached(&self, bytes: usize, which: &str) {
@@ -548,9 +613,7 @@ impl Server {
                 continue;
             };
             if self.clients.load(Ordering::Acquire) >= self.opts.max_clients {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                let mut s = stream;
-                let _ = s.write_all(b"-ERR max number of clients reached\r\n");
+                self.refuse_full(stream, is_tls);
                 continue;
             }
             self.clients.fetch_add(1, Ordering::AcqRel);
