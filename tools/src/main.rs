@@ -160,7 +160,10 @@ fn main() -> ExitCode {
                     Ok(r) => {
                         tracing::info!(
                             "serving {} clients on {} (RESP; try redis-cli -p {}), partner {}",
-                            if o.principal { "principal" } else { "mirror" },
+                            // The role the node took, not the one asked
+                            // for: with a witness, a node started as
+                            // principal may have been demoted at start.
+                            r.server.status().role,
                             r.client_addr,
                             r.client_addr.port(),
                             r.partner_addr
