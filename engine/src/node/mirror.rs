@@ -348,6 +348,7 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 // The principal closes a connection that has not
                 // authenticated by then; waiting longer is pointless.
                 preauth_deadline(Duration::from_millis(sh.cfg.session.partner_timeout_ms)),
+                sh.cfg.log.segment_bytes as u64,
             ) {
                 Ok(epoch) => sh.principal_epoch.store(epoch, Ordering::Release),
                 Err(e) => return format!("handshake with the principal failed: {e}"),

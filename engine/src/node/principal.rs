@@ -640,6 +640,7 @@ fn handshake(
         sh.epoch,
         nonce,
         deadline,
+        sh.cfg.log.segment_bytes as u64,
     );
     match r {
         Ok(_) if !slot.evicted() => {
