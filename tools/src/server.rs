@@ -1462,14 +1462,18 @@ impl Server {
         let s = self.status_brief();
         match &*self.node() {
             Node::Principal(p) => {
-                let mirrors = if s.state == MirroringState::Disconnected {
-                    Vec::new()
-                } else {
-                    vec![Reply::Array(vec![
-                        Reply::bulk("mirror"),
-                        Reply::bulk(p.local_addr().port().to_string()),
-                        Reply::bulk(s.mirror.received.to_string()),
-                    ])]
+                // As Redis: [ip, port, offset] per replica. The port is the
+                // one the mirror's partner connection comes from (a mirror
+                // announces no port of its own).
+                let mirrors = match p.mirror_peer() {
+                    Some(peer) if s.state != MirroringState::Disconnected => {
+                        vec![Reply::Array(vec![
+                            Reply::bulk(peer.ip().to_string()),
+                            Reply::bulk(peer.port().to_string()),
+                            Reply::bulk(s.mirror.received.to_string()),
+                        ])]
+                    }
+                    _ => Vec::new(),
                 };
                 Reply::Array(vec![
                     Reply::bulk("master"),
@@ -1478,15 +1482,20 @@ impl Server {
                 ])
             }
             Node::Switching(why) => Reply::err(format!("TRYAGAIN role change in progress ({why})")),
-            Node::Mirror(_) => {
+            Node::Mirror(m) => {
+                // The principal's client address if known (what a Redis
+                // client would connect to), else its partner address.
                 let (host, port) = self
                     .principal_hint
                     .read()
                     .expect("hint")
                     .as_deref()
                     .and_then(|h| h.rsplit_once(':'))
-                    .map(|(h, p)| (h.to_string(), p.parse::<i64>().unwrap_or(0)))
-                    .unwrap_or_default();
+                    .and_then(|(h, p)| Some((h.to_string(), p.parse::<i64>().ok()?)))
+                    .unwrap_or_else(|| {
+                        let a = m.principal_addr();
+                        (a.ip().to_string(), i64::from(a.port()))
+                    });
                 Reply::Array(vec![
                     Reply::bulk("slave"),
                     Reply::bulk(host),
@@ -2058,6 +2067,23 @@ fn json_str(s: &str) -> String {
 
 /// The status snapshot as one JSON object (`MIRROR STATUS JSON`,
 /// `mirrorlog status --json`).
+/// The node's view of its witness, as `MIRROR STATUS JSON`'s `witness`.
+fn witness_json(w: &mirrorlog_engine::node::WitnessView) -> String {
+    let text = |v: &Option<String>| v.as_deref().map_or("null".to_string(), json_str);
+    format!(
+        "{{\"addr\":{},\"state\":{},\"contacted\":{},\"connected\":{},\"lease_left_ms\":{},\"exposed\":{},\"deposed\":{},\"failover\":{},\"last_error\":{}}}",
+        json_str(&w.addr),
+        json_str(w.state()),
+        w.contacted,
+        w.connected,
+        w.lease_left_ms.map_or("null".to_string(), |l| l.to_string()),
+        w.exposed,
+        text(&w.deposed),
+        text(&w.failover),
+        text(&w.last_error),
+    )
+}
+
 pub fn status_json(s: &Status) -> String {
     let opt = |d: Option<Duration>| {
         d.map_or("null".to_string(), |d| {
@@ -2080,7 +2106,7 @@ pub fn status_json(s: &Status) -> String {
         })
         .collect();
     format!(
-        "{{\"role\":{},\"state\":{},\"epoch\":{},\"written_lsn\":{},\"hardened_lsn\":{},\"commit_lsn\":{},\"mirror\":{{\"received_lsn\":{},\"hardened_lsn\":{},\"applied_lsn\":{}}},\"send_queue_bytes\":{},\"send_queue_age_ms\":{},\"redo_queue_bytes\":{},\"redo_queue_ms\":{},\"exposed\":{},\"commits_held\":{},\"transport\":{},\"zero_copy\":{},\"bytes_sent\":{},\"compression_ratio\":{:.3},\"sessions\":{},\"last_error\":{},\"preauth_rejected\":{},\"latency\":[{}]}}",
+        "{{\"role\":{},\"state\":{},\"epoch\":{},\"written_lsn\":{},\"hardened_lsn\":{},\"commit_lsn\":{},\"mirror\":{{\"received_lsn\":{},\"hardened_lsn\":{},\"applied_lsn\":{}}},\"send_queue_bytes\":{},\"send_queue_age_ms\":{},\"redo_queue_bytes\":{},\"redo_queue_ms\":{},\"exposed\":{},\"commits_held\":{},\"transport\":{},\"zero_copy\":{},\"bytes_sent\":{},\"compression_ratio\":{},\"sessions\":{},\"last_error\":{},\"preauth_rejected\":{},\"witness\":{},\"latency\":[{}]}}",
         json_str(&s.role.to_string()),
         json_str(&format!("{:?}", s.state).to_uppercase()),
         s.epoch,
@@ -2099,10 +2125,12 @@ pub fn status_json(s: &Status) -> String {
         s.transport.map_or("null".to_string(), |t| json_str(&t.to_string())),
         s.zero_copy,
         s.bytes_sent,
-        s.compression_ratio(),
+        s.compression_ratio()
+            .map_or("null".to_string(), |r| format!("{r:.3}")),
         s.sessions,
         s.last_error.as_deref().map_or("null".to_string(), json_str),
         s.preauth_rejected,
+        s.witness.as_ref().map_or("null".to_string(), witness_json),
         latency.join(",")
     )
 }

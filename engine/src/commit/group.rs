@@ -75,6 +75,10 @@ pub struct CommitStats {
     pub batches: u64,
     pub raw_bytes: u64,
     pub log_bytes: u64,
+    /// The batches' payloads as stored (after zstd; `log_bytes` less frame
+    /// headers, alignment and segment padding): `raw_bytes / stored_bytes`
+    /// is what compression achieved.
+    pub stored_bytes: u64,
     /// Next segments prepared in the background, and failures doing so
     /// (after a failure the rollover creates the file itself, and reports
     /// an error if that fails too).
@@ -137,6 +141,7 @@ struct Shared<S: Storage> {
     batches: AtomicU64,
     raw_bytes: AtomicU64,
     log_bytes: AtomicU64,
+    stored_bytes: AtomicU64,
 }
 
 impl<S: Storage> Shared<S> {
@@ -249,6 +254,7 @@ impl<S: Storage> GroupCommit<S> {
             batches: AtomicU64::new(0),
             raw_bytes: AtomicU64::new(0),
             log_bytes: AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
             log,
             options,
             default_level: std::sync::atomic::AtomicUsize::new(options_default_index),
@@ -438,6 +444,7 @@ impl<S: Storage> GroupCommit<S> {
             batches: s.batches.load(Ordering::Relaxed),
             raw_bytes: s.raw_bytes.load(Ordering::Relaxed),
             log_bytes: s.log_bytes.load(Ordering::Relaxed),
+            stored_bytes: s.stored_bytes.load(Ordering::Relaxed),
             segments_prepared: s.segments_prepared.load(Ordering::Relaxed),
             segment_prepare_errors: s.segment_prepare_errors.load(Ordering::Relaxed),
         }
@@ -629,6 +636,9 @@ fn write_batch<S: Storage>(
             shared
                 .log_bytes
                 .fetch_add(pos.lsn_end - pos.lsn_start, Ordering::Relaxed);
+            shared
+                .stored_bytes
+                .fetch_add(u64::from(pos.stored_bytes), Ordering::Relaxed);
             // Waiters judge by the slot flag set above; make sure they look
             // even if the watermark did not move (it never moves back).
             if !shared.progress.advance(Level::Local, hardened) {

@@ -87,6 +87,9 @@ pub struct BatchPos {
     pub lsn_end: u64,
     pub epoch: u64,
     pub record_count: u32,
+    /// The payload's bytes as stored (after compression; no header or
+    /// alignment padding).
+    pub stored_bytes: u32,
 }
 
 struct Writer {
@@ -415,6 +418,7 @@ impl<S: Storage> Log<S> {
             lsn_end: end,
             epoch,
             record_count: payload.record_count,
+            stored_bytes: payload.stored.len() as u32,
         })
     }
 
