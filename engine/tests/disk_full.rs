@@ -148,7 +148,11 @@ fn group_commit_disk_full_fails_later_commits_until_resume_then_writes_resume() 
         other => panic!("want DiskFull, got {other:?}"),
     }
     assert!(failed_batch > hardened);
-    assert_eq!(gc.hardened_batch(), hardened, "the failed batch is not durable");
+    assert_eq!(
+        gc.hardened_batch(),
+        hardened,
+        "the failed batch is not durable"
+    );
     assert!(gc.halted());
     assert!(matches!(gc.append_error(), Some(CommitError::DiskFull(_))));
     // A commit made after the failure may carry effects computed from the
@@ -167,7 +171,11 @@ fn group_commit_disk_full_fails_later_commits_until_resume_then_writes_resume() 
     assert!(!gc.halted());
     gc.commit(&[&[4u8; 2000]]).unwrap().wait().unwrap();
     acked.push(vec![4; 2000]);
-    assert_eq!(gc.append_error(), None, "a successful append clears the error");
+    assert_eq!(
+        gc.append_error(),
+        None,
+        "a successful append clears the error"
+    );
     let log = gc.log().clone();
     drop(gc);
     let mut got = Vec::new();

@@ -676,18 +676,21 @@ fn write_batch<S: Storage>(
             } else {
                 CommitError::Append(why)
             };
+            let poisoned = shared.log.poisoned();
+            if poisoned.is_none() {
+                // Nothing was written, but later commits may depend on this
+                // one: halt until the owner has undone them (`resume`).
+                // Set before the tickets learn of the failure, so that an
+                // owner reacting to it finds the queue halted.
+                shared.fail_through.store(u64::MAX, Ordering::Release);
+            }
             *shared.append_error.lock().expect("append error lock") = Some(err.clone());
             shared.has_append_error.store(true, Ordering::Release);
             let _ = slot.placed.set(Err(err));
-            match shared.log.poisoned() {
+            match poisoned {
                 // The failure poisoned the log: every later commit fails too.
                 Some(why) => shared.progress.fail(why),
-                // Nothing was written, but later commits may depend on this
-                // one: halt until the owner has undone them (`resume`).
-                None => {
-                    shared.fail_through.store(u64::MAX, Ordering::Release);
-                    shared.progress.notify();
-                }
+                None => shared.progress.notify(),
             }
             return;
         }
