@@ -379,6 +379,11 @@ struct Seen {
 /// `rounds` INCRs of `ctr` and big SETs of unique keys from one client,
 /// stopping early once `stop_after_failures` writes failed.
 fn client_history(port: u16, id: usize, rounds: usize, stop_after_failures: usize) -> Seen {
+    // Unique across runs: the thread id and the first free counter value
+    // are not (a second run starts its rounds at 0 again).
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let mut c = connect(port);
     let mut seen = Seen::default();
     for r in 0..rounds {
@@ -390,7 +395,7 @@ fn client_history(port: u16, id: usize, rounds: usize, stop_after_failures: usiz
             Reply::Error(e) if e.starts_with("MISCONF") => seen.failed.push("ctr".into()),
             other => panic!("INCR: unexpected reply {other:?}"),
         }
-        let key = format!("c{id}-{r}-{}", seen.incr_values.len());
+        let key = format!("c{id}-{run}-{r}");
         let v = value(id * 1_000_000 + r);
         match call(&mut c, &[b"SET", key.as_bytes(), &v]) {
             Reply::Simple(s) if s == "OK" => {
