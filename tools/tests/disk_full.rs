@@ -499,3 +499,87 @@ fn concurrent_writers_on_a_full_disk_see_a_counter_without_gaps_or_repeats() {
     drop(c);
     stop(server);
 }
+
+/// The mirror's disk fills: it cannot append shipped batches. Its session
+/// ends with the disk error, visible in its status; the principal, in
+/// safety full, does not acknowledge what the mirror did not harden (those
+/// writes wait or time out, and are not exposed unless the principal runs
+/// detached). Once space returns the mirror catches up by itself and holds
+/// every acknowledged write.
+#[test]
+fn pair_mirror_on_a_full_disk_reports_it_and_catches_up_when_space_returns() {
+    let d = tempdir("disk-full", "mirror");
+    let Some(fs) = Tmpfs::mount(&d.join("fs"), "8m") else {
+        return;
+    };
+    let s = secret(&d);
+    let (pc, mc, partner) = (free_port(), free_port(), free_port());
+    let extra = |mut a: Vec<String>| {
+        a.extend(
+            [
+                "--safety",
+                "full",
+                "--segment-bytes",
+                "262144",
+                "--checkpoint-secs",
+                "0",
+            ]
+            .map(String::from),
+        );
+        a
+    };
+    let principal = serve(
+        &extra(node_args(&d.join("p"), &s, "principal", pc, partner)),
+        &d.join("p.log"),
+    );
+    let mirror = serve(
+        &extra(node_args(&fs.0.join("m"), &s, "mirror", mc, partner)),
+        &d.join("m.log"),
+    );
+    wait_for("a synchronized pair", Duration::from_secs(30), || {
+        info(pc).contains("mirroring_state:synchronized")
+    });
+    let filler = fill(&fs.0, 1 << 20);
+    // Write from a thread: in safety full, writes past what the mirror can
+    // hold wait for it (or are acknowledged exposed once it is detached).
+    let writer = std::thread::spawn(move || {
+        let mut c = Client::connect(addr(pc), Duration::from_secs(120)).unwrap();
+        let mut acked = BTreeMap::new();
+        // ~2.4 MiB: past the 1 MiB left, well within the 8 MiB freed.
+        for i in 0..600 {
+            let key = format!("m{i}");
+            let v = value(3_000_000 + i);
+            if let Reply::Simple(ok) = c.call(&[b"SET", key.as_bytes(), &v]).unwrap() {
+                assert_eq!(ok, "OK");
+                acked.insert(key, v);
+            }
+        }
+        acked
+    });
+    wait_for(
+        "the mirror to report its full disk",
+        Duration::from_secs(60),
+        || {
+            let mut m = connect(mc);
+            text(&call(&mut m, &[b"MIRROR", b"STATUS"])).contains("No space left on device")
+        },
+    );
+    // The mirror still answers reads and monitoring.
+    let mut m = connect(mc);
+    assert_eq!(text(&call(&mut m, &[b"PING"])), "PONG");
+    assert!(matches!(call(&mut m, &[b"DBSIZE"]), Reply::Int(_)));
+    std::fs::remove_file(&filler).unwrap();
+    let acked = writer.join().unwrap();
+    assert!(!acked.is_empty());
+    wait_for("the mirror to catch up", Duration::from_secs(60), || {
+        let mut m = connect(mc);
+        call(&mut m, &[b"DBSIZE"]) == Reply::Int(acked.len() as i64)
+    });
+    let mut m = connect(mc);
+    for (k, v) in &acked {
+        assert_eq!(get(&mut m, k).as_ref(), Some(v), "{k} on the mirror");
+    }
+    drop(m);
+    stop(principal);
+    stop(mirror);
+}
