@@ -96,8 +96,9 @@ fn value(i: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Fills `fs` to within `leave` bytes of full with one file; returns it.
-fn fill(fs: &Path, leave: u64) -> PathBuf {
+/// Fills `fs` to within `leave` bytes of full with one new file `name`;
+/// returns its path.
+fn fill_with(fs: &Path, leave: u64, name: &str) -> PathBuf {
     // SAFETY: statvfs fills the struct; the path is a valid C string.
     let free = unsafe {
         let mut st: libc::statvfs = std::mem::zeroed();
@@ -105,10 +106,15 @@ fn fill(fs: &Path, leave: u64) -> PathBuf {
         assert_eq!(libc::statvfs(p.as_ptr(), &mut st), 0);
         st.f_bavail * st.f_frsize
     };
-    let filler = fs.join("filler");
+    let filler = fs.join(name);
     let len = free.saturating_sub(leave) as usize;
-    std::fs::write(&filler, vec![0xAAu8; len]).unwrap();
+    // To the last block: a short write at the end is expected then.
+    let _ = std::fs::write(&filler, vec![0xAAu8; len]);
     filler
+}
+
+fn fill(fs: &Path, leave: u64) -> PathBuf {
+    fill_with(fs, leave, "filler")
 }
 
 fn temporaries(dir: &Path) -> Vec<PathBuf> {
@@ -582,4 +588,94 @@ fn pair_mirror_on_a_full_disk_reports_it_and_catches_up_when_space_returns() {
     drop(m);
     stop(principal);
     stop(mirror);
+}
+
+/// A node killed while its disk is full to the last block cannot start
+/// (a start writes a new epoch to the epoch history, and a principal may
+/// not serve without it): it must say why and what to do, exit, and leave
+/// nothing behind that keeps the disk full; once space is freed it starts
+/// with every acknowledged write and takes writes.
+#[test]
+fn restart_on_a_full_disk_says_to_free_space_and_starts_once_there_is_some() {
+    let d = tempdir("disk-full", "restart");
+    let Some(fs) = Tmpfs::mount(&d.join("fs"), "8m") else {
+        return;
+    };
+    let s = secret(&d);
+    let port = free_port();
+    let node_dir = fs.0.join("node");
+    let mut args = node_args(&node_dir, &s, "principal", port, free_port());
+    args.extend(
+        [
+            "--safety",
+            "off",
+            "--segment-bytes",
+            "262144",
+            "--checkpoint-secs",
+            "0",
+        ]
+        .map(String::from),
+    );
+    let server = serve(&args, &d.join("p.log"));
+    wait_for("the server", Duration::from_secs(30), || {
+        !info(port).is_empty()
+    });
+    let filler = fill(&fs.0, 1 << 20);
+    let mut c = connect(port);
+    let mut acked = BTreeMap::new();
+    let (failed, e) = write_until_full(&mut c, &mut acked, 0);
+    assert_disk_full_error(&e);
+    drop(c);
+    stop(server);
+    // Now fill the last blocks too.
+    let last = fill_with(&fs.0, 0, "filler-last");
+
+    let restart_log = d.join("p-restart.log");
+    let mut refused = serve(&args, &restart_log);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = refused.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "a node that cannot start on a full disk must exit, not hang"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let said = std::fs::read_to_string(&restart_log).unwrap();
+    assert!(
+        said.contains("No space left on device") && said.contains("free some space"),
+        "the refusal says the disk is full and what to do:\n{said}"
+    );
+    assert_eq!(temporaries(&node_dir), Vec::<PathBuf>::new());
+    drop(refused);
+
+    std::fs::remove_file(&last).unwrap();
+    std::fs::remove_file(&filler).ok();
+    let server = serve(&args, &d.join("p.log"));
+    wait_for(
+        "the server to start once space is freed",
+        Duration::from_secs(30),
+        || !info(port).is_empty(),
+    );
+    let mut c = connect(port);
+    for (k, v) in &acked {
+        assert_eq!(get(&mut c, k).as_ref(), Some(v), "{k} after the restart");
+    }
+    assert_eq!(get(&mut c, &failed), None);
+    for i in 5_000_000..5_000_200 {
+        let key = format!("k{i}");
+        let v = value(i);
+        assert_eq!(
+            call(&mut c, &[b"SET", key.as_bytes(), &v]),
+            Reply::Simple("OK".into()),
+            "{key}"
+        );
+        acked.insert(key, v);
+    }
+    assert_eq!(call(&mut c, &[b"DBSIZE"]), Reply::Int(acked.len() as i64));
+    drop(c);
+    stop(server);
 }
