@@ -186,3 +186,29 @@ fn group_commit_disk_full_fails_later_commits_until_resume_then_writes_resume() 
     }
     assert_eq!(got, acked, "the log holds exactly the acknowledged commits");
 }
+
+#[test]
+fn group_commit_failed_sync_poisons_without_halting_and_names_the_last_durable_batch() {
+    let sim = SimStorage::new();
+    let (log, _) = Log::open_with(sim.clone(), opts()).unwrap();
+    let gc = GroupCommit::start(Arc::new(log), CommitOptions::default()).unwrap();
+    gc.commit(&[b"durable"]).unwrap().wait().unwrap();
+    let hardened = gc.hardened_batch();
+    sim.fail_syncs_after(0);
+    let t = gc.commit(&[b"never acknowledged"]).unwrap();
+    assert!(t.batch() > hardened);
+    assert!(matches!(t.wait(), Err(CommitError::Poisoned(_))));
+    // fsyncgate: no resume, no retry. The owner learns what to take back
+    // (batches newer than this) from the same watermark.
+    assert_eq!(gc.hardened_batch(), hardened);
+    assert!(
+        !gc.halted(),
+        "a poisoned log is not halted: it refuses outright"
+    );
+    sim.heal();
+    gc.resume();
+    assert!(matches!(
+        gc.commit(&[b"after"]),
+        Err(CommitError::Poisoned(_))
+    ));
+}
