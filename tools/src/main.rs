@@ -183,7 +183,19 @@ fn main() -> ExitCode {
                         }
                     }
                     Err(e) => {
-                        tracing::error!("could not start: {e}");
+                        // A node starts with a few small durable writes (a
+                        // new epoch in the epoch history): a disk full to the
+                        // last block refuses them. Say what to do.
+                        let e = e.to_string();
+                        let hint = if e.contains("No space left on device")
+                            || e.contains("Disk quota exceeded")
+                        {
+                            "; the disk is full: free some space on it and start again \
+                             (nothing was lost: the log and checkpoints are as they were)"
+                        } else {
+                            ""
+                        };
+                        tracing::error!("could not start: {e}{hint}");
                         ExitCode::FAILURE
                     }
                 }

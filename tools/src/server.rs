@@ -204,9 +204,19 @@ pub struct Server {
     opts: ServerOptions,
     clients: AtomicUsize,
     stop: AtomicBool,
-    /// A commit failed after its effects reached the store (the log is
-    /// poisoned): the store may be ahead of the log; refuse everything.
+    /// A commit was lost after its effects reached the store (a truncation
+    /// under a running group commit): the store may be ahead of the log in
+    /// ways no undo record covers; refuse every command that touches data
+    /// (monitoring still answers). A failed append or a poisoned log does
+    /// not come here: the effects of every commit not in the log are taken
+    /// back from the store (`unlogged`).
     broken: Mutex<Option<String>>,
+    /// The undo records of the commits whose effects are in the store but
+    /// whose batch is not yet durable in the log, oldest first, each with
+    /// its batch's serial (`Ticket::batch`). Appended under the store's
+    /// write lock, so in store order, which is also the queue's order.
+    /// Only written under the store's write lock.
+    unlogged: Mutex<std::collections::VecDeque<(u64, Vec<Undo>)>>,
     /// Commits whose effects are in the store but not yet acknowledged
     /// (see `barrier`).
     barrier: Barrier,
@@ -257,6 +267,7 @@ impl Server {
             clients: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             broken: Mutex::new(None),
+            unlogged: Mutex::new(std::collections::VecDeque::new()),
             barrier: Barrier::new(),
             stats: Stats::default(),
             started: Instant::now(),
@@ -542,6 +553,8 @@ impl Server {
         };
         // No write can run now; the old node's tickets must not outlive it.
         self.barrier.clear();
+        // Batch serials are the old group commit's; a new one counts afresh.
+        self.unlogged.lock().expect("unlogged lock").clear();
         match change(old) {
             Ok(new) => {
                 *self.principal_hint.write().expect("hint") = hint;
@@ -849,18 +862,93 @@ impl Server {
                 }
                 r
             }
-            Err(e) if read => Reply::err(format!(
-                "ERR the read saw a write that was not committed: {e}"
-            )),
             Err(e) => {
-                if matches!(
-                    e,
-                    CommitError::Poisoned(_) | CommitError::Lost(_) | CommitError::Append(_)
-                ) {
-                    *self.broken.lock().expect("broken lock") = Some(e.to_string());
+                match &e {
+                    CommitError::Lost(_) => {
+                        *self.broken.lock().expect("broken lock") = Some(e.to_string());
+                    }
+                    CommitError::Poisoned(_)
+                    | CommitError::Append(_)
+                    | CommitError::DiskFull(_)
+                    | CommitError::Halted(_) => self.take_back_unlogged(None),
+                    _ => {}
                 }
-                Reply::err(format!("ERR the write was not committed: {e}"))
+                if read {
+                    Reply::err(format!(
+                        "ERR the read saw a write that was not committed ({e}); the write was taken back: retry the read"
+                    ))
+                } else {
+                    write_refused(&e)
+                }
             }
+        }
+    }
+
+    /// After an append failed (the group commit is halted) or the log was
+    /// poisoned: takes the effects of every commit whose batch is not
+    /// durable back out of the store, newest first, so that the store is
+    /// exactly the log again and reads go on answering from it; forgets
+    /// their read-barrier entries; and, unless the log is poisoned, resumes
+    /// the group commit so that the next write retries the disk.
+    ///
+    /// Why this is exact: batches are appended in serial order, each made
+    /// durable before the next is taken, and after a failed one every
+    /// batch fails until the resume. So when the group commit is halted
+    /// the commits not in the log are precisely those of a batch newer
+    /// than `hardened_batch`, and none of them can still succeed; the
+    /// store write lock keeps new commits from joining until the resume,
+    /// after which the queue starts a fresh batch. When it is not halted
+    /// (another thread already did this) there is nothing to do: commits
+    /// newer than `hardened_batch` may then be in flight and succeed.
+    ///
+    /// `held`: the store's write lock if the caller already holds it.
+    fn take_back_unlogged(&self, held: Option<&mut Store>) {
+        let node = self.node();
+        let Node::Principal(p) = &*node else {
+            return;
+        };
+        let gc = p.group_commit();
+        let mut guard;
+        let st = match held {
+            Some(st) => st,
+            None => {
+                guard = self.store.write().expect("store");
+                &mut *guard
+            }
+        };
+        let poisoned = gc.log().poisoned().is_some();
+        if !gc.halted() && !poisoned {
+            return;
+        }
+        let hardened = gc.hardened_batch();
+        let mut unlogged = self.unlogged.lock().expect("unlogged lock");
+        let mut undone = 0usize;
+        while unlogged.back().is_some_and(|(batch, _)| *batch > hardened) {
+            let (_, undo) = unlogged.pop_back().expect("checked");
+            Journal {
+                effects: Vec::new(),
+                undo,
+            }
+            .roll_back(st);
+            undone += 1;
+        }
+        drop(unlogged);
+        st.lsn = st.lsn.min(p.log().written_lsn());
+        self.barrier.forget_after(hardened);
+        if !poisoned {
+            gc.resume();
+        }
+        if undone > 0 {
+            tracing::warn!(
+                "took {undone} failed writes back out of the store ({}); {}",
+                gc.append_error()
+                    .map_or_else(|| "log poisoned".to_string(), |e| e.to_string()),
+                if poisoned {
+                    "the log is poisoned: writes are refused until restart"
+                } else {
+                    "the next write retries"
+                }
+            );
         }
     }
 
@@ -876,10 +964,12 @@ impl Server {
         if !conn.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
             return Some(Outcome::Now(Reply::err("NOAUTH Authentication required.")));
         }
-        if let Some(why) = self.broken.lock().expect("broken lock").clone() {
-            return Some(Outcome::Now(Reply::err(format!(
-                "ERR this server's log failed ({why}); restart it"
-            ))));
+        if !is_monitoring(&name) {
+            if let Some(why) = self.broken.lock().expect("broken lock").clone() {
+                return Some(Outcome::Now(Reply::err(format!(
+                    "ERR this server's log failed ({why}); restart it"
+                ))));
+            }
         }
         if let Node::Switching(_) = &*self.node() {
             if waits_for_switch(&name) {
@@ -1039,13 +1129,22 @@ impl Server {
             Node::Principal(p) => {
                 // Under the write lock no write can join the marker's batch
                 // after it: the store is exactly the log up to its end.
-                let st = self.store.write().expect("store");
+                let mut st = self.store.write().expect("store");
                 let t = p
                     .commit_at(&[&Effect::Noop.encode()], Level::Local)
                     .map_err(|e| e.to_string())?;
                 // Hardened here is all a checkpoint's position needs; it
                 // acknowledges nothing to anyone (so needs no lease).
-                let (_, end) = t.wait_hardened().map_err(|e| e.to_string())?;
+                let (_, end) = match t.wait_hardened() {
+                    Ok(hardened) => hardened,
+                    Err(e) => {
+                        // A full disk halted the group commit on the
+                        // marker: resume it, or the next write would fail
+                        // behind it for nothing.
+                        self.take_back_unlogged(Some(&mut st));
+                        return Err(e.to_string());
+                    }
+                };
                 (end, st.map.clone())
             }
             Node::Mirror(_) => {
@@ -1253,15 +1352,21 @@ impl Server {
                 if self.opts.read_barrier {
                     self.barrier.record(&journal.effects, &t);
                 }
+                let hardened = p.group_commit().hardened_batch();
+                let mut unlogged = self.unlogged.lock().expect("unlogged lock");
+                while unlogged
+                    .front()
+                    .is_some_and(|(batch, _)| *batch <= hardened)
+                {
+                    unlogged.pop_front();
+                }
+                unlogged.push_back((t.batch(), journal.undo));
                 Outcome::After(t, reply)
             }
             Err(e) => {
                 // Nothing was logged: nothing may stay in the store.
                 journal.roll_back(st);
-                if matches!(e, CommitError::Poisoned(_)) {
-                    *self.broken.lock().expect("broken lock") = Some(e.to_string());
-                }
-                Outcome::Now(Reply::err(format!("ERR the write was not committed: {e}")))
+                Outcome::Now(write_refused(&e))
             }
         }
     }
@@ -1536,7 +1641,9 @@ impl Server {
         }
         if show("persistence") {
             out.push_str(&format!(
-                "# Persistence\r\nloading:0\r\naof_enabled:1\r\nmirrorlog_log_start_lsn:{}\r\nmirrorlog_written_lsn:{}\r\nmirrorlog_hardened_lsn:{}\r\nmirrorlog_checkpoints:{}\r\nmirrorlog_retained_for_mirror_bytes:{}\r\nmirrorlog_retention_max_bytes:{}\r\n\r\n",
+                "# Persistence\r\nloading:0\r\naof_enabled:1\r\naof_last_write_status:{}\r\nmirrorlog_log_error:{}\r\nmirrorlog_log_start_lsn:{}\r\nmirrorlog_written_lsn:{}\r\nmirrorlog_hardened_lsn:{}\r\nmirrorlog_checkpoints:{}\r\nmirrorlog_retained_for_mirror_bytes:{}\r\nmirrorlog_retention_max_bytes:{}\r\n\r\n",
+                if s.log_error.is_some() { "err" } else { "ok" },
+                s.log_error.as_deref().unwrap_or("none").replace(['\r', '\n'], " "),
                 self.log_start(),
                 s.written_lsn,
                 s.hardened_lsn,
@@ -1886,6 +1993,53 @@ fn scan(st: &Store, args: &[Vec<u8>]) -> Reply {
     Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(page)])
 }
 
+/// Commands that touch no data and answer even when the store cannot be
+/// trusted (see `Server::broken`): connection handling and monitoring.
+fn is_monitoring(name: &str) -> bool {
+    matches!(
+        name,
+        "PING"
+            | "ECHO"
+            | "AUTH"
+            | "HELLO"
+            | "QUIT"
+            | "SELECT"
+            | "CLIENT"
+            | "COMMAND"
+            | "CONFIG"
+            | "INFO"
+            | "ROLE"
+            | "MIRROR"
+    )
+}
+
+/// The reply to a write whose commit failed with `e`. Disk problems get
+/// Redis's `MISCONF` prefix (what Redis answers when it cannot persist),
+/// naming the disk and what to do; reads keep working in every case.
+fn write_refused(e: &CommitError) -> Reply {
+    Reply::err(match e {
+        CommitError::DiskFull(why) => format!(
+            "MISCONF the write was not committed: the disk of this server's log is full ({why}). \
+             Free space on the log's file system: writes resume by themselves; reads keep working"
+        ),
+        CommitError::Halted(why) => format!(
+            "MISCONF the write was not committed: an earlier write failed ({why}) and this one \
+             was queued behind it; retry it (reads keep working)"
+        ),
+        CommitError::Append(why) => format!(
+            "MISCONF the write was not committed: this server could not write its log ({why}); \
+             the next write retries (reads keep working)"
+        ),
+        CommitError::Poisoned(why) => format!(
+            "MISCONF the write was not committed (if it was in flight it may or may not survive a \
+             restart): this server's log failed to sync to disk ({why}), and a failed sync is never \
+             retried. Writes are refused until this server is restarted (fix the disk first); reads \
+             keep working"
+        ),
+        e => format!("ERR the write was not committed: {e}"),
+    })
+}
+
 /// Effects applied to the store but not yet committed, and how to take
 /// them back if the commit is refused (a batch too large, say).
 #[derive(Default)]
@@ -2106,7 +2260,7 @@ pub fn status_json(s: &Status) -> String {
         })
         .collect();
     format!(
-        "{{\"role\":{},\"state\":{},\"epoch\":{},\"written_lsn\":{},\"hardened_lsn\":{},\"commit_lsn\":{},\"mirror\":{{\"received_lsn\":{},\"hardened_lsn\":{},\"applied_lsn\":{}}},\"send_queue_bytes\":{},\"send_queue_age_ms\":{},\"redo_queue_bytes\":{},\"redo_queue_ms\":{},\"exposed\":{},\"commits_held\":{},\"transport\":{},\"zero_copy\":{},\"bytes_sent\":{},\"compression_ratio\":{},\"sessions\":{},\"last_error\":{},\"preauth_rejected\":{},\"witness\":{},\"latency\":[{}]}}",
+        "{{\"role\":{},\"state\":{},\"epoch\":{},\"written_lsn\":{},\"hardened_lsn\":{},\"commit_lsn\":{},\"mirror\":{{\"received_lsn\":{},\"hardened_lsn\":{},\"applied_lsn\":{}}},\"send_queue_bytes\":{},\"send_queue_age_ms\":{},\"redo_queue_bytes\":{},\"redo_queue_ms\":{},\"exposed\":{},\"commits_held\":{},\"transport\":{},\"zero_copy\":{},\"bytes_sent\":{},\"compression_ratio\":{},\"sessions\":{},\"last_error\":{},\"log_error\":{},\"preauth_rejected\":{},\"witness\":{},\"latency\":[{}]}}",
         json_str(&s.role.to_string()),
         json_str(&format!("{:?}", s.state).to_uppercase()),
         s.epoch,
@@ -2129,6 +2283,7 @@ pub fn status_json(s: &Status) -> String {
             .map_or("null".to_string(), |r| format!("{r:.3}")),
         s.sessions,
         s.last_error.as_deref().map_or("null".to_string(), json_str),
+        s.log_error.as_deref().map_or("null".to_string(), json_str),
         s.preauth_rejected,
         s.witness.as_ref().map_or("null".to_string(), witness_json),
         latency.join(",")

@@ -196,6 +196,7 @@ impl<A: Applier> Mirror<A> {
                 .witness
                 .as_ref()
                 .map(|w| w.lock().expect("witness view").clone()),
+            log_error: crate::node::principal::log_error(sh.log.poisoned(), None),
         }
     }
 

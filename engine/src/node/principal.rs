@@ -396,6 +396,7 @@ impl Principal {
                 .witness
                 .as_ref()
                 .map(|w| w.lock().expect("witness view").clone()),
+            log_error: log_error(log.poisoned(), gc.append_error()),
         }
     }
 
@@ -1038,5 +1039,22 @@ fn lease_keeper(sh: &Shared) {
             .map(|ns| ns / 1_000_000);
         drop(v);
         lapse(lease_end_ns);
+    }
+}
+
+/// The status line for a log that refuses writes (see `Status::log_error`).
+pub(crate) fn log_error(
+    poisoned: Option<&str>,
+    append: Option<crate::commit::CommitError>,
+) -> Option<String> {
+    match (poisoned, append) {
+        (Some(why), _) => Some(format!(
+            "POISONED, writes refused until this node is restarted (a failed sync is never retried): {why}"
+        )),
+        (None, Some(crate::commit::CommitError::DiskFull(why))) => Some(format!(
+            "DISK FULL, writes failing ({why}); free space on the log's file system: the next write retries"
+        )),
+        (None, Some(e)) => Some(format!("the last write failed ({e}); the next write retries")),
+        (None, None) => None,
     }
 }

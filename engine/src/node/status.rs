@@ -105,6 +105,10 @@ pub struct Status {
     pub reseed: Option<(u64, u64)>,
     /// The node's view of its witness (None: no witness configured).
     pub witness: Option<WitnessView>,
+    /// Why this node's log refuses writes, if it does: poisoned by a failed
+    /// sync (only a restart clears it), or the last append failed (a full
+    /// disk: the next write retries). None: the log is healthy.
+    pub log_error: Option<String>,
 }
 
 /// What a node knows of its witness.
@@ -182,6 +186,9 @@ impl Status {
             "log:         written {}  hardened {}  commit {}",
             self.written_lsn, self.hardened_lsn, self.commit_lsn
         );
+        if let Some(e) = &self.log_error {
+            let _ = writeln!(s, "log error:   {e}");
+        }
         let m = self.mirror;
         let _ = writeln!(
             s,
