@@ -23,6 +23,7 @@ mod peers;
 mod progress;
 mod report;
 mod resp_bench;
+mod resp_tls;
 mod results;
 mod wires;
 
@@ -189,6 +190,10 @@ OPTIONS:
                            (safety full, each --connections count) on a pair
                            with --read-barrier off, then one with on (same
                            build, same run): GET and SET ops/s and p99 each.
+    --tls                  resp: instead, SETs (safety full, each --connections
+                           count) on one principal's plaintext and TLS client
+                           ports in turn, twice: ops/s, p50/p99 and CPU per
+                           SET, TLS over plaintext (goal <= 1.15x CPU).
     --transports LIST      mirroring: io_uring,blocking (default both; an
                            unavailable io_uring is reported and skipped).
     --runs N               failover: SIGKILL failovers to measure (default 20;
@@ -298,6 +303,8 @@ pub struct Config {
     /// resp: run only the read-barrier comparison instead (a 50/50
     /// SET/GET mix, safety full, --read-barrier off and on).
     pub mix: bool,
+    /// resp: run only the TLS client port comparison instead.
+    pub tls: bool,
     /// failover: runs, the partner timeout (= witness lease), MB written
     /// while the mirror is down, and the mirrorlog binary to run.
     pub runs: usize,
@@ -442,6 +449,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut warmup = None;
     let mut quick = false;
     let mut mix = false;
+    let mut tls = false;
     let mut dir = None;
     let mut json = None;
     let mut committers = vec![1, 8, 64];
@@ -494,7 +502,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let takes_value = !matches!(flag.as_str(), "-h" | "--help" | "--quick" | "--mix");
+        let takes_value = !matches!(flag.as_str(), "-h" | "--help" | "--quick" | "--mix" | "--tls");
         if !takes_value && inline.is_some() {
             return Err(format!("{flag} takes no value"));
         }
@@ -508,6 +516,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
             "-h" | "--help" => return Ok(Parsed::Help),
             "--quick" => quick = true,
             "--mix" => mix = true,
+            "--tls" => tls = true,
             "--seconds" => {
                 let s = parse_f64(&flag, &value()?)?;
                 if s <= 0.0 {
@@ -711,6 +720,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         connections,
         pipeline,
         mix,
+        tls,
         runs: runs.unwrap_or(if quick { 3 } else { 20 }),
         partner_timeout_ms,
         catchup_mb: catchup_mb.unwrap_or(if quick { 20 } else { 200 }),
