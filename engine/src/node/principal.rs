@@ -11,7 +11,7 @@ use crate::commit::progress::monotonic_ns;
 use crate::commit::{CommitError, Committed, Detached, GroupCommit, Level, Ticket};
 use crate::log::{FsStorage, Log};
 use crate::node::status::{LagClock, LatencySummary, NodeRole, Status, WitnessView};
-use crate::node::{open_conn, tighten_dir, NodeConfig, NodeError, Safety, WitnessLink};
+use crate::node::{open_partner_conn, tighten_dir, NodeConfig, NodeError, Safety, WitnessLink};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
@@ -586,23 +586,31 @@ fn handshake(
         refuse(&e.to_string());
         return;
     }
-    let (mut conn, why) = match open_conn(stream, sh.cfg.transport, sh.cfg.send_mode) {
+    // The TLS handshake and the PAKE share the one pre-auth deadline.
+    let until = Instant::now() + deadline;
+    if sh.cfg.partner_tls.is_none() && opens_with_tls(&stream, until) {
+        // A mirror configured for TLS: told so in plaintext (it reads a
+        // refusal where it expected a TLS record), and logged here.
+        let (ours, msg) = crate::transport::tls::mismatch_refusal(false);
+        let mut b = Vec::new();
+        msg.encode(&mut b);
+        let _ = std::io::Write::write_all(&mut &stream, &b);
+        refuse(&ours);
+        return;
+    }
+    let (mut conn, why) = match open_partner_conn(stream, &sh.cfg, true, until) {
         Ok(c) => c,
         Err(e) => {
-            refuse(&format!(
-                "cannot set up the {:?} transport: {e}",
-                sh.cfg.transport
-            ));
+            refuse(&e);
             return;
         }
     };
     if let Some(why) = why {
         if !fallback_logged.swap(true, Ordering::AcqRel) {
-            log.line(&format!(
-                "mirrorlog[principal]: io_uring is unavailable ({why}); using blocking sockets"
-            ));
+            log.line(&format!("mirrorlog[principal]: {why}"));
         }
     }
+    let deadline = until.saturating_duration_since(Instant::now());
     let nonce = match random_nonce() {
         Ok(n) => n,
         Err(e) => {
@@ -633,6 +641,30 @@ fn handshake(
         }
         Ok(_) => refuse("authenticated after the gate had closed it"),
         Err(e) => refuse(&e),
+    }
+}
+
+/// Whether the peer's first bytes (waited for until `until`) are a TLS
+/// record: a mirror with partner TLS talking to a principal without it.
+/// The mirror sends its first bytes at once either way, so this costs a
+/// plaintext mirror nothing.
+fn opens_with_tls(stream: &TcpStream, until: Instant) -> bool {
+    let mut b = [0u8; 2];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match stream.peek(&mut b) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => match crate::transport::tls::looks_like_tls(&b[..n]) {
+                Some(tls) => {
+                    let _ = stream.set_read_timeout(None);
+                    return tls;
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            },
+        }
     }
 }
 

@@ -150,6 +150,9 @@ pub fn authenticate(
         .map_err(|e| format!("no randomness for the key exchange: {e}"))?;
     let (mut hs, first) =
         Handshake::start(role, id.database_id, epoch, id.secret.clone(), nonce, seed);
+    if let Some(b) = conn.channel_binding() {
+        hs.bind_channel(b);
+    }
     // Until the partner is authenticated, only handshake-sized messages.
     conn.set_recv_limit(HANDSHAKE_MESSAGE_BYTES_MAX);
     let r = handshake_loop(conn, &mut hs, first, timeout);
