@@ -438,7 +438,7 @@ impl Promoter {
                 .cfg
                 .witness
                 .as_ref()
-                .map(|w| WitnessClient::new(w.addr, sh.cfg.identity.secret.clone())),
+                .map(|w| WitnessClient::new(w.addr, sh.cfg.identity.secret.clone()).with_tls(w.tls.clone())),
             lost_since: None,
             last_try: None,
             last_said: String::new(),

@@ -418,7 +418,8 @@ impl Principal {
             ));
         }
         if let Some(link) = &sh.cfg.witness {
-            let mut c = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone());
+            let mut c = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone())
+                .with_tls(link.tls.clone());
             let req = Request::Resign {
                 database_id: sh.cfg.identity.database_id,
                 name: link.name.clone(),
@@ -815,7 +816,7 @@ fn next_start(dir: &std::path::Path) -> Result<u64, NodeError> {
 
 /// Asks the witness for this node's epoch as principal.
 fn claim(cfg: &NodeConfig, link: &WitnessLink, last_epoch: u64) -> Result<u64, NodeError> {
-    let mut c = WitnessClient::new(link.addr, cfg.identity.secret.clone());
+    let mut c = WitnessClient::new(link.addr, cfg.identity.secret.clone()).with_tls(link.tls.clone());
     let deadline = Instant::now() + CLAIM_TIMEOUT;
     let mut said = false;
     // One id for this start, the same on every retry: the witness grants
@@ -866,7 +867,8 @@ fn lease_keeper(sh: &Shared) {
     let view = sh.witness.as_ref().expect("a witness view");
     let log = &sh.cfg.logger;
     let progress = sh.gc.progress();
-    let mut client = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone());
+    let mut client =
+        WitnessClient::new(link.addr, sh.cfg.identity.secret.clone()).with_tls(link.tls.clone());
     // Until a lease says otherwise, renew four times per partner timeout.
     let mut every =
         Duration::from_millis(sh.cfg.session.partner_timeout_ms / 4).max(Duration::from_millis(10));

@@ -128,6 +128,19 @@ impl TlsIdentity {
         Ok(id)
     }
 
+    /// The same certificate and key, with another CA for the peer (a
+    /// partner's certificate towards a witness signed by another CA).
+    pub fn with_ca(&self, ca: &[u8], name: &str) -> Result<TlsIdentity, String> {
+        let mut roots = RootCertStore::empty();
+        for c in pem_certs(name, ca)? {
+            roots.add(c).map_err(|e| format!("{name}: {e}"))?;
+        }
+        Ok(TlsIdentity {
+            roots: Arc::new(roots),
+            ..self.clone()
+        })
+    }
+
     /// The accepting end: requires a client certificate signed by the CA.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
         let p = provider();
@@ -176,8 +189,10 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
 pub struct PartnerTls {
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
-    /// What the mirror expects in the principal's certificate.
-    pub server_name: ServerName<'static>,
+    /// What the mirror expects in the principal's certificate. None: the
+    /// IP address it connects to (with a witness the principal may be
+    /// either partner).
+    pub server_name: Option<ServerName<'static>>,
     /// Keep the per-message seal (`replication::seal`) inside TLS. Off by
     /// default: TLS already authenticates every record with keys bound to
     /// the PAKE (see docs/design.md, "Partner TLS", for the measurement).
@@ -185,11 +200,11 @@ pub struct PartnerTls {
 }
 
 impl PartnerTls {
-    pub fn new(id: &TlsIdentity, server_name: &str) -> Result<PartnerTls, String> {
+    pub fn new(id: &TlsIdentity, server_name: Option<&str>) -> Result<PartnerTls, String> {
         Ok(PartnerTls {
             server: id.server_config()?,
             client: id.client_config()?,
-            server_name: self::server_name(server_name)?,
+            server_name: server_name.map(self::server_name).transpose()?,
             seal: false,
         })
     }
@@ -512,9 +527,13 @@ impl TlsConn {
         deadline: Instant,
     ) -> Result<TlsConn, String> {
         sock.set_nodelay(true).map_err(|e| e.to_string())?;
+        let name = match &cfg.server_name {
+            Some(n) => n.clone(),
+            None => ServerName::IpAddress(sock.peer_addr().map_err(|e| e.to_string())?.ip().into()),
+        };
         let tls = handshake(
             &sock,
-            TlsEnd::Connect(&cfg.client, &cfg.server_name),
+            TlsEnd::Connect(&cfg.client, &name),
             deadline,
             "principal",
             "configure --partner-tls-* on both partners or neither",
