@@ -230,7 +230,7 @@ fn a_mirror_certificate_of_another_ca_is_refused_with_a_clear_error() {
         "stranger",
         Some(partner_tls(&identity(&root, &root))),
         Some(partner_tls(&identity(&other, &root))),
-        "TLS",
+        "the partner refused this node's certificate",
         "invalid peer certificate: UnknownIssuer",
     );
 }
@@ -244,7 +244,7 @@ fn a_principal_certificate_of_another_ca_is_refused_by_the_mirror() {
         Some(partner_tls(&identity(&other, &root))),
         Some(partner_tls(&identity(&root, &root))),
         "invalid peer certificate: UnknownIssuer",
-        "TLS handshake with the mirror failed",
+        "TLS handshake with the mirror failed: received fatal alert: UnknownCA: the mirror refused this node's certificate",
     );
 }
 

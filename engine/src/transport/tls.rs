@@ -414,6 +414,25 @@ impl std::fmt::Display for HandshakeFailure {
     }
 }
 
+/// A rustls error for people: an alert that says the peer refused this
+/// node's certificate says which flag to look at.
+fn tls_error(e: &rustls::Error, who: &str) -> String {
+    use rustls::AlertDescription as A;
+    match e {
+        rustls::Error::AlertReceived(
+            A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::AccessDenied,
+        ) => format!(
+            "{e}: the {who} refused this node's certificate (is it signed by the CA the {who} was given, \
+             --partner-tls-ca or the witness's --tls-ca?)"
+        ),
+        rustls::Error::InvalidCertificate(_) => format!(
+            "{e}: the {who}'s certificate is not signed by this node's CA, or does not name the \
+             expected server (--partner-tls-ca, --partner-tls-server-name)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
 /// Hands `bytes` (read from the socket) to rustls; on an error, the alert
 /// rustls queued goes out before the error returns.
 fn feed(
@@ -430,7 +449,7 @@ fn feed(
         if let Err(e) = tls.process_new_packets() {
             let _ = flush(tls, sock, Some(Instant::now() + Duration::from_millis(100)));
             return Err(HandshakeFailure {
-                why: format!("TLS handshake with the {who} failed: {e}"),
+                why: format!("TLS handshake with the {who} failed: {}", tls_error(&e, who)),
                 plaintext_peer: false,
             });
         }
@@ -580,8 +599,24 @@ impl TlsConn {
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 Err(send_timed_out(self.send_timeout))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.alert_instead(e)),
         }
+    }
+
+    /// A send failed (the peer closed): if the peer said why in an alert
+    /// before closing (it refused this node's certificate, say), that is
+    /// the error, not the broken pipe.
+    fn alert_instead(&mut self, e: io::Error) -> TransportError {
+        let mut r = &self.sock;
+        while let Ok(n) = self.tls.read_tls(&mut r) {
+            if let Err(t) = self.tls.process_new_packets() {
+                return TransportError::Tls(tls_error(&t, "partner"));
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        e.into()
     }
 }
 
@@ -668,7 +703,7 @@ impl Conn for TlsConn {
                             &self.sock,
                             Some(Instant::now() + Duration::from_millis(100)),
                         );
-                        return Err(TransportError::Tls(e.to_string()));
+                        return Err(TransportError::Tls(tls_error(&e, "partner")));
                     }
                     // Key updates and alerts want an answer.
                     if self.tls.wants_write() {
