@@ -310,6 +310,9 @@ pub(crate) fn start_pair_with(
         command_timeout: None,
         read_barrier,
         client_tls: None,
+        partner_tls: None,
+        witness_tls_ca: None,
+        witness_tls_server_name: None,
     };
     let quiet = Logger::new(|_| {});
     let p = serve::start_with_io(&base(true, "principal"), cfg.server_io, quiet.clone())?;
