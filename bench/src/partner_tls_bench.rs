@@ -260,7 +260,8 @@ fn run_case(
     let mut window = (0.0, 0.0, Duration::ZERO);
     std::thread::scope(|s| {
         for t in 0..committers {
-            let (timing, stop, commits, failed, hists) = (&timing, &stop, &commits, &failed, &hists);
+            let (timing, stop, commits, failed, hists) =
+                (&timing, &stop, &commits, &failed, &hists);
             s.spawn(move || {
                 let mut h = new_histogram();
                 let mut rec = vec![0u8; record_bytes];
@@ -276,8 +277,9 @@ fn run_case(
                     match r {
                         Ok(c) if !c.exposed => {}
                         Ok(_) => {
-                            *failed.lock().expect("failed") =
-                                Some("a commit was acknowledged exposed (the mirror detached)".into());
+                            *failed.lock().expect("failed") = Some(
+                                "a commit was acknowledged exposed (the mirror detached)".into(),
+                            );
                             return;
                         }
                         Err(e) => {
@@ -322,9 +324,9 @@ fn run_case(
 }
 
 fn base<'a>(s: &'a TlsSuite, c: &TlsCase, mode: TlsMode) -> Option<&'a TlsCase> {
-    s.cases
-        .iter()
-        .find(|x| x.mode == mode && x.committers == c.committers && x.record_bytes == c.record_bytes)
+    s.cases.iter().find(|x| {
+        x.mode == mode && x.committers == c.committers && x.record_bytes == c.record_bytes
+    })
 }
 
 pub fn render(cfg: &Config, machine: &crate::report::Machine, s: &TlsSuite) -> String {
@@ -341,12 +343,25 @@ pub fn render(cfg: &Config, machine: &crate::report::Machine, s: &TlsSuite) -> S
     out.push_str("principal and mirror in one process on 127.0.0.1; CPU = user+sys of the process / commits\n\n");
     out.push_str(&format!(
         "{:<20} {:>4} {:>6} {:>11} {:>9} {:>9} {:>12} {:>10} {:>10}  path\n",
-        "mode", "thr", "bytes", "commits/s", "p50 us", "p99 us", "CPU us/commit", "vs plain-b", "vs plain-d"
+        "mode",
+        "thr",
+        "bytes",
+        "commits/s",
+        "p50 us",
+        "p99 us",
+        "CPU us/commit",
+        "vs plain-b",
+        "vs plain-d"
     ));
     for c in &s.cases {
         let ratio = |m| {
             base(s, c, m)
-                .map(|b| format!("{:.3}x", c.cpu_us_per_commit() / b.cpu_us_per_commit().max(1e-9)))
+                .map(|b| {
+                    format!(
+                        "{:.3}x",
+                        c.cpu_us_per_commit() / b.cpu_us_per_commit().max(1e-9)
+                    )
+                })
                 .unwrap_or_default()
         };
         out.push_str(&format!(

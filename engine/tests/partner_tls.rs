@@ -24,9 +24,7 @@ use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, Principal, WitnessLink}
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
-use mirrorlog_engine::transport::tls::{
-    PartnerTls, TlsEnd, TlsIdentity, TlsStream, WitnessTls,
-};
+use mirrorlog_engine::transport::tls::{PartnerTls, TlsEnd, TlsIdentity, TlsStream, WitnessTls};
 use mirrorlog_engine::transport::{TransportChoice, TransportPath};
 use mirrorlog_engine::witness::server::{WitnessOptions, WitnessServer};
 use mirrorlog_engine::witness::LeaseConfig;
@@ -190,11 +188,19 @@ fn refused(
     mirror_says: &str,
     principal_says: &str,
 ) {
-    let (pd, md) = (tempdir("ptls", &format!("{tag}-p")), tempdir("ptls", &format!("{tag}-m")));
+    let (pd, md) = (
+        tempdir("ptls", &format!("{tag}-p")),
+        tempdir("ptls", &format!("{tag}-m")),
+    );
     let (pl, ml): (Lines, Lines) = (Arc::default(), Arc::default());
     let p = Principal::start(config(&pd, p_tls, &pl), "127.0.0.1:0".parse().unwrap()).unwrap();
-    let m = Mirror::start(config(&md, m_tls, &ml), p.local_addr(), Recorder::default(), None)
-        .unwrap();
+    let m = Mirror::start(
+        config(&md, m_tls, &ml),
+        p.local_addr(),
+        Recorder::default(),
+        None,
+    )
+    .unwrap();
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let err = m.status().last_error.unwrap_or_default();
@@ -275,7 +281,11 @@ fn plaintext_principal_and_tls_mirror_say_so_on_both_sides() {
 /// Forwards both directions; once `armed`, flips one byte in the middle of
 /// the next principal → mirror read of at least 64 bytes (a TLS record
 /// carrying a ship). `flipped` counts flips.
-fn flipping_proxy(upstream: SocketAddr, armed: Arc<AtomicBool>, flipped: Arc<AtomicU64>) -> SocketAddr {
+fn flipping_proxy(
+    upstream: SocketAddr,
+    armed: Arc<AtomicBool>,
+    flipped: Arc<AtomicU64>,
+) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -328,7 +338,10 @@ fn a_byte_flipped_on_the_tls_partner_link_ends_the_session_and_reaches_no_log() 
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();
-    let (armed, flipped) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (armed, flipped) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let proxy = flipping_proxy(p.local_addr(), armed.clone(), flipped.clone());
     let applied = Recorder::default();
     let m = Mirror::start(
@@ -348,11 +361,17 @@ fn a_byte_flipped_on_the_tls_partner_link_ends_the_session_and_reaches_no_log() 
         .unwrap()
         .wait()
         .unwrap();
-    assert_eq!(flipped.load(Ordering::Acquire), 1, "the proxy flipped a byte");
+    assert_eq!(
+        flipped.load(Ordering::Acquire),
+        1,
+        "the proxy flipped a byte"
+    );
     let end = p.log().hardened_lsn();
-    wait_until("the mirror applied the batch", Duration::from_secs(10), || {
-        m.status().mirror.applied >= end
-    });
+    wait_until(
+        "the mirror applied the batch",
+        Duration::from_secs(10),
+        || m.status().mirror.applied >= end,
+    );
     assert!(m.status().sessions >= 2, "the tampered session ended");
     let all = joined(&ml);
     assert!(
@@ -360,7 +379,11 @@ fn a_byte_flipped_on_the_tls_partner_link_ends_the_session_and_reaches_no_log() 
         "the mirror logged a TLS failure: {all}"
     );
     let got = applied.0.lock().unwrap().clone();
-    assert_eq!(got, vec![value.to_vec()], "only the genuine value was applied");
+    assert_eq!(
+        got,
+        vec![value.to_vec()],
+        "only the genuine value was applied"
+    );
     drop(m);
     p.shutdown();
     let (plog, mlog) = (log_records(&pd), log_records(&md));
@@ -401,11 +424,17 @@ fn a_tls_terminating_relay_with_valid_certificates_fails_the_bound_handshake() {
             else {
                 continue;
             };
-            let Ok(up) = TcpStream::connect(upstream) else { return };
+            let Ok(up) = TcpStream::connect(upstream) else {
+                return;
+            };
             let name = rustls::pki_types::ServerName::IpAddress(upstream.ip().into());
-            let Ok(mut b) =
-                TlsStream::handshake(up, TlsEnd::Connect(&client, &name), deadline, "principal", "")
-            else {
+            let Ok(mut b) = TlsStream::handshake(
+                up,
+                TlsEnd::Connect(&client, &name),
+                deadline,
+                "principal",
+                "",
+            ) else {
                 continue;
             };
             r2.fetch_add(1, Ordering::AcqRel);
@@ -475,10 +504,18 @@ fn witness(dir: &Path, tls: Option<&TlsIdentity>, lines: &Lines) -> WitnessServe
 }
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
-fn with_witness(mut c: NodeConfig, w: SocketAddr, name: SocketAddr, tls: Option<&TlsIdentity>) -> NodeConfig {
+fn with_witness(
+    mut c: NodeConfig,
+    w: SocketAddr,
+    name: SocketAddr,
+    tls: Option<&TlsIdentity>,
+) -> NodeConfig {
     c.transport = TransportChoice::Blocking;
     c.session.heartbeat_ms = 30;
     c.witness = Some(WitnessLink {
@@ -499,21 +536,35 @@ fn with_witness(mut c: NodeConfig, w: SocketAddr, name: SocketAddr, tls: Option<
 #[test]
 fn failover_with_the_witness_over_tls_loses_nothing() {
     let root = ca("partner CA");
-    let (pd, md, wd) = (tempdir("ptls", "fo-p"), tempdir("ptls", "fo-m"), tempdir("ptls", "fo-w"));
+    let (pd, md, wd) = (
+        tempdir("ptls", "fo-p"),
+        tempdir("ptls", "fo-m"),
+        tempdir("ptls", "fo-w"),
+    );
     let lines: Lines = Arc::default();
     let w = witness(&wd, Some(&identity(&root, &root)), &lines);
     let (a_addr, b_addr) = (free_addr(), free_addr());
     let a_id = identity(&root, &root);
     let b_id = identity(&root, &root);
     let a = Principal::start(
-        with_witness(config(&pd, Some(partner_tls(&a_id)), &lines), w.local_addr(), a_addr, Some(&a_id)),
+        with_witness(
+            config(&pd, Some(partner_tls(&a_id)), &lines),
+            w.local_addr(),
+            a_addr,
+            Some(&a_id),
+        ),
         a_addr,
     )
     .unwrap();
     let e1 = a.epoch();
     assert_eq!(w.state().epoch, e1);
     let b = Mirror::start(
-        with_witness(config(&md, Some(partner_tls(&b_id)), &lines), w.local_addr(), b_addr, Some(&b_id)),
+        with_witness(
+            config(&md, Some(partner_tls(&b_id)), &lines),
+            w.local_addr(),
+            b_addr,
+            Some(&b_id),
+        ),
         a_addr,
         Recorder::default(),
         None,
@@ -535,7 +586,10 @@ fn failover_with_the_witness_over_tls_loses_nothing() {
     let p = b.promoted().unwrap();
     assert_eq!(p.epoch, e1 + 1);
     assert!(!p.forced);
-    assert_eq!(w.state().principal.as_deref(), Some(b_addr.to_string().as_str()));
+    assert_eq!(
+        w.state().principal.as_deref(),
+        Some(b_addr.to_string().as_str())
+    );
     b.shutdown();
     let (log, _) = Log::open(&md, log_opts()).unwrap();
     let lsns: Vec<u64> = log
@@ -560,13 +614,19 @@ fn witness_tls_mismatch_is_a_clear_error_on_both_ends() {
     let query = Request::Query { database_id: DB };
     // TLS witness, plaintext partner.
     let lines: Lines = Arc::default();
-    let w = witness(&tempdir("ptls", "wm-tls"), Some(&identity(&root, &root)), &lines);
+    let w = witness(
+        &tempdir("ptls", "wm-tls"),
+        Some(&identity(&root, &root)),
+        &lines,
+    );
     let err = WitnessClient::new(w.local_addr(), secret.clone())
         .call(&query, Duration::from_secs(3))
         .unwrap_err();
     assert!(err.contains("the witness answered with TLS"), "{err}");
     wait_until("the witness logs it", Duration::from_secs(5), || {
-        joined(&lines).contains("the partner speaks the plaintext witness protocol, but this witness requires TLS")
+        joined(&lines).contains(
+            "the partner speaks the plaintext witness protocol, but this witness requires TLS",
+        )
     });
     w.shutdown();
     // Plaintext witness, TLS partner.
@@ -580,7 +640,10 @@ fn witness_tls_mismatch_is_a_clear_error_on_both_ends() {
         }))
         .call(&query, Duration::from_secs(3))
         .unwrap_err();
-    assert!(err.contains("answered in plaintext: it has no TLS configured"), "{err}");
+    assert!(
+        err.contains("answered in plaintext: it has no TLS configured"),
+        "{err}"
+    );
     wait_until("the witness logs it", Duration::from_secs(5), || {
         joined(&lines).contains("speaks TLS, but this node has no TLS configured")
     });

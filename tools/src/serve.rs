@@ -730,9 +730,11 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
         return Err("--witness-tls-ca is for --witness set-ups".into());
     }
     if wtls_ca.is_some() && partner_tls.is_none() {
-        return Err("--witness-tls-ca needs --partner-tls-cert, --partner-tls-key and --partner-tls-ca: \
+        return Err(
+            "--witness-tls-ca needs --partner-tls-cert, --partner-tls-key and --partner-tls-ca: \
              this node presents its partner certificate to the witness"
-            .into());
+                .into(),
+        );
     }
     if wtls_name.is_some() && wtls_ca.is_none() {
         return Err("--witness-tls-server-name needs --witness-tls-ca".into());
@@ -883,7 +885,11 @@ fn load_tls(o: &ServeOptions) -> Result<(Option<PartnerTls>, Option<WitnessTls>)
         return Ok((None, None));
     };
     let id = crate::tls::identity(
-        ["--partner-tls-cert", "--partner-tls-key", "--partner-tls-ca"],
+        [
+            "--partner-tls-cert",
+            "--partner-tls-key",
+            "--partner-tls-ca",
+        ],
         &f.cert,
         &f.key,
         &f.ca,
@@ -1006,7 +1012,8 @@ impl Spec {
 /// With a witness: who is principal now, as the witness says (retrying
 /// while it is unreachable, for up to a minute).
 fn witness_says(spec: &Spec, witness: SocketAddr) -> Result<Option<String>, String> {
-    let mut c = WitnessClient::new(witness, spec.id.secret.clone()).with_tls(spec.witness_tls.clone());
+    let mut c =
+        WitnessClient::new(witness, spec.id.secret.clone()).with_tls(spec.witness_tls.clone());
     let until = std::time::Instant::now() + Duration::from_secs(60);
     let mut said = false;
     loop {

@@ -115,18 +115,24 @@ fn partners_over_tls_from_flags_and_a_config_file_replicate_a_write() {
     ma.extend(node_args(&dir.join("m"), &s, "mirror", mp, partner));
     let mlog = dir.join("m.log");
     let _m = serve(&ma, &mlog);
-    wait_for("the mirror to synchronize over TLS", Duration::from_secs(30), || {
-        let i = info(pp);
-        i.contains("mirroring_state:synchronized") && i.contains("transport:TLS")
-    });
+    wait_for(
+        "the mirror to synchronize over TLS",
+        Duration::from_secs(30),
+        || {
+            let i = info(pp);
+            i.contains("mirroring_state:synchronized") && i.contains("transport:TLS")
+        },
+    );
     let mut c = Client::connect(addr(pp), Duration::from_secs(2)).unwrap();
     assert!(matches!(
         c.call(&[b"SET", b"tls:k", b"over-tls"]),
         Ok(Reply::Simple(_))
     ));
-    wait_for("the mirror to serve the write", Duration::from_secs(10), || {
-        get(mp, "tls:k").as_deref() == Some(b"over-tls")
-    });
+    wait_for(
+        "the mirror to serve the write",
+        Duration::from_secs(10),
+        || get(mp, "tls:k").as_deref() == Some(b"over-tls"),
+    );
     let ml = log_text(&mlog);
     assert!(ml.contains("over TLS"), "{ml}");
 }
@@ -163,7 +169,10 @@ fn refused(args: &[String], want: &str) {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started with {args:?}");
-    assert!(err.contains(want), "for {args:?} expected {want:?} in:\n{err}");
+    assert!(
+        err.contains(want),
+        "for {args:?} expected {want:?} in:\n{err}"
+    );
 }
 
 #[test]
@@ -177,7 +186,10 @@ fn partner_tls_configuration_errors_name_the_flag() {
         a
     };
     // Two of the three files.
-    refused(&base(&tls_flags(&f, 0)[..4]), "needs all of --partner-tls-cert");
+    refused(
+        &base(&tls_flags(&f, 0)[..4]),
+        "needs all of --partner-tls-cert",
+    );
     // A key readable by others.
     let open_key = dir.join("open.key");
     std::fs::copy(&f.nodes[0].1, &open_key).unwrap();

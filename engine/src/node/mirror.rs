@@ -434,11 +434,9 @@ struct Promoter {
 impl Promoter {
     fn new<A: Applier>(sh: &Shared<A>) -> Promoter {
         Promoter {
-            client: sh
-                .cfg
-                .witness
-                .as_ref()
-                .map(|w| WitnessClient::new(w.addr, sh.cfg.identity.secret.clone()).with_tls(w.tls.clone())),
+            client: sh.cfg.witness.as_ref().map(|w| {
+                WitnessClient::new(w.addr, sh.cfg.identity.secret.clone()).with_tls(w.tls.clone())
+            }),
             lost_since: None,
             last_try: None,
             last_said: String::new(),

@@ -37,8 +37,8 @@ use crate::log::LogOptions;
 use crate::replication::session::SessionConfig;
 use crate::transport::blocking::BlockingConn;
 use crate::transport::runner::NodeIdentity;
-use crate::transport::uring::UringConn;
 use crate::transport::tls::{PartnerTls, TlsConn, WitnessTls};
+use crate::transport::uring::UringConn;
 use crate::transport::{Conn, SendMode, TransportChoice};
 
 /// High-safety (synchronous) or high-performance (asynchronous) mirroring.
@@ -236,7 +236,12 @@ pub(crate) fn open_partner_conn(
 ) -> Result<(Box<dyn Conn>, Option<String>), String> {
     let Some(tls) = &cfg.partner_tls else {
         return open_conn(stream, cfg.transport, cfg.send_mode)
-            .map(|(c, why)| (c, why.map(|w| format!("io_uring is unavailable ({w}); using blocking sockets"))))
+            .map(|(c, why)| {
+                (
+                    c,
+                    why.map(|w| format!("io_uring is unavailable ({w}); using blocking sockets")),
+                )
+            })
             .map_err(|e| format!("cannot set up the {:?} transport: {e}", cfg.transport));
     };
     let conn = if accept {

@@ -816,7 +816,8 @@ fn next_start(dir: &std::path::Path) -> Result<u64, NodeError> {
 
 /// Asks the witness for this node's epoch as principal.
 fn claim(cfg: &NodeConfig, link: &WitnessLink, last_epoch: u64) -> Result<u64, NodeError> {
-    let mut c = WitnessClient::new(link.addr, cfg.identity.secret.clone()).with_tls(link.tls.clone());
+    let mut c =
+        WitnessClient::new(link.addr, cfg.identity.secret.clone()).with_tls(link.tls.clone());
     let deadline = Instant::now() + CLAIM_TIMEOUT;
     let mut said = false;
     // One id for this start, the same on every retry: the witness grants

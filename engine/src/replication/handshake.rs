@@ -322,7 +322,11 @@ impl Handshake {
     /// the confirmations fail unless both sides see the same TLS session.
     /// Call before the first message is handled.
     pub fn bind_channel(&mut self, binding: [u8; crate::transport::tls::BINDING_BYTES]) {
-        assert_eq!(self.state, State::AwaitHello, "bind before the handshake runs");
+        assert_eq!(
+            self.state,
+            State::AwaitHello,
+            "bind before the handshake runs"
+        );
         self.binding = Some(binding);
     }
 

@@ -179,8 +179,7 @@ impl TlsIdentity {
 /// The server name a connecting end expects in the peer's certificate
 /// (a DNS name or an IP address).
 pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(name.to_string())
-        .map_err(|e| format!("TLS server name {name:?}: {e}"))
+    ServerName::try_from(name.to_string()).map_err(|e| format!("TLS server name {name:?}: {e}"))
 }
 
 /// A node's partner-link TLS: both ends, since a mirror may become the
@@ -449,7 +448,10 @@ fn feed(
         if let Err(e) = tls.process_new_packets() {
             let _ = flush(tls, sock, Some(Instant::now() + Duration::from_millis(100)));
             return Err(HandshakeFailure {
-                why: format!("TLS handshake with the {who} failed: {}", tls_error(&e, who)),
+                why: format!(
+                    "TLS handshake with the {who} failed: {}",
+                    tls_error(&e, who)
+                ),
                 plaintext_peer: false,
             });
         }
@@ -512,11 +514,7 @@ impl TlsConn {
     /// Accepts a partner's TLS handshake on `sock` by `deadline`. On a
     /// plaintext peer, answers with a plaintext refusal that says TLS is
     /// required, so both ends log why.
-    pub fn accept(
-        sock: TcpStream,
-        cfg: &PartnerTls,
-        deadline: Instant,
-    ) -> Result<TlsConn, String> {
+    pub fn accept(sock: TcpStream, cfg: &PartnerTls, deadline: Instant) -> Result<TlsConn, String> {
         sock.set_nodelay(true).map_err(|e| e.to_string())?;
         match handshake(
             &sock,
@@ -596,9 +594,7 @@ impl TlsConn {
     fn flush_until(&mut self, deadline: Option<Instant>) -> Result<(), TransportError> {
         match flush(&mut self.tls, &self.sock, deadline) {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                Err(send_timed_out(self.send_timeout))
-            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(send_timed_out(self.send_timeout)),
             Err(e) => Err(self.alert_instead(e)),
         }
     }

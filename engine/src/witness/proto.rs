@@ -36,9 +36,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use crate::replication::handshake::Secret;
-use crate::transport::tls::{looks_like_tls, TlsStream, BINDING_BYTES};
 use crate::replication::pake::{KeyExchange, SessionSecrets, CONFIRM_BYTES, SEED_BYTES};
 use crate::replication::seal::{SealKeys, TAG_BYTES};
+use crate::transport::tls::{looks_like_tls, TlsStream, BINDING_BYTES};
 
 pub const NONCE_BYTES: usize = crate::replication::wire::NONCE_BYTES;
 /// No request or reply is near this; a larger length is refused unread.
