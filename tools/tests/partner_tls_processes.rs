@@ -218,3 +218,101 @@ fn partner_tls_configuration_errors_name_the_flag() {
         "--witness-tls-ca needs --partner-tls-cert",
     );
 }
+
+/// A witness and two partners, every link over TLS (`mirrorlog witness
+/// --tls-*`, `serve --partner-tls-* --witness-tls-ca`): the principal is
+/// SIGKILLed, the mirror takes over on the witness's grant, and every
+/// write the old principal acknowledged is readable on the new one.
+#[test]
+fn sigkill_failover_through_a_tls_witness_loses_no_acknowledged_write() {
+    let dir = tempdir("ptls-proc", "failover");
+    let f = files(&dir, 3);
+    let s = secret(&dir);
+    let wport = free_port();
+    let witness_log = std::fs::File::create(dir.join("w.log")).unwrap();
+    let _w = common::Served(
+        Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+            .arg("witness")
+            .arg("--dir")
+            .arg(dir.join("w"))
+            .arg("--secret-file")
+            .arg(&s)
+            .args(["--listen", &format!("127.0.0.1:{wport}")])
+            .args(["--lease-ms", "500"])
+            .arg("--tls-cert")
+            .arg(&f.nodes[2].0)
+            .arg("--tls-key")
+            .arg(&f.nodes[2].1)
+            .arg("--tls-ca")
+            .arg(&f.ca)
+            .stdout(Stdio::null())
+            .stderr(witness_log)
+            .spawn()
+            .unwrap(),
+    );
+    let (ac, ap, bc, bp) = (free_port(), free_port(), free_port(), free_port());
+    let node = |i: usize, role: &str, c: u16, p: u16, oc: u16, op: u16| {
+        let mut a = node_args(&dir.join(format!("n{i}")), &s, role, c, p);
+        a.extend(tls_flags(&f, i));
+        a.extend(
+            [
+                "--peer".to_string(),
+                format!("127.0.0.1:{op}"),
+                "--peer-clients".into(),
+                format!("127.0.0.1:{oc}"),
+                "--witness".into(),
+                format!("127.0.0.1:{wport}"),
+                "--witness-tls-ca".into(),
+                f.ca.display().to_string(),
+                "--partner-timeout-ms".into(),
+                "500".into(),
+            ]
+            .into_iter(),
+        );
+        serve(&a, &dir.join(format!("n{i}.log")))
+    };
+    let mut a = node(0, "principal", ac, ap, bc, bp);
+    let _b = node(1, "mirror", bc, bp, ac, ap);
+    wait_for(
+        "A principal, B synchronized over TLS",
+        Duration::from_secs(30),
+        || {
+            let i = info(ac);
+            i.contains("role:master")
+                && i.contains("mirroring_state:synchronized")
+                && i.contains("transport:TLS")
+        },
+    );
+    let mut c = Client::connect(addr(ac), Duration::from_secs(2)).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        if matches!(
+            c.call(&[b"SET", k.as_bytes(), v.as_bytes()]),
+            Ok(Reply::Simple(_))
+        ) {
+            acked.push((k, v));
+        }
+    }
+    assert_eq!(acked.len(), 200, "the principal acknowledged every write");
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    wait_for("B to accept writes", Duration::from_secs(30), || {
+        Client::connect(addr(bc), Duration::from_secs(2))
+            .ok()
+            .and_then(|mut c| c.call(&[b"SET", b"probe", b"1"]).ok())
+            .is_some_and(|r| matches!(r, Reply::Simple(_)))
+    });
+    for (k, v) in &acked {
+        assert_eq!(
+            get(bc, k).as_deref(),
+            Some(v.as_bytes()),
+            "acknowledged {k} lost in the failover"
+        );
+    }
+    let wl = log_text(&dir.join("w.log"));
+    assert!(
+        !wl.contains("refused"),
+        "the witness refused a partner: {wl}"
+    );
+}
