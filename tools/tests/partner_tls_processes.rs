@@ -254,21 +254,18 @@ fn sigkill_failover_through_a_tls_witness_loses_no_acknowledged_write() {
     let node = |i: usize, role: &str, c: u16, p: u16, oc: u16, op: u16| {
         let mut a = node_args(&dir.join(format!("n{i}")), &s, role, c, p);
         a.extend(tls_flags(&f, i));
-        a.extend(
-            [
-                "--peer".to_string(),
-                format!("127.0.0.1:{op}"),
-                "--peer-clients".into(),
-                format!("127.0.0.1:{oc}"),
-                "--witness".into(),
-                format!("127.0.0.1:{wport}"),
-                "--witness-tls-ca".into(),
-                f.ca.display().to_string(),
-                "--partner-timeout-ms".into(),
-                "500".into(),
-            ]
-            .into_iter(),
-        );
+        a.extend([
+            "--peer".to_string(),
+            format!("127.0.0.1:{op}"),
+            "--peer-clients".into(),
+            format!("127.0.0.1:{oc}"),
+            "--witness".into(),
+            format!("127.0.0.1:{wport}"),
+            "--witness-tls-ca".into(),
+            f.ca.display().to_string(),
+            "--partner-timeout-ms".into(),
+            "500".into(),
+        ]);
         serve(&a, &dir.join(format!("n{i}.log")))
     };
     let mut a = node(0, "principal", ac, ap, bc, bp);
