@@ -841,3 +841,74 @@ impl Write for TlsStream {
         self.send_queued()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::wire::{Hello, Role, PROTOCOL_VERSION};
+
+    /// Every message a plaintext node sends before or instead of its
+    /// handshake (hello, pake, confirm, the mismatch refusals) is told
+    /// apart from a TLS record by its first bytes, and a real ClientHello
+    /// is recognised as TLS: the mismatch errors rest on this.
+    #[test]
+    fn plaintext_handshake_messages_never_look_like_tls_and_a_client_hello_does() {
+        let mut msgs = vec![
+            Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Mirror,
+                database_id: [7; 16],
+                epoch: u64::MAX,
+                nonce: [0x16; 32],
+            }),
+            Message::Pake { msg: [0x16; 33] },
+            Message::Confirm { mac: [0x03; 32] },
+            mismatch_refusal(true).1,
+            mismatch_refusal(false).1,
+        ];
+        for len in 0..1024 {
+            msgs.push(Message::Refuse {
+                code: RefuseCode::Protocol,
+                reason: "x".repeat(len),
+            });
+        }
+        for m in &msgs {
+            let mut b = Vec::new();
+            m.encode(&mut b);
+            if matches!(m, Message::Refuse { reason, .. } if reason.len() >= 700) {
+                // Long refusals are sent only after a hello, never where
+                // TLS is sniffed.
+                continue;
+            }
+            assert_eq!(looks_like_tls(&b), Some(false), "{m:?}");
+        }
+        assert_eq!(looks_like_tls(b"MLWH\x03\x00"), Some(false));
+        // A ClientHello as rustls sends it.
+        let root = {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let c = p.self_signed(&key).unwrap();
+            (c.pem(), key.serialize_pem())
+        };
+        let id = TlsIdentity::from_pem(
+            root.0.as_bytes(),
+            root.1.as_bytes(),
+            root.0.as_bytes(),
+            ["cert", "key", "ca"],
+        )
+        .unwrap();
+        let mut c = ClientConnection::new(
+            id.client_config().unwrap(),
+            server_name("127.0.0.1").unwrap(),
+        )
+        .unwrap();
+        let mut hello = Vec::new();
+        c.write_tls(&mut hello).unwrap();
+        assert_eq!(looks_like_tls(&hello), Some(true));
+        assert_eq!(looks_like_tls(&hello[..1]), None);
+        assert_eq!(looks_like_tls(&PLAINTEXT_ALERT_FOR_TEST), Some(true));
+    }
+
+    const PLAINTEXT_ALERT_FOR_TEST: [u8; 7] = crate::witness::proto::PLAINTEXT_PEER_ALERT;
+}
