@@ -651,22 +651,22 @@ fn handshake(
 /// plaintext mirror nothing.
 fn opens_with_tls(stream: &TcpStream, until: Instant) -> bool {
     let mut b = [0u8; 2];
-    loop {
+    let tls = loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return false;
+            break false;
         }
         match stream.peek(&mut b) {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => break false,
             Ok(n) => match crate::transport::tls::looks_like_tls(&b[..n]) {
-                Some(tls) => {
-                    let _ = stream.set_read_timeout(None);
-                    return tls;
-                }
+                Some(tls) => break tls,
                 None => std::thread::sleep(Duration::from_millis(1)),
             },
         }
-    }
+    };
+    // The transports set their own waits; none inherits this one.
+    let _ = stream.set_read_timeout(None);
+    tls
 }
 
 fn prepare(stream: &TcpStream) -> std::io::Result<()> {
