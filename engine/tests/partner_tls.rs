@@ -419,9 +419,14 @@ fn a_tls_terminating_relay_with_valid_certificates_fails_the_bound_handshake() {
         for down in l.incoming() {
             let Ok(down) = down else { return };
             let deadline = Instant::now() + Duration::from_secs(2);
-            let Ok(mut a) =
-                TlsStream::handshake(down, TlsEnd::Accept(&server), deadline, "mirror", "")
-            else {
+            let Ok(mut a) = TlsStream::handshake(
+                down,
+                TlsEnd::Accept(&server),
+                deadline,
+                "mirror",
+                "",
+                &|| {},
+            ) else {
                 continue;
             };
             let Ok(up) = TcpStream::connect(upstream) else {
@@ -434,6 +439,7 @@ fn a_tls_terminating_relay_with_valid_certificates_fails_the_bound_handshake() {
                 deadline,
                 "principal",
                 "",
+                &|| {},
             ) else {
                 continue;
             };
@@ -648,4 +654,98 @@ fn witness_tls_mismatch_is_a_clear_error_on_both_ends() {
         joined(&lines).contains("speaks TLS, but this node has no TLS configured")
     });
     w.shutdown();
+}
+
+/// `n` connections to `addr`, each renewed as soon as it is closed; each
+/// sends `say` and then only reads.
+fn flood(addr: SocketAddr, n: usize, say: &'static [u8], stop: &Arc<AtomicBool>) -> Arc<AtomicU64> {
+    let connects = Arc::new(AtomicU64::new(0));
+    for _ in 0..n {
+        let (stop, connects) = (stop.clone(), connects.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                else {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                };
+                connects.fetch_add(1, Ordering::Relaxed);
+                if !say.is_empty() && s.write_all(say).is_err() {
+                    continue;
+                }
+                s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                let mut buf = [0u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        });
+    }
+    connects
+}
+
+/// The TLS handshake runs inside the pre-auth gate: 64 connections that
+/// say nothing, and 64 that start a TLS record and stall (a ClientHello
+/// header promising 512 bytes that never come), renewed as they are
+/// closed, do not keep a restarting TLS mirror out.
+#[test]
+fn silent_and_stalled_tls_peers_do_not_keep_a_restarting_tls_mirror_out() {
+    let root = ca("partner CA");
+    let (pd, md) = (tempdir("ptls", "flood-p"), tempdir("ptls", "flood-m"));
+    let (pl, ml): (Lines, Lines) = (Arc::default(), Arc::default());
+    let with = |dir: &Path, lines: &Lines| {
+        let mut c = config(dir, Some(partner_tls(&identity(&root, &root))), lines);
+        // Before the pre-auth gate each silent connection held a slot
+        // this long.
+        c.session.partner_timeout_ms = 2000;
+        c
+    };
+    let p = Principal::start(with(&pd, &pl), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let applied = Recorder::default();
+    let m = Mirror::start(with(&md, &ml), p.local_addr(), applied.clone(), None).unwrap();
+    wait_until("SYNCHRONIZED", Duration::from_secs(10), || {
+        p.status().state == MirroringState::Synchronized
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let silent = flood(p.local_addr(), 64, b"", &stop);
+    let stalled = flood(
+        p.local_addr(),
+        64,
+        &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01],
+        &stop,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop(m);
+    let restarted = Instant::now();
+    let m = Mirror::start(with(&md, &ml), p.local_addr(), applied.clone(), None).unwrap();
+    wait_until(
+        "the restarted TLS mirror to synchronize during the flood",
+        Duration::from_secs(8),
+        || p.status().state == MirroringState::Synchronized,
+    );
+    let took = restarted.elapsed();
+    for i in 0..20u32 {
+        assert!(!p.commit_wait(&[&i.to_le_bytes()]).unwrap().exposed);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let s = p.status();
+    eprintln!(
+        "TLS mirror synchronized {took:?} after its restart; {} silent and {} stalled connections, {} refused before authentication",
+        silent.load(Ordering::Relaxed),
+        stalled.load(Ordering::Relaxed),
+        s.preauth_rejected
+    );
+    assert!(silent.load(Ordering::Relaxed) >= 64 && stalled.load(Ordering::Relaxed) >= 64);
+    assert!(s.preauth_rejected > 0);
+    drop(m);
+    p.shutdown();
 }

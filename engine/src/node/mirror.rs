@@ -322,7 +322,7 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
             // pre-auth deadline.
             let until = Instant::now()
                 + preauth_deadline(Duration::from_millis(sh.cfg.session.partner_timeout_ms));
-            let (mut conn, note) = match open_partner_conn(stream, &sh.cfg, false, until) {
+            let (mut conn, note) = match open_partner_conn(stream, &sh.cfg, false, until, &|| {}) {
                 Ok(c) => c,
                 Err(e) => return format!("connecting to the principal at {}: {e}", sh.principal),
             };

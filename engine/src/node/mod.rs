@@ -226,13 +226,15 @@ pub(crate) fn tighten_dir(cfg: &NodeConfig, who: &str) {
 
 /// Wraps a connected stream in the partner transport the configuration
 /// asks for: over TLS (`accept`: this end is the principal), the TLS
-/// handshake runs first, by `deadline`; the second value is a line to log
+/// handshake runs first, by `deadline` (`spoke`: the peer's first TLS
+/// flight was whole, for the pre-auth gate); the second value is a line to log
 /// once (an io_uring fallback, or that TLS uses blocking sockets).
 pub(crate) fn open_partner_conn(
     stream: TcpStream,
     cfg: &NodeConfig,
     accept: bool,
     deadline: std::time::Instant,
+    spoke: &dyn Fn(),
 ) -> Result<(Box<dyn Conn>, Option<String>), String> {
     let Some(tls) = &cfg.partner_tls else {
         return open_conn(stream, cfg.transport, cfg.send_mode)
@@ -245,7 +247,7 @@ pub(crate) fn open_partner_conn(
             .map_err(|e| format!("cannot set up the {:?} transport: {e}", cfg.transport));
     };
     let conn = if accept {
-        TlsConn::accept(stream, tls, deadline)?
+        TlsConn::accept(stream, tls, deadline, spoke)?
     } else {
         TlsConn::connect(stream, tls, deadline)?
     };

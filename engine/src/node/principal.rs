@@ -599,7 +599,7 @@ fn handshake(
         refuse(&ours);
         return;
     }
-    let (mut conn, why) = match open_partner_conn(stream, &sh.cfg, true, until) {
+    let (mut conn, why) = match open_partner_conn(stream, &sh.cfg, true, until, &|| slot.spoke()) {
         Ok(c) => c,
         Err(e) => {
             refuse(&e);

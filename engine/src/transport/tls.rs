@@ -300,14 +300,17 @@ pub enum TlsEnd<'a> {
 /// non-blocking) by `deadline`. `who` names the peer in errors ("mirror",
 /// "principal", "witness", "partner"); `hint` says what to configure when
 /// the peer turns out to speak plaintext. A plaintext peer is told apart
-/// from a broken one: `Err((ours, Some(first_bytes)))` for the accepting
-/// end to answer in plaintext.
+/// from a broken one (`plaintext_peer`, for the accepting end to answer in
+/// plaintext). `spoke` is called once the peer's first flight was a whole
+/// TLS handshake message (rustls has an answer to send): the pre-auth
+/// gate then closes silent or stalled connections before this one.
 pub fn handshake(
     sock: &TcpStream,
     end: TlsEnd<'_>,
     deadline: Instant,
     who: &str,
     hint: &str,
+    spoke: &dyn Fn(),
 ) -> Result<Connection, HandshakeFailure> {
     let fail = |why: String| HandshakeFailure {
         why,
@@ -325,6 +328,7 @@ pub fn handshake(
         .map_err(|e| fail(format!("TLS: {e}")))?;
     let mut sock_ref = sock;
     let mut first = true;
+    let mut spoken = false;
     let mut buf = vec![0u8; 16 << 10];
     let timed_out = || {
         fail(format!(
@@ -386,9 +390,13 @@ pub fn handshake(
             }
             first = false;
             feed(&mut tls, sock, &buf[..got], who)?;
-            continue;
+        } else {
+            feed(&mut tls, sock, &buf[..n], who)?;
         }
-        feed(&mut tls, sock, &buf[..n], who)?;
+        if !spoken && tls.wants_write() {
+            spoken = true;
+            spoke();
+        }
     }
     flush(&mut tls, sock, Some(deadline))
         .map_err(|e| fail(format!("TLS handshake with the {who}: {e}")))?;
@@ -514,7 +522,13 @@ impl TlsConn {
     /// Accepts a partner's TLS handshake on `sock` by `deadline`. On a
     /// plaintext peer, answers with a plaintext refusal that says TLS is
     /// required, so both ends log why.
-    pub fn accept(sock: TcpStream, cfg: &PartnerTls, deadline: Instant) -> Result<TlsConn, String> {
+    /// `spoke`: see [`handshake`].
+    pub fn accept(
+        sock: TcpStream,
+        cfg: &PartnerTls,
+        deadline: Instant,
+        spoke: &dyn Fn(),
+    ) -> Result<TlsConn, String> {
         sock.set_nodelay(true).map_err(|e| e.to_string())?;
         match handshake(
             &sock,
@@ -522,6 +536,7 @@ impl TlsConn {
             deadline,
             "mirror",
             "configure --partner-tls-* on both partners",
+            spoke,
         ) {
             Ok(tls) => TlsConn::new(sock, tls, cfg.seal),
             Err(f) => {
@@ -554,6 +569,7 @@ impl TlsConn {
             deadline,
             "principal",
             "configure --partner-tls-* on both partners or neither",
+            &|| {},
         )
         .map_err(|f| f.why)?;
         TlsConn::new(sock, tls, cfg.seal)
@@ -776,8 +792,9 @@ impl TlsStream {
         deadline: Instant,
         who: &str,
         hint: &str,
+        spoke: &dyn Fn(),
     ) -> Result<TlsStream, HandshakeFailure> {
-        let tls = handshake(&sock, end, deadline, who, hint)?;
+        let tls = handshake(&sock, end, deadline, who, hint, spoke)?;
         let binding = binding(&tls, WITNESS_EXPORTER_LABEL).map_err(|why| HandshakeFailure {
             why,
             plaintext_peer: false,

@@ -70,6 +70,7 @@ impl WitnessClient {
                         deadline,
                         "witness",
                         "give the witness --tls-cert, --tls-key and --tls-ca, or drop --witness-tls-ca here",
+                        &|| {},
                     )
                     .map_err(|f| format!("witness at {}: {f}", self.addr))?,
                 )),

@@ -286,6 +286,11 @@ fn serve_conn(
                 preauth_until,
                 "partner",
                 "this witness requires TLS",
+                &|| {
+                    if let Some(s) = slot.as_ref() {
+                        s.spoke()
+                    }
+                },
             ) {
                 Ok(t) => WitnessStream::Tls(Box::new(t)),
                 Err(f) => {
