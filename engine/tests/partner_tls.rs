@@ -749,3 +749,60 @@ fn silent_and_stalled_tls_peers_do_not_keep_a_restarting_tls_mirror_out() {
     drop(m);
     p.shutdown();
 }
+
+/// The same flood against a TLS witness: a partner's TLS call still gets
+/// its answer.
+#[test]
+fn silent_and_stalled_tls_peers_do_not_keep_a_partner_out_of_a_tls_witness() {
+    use mirrorlog_engine::witness::client::WitnessClient;
+    use mirrorlog_engine::witness::proto::{Reply, Request};
+    let root = ca("witness CA");
+    let lines: Lines = Arc::default();
+    let w = witness(
+        &tempdir("ptls", "wflood"),
+        Some(&identity(&root, &root)),
+        &lines,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let silent = flood(w.local_addr(), 64, b"", &stop);
+    let stalled = flood(
+        w.local_addr(),
+        64,
+        &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01],
+        &stop,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let id = identity(&root, &root);
+    // As in the plaintext flood test: a partner retries (its lease keeper
+    // and promoter do), and the flood may delay it but never keep it out.
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let mut fresh = WitnessClient::new(
+            w.local_addr(),
+            Secret::new(b"partner-tls-test-shared-secret".to_vec()).unwrap(),
+        )
+        .with_tls(Some(WitnessTls {
+            client: id.client_config().unwrap(),
+            server_name: rustls::pki_types::ServerName::IpAddress(w.local_addr().ip().into()),
+        }));
+        let answer = loop {
+            match fresh.call(&Request::Query { database_id: DB }, Duration::from_secs(1)) {
+                Ok(r) => break r,
+                Err(e) => assert!(
+                    asked.elapsed() < Duration::from_secs(3),
+                    "no answer during the flood: {e}\nwitness:\n{}",
+                    joined(&lines)
+                ),
+            }
+        };
+        assert!(matches!(answer, Reply::State { .. }), "{answer:?}");
+        eprintln!("answered in {:?} during the flood", asked.elapsed());
+        // Its authenticated connection is out of the gate: answered at once.
+        let r = fresh.call(&Request::Query { database_id: DB }, Duration::from_secs(1));
+        assert!(matches!(r, Ok(Reply::State { .. })), "{r:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(silent.load(Ordering::Relaxed) >= 64 && stalled.load(Ordering::Relaxed) >= 64);
+    assert!(w.preauth_rejected() > 0);
+    w.shutdown();
+}
