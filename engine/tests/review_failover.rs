@@ -369,6 +369,7 @@ fn regression_rewinding_start_acks_stale_applied_and_applies_uncommitted_frames(
         start_lsn: 0,
         written_lsn: end,
         epoch: 2,
+        segment_end_at: None,
     };
     let mut p = PrincipalSession::new(session_cfg(), 0, end, end);
     let (mut m, first) = MirrorSession::new(

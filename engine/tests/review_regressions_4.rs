@@ -50,6 +50,7 @@ fn regression_unsynced_tail_at_start_is_never_synced() {
         start_lsn: 0,
         written_lsn: 4096,
         epoch: 1,
+        segment_end_at: None,
     };
     let mut p = PrincipalSession::new(cfg(), 0, 4096, 4096);
     let (mut m, first) = MirrorSession::new(
@@ -181,6 +182,7 @@ fn regression_synchronized_reported_while_mirror_far_behind() {
         start_lsn: 0,
         written_lsn: 0,
         epoch: 1,
+        segment_end_at: None,
     };
     let mut p = PrincipalSession::new(cfg(), 0, 0, 0);
     p.on_message(
@@ -190,6 +192,7 @@ fn regression_synchronized_reported_while_mirror_far_behind() {
             written_lsn: 0,
             hardened_lsn: 0,
             applied_lsn: 0,
+            segment_end: 0,
         },
         &plog,
     );
@@ -232,6 +235,7 @@ fn regression_resume_reports_synchronized_with_a_send_queue() {
         start_lsn: 0,
         written_lsn: 0,
         epoch: 1,
+        segment_end_at: None,
     };
     let mut p = PrincipalSession::new(cfg(), 0, 0, 0);
     p.on_message(
@@ -241,6 +245,7 @@ fn regression_resume_reports_synchronized_with_a_send_queue() {
             written_lsn: 0,
             hardened_lsn: 0,
             applied_lsn: 0,
+            segment_end: 0,
         },
         &plog,
     );
@@ -398,6 +403,7 @@ fn regression_hostile_values_are_bounded() {
         start_lsn: 0,
         written_lsn: 4096,
         epoch: 1,
+        segment_end_at: None,
     };
     for (r, h, a) in [
         (4096, 4097, 0),
@@ -413,6 +419,7 @@ fn regression_hostile_values_are_bounded() {
                 written_lsn: 2048,
                 hardened_lsn: 2048,
                 applied_lsn: 0,
+                segment_end: 0,
             },
             &plog,
         );

@@ -123,7 +123,9 @@ mirrorlog serve --config FILE [OPTIONS]
                               without one; no asks for none. A handshake must
                               be done within the command timeout (at most 10 s)
     --segment-bytes N         size of new log segment files (default 64 MiB;
-                              a multiple of 4096 from 8 KiB to 4 GiB)
+                              a multiple of 4096 from 8 KiB to 4 GiB); both
+                              partners must use the same (the handshake
+                              refuses a mismatch)
     --log-level L             error, warn, info (default) or debug; RUST_LOG,
                               when set, takes precedence
     --checkpoint-secs N       checkpoint the store every N seconds when the log

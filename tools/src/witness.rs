@@ -9,6 +9,25 @@ use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::witness::server::{WitnessOptions, WitnessServer};
 use mirrorlog_engine::witness::LeaseConfig;
 
+pub const WITNESS_USAGE: &str = "\
+mirrorlog witness --dir DIR --secret-file FILE [--listen ADDR:PORT]
+                  [--database-id ID] [--lease-ms N] [--rho R] [--log-level L]
+
+    The witness: records the current epoch and its principal durably in DIR,
+    grants epochs by compare-and-set, leases the principal its right to
+    commit without its mirror, and grants automatic failover only once that
+    lease is certainly over (docs/design.md, Witness protocol).
+
+    --dir DIR             where the witness keeps its state (required)
+    --secret-file FILE    the partners' shared secret (required)
+    --listen ADDR:PORT    where to listen (default 127.0.0.1:7500)
+    --database-id ID      the database it witnesses (default \"mirrorlog\")
+    --lease-ms N          the lease (default 1000, as the partners' default
+                          partner timeout)
+    --rho R               the bound on any clock's rate error (default 0.01)
+    --log-level L         error, warn, info (default) or debug
+";
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub dir: PathBuf,

@@ -1,13 +1,15 @@
 //! Linearizability of real-process histories: a witness and two
 //! `mirrorlog serve` partners (safety full, automatic failover), 8 clients
-//! doing a random SET/GET/INCR/DEL mix on 5 keys (unique SET values),
-//! following the principal. Faults during the run: SIGSTOP/SIGCONT of
+//! doing a random SET/GET/INCR/DEL mix on 5 keys (unique SET values; two
+//! of the clients only read), following the principal. Faults during the run: SIGSTOP/SIGCONT of
 //! either node, partitions of both witness links and of the partner link
 //! (through stalling proxies), and a SIGKILL of the principal while the
 //! partner link is stalled, so writes are in flight (visible on the
 //! principal unless the read barrier holds them) when it dies; the mirror
 //! takes over, the old principal restarts and rejoins. The history is
-//! then checked with `common/linearizability.rs`.
+//! then checked with `common/linearizability.rs`. A client's read counts
+//! only if `ROLE` said master just before and just after it (pipelined
+//! with it): a mirror's reads are stale by design, as a Redis replica's.
 //!
 //! With `--read-barrier on` the checker must find nothing; with `off` it
 //! must find the read of a write the failover lost (proving that the
@@ -200,9 +202,15 @@ fn info(port: u16) -> String {
     }
 }
 
+/// Principal, mirror SYNCHRONIZED, and the witness not told it runs
+/// exposed (after a partition of the partner link the principal tells the
+/// witness it is covered again only a second later; until then the
+/// witness rightly refuses an automatic failover).
 fn synchronized_principal(port: u16) -> bool {
     let i = info(port);
-    i.contains("role:master") && i.contains("mirroring_state:synchronized")
+    i.contains("role:master")
+        && i.contains("mirroring_state:synchronized")
+        && i.contains("mirroring_witness_exposed:0")
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -253,7 +261,15 @@ fn client(
             },
         };
         let key = format!("k{}", rnd() as usize % KEYS);
-        let (call, args): (Call, Vec<Vec<u8>>) = match rnd() % 8 {
+        // Two clients only read: when the partner link stalls, every
+        // writer soon waits on a write, and the readers go on reading the
+        // keys those writes are pending on.
+        let mix = if id % 4 == 3 {
+            3 + rnd() % 3
+        } else {
+            rnd() % 8
+        };
+        let (call, args): (Call, Vec<Vec<u8>>) = match mix {
             0..=2 => {
                 seq += 1;
                 // Unique values: the client in the high digits.
@@ -269,7 +285,32 @@ fn client(
         };
         let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
         let invoke = now();
-        let r = c.call(&refs);
+        // A read is sandwiched between two ROLEs: a mirror's reads are
+        // stale by design (as a Redis replica's), so a read counts only
+        // if the node was principal before and after it. Reads have no
+        // effects, so leaving one out of the history is sound.
+        let r = if matches!(call, Call::Get) {
+            let role: Vec<&[u8]> = vec![b"ROLE"];
+            match c.pipeline(&[role.clone(), refs.clone(), role]) {
+                Ok(mut replies) if replies.len() == 3 => {
+                    let master = |r: &Reply| {
+                        matches!(r, Reply::Array(a)
+                            if matches!(a.first(), Some(Reply::Bulk(b)) if b == b"master"))
+                    };
+                    if !(master(&replies[0]) && master(&replies[2])) {
+                        conn = None;
+                        target = 1 - target;
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    Ok(replies.swap_remove(1))
+                }
+                Ok(_) => Err(std::io::Error::other("short pipeline reply")),
+                Err(e) => Err(e),
+            }
+        } else {
+            c.call(&refs)
+        };
         let ret = now();
         let outcome = match (&call, r) {
             (_, Err(_)) => {
@@ -298,6 +339,11 @@ fn client(
             (Call::Del, Ok(Reply::Int(n))) => Outcome::Ok(Ret::Deleted(n)),
             (call, Ok(other)) => panic!("{call:?}: unexpected reply {other:?}"),
         };
+        if id % 4 == 3 {
+            // Unthrottled, the readers' history alone takes the checker
+            // minutes; a read every 2 ms still covers every stall.
+            std::thread::sleep(Duration::from_millis(2));
+        }
         out.lock().unwrap().push(Op {
             client: id,
             key: key.into_bytes(),
@@ -425,7 +471,6 @@ fn history_under_faults(tag: &str, barrier: &str) -> linearizability::Report {
 static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
-#[ignore = "open (issue 14): clients that lose their principal retry on the mirror, whose reads are stale by design, so this history is not yet only the principal's reads; once the clients read only from a confirmed principal it must report zero violations"]
 fn with_the_read_barrier_no_client_sees_a_write_the_failover_loses() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let r = history_under_faults("on", "on");

@@ -6,6 +6,27 @@
 //! back may be torn at sector (512 B) granularity. Directory changes
 //! (create, rename, remove) may or may not survive until the directory is
 //! synced. Synced bytes always survive.
+//!
+//! Faults it injects, each armed by a method and disarmed by [`SimStorage::heal`]
+//! (a crash image always starts on a sound disk):
+//!
+//! * failed syncs (`fail_syncs_after`): EIO, nothing made durable;
+//! * failed writes (`fail_writes_after`, `fail_writes_randomly`): EIO or
+//!   ENOSPC; the failed write changes nothing (a real one leaves the range
+//!   unknown: the log treats it so and poisons itself);
+//! * failed creates and renames (`fail_creates_after`): ENOSPC (a full
+//!   directory or disk); removals never fail, they free space;
+//! * failed opens (`fail_opens_after`): the one read path that can fail.
+//!   A file's bytes are read through the mapping (`StorageFile::bytes`),
+//!   which cannot return an error, so a failed *read* of stored data is
+//!   modelled as what a disk returns instead: a corrupted page
+//!   (`flip_bit`, a bit flip recorded in the journal, so it is in every
+//!   later crash image), which recovery must detect by checksum;
+//! * a lying sync (`lie_on_syncs_after`): syncs, directory syncs and the
+//!   data sync of a create report success but make nothing durable, so a
+//!   crash image may drop what they "hardened" (as a volatile write cache
+//!   that ignores flushes would). Nothing on this node can see the lie
+//!   until a checksum, the durable-LSN hint or a partner's copy shows it.
 
 use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -42,6 +63,79 @@ enum Op {
         to: String,
     },
     SyncDir,
+    /// A bit flipped on the medium: in the durable and the current bytes.
+    Flip {
+        id: u64,
+        off: usize,
+        mask: u8,
+    },
+}
+
+/// When an armed fault fires: after `left` more operations that succeed,
+/// every one (or, with `per_million` below a million, each by chance).
+#[derive(Clone, Copy, Debug)]
+struct Trigger {
+    left: u64,
+    per_million: u32,
+    rng: u64,
+    errno: i32,
+    /// Failures left before it disarms (`u64::MAX`: never disarms).
+    times: u64,
+}
+
+impl Trigger {
+    fn after(n: u64, errno: i32) -> Trigger {
+        Trigger {
+            left: n,
+            per_million: 1_000_000,
+            rng: 0,
+            errno,
+            times: u64::MAX,
+        }
+    }
+
+    /// Whether this operation fails.
+    fn fires(&mut self) -> bool {
+        if self.left > 0 {
+            self.left -= 1;
+            return false;
+        }
+        if self.times == 0 {
+            return false;
+        }
+        let fires = self.per_million >= 1_000_000
+            || splitmix(&mut self.rng) % 1_000_000 < self.per_million as u64;
+        if fires && self.times != u64::MAX {
+            self.times -= 1;
+        }
+        fires
+    }
+}
+
+/// The faults armed on a storage (see the module documentation).
+#[derive(Clone, Copy, Debug, Default)]
+struct Faults {
+    syncs: Option<Trigger>,
+    writes: Option<Trigger>,
+    creates: Option<Trigger>,
+    opens: Option<Trigger>,
+    lies: Option<Trigger>,
+}
+
+/// errno of an I/O error.
+pub const EIO: i32 = 5;
+/// errno of a full disk.
+pub const ENOSPC: i32 = 28;
+
+/// What the injected faults did so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    pub failed_syncs: u64,
+    pub failed_writes: u64,
+    pub failed_creates: u64,
+    pub failed_opens: u64,
+    /// Syncs (file, directory, or a create's data sync) that lied.
+    pub lies: u64,
 }
 
 struct FileData {
@@ -74,14 +168,25 @@ struct State {
     base: Vec<(String, u64, Vec<u8>)>,
     journal: Vec<Op>,
     next_id: u64,
-    /// Syncs left before every sync fails with EIO (fault injection).
-    syncs_until_failure: Option<u64>,
+    faults: Faults,
+    counts: FaultCounts,
 }
 
 /// See the module documentation.
 #[derive(Clone)]
 pub struct SimStorage {
     state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for SimStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock();
+        f.debug_struct("SimStorage")
+            .field("files", &st.files.keys().collect::<Vec<_>>())
+            .field("ops", &st.journal.len())
+            .field("faults", &st.faults)
+            .finish()
+    }
 }
 
 impl Default for SimStorage {
@@ -137,7 +242,8 @@ impl SimStorage {
                 base: Vec::new(),
                 journal: Vec::new(),
                 next_id: 0,
-                syncs_until_failure: None,
+                faults: Faults::default(),
+                counts: FaultCounts::default(),
             })),
         }
     }
@@ -166,9 +272,90 @@ impl SimStorage {
         points
     }
 
-    /// After `n` more successful syncs, every sync fails with EIO.
+    /// After `n` more successful syncs, every sync fails with EIO
+    /// (`u64::MAX`: never).
     pub fn fail_syncs_after(&self, n: u64) {
-        self.lock().syncs_until_failure = Some(n);
+        self.lock().faults.syncs = Some(Trigger::after(n, EIO));
+    }
+
+    /// After `n` more successful writes, every write fails with `errno`
+    /// ([`EIO`] or [`ENOSPC`]) and changes nothing.
+    pub fn fail_writes_after(&self, n: u64, errno: i32) {
+        self.lock().faults.writes = Some(Trigger::after(n, errno));
+    }
+
+    /// The next `times` writes fail with `errno` and change nothing; later
+    /// ones succeed (a transient failure: a copy-on-write file system out
+    /// of space for one write, then not).
+    pub fn fail_next_writes(&self, times: u64, errno: i32) {
+        self.lock().faults.writes = Some(Trigger {
+            times,
+            ..Trigger::after(0, errno)
+        });
+    }
+
+    /// Each write fails with `errno` with probability `per_million` / 10^6,
+    /// drawn from `seed` (so a run replays).
+    pub fn fail_writes_randomly(&self, per_million: u32, seed: u64, errno: i32) {
+        self.lock().faults.writes = Some(Trigger {
+            left: 0,
+            per_million,
+            rng: seed,
+            errno,
+            times: u64::MAX,
+        });
+    }
+
+    /// After `n` more successful creates and renames, every create and
+    /// rename fails with `errno` (usually [`ENOSPC`]) and changes nothing.
+    pub fn fail_creates_after(&self, n: u64, errno: i32) {
+        self.lock().faults.creates = Some(Trigger::after(n, errno));
+    }
+
+    /// After `n` more successful opens, every open fails with `errno`.
+    pub fn fail_opens_after(&self, n: u64, errno: i32) {
+        self.lock().faults.opens = Some(Trigger::after(n, errno));
+    }
+
+    /// After `n` more honest syncs, every sync (of a file's range, of the
+    /// directory, and a create's data sync) reports success and makes
+    /// nothing durable.
+    pub fn lie_on_syncs_after(&self, n: u64) {
+        self.lock().faults.lies = Some(Trigger::after(n, 0));
+    }
+
+    /// Disarms every fault (a repaired or replaced disk).
+    pub fn heal(&self) {
+        self.lock().faults = Faults::default();
+    }
+
+    /// What the faults did so far (this storage only, not its images).
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.lock().counts
+    }
+
+    /// Whether syncs have lied since this storage (or image) began.
+    pub fn has_lied(&self) -> bool {
+        self.lock().counts.lies > 0
+    }
+
+    /// Flips bit `bit` of byte `off` of `name` on the medium: the page now
+    /// reads back wrong, in this storage and in every later crash image
+    /// (a read fault; see the module documentation).
+    pub fn flip_bit(&self, name: &str, off: usize, bit: u8) {
+        assert!(bit < 8);
+        let mut st = self.lock();
+        let f = st.files.get(name).cloned().expect("file exists");
+        assert!(off < f.bytes.len());
+        let mask = 1u8 << bit;
+        // SAFETY: in bounds (asserted); tests flip bits while no log
+        // writes this byte.
+        unsafe { *f.ptr().add(off) ^= mask };
+        st.journal.push(Op::Flip {
+            id: f.id,
+            off,
+            mask,
+        });
     }
 
     /// Current bytes of a file (for assertions).
@@ -239,6 +426,11 @@ impl SimStorage {
                     dir_current.insert(to.clone(), id);
                 }
                 Op::SyncDir => dir_durable = dir_current.clone(),
+                Op::Flip { id, off, mask } => {
+                    let f = files.get_mut(id).expect("flip in a created file");
+                    f.current[*off] ^= mask;
+                    f.durable[*off] ^= mask;
+                }
             }
         }
         let mut rng = match mode {
@@ -255,7 +447,8 @@ impl SimStorage {
             base: Vec::new(),
             journal: Vec::new(),
             next_id: st.next_id,
-            syncs_until_failure: None,
+            faults: Faults::default(),
+            counts: FaultCounts::default(),
         };
         for (name, id) in dir {
             let f = &files[&id];
@@ -298,6 +491,17 @@ impl SimStorage {
     }
 }
 
+impl State {
+    /// Whether this sync lies (counted).
+    fn lies(&mut self) -> bool {
+        let lie = self.faults.lies.as_mut().is_some_and(Trigger::fires);
+        if lie {
+            self.counts.lies += 1;
+        }
+        lie
+    }
+}
+
 impl Storage for SimStorage {
     type File = SimFile;
 
@@ -313,22 +517,51 @@ impl Storage for SimStorage {
                 format!("{name} exists"),
             ));
         }
+        if let Some(t) = st.faults.creates.as_mut() {
+            if t.fires() {
+                let errno = t.errno;
+                st.counts.failed_creates += 1;
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
         let mut content = vec![0u8; len];
         content[..prefix.len()].copy_from_slice(prefix);
         let id = st.next_id;
         st.next_id += 1;
-        st.journal.push(Op::Create {
-            id,
-            name: name.to_string(),
-            content: content.clone(),
-        });
+        if st.lies() {
+            // The data sync lied: the file appears with zeros, its prefix
+            // only written (dirty pages a crash may drop).
+            st.journal.push(Op::Create {
+                id,
+                name: name.to_string(),
+                content: vec![0u8; len],
+            });
+            st.journal.push(Op::Write {
+                id,
+                off: 0,
+                data: prefix.to_vec(),
+            });
+        } else {
+            st.journal.push(Op::Create {
+                id,
+                name: name.to_string(),
+                content: content.clone(),
+            });
+        }
         st.files
             .insert(name.to_string(), Arc::new(FileData::new(id, content)));
         Ok(())
     }
 
     fn open(&self, name: &str) -> io::Result<SimFile> {
-        let st = self.lock();
+        let mut st = self.lock();
+        if let Some(t) = st.faults.opens.as_mut() {
+            if t.fires() {
+                let errno = t.errno;
+                st.counts.failed_opens += 1;
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
         let data =
             st.files.get(name).cloned().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::NotFound, format!("{name} not found"))
@@ -355,6 +588,19 @@ impl Storage for SimStorage {
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut st = self.lock();
+        if !st.files.contains_key(from) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{from} not found"),
+            ));
+        }
+        if let Some(t) = st.faults.creates.as_mut() {
+            if t.fires() {
+                let errno = t.errno;
+                st.counts.failed_creates += 1;
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
         let f = st
             .files
             .remove(from)
@@ -368,7 +614,10 @@ impl Storage for SimStorage {
     }
 
     fn sync_dir(&self) -> io::Result<()> {
-        self.lock().journal.push(Op::SyncDir);
+        let mut st = self.lock();
+        if !st.lies() {
+            st.journal.push(Op::SyncDir);
+        }
         Ok(())
     }
 
@@ -390,6 +639,13 @@ impl StorageFile for SimFile {
 
     unsafe fn write(&self, off: usize, data: &[u8]) -> io::Result<()> {
         let mut st = self.storage.lock();
+        if let Some(t) = st.faults.writes.as_mut() {
+            if t.fires() {
+                let errno = t.errno;
+                st.counts.failed_writes += 1;
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
         st.journal.push(Op::Write {
             id: self.data.id,
             off,
@@ -406,11 +662,14 @@ impl StorageFile for SimFile {
 
     fn sync(&self, off: usize, len: usize) -> io::Result<()> {
         let mut st = self.storage.lock();
-        if let Some(left) = st.syncs_until_failure.as_mut() {
-            if *left == 0 {
-                return Err(io::Error::from_raw_os_error(5));
+        if let Some(t) = st.faults.syncs.as_mut() {
+            if t.fires() {
+                st.counts.failed_syncs += 1;
+                return Err(io::Error::from_raw_os_error(EIO));
             }
-            *left -= 1;
+        }
+        if st.lies() {
+            return Ok(());
         }
         st.journal.push(Op::Sync {
             id: self.data.id,

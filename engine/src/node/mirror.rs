@@ -140,6 +140,11 @@ impl<A: Applier> Mirror<A> {
         })
     }
 
+    /// The principal's partner address this mirror connects to.
+    pub fn principal_addr(&self) -> SocketAddr {
+        self.sh().principal
+    }
+
     pub fn log(&self) -> &Arc<Log<FsStorage>> {
         &self.sh().log
     }
@@ -181,6 +186,7 @@ impl<A: Applier> Mirror<A> {
             bytes_sent: snap.bytes_sent,
             raw_bytes: 0,
             log_bytes: 0,
+            stored_bytes: 0,
             latency: Vec::new(),
             sessions: snap.sessions,
             last_error: snap.last_error,
@@ -190,6 +196,7 @@ impl<A: Applier> Mirror<A> {
                 .witness
                 .as_ref()
                 .map(|w| w.lock().expect("witness view").clone()),
+            log_error: crate::node::principal::log_error(sh.log.poisoned(), None),
         }
     }
 
@@ -343,6 +350,7 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 // The principal closes a connection that has not
                 // authenticated by then; waiting longer is pointless.
                 until.saturating_duration_since(Instant::now()),
+                sh.cfg.log.segment_bytes as u64,
             ) {
                 Ok(epoch) => sh.principal_epoch.store(epoch, Ordering::Release),
                 Err(e) => return format!("handshake with the principal failed: {e}"),
@@ -581,6 +589,11 @@ impl Promoter {
                 epoch, principal, ..
             }) => {
                 self.uncertain = false;
+                if let Some(v) = &sh.witness {
+                    let mut v = v.lock().expect("witness view");
+                    v.contacted = true;
+                    v.connected = true;
+                }
                 (principal.as_deref() == Some(link.name.as_str()) && epoch > last_local).then_some(
                     Promotion {
                         epoch,
@@ -603,6 +616,7 @@ impl Promoter {
     fn say<A: Applier>(&mut self, sh: &Shared<A>, what: String) {
         if let Some(v) = &sh.witness {
             let mut v = v.lock().expect("witness view");
+            v.contacted = true;
             v.connected =
                 !what.contains("witness at") && !what.contains("reading from the witness");
             v.failover = Some(what.clone());

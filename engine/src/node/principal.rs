@@ -43,6 +43,9 @@ struct Shared {
     watch: Mutex<Watch>,
     /// The lease keeper's view (None: no witness).
     witness: Option<Mutex<WitnessView>>,
+    /// Where the mirror of the current (or last) session connected from:
+    /// ROLE reports it as Redis reports a replica's address.
+    mirror_peer: Mutex<Option<SocketAddr>>,
     /// Resigned for a manual failover: the lease keeper stops.
     resigned: AtomicBool,
     /// Started in an epoch a failover granted: its mirror is gone, so the
@@ -192,6 +195,7 @@ impl Principal {
                 held: !exposed_ok,
                 send_queue_age: None,
             }),
+            mirror_peer: Mutex::new(None),
             resigned: AtomicBool::new(false),
             promoted: granted.is_some(),
             witness: cfg.witness.as_ref().map(|w| {
@@ -211,7 +215,7 @@ impl Principal {
         if let Some(source) = &shared.cfg.snapshots {
             shared.session.set_snapshots(source.clone());
         }
-        let (tx, rx) = mpsc::channel::<Box<dyn Conn>>();
+        let (tx, rx) = mpsc::channel::<(SocketAddr, Box<dyn Conn>)>();
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -284,6 +288,12 @@ impl Principal {
     }
 
     /// The address the mirror connects to.
+    /// The address the mirror of the current (or last) session connected
+    /// from (None: no mirror has attached yet).
+    pub fn mirror_peer(&self) -> Option<SocketAddr> {
+        *self.shared.mirror_peer.lock().expect("mirror peer")
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -320,6 +330,22 @@ impl Principal {
     }
 
     pub fn status(&self) -> Status {
+        let mut s = self.status_brief();
+        s.latency = Level::ALL
+            .iter()
+            .map(|&l| {
+                self.shared
+                    .gc
+                    .with_latency_ns(l, |h| LatencySummary::of(l, h))
+            })
+            .collect();
+        s
+    }
+
+    /// [`Principal::status`] without the latency summaries (empty), which
+    /// cost a scan of every level's histogram: for what is asked often
+    /// (ROLE, the read barrier's level checks, client libraries polling).
+    pub fn status_brief(&self) -> Status {
         let sh = &self.shared;
         let gc = &sh.gc;
         let log = gc.log();
@@ -360,10 +386,8 @@ impl Principal {
             bytes_sent: snap.bytes_sent,
             raw_bytes: stats.raw_bytes,
             log_bytes: stats.log_bytes,
-            latency: Level::ALL
-                .iter()
-                .map(|&l| LatencySummary::of(l, &gc.latency_ns(l)))
-                .collect(),
+            stored_bytes: stats.stored_bytes,
+            latency: Vec::new(),
             sessions: snap.sessions,
             last_error: snap.last_error,
             preauth_rejected: sh.preauth.rejected(),
@@ -372,6 +396,7 @@ impl Principal {
                 .witness
                 .as_ref()
                 .map(|w| w.lock().expect("witness view").clone()),
+            log_error: log_error(log.poisoned(), gc.append_error()),
         }
     }
 
@@ -517,7 +542,11 @@ impl Drop for Principal {
 /// gate (`transport::preauth`): a short deadline, per-source and total
 /// limits that close the oldest, rate-limited warnings, a counter instead
 /// of `last_error`.
-fn accept_loop(sh: &Arc<Shared>, listener: TcpListener, tx: mpsc::Sender<Box<dyn Conn>>) {
+fn accept_loop(
+    sh: &Arc<Shared>,
+    listener: TcpListener,
+    tx: mpsc::Sender<(SocketAddr, Box<dyn Conn>)>,
+) {
     let log = &sh.cfg.logger;
     let fallback_logged = Arc::new(AtomicBool::new(false));
     let deadline = preauth_deadline(Duration::from_millis(sh.cfg.session.partner_timeout_ms));
@@ -571,7 +600,7 @@ fn handshake(
     sh: &Shared,
     stream: TcpStream,
     slot: PreAuthSlot,
-    tx: &mpsc::Sender<Box<dyn Conn>>,
+    tx: &mpsc::Sender<(SocketAddr, Box<dyn Conn>)>,
     deadline: Duration,
     fallback_logged: &AtomicBool,
 ) {
@@ -634,11 +663,12 @@ fn handshake(
         sh.epoch,
         nonce,
         deadline,
+        sh.cfg.log.segment_bytes as u64,
     );
     match r {
         Ok(_) if !slot.evicted() => {
             slot.passed();
-            let _ = tx.send(conn);
+            let _ = tx.send((peer, conn));
         }
         Ok(_) => refuse("authenticated after the gate had closed it"),
         Err(e) => refuse(&e),
@@ -675,12 +705,12 @@ fn prepare(stream: &TcpStream) -> std::io::Result<()> {
 }
 
 /// Runs sessions one at a time; a newer connection replaces the current one.
-fn sender_loop(sh: &Shared, rx: mpsc::Receiver<Box<dyn Conn>>) {
+fn sender_loop(sh: &Shared, rx: mpsc::Receiver<(SocketAddr, Box<dyn Conn>)>) {
     crate::affinity::pin_current(sh.cfg.sender_core);
     let log = &sh.cfg.logger;
-    let mut next: Option<Box<dyn Conn>> = None;
+    let mut next: Option<(SocketAddr, Box<dyn Conn>)> = None;
     while !sh.stop.load(Ordering::Acquire) {
-        let mut conn = match next.take() {
+        let (peer, mut conn) = match next.take() {
             Some(c) => c,
             None => match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(c) => c,
@@ -690,8 +720,9 @@ fn sender_loop(sh: &Shared, rx: mpsc::Receiver<Box<dyn Conn>>) {
         };
         let path = conn.path();
         log.line(&format!(
-            "mirrorlog[principal]: mirror attached over {path}"
+            "mirrorlog[principal]: mirror at {peer} attached over {path}"
         ));
+        *sh.mirror_peer.lock().expect("mirror peer") = Some(peer);
         let preempt = || -> bool {
             if sh.stop.load(Ordering::Acquire) {
                 return true;
@@ -991,6 +1022,7 @@ fn lease_keeper(sh: &Shared) {
                     progress.set_exposure_lease(sent_ns + live_ns);
                 }
                 progress.set_no_quorum(false);
+                v.contacted = true;
                 v.connected = true;
                 v.exposed = exposed;
                 v.last_error = None;
@@ -1005,6 +1037,7 @@ fn lease_keeper(sh: &Shared) {
                 log.line(&format!(
                     "mirrorlog[principal]: deposed by the witness: {who}"
                 ));
+                v.contacted = true;
                 v.connected = true;
                 v.deposed = Some(principal.unwrap_or_default());
                 drop(v);
@@ -1016,6 +1049,7 @@ fn lease_keeper(sh: &Shared) {
             }
             Ok(other) => {
                 let e = format!("the witness answered a renewal with {other:?}");
+                v.contacted = true;
                 v.connected = true;
                 if e != last_err {
                     log.line(&format!("mirrorlog[principal]: {e}"));
@@ -1024,6 +1058,7 @@ fn lease_keeper(sh: &Shared) {
                 last_err = e;
             }
             Err(e) => {
+                v.contacted = true;
                 v.connected = false;
                 if e != last_err {
                     log.line(&format!("mirrorlog[principal]: renewing the lease: {e}"));
@@ -1039,5 +1074,22 @@ fn lease_keeper(sh: &Shared) {
             .map(|ns| ns / 1_000_000);
         drop(v);
         lapse(lease_end_ns);
+    }
+}
+
+/// The status line for a log that refuses writes (see `Status::log_error`).
+pub(crate) fn log_error(
+    poisoned: Option<&str>,
+    append: Option<crate::commit::CommitError>,
+) -> Option<String> {
+    match (poisoned, append) {
+        (Some(why), _) => Some(format!(
+            "POISONED, writes refused until this node is restarted (a failed sync is never retried): {why}"
+        )),
+        (None, Some(crate::commit::CommitError::DiskFull(why))) => Some(format!(
+            "DISK FULL, writes failing ({why}); free space on the log's file system: the next write retries"
+        )),
+        (None, Some(e)) => Some(format!("the last write failed ({e}); the next write retries")),
+        (None, None) => None,
     }
 }

@@ -24,12 +24,17 @@
 //!
 //! It is replaced atomically (`durable::replace_file`): written to
 //! `EPOCHS.tmp`, synced, renamed over `EPOCHS`, and the directory synced.
+//! Where it lives is a [`ReplaceDir`]: the log's directory on the real
+//! filesystem for a node ([`EpochHistory::load`]), or the log's simulated
+//! storage for the simulator ([`EpochHistory::load_from`]), whose crash
+//! images and disk faults then reach the history too.
 
-use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use thiserror::Error;
+
+use crate::durable::{FsDir, ReplaceDir};
 
 pub const HISTORY_FILE: &str = "EPOCHS";
 const MAGIC: &[u8; 8] = b"MLEPOCH1";
@@ -54,19 +59,29 @@ pub enum HistoryError {
 
 /// See the module documentation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EpochHistory {
-    dir: PathBuf,
+pub struct EpochHistory<D: ReplaceDir = FsDir> {
+    dir: D,
     entries: Vec<(u64, u64)>,
 }
 
-impl EpochHistory {
+impl EpochHistory<FsDir> {
     /// Loads the history of the log in `dir` (empty if there is none yet).
     pub fn load(dir: impl AsRef<Path>) -> Result<EpochHistory, HistoryError> {
-        let dir = dir.as_ref().to_path_buf();
-        let path = dir.join(HISTORY_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        EpochHistory::load_from(FsDir(dir.as_ref().to_path_buf()))
+    }
+
+    /// The log directory this history belongs to.
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+}
+
+impl<D: ReplaceDir> EpochHistory<D> {
+    /// Loads the history kept in `dir` (empty if there is none yet).
+    pub fn load_from(dir: D) -> Result<EpochHistory<D>, HistoryError> {
+        let bytes = match dir.read(HISTORY_FILE) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
                 return Ok(EpochHistory {
                     dir,
                     entries: Vec::new(),
@@ -74,20 +89,20 @@ impl EpochHistory {
             }
             Err(source) => {
                 return Err(HistoryError::Io {
-                    context: format!("reading {}", path.display()),
+                    context: format!("reading {}", dir.describe(HISTORY_FILE)),
                     source,
                 })
             }
         };
         let entries = decode(&bytes).map_err(|reason| HistoryError::Damaged {
-            path: path.display().to_string(),
+            path: dir.describe(HISTORY_FILE),
             reason: reason.to_string(),
         })?;
         Ok(EpochHistory { dir, entries })
     }
 
-    /// The log directory this history belongs to.
-    pub fn dir(&self) -> &Path {
+    /// Where the history is kept.
+    pub fn store(&self) -> &D {
         &self.dir
     }
 
@@ -128,7 +143,7 @@ impl EpochHistory {
             && entries.iter().all(|&(e, _)| e > 0);
         if !ordered {
             return Err(HistoryError::Damaged {
-                path: self.dir.join(HISTORY_FILE).display().to_string(),
+                path: self.dir.describe(HISTORY_FILE),
                 reason: "the history to adopt is not ordered".into(),
             });
         }
@@ -138,7 +153,8 @@ impl EpochHistory {
     }
 
     fn write(&self, entries: &[(u64, u64)]) -> Result<(), HistoryError> {
-        crate::durable::replace_file(&self.dir, HISTORY_FILE, &encode(entries))
+        self.dir
+            .replace(HISTORY_FILE, &encode(entries))
             .map_err(|(context, source)| HistoryError::Io { context, source })
     }
 }

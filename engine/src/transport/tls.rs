@@ -877,6 +877,7 @@ mod tests {
                 database_id: [7; 16],
                 epoch: u64::MAX,
                 nonce: [0x16; 32],
+                segment_bytes: u64::MAX,
             }),
             Message::Pake { msg: [0x16; 33] },
             Message::Confirm { mac: [0x03; 32] },
