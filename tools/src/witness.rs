@@ -12,6 +12,7 @@ use mirrorlog_engine::witness::LeaseConfig;
 pub const WITNESS_USAGE: &str = "\
 mirrorlog witness --dir DIR --secret-file FILE [--listen ADDR:PORT]
                   [--database-id ID] [--lease-ms N] [--rho R] [--log-level L]
+                  [--tls-cert FILE --tls-key FILE --tls-ca FILE]
 
     The witness: records the current epoch and its principal durably in DIR,
     grants epochs by compare-and-set, leases the principal its right to
@@ -26,6 +27,11 @@ mirrorlog witness --dir DIR --secret-file FILE [--listen ADDR:PORT]
                           partner timeout)
     --rho R               the bound on any clock's rate error (default 0.01)
     --log-level L         error, warn, info (default) or debug
+    --tls-cert FILE       TLS on the witness port (all three flags): its
+                          certificate chain (PEM)
+    --tls-key FILE        its private key (PEM; mode 0600 or stricter)
+    --tls-ca FILE         the CA that signs the partners' certificates (they
+                          present --partner-tls-cert, with --witness-tls-ca)
 ";
 
 #[derive(Clone, Debug)]
