@@ -326,6 +326,9 @@ pub(crate) fn start_pair_opts(
         command_timeout: None,
         read_barrier,
         client_tls: None,
+        partner_tls: None,
+        witness_tls_ca: None,
+        witness_tls_server_name: None,
     };
     let principal_tls = |mut o: ServeOptions| {
         o.client_tls = tls.map(|files| mirrorlog::tls::ClientTls {

@@ -23,6 +23,7 @@ use mirrorlog::tls::TlsFiles;
 use serde_json::{json, Value};
 
 use crate::local_commit::{new_histogram, XorShift};
+use crate::partner_tls_bench::cpu_seconds;
 use crate::report::{fmt_us, lat_json, thousands};
 use crate::Config;
 
@@ -50,15 +51,6 @@ impl TlsCase {
     pub fn cpu_us_per_op(&self) -> f64 {
         self.cpu_seconds * 1e6 / (self.ops.max(1) as f64)
     }
-}
-
-/// This process's user + system CPU time so far.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes one plain struct that we own.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
-    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 /// A CA and a server certificate for 127.0.0.1, written under `dir`

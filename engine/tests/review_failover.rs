@@ -160,6 +160,7 @@ fn with_witness(dir: &Path, w: SocketAddr, partner_timeout_ms: u64) -> NodeConfi
         addr: w,
         name: "127.0.0.1:1".into(),
         auto_failover: false,
+        tls: None,
     });
     c
 }
@@ -683,6 +684,7 @@ fn regression_a_recorded_witness_reply_is_accepted_on_a_later_connection() {
         database_id: DB,
         lease,
         logger: quiet(),
+        tls: None,
     })
     .unwrap();
     let mut direct = WitnessClient::new(w.local_addr(), secret());

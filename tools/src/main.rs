@@ -38,12 +38,16 @@ USAGE:
 
     mirrorlog witness --dir DIR --secret-file FILE [--listen ADDR:PORT]
                       [--database-id ID] [--lease-ms N] [--rho R]
+                      [--tls-cert FILE --tls-key FILE --tls-ca FILE]
         The witness: records the current epoch and its principal durably in
         DIR, grants epochs by compare-and-set, leases the principal its right
         to commit without its mirror, and grants automatic failover only once
         that lease is certainly over (docs/design.md, Witness protocol).
         --lease-ms: the lease (default 1000, as the partners' default partner
         timeout); --rho: the bound on any clock's rate error (default 0.01).
+        --tls-cert/--tls-key/--tls-ca: TLS on the witness port (all three);
+        partners must present a certificate the CA signed (serve's
+        --partner-tls-cert/--partner-tls-key, with --witness-tls-ca).
 
     mirrorlog failover [--host H] [--port N] [--password P]
         Manual failover, run on the principal (MIRROR FAILOVER): it stops

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::apply::{Applier, ApplierThread};
 use crate::log::{FsStorage, Log};
 use crate::node::status::{NodeRole, Status, WitnessView};
-use crate::node::{open_conn, tighten_dir, NodeConfig, NodeError};
+use crate::node::{open_partner_conn, tighten_dir, NodeConfig, NodeError};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
@@ -325,16 +325,17 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 Ok(s) => s,
                 Err(e) => return format!("connecting to the principal at {}: {e}", sh.principal),
             };
-            let (mut conn, fell_back) = match open_conn(stream, sh.cfg.transport, sh.cfg.send_mode)
-            {
+            // The TLS handshake and the PAKE share the principal's
+            // pre-auth deadline.
+            let until = Instant::now()
+                + preauth_deadline(Duration::from_millis(sh.cfg.session.partner_timeout_ms));
+            let (mut conn, note) = match open_partner_conn(stream, &sh.cfg, false, until, &|| {}) {
                 Ok(c) => c,
-                Err(e) => return format!("setting up the {:?} transport: {e}", sh.cfg.transport),
+                Err(e) => return format!("connecting to the principal at {}: {e}", sh.principal),
             };
-            if let (Some(why), false) = (fell_back, fallback_logged) {
+            if let (Some(note), false) = (note, fallback_logged) {
                 fallback_logged = true;
-                log.line(&format!(
-                    "mirrorlog[mirror]: io_uring is unavailable ({why}); using blocking sockets"
-                ));
+                log.line(&format!("mirrorlog[mirror]: {note}"));
             }
             let nonce = match random_nonce() {
                 Ok(n) => n,
@@ -348,7 +349,7 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 nonce,
                 // The principal closes a connection that has not
                 // authenticated by then; waiting longer is pointless.
-                preauth_deadline(Duration::from_millis(sh.cfg.session.partner_timeout_ms)),
+                until.saturating_duration_since(Instant::now()),
                 sh.cfg.log.segment_bytes as u64,
             ) {
                 Ok(epoch) => sh.principal_epoch.store(epoch, Ordering::Release),
@@ -441,11 +442,9 @@ struct Promoter {
 impl Promoter {
     fn new<A: Applier>(sh: &Shared<A>) -> Promoter {
         Promoter {
-            client: sh
-                .cfg
-                .witness
-                .as_ref()
-                .map(|w| WitnessClient::new(w.addr, sh.cfg.identity.secret.clone())),
+            client: sh.cfg.witness.as_ref().map(|w| {
+                WitnessClient::new(w.addr, sh.cfg.identity.secret.clone()).with_tls(w.tls.clone())
+            }),
             lost_since: None,
             last_try: None,
             last_said: String::new(),

@@ -11,7 +11,7 @@ use crate::commit::progress::monotonic_ns;
 use crate::commit::{CommitError, Committed, Detached, GroupCommit, Level, Ticket};
 use crate::log::{FsStorage, Log};
 use crate::node::status::{LagClock, LatencySummary, NodeRole, Status, WitnessView};
-use crate::node::{open_conn, tighten_dir, NodeConfig, NodeError, Safety, WitnessLink};
+use crate::node::{open_partner_conn, tighten_dir, NodeConfig, NodeError, Safety, WitnessLink};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
@@ -443,7 +443,8 @@ impl Principal {
             ));
         }
         if let Some(link) = &sh.cfg.witness {
-            let mut c = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone());
+            let mut c = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone())
+                .with_tls(link.tls.clone());
             let req = Request::Resign {
                 database_id: sh.cfg.identity.database_id,
                 name: link.name.clone(),
@@ -615,23 +616,31 @@ fn handshake(
         refuse(&e.to_string());
         return;
     }
-    let (mut conn, why) = match open_conn(stream, sh.cfg.transport, sh.cfg.send_mode) {
+    // The TLS handshake and the PAKE share the one pre-auth deadline.
+    let until = Instant::now() + deadline;
+    if sh.cfg.partner_tls.is_none() && opens_with_tls(&stream, until) {
+        // A mirror configured for TLS: told so in plaintext (it reads a
+        // refusal where it expected a TLS record), and logged here.
+        let (ours, msg) = crate::transport::tls::mismatch_refusal(false);
+        let mut b = Vec::new();
+        msg.encode(&mut b);
+        let _ = std::io::Write::write_all(&mut &stream, &b);
+        refuse(&ours);
+        return;
+    }
+    let (mut conn, why) = match open_partner_conn(stream, &sh.cfg, true, until, &|| slot.spoke()) {
         Ok(c) => c,
         Err(e) => {
-            refuse(&format!(
-                "cannot set up the {:?} transport: {e}",
-                sh.cfg.transport
-            ));
+            refuse(&e);
             return;
         }
     };
     if let Some(why) = why {
         if !fallback_logged.swap(true, Ordering::AcqRel) {
-            log.line(&format!(
-                "mirrorlog[principal]: io_uring is unavailable ({why}); using blocking sockets"
-            ));
+            log.line(&format!("mirrorlog[principal]: {why}"));
         }
     }
+    let deadline = until.saturating_duration_since(Instant::now());
     let nonce = match random_nonce() {
         Ok(n) => n,
         Err(e) => {
@@ -664,6 +673,30 @@ fn handshake(
         Ok(_) => refuse("authenticated after the gate had closed it"),
         Err(e) => refuse(&e),
     }
+}
+
+/// Whether the peer's first bytes (waited for until `until`) are a TLS
+/// record: a mirror with partner TLS talking to a principal without it.
+/// The mirror sends its first bytes at once either way, so this costs a
+/// plaintext mirror nothing.
+fn opens_with_tls(stream: &TcpStream, until: Instant) -> bool {
+    let mut b = [0u8; 2];
+    let tls = loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break false;
+        }
+        match stream.peek(&mut b) {
+            Ok(0) | Err(_) => break false,
+            Ok(n) => match crate::transport::tls::looks_like_tls(&b[..n]) {
+                Some(tls) => break tls,
+                None => std::thread::sleep(Duration::from_millis(1)),
+            },
+        }
+    };
+    // The transports set their own waits; none inherits this one.
+    let _ = stream.set_read_timeout(None);
+    tls
 }
 
 fn prepare(stream: &TcpStream) -> std::io::Result<()> {
@@ -814,7 +847,8 @@ fn next_start(dir: &std::path::Path) -> Result<u64, NodeError> {
 
 /// Asks the witness for this node's epoch as principal.
 fn claim(cfg: &NodeConfig, link: &WitnessLink, last_epoch: u64) -> Result<u64, NodeError> {
-    let mut c = WitnessClient::new(link.addr, cfg.identity.secret.clone());
+    let mut c =
+        WitnessClient::new(link.addr, cfg.identity.secret.clone()).with_tls(link.tls.clone());
     let deadline = Instant::now() + CLAIM_TIMEOUT;
     let mut said = false;
     // One id for this start, the same on every retry: the witness grants
@@ -865,7 +899,8 @@ fn lease_keeper(sh: &Shared) {
     let view = sh.witness.as_ref().expect("a witness view");
     let log = &sh.cfg.logger;
     let progress = sh.gc.progress();
-    let mut client = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone());
+    let mut client =
+        WitnessClient::new(link.addr, sh.cfg.identity.secret.clone()).with_tls(link.tls.clone());
     // Until a lease says otherwise, renew four times per partner timeout.
     let mut every =
         Duration::from_millis(sh.cfg.session.partner_timeout_ms / 4).max(Duration::from_millis(10));

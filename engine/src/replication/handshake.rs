@@ -14,6 +14,11 @@
 //!   every later message ‖ tag (`seal`), keyed per direction from K
 //! ```
 //!
+//! Over TLS (`transport::tls`) the transcript ends with 32 bytes of the
+//! TLS session's exported keying material ([`Handshake::bind_channel`]),
+//! so the handshake only succeeds end to end on one TLS session; the
+//! seal is then off unless configured (TLS authenticates every record).
+//!
 //! The PAKE (`pake`, SPAKE2) makes every value a side sends either a
 //! uniformly random point or a MAC keyed from the exchange's output, which
 //! needs the peer's ephemeral scalar as well as the secret: an eavesdropper
@@ -261,6 +266,9 @@ pub struct Handshake {
     peer: Option<Hello>,
     secrets: Option<SessionSecrets>,
     state: State,
+    /// Over TLS: the session's exported keying material, appended to the
+    /// transcript (`transport::tls`).
+    binding: Option<[u8; crate::transport::tls::BINDING_BYTES]>,
 }
 
 /// What the handshake wants next.
@@ -328,8 +336,22 @@ impl Handshake {
             peer: None,
             secrets: None,
             state: State::AwaitHello,
+            binding: None,
         };
         (hs, vec![Message::Hello(me), Message::Pake { msg: my_pake }])
+    }
+
+    /// Binds the handshake to the TLS session it runs in: `binding` (the
+    /// exporter output, `transport::tls::binding`) ends the transcript, so
+    /// the confirmations fail unless both sides see the same TLS session.
+    /// Call before the first message is handled.
+    pub fn bind_channel(&mut self, binding: [u8; crate::transport::tls::BINDING_BYTES]) {
+        assert_eq!(
+            self.state,
+            State::AwaitHello,
+            "bind before the handshake runs"
+        );
+        self.binding = Some(binding);
     }
 
     pub fn is_done(&self) -> bool {
@@ -385,6 +407,9 @@ impl Handshake {
                 encode_hello(&m_hello, &mut t);
                 t.extend_from_slice(&p_pake);
                 t.extend_from_slice(&m_pake);
+                if let Some(b) = &self.binding {
+                    t.extend_from_slice(b);
+                }
                 let secrets = exchange
                     .finish(&msg, CONTEXT, &t)
                     .map_err(|e| refuse(RefuseCode::Protocol, e))?;

@@ -159,6 +159,9 @@ pub fn authenticate(
         seed,
         segment_bytes,
     );
+    if let Some(b) = conn.channel_binding() {
+        hs.bind_channel(b);
+    }
     // Until the partner is authenticated, only handshake-sized messages.
     conn.set_recv_limit(HANDSHAKE_MESSAGE_BYTES_MAX);
     let r = handshake_loop(conn, &mut hs, first, timeout);
