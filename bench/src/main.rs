@@ -517,7 +517,10 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let takes_value = !matches!(flag.as_str(), "-h" | "--help" | "--quick" | "--mix" | "--tls");
+        let takes_value = !matches!(
+            flag.as_str(),
+            "-h" | "--help" | "--quick" | "--mix" | "--tls"
+        );
         if !takes_value && inline.is_some() {
             return Err(format!("{flag} takes no value"));
         }
