@@ -550,6 +550,7 @@ fn stats_delta(a: CommitStats, b: CommitStats) -> CommitStats {
         batches: b.batches - a.batches,
         raw_bytes: b.raw_bytes - a.raw_bytes,
         log_bytes: b.log_bytes - a.log_bytes,
+        stored_bytes: b.stored_bytes - a.stored_bytes,
         segments_prepared: b.segments_prepared - a.segments_prepared,
         segment_prepare_errors: b.segment_prepare_errors - a.segment_prepare_errors,
     }

@@ -19,10 +19,12 @@ mod local_commit;
 mod mirroring;
 mod mirroring_report;
 mod multiplex;
+mod partner_tls_bench;
 mod peers;
 mod progress;
 mod report;
 mod resp_bench;
+mod resp_tls;
 mod results;
 mod wires;
 
@@ -112,6 +114,18 @@ SCENARIOS:
                     local (async) pipelined 100 B >= 1,000,000 commits/s
                     with the send queue <= 64 MiB; io_uring as fast as
                     blocking in every case.
+    partner-tls     TLS on the partner link against plaintext in the same
+                    run, safety full (remote-flush): a principal and a
+                    mirror in this process, once each as plaintext over
+                    blocking sockets, plaintext over the default path
+                    (io_uring where available), TLS (per-message seal off,
+                    the default), TLS with the seal kept; 1 and 16
+                    committers of 100 B and 4 KiB records. Commits/s,
+                    p50/p99 commit latency and CPU per commit (user + system
+                    of the process / commits) with each mode's ratio to
+                    plaintext. Two passes (the second in reverse order),
+                    merged; --quick one. Goal: TLS <= 1.15x the CPU per
+                    commit of plaintext on the same (blocking) path.
     resp            The key-value server (a principal and a mirror on
                     loopback, in this process) driven by our own RESP load
                     generator: SET and GET of 100 B values from 1, 8 and 32
@@ -189,6 +203,10 @@ OPTIONS:
                            (safety full, each --connections count) on a pair
                            with --read-barrier off, then one with on (same
                            build, same run): GET and SET ops/s and p99 each.
+    --tls                  resp: instead, SETs (safety full, each --connections
+                           count) on one principal's plaintext and TLS client
+                           ports in turn, twice: ops/s, p50/p99 and CPU per
+                           SET, TLS over plaintext (goal <= 1.15x CPU).
     --transports LIST      mirroring: io_uring,blocking (default both; an
                            unavailable io_uring is reported and skipped).
     --runs N               failover: SIGKILL failovers to measure (default 20;
@@ -266,6 +284,7 @@ pub enum Scenario {
     Mirroring,
     Resp,
     Failover,
+    PartnerTls,
 }
 
 /// Everything the command line decides.
@@ -298,6 +317,8 @@ pub struct Config {
     /// resp: run only the read-barrier comparison instead (a 50/50
     /// SET/GET mix, safety full, --read-barrier off and on).
     pub mix: bool,
+    /// resp: run only the TLS client port comparison instead.
+    pub tls: bool,
     /// failover: runs, the partner timeout (= witness lease), MB written
     /// while the mirror is down, and the mirrorlog binary to run.
     pub runs: usize,
@@ -442,6 +463,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut warmup = None;
     let mut quick = false;
     let mut mix = false;
+    let mut tls = false;
     let mut dir = None;
     let mut json = None;
     let mut committers = vec![1, 8, 64];
@@ -478,7 +500,8 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         if !arg.starts_with('-') {
             match (arg.as_str(), &scenario) {
                 ("help", None) => return Ok(Parsed::Help),
-                ("latency" | "peers" | "local-commit" | "mirroring" | "resp" | "failover", None) => {
+                ("latency" | "peers" | "local-commit" | "mirroring" | "resp" | "failover"
+                | "partner-tls", None) => {
                     scenario = Some(arg)
                 }
                 (_, None) => {
@@ -494,7 +517,10 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let takes_value = !matches!(flag.as_str(), "-h" | "--help" | "--quick" | "--mix");
+        let takes_value = !matches!(
+            flag.as_str(),
+            "-h" | "--help" | "--quick" | "--mix" | "--tls"
+        );
         if !takes_value && inline.is_some() {
             return Err(format!("{flag} takes no value"));
         }
@@ -508,6 +534,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
             "-h" | "--help" => return Ok(Parsed::Help),
             "--quick" => quick = true,
             "--mix" => mix = true,
+            "--tls" => tls = true,
             "--seconds" => {
                 let s = parse_f64(&flag, &value()?)?;
                 if s <= 0.0 {
@@ -666,6 +693,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         Some("mirroring") => Scenario::Mirroring,
         Some("resp") => Scenario::Resp,
         Some("failover") => Scenario::Failover,
+        Some("partner-tls") => Scenario::PartnerTls,
         _ => Scenario::Latency,
     };
     if scenario == Scenario::Mirroring && !data_given {
@@ -711,6 +739,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         connections,
         pipeline,
         mix,
+        tls,
         runs: runs.unwrap_or(if quick { 3 } else { 20 }),
         partner_timeout_ms,
         catchup_mb: catchup_mb.unwrap_or(if quick { 20 } else { 200 }),
@@ -844,6 +873,14 @@ fn run(cfg: &Config) -> Result<(), String> {
             }
             if let Some(why) = suite.failure() {
                 return Err(why);
+            }
+        }
+        Scenario::PartnerTls => {
+            let suite = partner_tls_bench::run(cfg)?;
+            print!("{}", partner_tls_bench::render(cfg, &machine, &suite));
+            if let Some(path) = &cfg.json {
+                report::write_json_value(path, &partner_tls_bench::to_json(cfg, &machine, &suite))?;
+                eprintln!("wrote {}", path.display());
             }
         }
         Scenario::Mirroring => {

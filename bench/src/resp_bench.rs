@@ -79,6 +79,8 @@ pub struct RespSuite {
     pub cases: Vec<CaseResult>,
     /// `--mix`: the read-barrier comparison.
     pub mix: Vec<MixResult>,
+    /// `--tls`: the client port's TLS against plaintext.
+    pub tls: Vec<crate::resp_tls::TlsCase>,
     pub total_seconds: f64,
 }
 
@@ -252,6 +254,8 @@ fn cases(cfg: &Config) -> Vec<Case> {
 
 pub(crate) struct Pair {
     pub(crate) principal: SocketAddr,
+    /// The principal's TLS client port, if it was given TLS files.
+    pub(crate) tls: Option<SocketAddr>,
     servers: Vec<Arc<mirrorlog::server::Server>>,
 }
 
@@ -276,6 +280,18 @@ pub(crate) fn start_pair_with(
     safety: Safety,
     tag: &str,
     read_barrier: bool,
+) -> Result<Pair, String> {
+    start_pair_opts(cfg, safety, tag, read_barrier, None)
+}
+
+/// [`start_pair_with`], the principal also listening for TLS clients
+/// with `tls` (on a port of its own: [`Pair::tls`]).
+pub(crate) fn start_pair_opts(
+    cfg: &Config,
+    safety: Safety,
+    tag: &str,
+    read_barrier: bool,
+    tls: Option<&mirrorlog::tls::TlsFiles>,
 ) -> Result<Pair, String> {
     let dir = cfg.scratch.join(format!("resp-{tag}"));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -310,10 +326,25 @@ pub(crate) fn start_pair_with(
         command_timeout: None,
         read_barrier,
         client_tls: None,
+        partner_tls: None,
+        witness_tls_ca: None,
+        witness_tls_server_name: None,
+    };
+    let principal_tls = |mut o: ServeOptions| {
+        o.client_tls = tls.map(|files| mirrorlog::tls::ClientTls {
+            files: files.clone(),
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            plaintext_too: true,
+        });
+        o
     };
     let quiet = Logger::new(|_| {});
-    let p = serve::start_with_io(&base(true, "principal"), cfg.server_io, quiet.clone())?;
-    let (ps, paddr) = (p.server.clone(), p.client_addr);
+    let p = serve::start_with_io(
+        &principal_tls(base(true, "principal")),
+        cfg.server_io,
+        quiet.clone(),
+    )?;
+    let (ps, paddr, ptls) = (p.server.clone(), p.client_addr, p.tls_addr);
     std::thread::spawn(move || p.serve(None, Logger::new(|_| {})));
     let m = serve::start_with_io(&base(false, "mirror"), cfg.server_io, quiet)?;
     let ms = m.server.clone();
@@ -328,6 +359,7 @@ pub(crate) fn start_pair_with(
     }
     Ok(Pair {
         principal: paddr,
+        tls: ptls,
         servers: vec![ps, ms],
     })
 }
@@ -455,7 +487,19 @@ pub fn run(cfg: &Config) -> Result<RespSuite, String> {
             }
         }
     }
-    for safety in [Safety::Full, Safety::Off].into_iter().filter(|_| !cfg.mix) {
+    let tls = if cfg.tls {
+        crate::resp_tls::run(cfg, |files| {
+            let pair = start_pair_opts(cfg, Safety::Full, "tls", true, Some(files))?;
+            let tls = pair.tls.ok_or("the principal opened no TLS port")?;
+            Ok((pair.principal, tls, pair))
+        })?
+    } else {
+        Vec::new()
+    };
+    for safety in [Safety::Full, Safety::Off]
+        .into_iter()
+        .filter(|_| !cfg.mix && !cfg.tls)
+    {
         let tag = if safety == Safety::Full {
             "full"
         } else {
@@ -468,6 +512,7 @@ pub fn run(cfg: &Config) -> Result<RespSuite, String> {
         }
     }
     Ok(RespSuite {
+        tls,
         fsync,
         rtt,
         cases: results,
@@ -571,8 +616,13 @@ pub fn render(cfg: &Config, s: &RespSuite) -> String {
             );
         }
     }
+    crate::resp_tls::render(&s.tls, &mut o);
     let _ = writeln!(o, "\ntargets:");
-    for (pass, t) in targets(s).into_iter().chain(mix_targets(s)) {
+    for (pass, t) in targets(s)
+        .into_iter()
+        .chain(mix_targets(s))
+        .chain(crate::resp_tls::targets(&s.tls))
+    {
         let _ = writeln!(o, "  [{}] {t}", if pass { "PASS" } else { "MISS" });
     }
     let _ = writeln!(o, "\ndurability: safety full = a SET is answered after both principal and mirror fsynced it (remote-flush); safety off = after the principal's fsync. Latency is per command, client-observed (a pipelined command counts the whole round). Total {:.0} s.", s.total_seconds);
@@ -601,7 +651,8 @@ pub fn to_json(cfg: &Config, s: &RespSuite) -> Value {
             "get_latency_us": lat_json(&m.get),
             "set_latency_us": lat_json(&m.set),
         })).collect::<Vec<_>>(),
-        "targets": targets(s).iter().chain(mix_targets(s).iter()).map(|(p, t)| json!({"pass": p, "target": t})).collect::<Vec<_>>(),
+        "tls_clients": crate::resp_tls::to_json(&s.tls),
+        "targets": targets(s).iter().chain(mix_targets(s).iter()).chain(crate::resp_tls::targets(&s.tls).iter()).map(|(p, t)| json!({"pass": p, "target": t})).collect::<Vec<_>>(),
         "total_seconds": s.total_seconds,
     })
 }

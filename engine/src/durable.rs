@@ -17,16 +17,24 @@ use crate::log::storage::{Storage, StorageFile};
 pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), (String, io::Error)> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = crate::private::file_options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| (format!("creating {}", tmp.display()), e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| (format!("writing {}", tmp.display()), e))?;
-    fs::rename(&tmp, &path).map_err(|e| (format!("replacing {}", path.display()), e))?;
+    let written = (|| {
+        let mut f = crate::private::file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| (format!("creating {}", tmp.display()), e))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| (format!("writing {}", tmp.display()), e))?;
+        fs::rename(&tmp, &path).map_err(|e| (format!("replacing {}", path.display()), e))
+    })();
+    if written.is_err() {
+        // Usually a full disk: the temporary would keep it full. `name`
+        // itself is untouched (the old contents stay).
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| (format!("syncing {}", dir.display()), e))

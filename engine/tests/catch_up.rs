@@ -71,6 +71,7 @@ proptest! {
             start_lsn: 0,
             written_lsn: written,
             epoch: incarnations.len() as u64,
+            segment_end_at: None,
         };
         let CatchUp { from_lsn, truncate_to } = plan_catch_up(&p, mirror_epoch, mirror_written)
             .map_err(|e| TestCaseError::fail(format!("{e}; history {history:?}")))?;

@@ -52,6 +52,7 @@ fn witness(dir: &Path, lines: &Lines) -> WitnessServer {
             rho: 0.01,
         },
         logger: Logger::new(move |s| lines.lock().unwrap().push(s.to_string())),
+        tls: None,
     })
     .unwrap()
 }
@@ -77,6 +78,7 @@ fn config(dir: &Path, w: SocketAddr, name: SocketAddr, lines: &Lines) -> NodeCon
         addr: w,
         name: name.to_string(),
         auto_failover: true,
+        tls: None,
     });
     let lines = lines.clone();
     c.logger = Logger::new(move |s| lines.lock().unwrap().push(s.to_string()));
@@ -652,6 +654,7 @@ fn regression_two_witnesses_cannot_share_a_directory() {
         database_id: DB,
         lease: LeaseConfig::default(),
         logger: Logger::new(|_| {}),
+        tls: None,
     });
     let Err(e) = second else {
         panic!("a second witness started on the first one's directory")

@@ -2007,6 +2007,7 @@ impl Sim {
                     start_lsn: log.start_lsn(),
                     written_lsn: log.written_lsn(),
                     epoch: p.epoch,
+                    segment_end_at: None,
                 };
                 let cmds = s.s.on_message(nowms, m, &plog);
                 self.prin_exec(n, conn, cmds);
@@ -3921,6 +3922,7 @@ fn regression_the_old_principal_is_reseeded_when_its_last_epoch_shipped_nothing_
         start_lsn: 0,
         written_lsn: 0,
         epoch: 2,
+        segment_end_at: None,
     };
     // `a`, deposed, rejoins as b's mirror: last batch of epoch 1, log to 672.
     assert!(matches!(
@@ -3938,6 +3940,7 @@ fn regression_the_old_principal_is_reseeded_when_its_last_epoch_shipped_nothing_
             written_lsn: 672,
             hardened_lsn: 672,
             applied_lsn: 672,
+            segment_end: 0,
         },
         &b,
     );

@@ -63,6 +63,7 @@ fn principal_mirror_and_witness_directories_hold_only_private_files() {
             rho: 0.01,
         },
         logger: logger.clone(),
+        tls: None,
     })
     .unwrap();
     let config = |dir: &Path, name: &str| {
@@ -81,6 +82,7 @@ fn principal_mirror_and_witness_directories_hold_only_private_files() {
             addr: w.local_addr(),
             name: name.to_string(),
             auto_failover: true,
+            tls: None,
         });
         c.logger = logger.clone();
         c

@@ -292,6 +292,7 @@ fn witness_flooded_by_silent_connections_still_answers_partners_and_a_failover_c
             rho: 0.01,
         },
         logger: logger(&lines),
+        tls: None,
     })
     .unwrap();
     // The flood starts before either partner, so each must open its
@@ -308,6 +309,7 @@ fn witness_flooded_by_silent_connections_still_answers_partners_and_a_failover_c
             addr: w.local_addr(),
             name: name.to_string(),
             auto_failover: true,
+            tls: None,
         });
         c
     };

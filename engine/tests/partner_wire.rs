@@ -32,25 +32,28 @@ fn arb_message() -> impl Strategy<Value = Message> {
             arb_role(),
             any::<[u8; 16]>(),
             any::<u64>(),
-            any::<[u8; 32]>()
+            any::<[u8; 32]>(),
+            any::<u64>()
         )
             .prop_map(
-                |(version, role, database_id, epoch, nonce)| Message::Hello(Hello {
+                |(version, role, database_id, epoch, nonce, segment_bytes)| Message::Hello(Hello {
                     version,
                     role,
                     database_id,
                     epoch,
-                    nonce
+                    nonce,
+                    segment_bytes
                 })
             ),
         any::<[u8; 32]>().prop_map(|mac| Message::Confirm { mac }),
         any::<[u8; 33]>().prop_map(|msg| Message::Pake { msg }),
         (code, "[a-zA-Z0-9 éü]{0,200}").prop_map(|(code, reason)| Message::Refuse { code, reason }),
-        any::<[u64; 4]>().prop_map(|[a, b, c, d]| Message::Position {
+        any::<[u64; 5]>().prop_map(|[a, b, c, d, e]| Message::Position {
             epoch: a,
             written_lsn: b,
             hardened_lsn: c,
-            applied_lsn: d
+            applied_lsn: d,
+            segment_end: e,
         }),
         (
             any::<u64>(),
@@ -350,6 +353,7 @@ fn a_partner_of_another_protocol_version_is_refused_naming_both_versions() {
                 database_id: DB,
                 epoch: 1,
                 nonce: [9; 32],
+                segment_bytes: 0,
             }))
             .unwrap_err();
         assert_eq!(err.code, RefuseCode::BadVersion);
@@ -376,6 +380,7 @@ fn a_partner_of_another_protocol_version_is_refused_naming_both_versions() {
         database_id: DB,
         epoch: 1,
         nonce: [9; 32],
+        segment_bytes: 0,
     })
     .encode(&mut b);
     assert!(matches!(

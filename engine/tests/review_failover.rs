@@ -160,6 +160,7 @@ fn with_witness(dir: &Path, w: SocketAddr, partner_timeout_ms: u64) -> NodeConfi
         addr: w,
         name: "127.0.0.1:1".into(),
         auto_failover: false,
+        tls: None,
     });
     c
 }
@@ -368,6 +369,7 @@ fn regression_rewinding_start_acks_stale_applied_and_applies_uncommitted_frames(
         start_lsn: 0,
         written_lsn: end,
         epoch: 2,
+        segment_end_at: None,
     };
     let mut p = PrincipalSession::new(session_cfg(), 0, end, end);
     let (mut m, first) = MirrorSession::new(
@@ -683,6 +685,7 @@ fn regression_a_recorded_witness_reply_is_accepted_on_a_later_connection() {
         database_id: DB,
         lease,
         logger: quiet(),
+        tls: None,
     })
     .unwrap();
     let mut direct = WitnessClient::new(w.local_addr(), secret());

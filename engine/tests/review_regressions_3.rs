@@ -250,6 +250,7 @@ fn regression_epoch_zero_mirror_beyond_the_principal_is_not_cut() {
         start_lsn: 0,
         written_lsn: 200,
         epoch: 1,
+        segment_end_at: None,
     };
     let plan = plan_catch_up(&p, 0, 300);
     assert!(
@@ -298,6 +299,7 @@ fn regression_handshake_refuses_an_older_mirror_that_catch_up_serves() {
         start_lsn: 0,
         written_lsn: 2000,
         epoch: 2,
+        segment_end_at: None,
     };
     assert_eq!(
         plan_catch_up(&p, 1, 1500),
@@ -328,6 +330,7 @@ fn invariant_catch_up_known_epochs_stay_within_the_principal_log() {
         start_lsn: 0,
         written_lsn: 130,
         epoch: 6,
+        segment_end_at: None,
     };
     for &(e, _) in &history {
         for w in (0..=200).step_by(10) {

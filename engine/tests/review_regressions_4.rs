@@ -50,6 +50,7 @@ fn regression_unsynced_tail_at_start_is_never_synced() {
         start_lsn: 0,
         written_lsn: 4096,
         epoch: 1,
+        segment_end_at: None,
     };
     let mut p = PrincipalSession::new(cfg(), 0, 4096, 4096);
     let (mut m, first) = MirrorSession::new(
@@ -183,6 +184,7 @@ fn regression_synchronized_reported_while_mirror_far_behind() {
         start_lsn: 0,
         written_lsn: 0,
         epoch: 1,
+        segment_end_at: None,
     };
     let mut p = PrincipalSession::new(cfg(), 0, 0, 0);
     p.on_message(
@@ -192,6 +194,7 @@ fn regression_synchronized_reported_while_mirror_far_behind() {
             written_lsn: 0,
             hardened_lsn: 0,
             applied_lsn: 0,
+            segment_end: 0,
         },
         &plog,
     );
@@ -234,6 +237,7 @@ fn regression_resume_reports_synchronized_with_a_send_queue() {
         start_lsn: 0,
         written_lsn: 0,
         epoch: 1,
+        segment_end_at: None,
     };
     let mut p = PrincipalSession::new(cfg(), 0, 0, 0);
     p.on_message(
@@ -243,6 +247,7 @@ fn regression_resume_reports_synchronized_with_a_send_queue() {
             written_lsn: 0,
             hardened_lsn: 0,
             applied_lsn: 0,
+            segment_end: 0,
         },
         &plog,
     );
@@ -401,6 +406,7 @@ fn regression_hostile_values_are_bounded() {
         start_lsn: 0,
         written_lsn: 4096,
         epoch: 1,
+        segment_end_at: None,
     };
     for (r, h, a) in [
         (4096, 4097, 0),
@@ -416,6 +422,7 @@ fn regression_hostile_values_are_bounded() {
                 written_lsn: 2048,
                 hardened_lsn: 2048,
                 applied_lsn: 0,
+                segment_end: 0,
             },
             &plog,
         );

@@ -102,7 +102,9 @@ macro_rules! on_both_paths {
 
 /// Authenticates `stream` as `role` (a fake partner speaking the real
 /// protocol) and returns the connection.
-fn fake_partner(stream: TcpStream, role: Role, epoch: u64) -> BlockingConn {
+/// A hand-driven partner of a node whose log makes `segment_bytes`
+/// segments (the handshake refuses another size).
+fn fake_partner(stream: TcpStream, role: Role, epoch: u64, segment_bytes: usize) -> BlockingConn {
     stream.set_nodelay(true).unwrap();
     let mut conn = BlockingConn::new(stream).unwrap();
     authenticate(
@@ -112,6 +114,7 @@ fn fake_partner(stream: TcpStream, role: Role, epoch: u64) -> BlockingConn {
         epoch,
         random_nonce().unwrap(),
         Duration::from_secs(5),
+        segment_bytes as u64,
     )
     .expect("fake partner handshake");
     conn
@@ -216,7 +219,7 @@ fn regression_mirror_panics_when_the_applier_passes_a_new_sessions_commit_lsn() 
     // and lets its applier go to `end`, but the applier is stuck on the gate.
     {
         let (s, _) = listener.accept().unwrap();
-        let mut c = fake_partner(s, Role::Principal, 1);
+        let mut c = fake_partner(s, Role::Principal, 1, SEGMENT_BYTES);
         match recv(&mut c, Duration::from_secs(5)).unwrap() {
             Some(Message::Position { written_lsn: 0, .. }) => {}
             other => panic!("expected the mirror's position, got {other:?}"),
@@ -242,7 +245,7 @@ fn regression_mirror_panics_when_the_applier_passes_a_new_sessions_commit_lsn() 
 
     // Session 2: a principal that has not published its commit LSN yet.
     let (s, _) = listener.accept().unwrap();
-    let mut c = fake_partner(s, Role::Principal, 2);
+    let mut c = fake_partner(s, Role::Principal, 2, SEGMENT_BYTES);
     match recv(&mut c, Duration::from_secs(5)).unwrap() {
         Some(Message::Position {
             written_lsn,
@@ -312,13 +315,19 @@ fn regression_a_stalled_mirror_wedges_the_principal_past_the_partner_timeout(t: 
     cfg.session.partner_timeout_ms = 300;
     let p = Principal::start(cfg, any_port()).unwrap();
     // The fake mirror authenticates, says where it is, then never reads.
-    let mut stalled = fake_partner(TcpStream::connect(p.local_addr()).unwrap(), Role::Mirror, 0);
+    let mut stalled = fake_partner(
+        TcpStream::connect(p.local_addr()).unwrap(),
+        Role::Mirror,
+        0,
+        16 << 20,
+    );
     stalled
         .send(&Message::Position {
             epoch: 0,
             written_lsn: 0,
             hardened_lsn: 0,
             applied_lsn: 0,
+            segment_end: 0,
         })
         .unwrap();
     assert!(
@@ -618,13 +627,10 @@ fn regression_truncating_a_mirrored_principal_kills_its_sender_thread() {
     // A big segment makes the rewrite (and the window) take tens of ms.
     cfg.log.segment_bytes = 32 << 20;
     let p = Principal::start(cfg, any_port()).unwrap();
-    let m = Mirror::start(
-        config(&md, TransportChoice::Blocking),
-        p.local_addr(),
-        Null,
-        None,
-    )
-    .unwrap();
+    // Partners must make segments of the same size (the handshake checks).
+    let mut mcfg = config(&md, TransportChoice::Blocking);
+    mcfg.log.segment_bytes = 32 << 20;
+    let m = Mirror::start(mcfg, p.local_addr(), Null, None).unwrap();
     assert!(wait_until(Duration::from_secs(10), || p.status().state
         != MirroringState::Disconnected));
     let first = commit_within(&p, b"one");
@@ -695,12 +701,18 @@ fn regression_a_mirror_that_attaches_for_a_moment_releases_held_commits() {
     assert!(held.try_result().is_none(), "the commit is held");
     // A mirror attaches, hardens nothing, and goes away after 150 ms.
     {
-        let mut c = fake_partner(TcpStream::connect(p.local_addr()).unwrap(), Role::Mirror, 0);
+        let mut c = fake_partner(
+            TcpStream::connect(p.local_addr()).unwrap(),
+            Role::Mirror,
+            0,
+            SEGMENT_BYTES,
+        );
         c.send(&Message::Position {
             epoch: 0,
             written_lsn: 0,
             hardened_lsn: 0,
             applied_lsn: 0,
+            segment_end: 0,
         })
         .unwrap();
         let until = Instant::now() + Duration::from_millis(150);

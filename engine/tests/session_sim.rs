@@ -325,6 +325,7 @@ impl World {
                 start_lsn: self.p_log.start_lsn(),
                 written_lsn: self.p_log.written_lsn(),
                 epoch: self.epoch,
+                segment_end_at: None,
             };
             let out = self.p.on_message(self.now, m, &plog);
             self.run_principal(out);
@@ -627,6 +628,7 @@ fn out_of_order_acks_silence_and_stray_messages_close_the_session() {
         start_lsn: 0,
         written_lsn: 0,
         epoch: 1,
+        segment_end_at: None,
     };
     // An ack for more than was shipped.
     let mut p = PrincipalSession::new(cfg, 0, 0, 0);
@@ -635,6 +637,7 @@ fn out_of_order_acks_silence_and_stray_messages_close_the_session() {
         written_lsn: 0,
         hardened_lsn: 0,
         applied_lsn: 0,
+        segment_end: 0,
     };
     p.on_message(0, pos, &plog);
     let out = p.on_message(
@@ -677,6 +680,7 @@ fn out_of_order_acks_silence_and_stray_messages_close_the_session() {
             written_lsn: 0,
             hardened_lsn: 0,
             applied_lsn: 0,
+            segment_end: 0,
         },
         &plog,
     );

@@ -364,6 +364,7 @@ fn regression_witness_link_rejects_a_tampered_reply_or_request() {
         database_id: *b"tamper-test-db01",
         lease: LeaseConfig::default(),
         logger: Logger::new(move |s| l.lock().unwrap().push(s.to_string())),
+        tls: None,
     })
     .unwrap();
     let query = Request::Query {

@@ -34,7 +34,16 @@ fn handshake(conn: &mut BlockingConn, role: Role, secret: &str, nonce: u8) -> Re
         database_id: [5; 16],
         secret: Secret::new(secret.as_bytes().to_vec()).unwrap(),
     };
-    authenticate(conn, role, &id, 1, [nonce; 32], Duration::from_secs(5)).map(|_| ())
+    authenticate(
+        conn,
+        role,
+        &id,
+        1,
+        [nonce; 32],
+        Duration::from_secs(5),
+        1 << 20,
+    )
+    .map(|_| ())
 }
 
 #[test]

@@ -278,6 +278,7 @@ fn sample_messages() -> Vec<Message> {
             database_id: [3; 16],
             epoch: 42,
             nonce: [9; 32],
+            segment_bytes: 1 << 20,
         }),
         Message::Confirm { mac: [0xa5; 32] },
         Message::Pake { msg: [0x5a; 33] },
@@ -286,6 +287,7 @@ fn sample_messages() -> Vec<Message> {
             written_lsn: 1 << 40,
             hardened_lsn: 1 << 39,
             applied_lsn: 17,
+            segment_end: 0,
         },
         Message::Start {
             epoch: 42,
@@ -369,6 +371,7 @@ fn a_real_handshake_works_between_uring_and_blocking() {
             1,
             [2; 32],
             Duration::from_secs(5),
+            1 << 20,
         )
     });
     let mut conn = uring(a, SendMode::Auto);
@@ -379,6 +382,7 @@ fn a_real_handshake_works_between_uring_and_blocking() {
         1,
         [1; 32],
         Duration::from_secs(5),
+        1 << 20,
     );
     // Each side learns the other's epoch.
     assert_eq!(mine, Ok(1));

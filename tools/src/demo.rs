@@ -262,7 +262,7 @@ fn check(port: u16, acked: &[(String, String)]) -> Result<usize, String> {
             if r != Reply::Bulk(latest[k].as_bytes().to_vec()) {
                 missing += 1;
                 if missing <= 5 {
-                    println!("   MISSING {k}: expected {:?}, got {r:?}", latest[k]);
+                    crate::outln!("   MISSING {k}: expected {:?}, got {r:?}", latest[k]);
                 }
             }
         }
@@ -328,10 +328,10 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
             .map(|s| s.to_string())
             .collect()
         };
-    println!(
+    crate::outln!(
         "mirrorlog demo: a witness, a principal (A) and a mirror (B) on 127.0.0.1, safety full"
     );
-    println!("  (a write is acknowledged once both partners have it on disk; partner timeout {TIMEOUT_MS} ms)");
+    crate::outln!("  (a write is acknowledged once both partners have it on disk; partner timeout {TIMEOUT_MS} ms)");
     let _witness = Node::spawn(
         "witness",
         dir,
@@ -359,12 +359,13 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
     wait_for("B to synchronize", Duration::from_secs(30), &a, || {
         info_field(a_port, "mirroring_state").as_deref() == Some("synchronized")
     })?;
-    println!(
+    crate::outln!(
         "  A: redis-cli -p {a_port} -a {password}      B: redis-cli -p {b_port} -a {password}"
     );
-    println!(
+    crate::outln!(
         "\n1. {} clients write for {} s; every acknowledged write is recorded",
-        o.clients, o.seconds
+        o.clients,
+        o.seconds
     );
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let count = Arc::new(AtomicU64::new(0));
@@ -456,7 +457,7 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
         finish(workers);
         return Err(e);
     }
-    println!("\n2. A (the principal) is killed with SIGKILL while the clients are writing");
+    crate::outln!("\n2. A (the principal) is killed with SIGKILL while the clients are writing");
     let before = count.load(Ordering::Relaxed);
     let killed = Instant::now();
     a.kill();
@@ -477,12 +478,12 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(5));
     };
     let epoch = info_field(b_port, "mirroring_epoch").unwrap_or_default();
-    println!(
+    crate::outln!(
         "   B took over automatically: principal of epoch {epoch}, first write acknowledged {:.0} ms after A died\n   (the witness granted the epoch once A's lease was certainly over; {} writes acknowledged by A)",
         took.as_secs_f64() * 1e3,
         before
     );
-    println!("\n3. the clients carry on against B; A restarts with its original command and rejoins as B's mirror");
+    crate::outln!("\n3. the clients carry on against B; A restarts with its original command and rejoins as B's mirror");
     let _a2 = Node::start("node A", dir, &a_args)?;
     let rejoined = wait_for(
         "A to rejoin and synchronize",
@@ -503,18 +504,18 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
         return Err(format!("a client got an unexpected reply: {e}"));
     }
     let acked = std::mem::take(&mut *acked.lock().expect("acked"));
-    println!("   {} writes had been acknowledged in all", acked.len());
-    println!(
+    crate::outln!("   {} writes had been acknowledged in all", acked.len());
+    crate::outln!(
         "\n4. every acknowledged write is read back from B, the new principal (port {b_port})"
     );
     let missing = check(b_port, &acked)?;
-    println!(
+    crate::outln!(
         "   {} of {} acknowledged writes present{}",
         acked.len() - missing,
         acked.len(),
         if missing == 0 { ": nothing lost" } else { "" }
     );
-    println!("\n5. ... and from A, now B's mirror, once it applied everything");
+    crate::outln!("\n5. ... and from A, now B's mirror, once it applied everything");
     wait_for(
         "A to apply everything",
         Duration::from_secs(60),
@@ -525,14 +526,14 @@ fn demo(o: &Opts, dir: &Path) -> Result<(), String> {
         },
     )?;
     let missing_a = check(a_port, &acked)?;
-    println!(
+    crate::outln!(
         "   {} of {} present on A",
         acked.len() - missing_a,
         acked.len()
     );
-    println!("\n6. B's status:\n");
+    crate::outln!("\n6. B's status:\n");
     for l in status_text(b_port).lines() {
-        println!("   {l}");
+        crate::outln!("   {l}");
     }
     if missing + missing_a > 0 {
         return Err(format!(

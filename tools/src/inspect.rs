@@ -15,6 +15,22 @@ use mirrorlog_engine::log::segment::{
     SEGMENT_SUFFIX,
 };
 
+pub const INSPECT_USAGE: &str = "\
+mirrorlog inspect-log DIR [--batches] [--records]
+
+    Read-only check of a log directory: every segment header, every batch
+    checksum, contiguity, the durable-LSN hint, and where the valid log ends
+    and why. Never modifies the log (opening it for writing would cut a torn
+    tail; this only reports it).
+
+    --batches   list every batch (LSN range, epoch, records, codec, sizes)
+    --records   also print each record (length and first 64 bytes, escaped)
+
+    Exit status: 0 if the log is clean or ends in a torn tail that recovery
+    would cut; 1 if it holds damage recovery would refuse (corruption below
+    the durable point, gaps, bad headers); 2 on bad usage.
+";
+
 pub struct Options {
     pub dir: PathBuf,
     pub batches: bool,

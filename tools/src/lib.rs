@@ -9,6 +9,7 @@ pub mod demo;
 pub mod inspect;
 pub mod keyspace;
 pub mod kv;
+pub mod out;
 pub mod resp;
 pub mod serve;
 pub mod server;

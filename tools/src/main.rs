@@ -1,7 +1,7 @@
 //! `mirrorlog`: the command-line face of mirrorlog (the code lives in the
 //! library, `tools/src/lib.rs`, so the benchmark can run servers too).
 
-use mirrorlog::{demo, inspect, serve, status, witness};
+use mirrorlog::{demo, inspect, outln, serve, status, witness};
 
 use std::process::ExitCode;
 
@@ -38,12 +38,16 @@ USAGE:
 
     mirrorlog witness --dir DIR --secret-file FILE [--listen ADDR:PORT]
                       [--database-id ID] [--lease-ms N] [--rho R]
+                      [--tls-cert FILE --tls-key FILE --tls-ca FILE]
         The witness: records the current epoch and its principal durably in
         DIR, grants epochs by compare-and-set, leases the principal its right
         to commit without its mirror, and grants automatic failover only once
         that lease is certainly over (docs/design.md, Witness protocol).
         --lease-ms: the lease (default 1000, as the partners' default partner
         timeout); --rho: the bound on any clock's rate error (default 0.01).
+        --tls-cert/--tls-key/--tls-ca: TLS on the witness port (all three);
+        partners must present a certificate the CA signed (serve's
+        --partner-tls-cert/--partner-tls-key, with --witness-tls-ca).
 
     mirrorlog failover [--host H] [--port N] [--password P]
         Manual failover, run on the principal (MIRROR FAILOVER): it stops
@@ -55,18 +59,44 @@ USAGE:
         FORCE-SERVICE): it becomes principal of a new epoch and says how much
         of what the old principal wrote may be lost.
 
+    mirrorlog COMMAND --help
+        That command's usage.
+
     mirrorlog --help | --version
 ";
 
+/// The usage of subcommand `cmd`, printed by `mirrorlog CMD --help`.
+fn usage_of(cmd: &str) -> Option<&'static str> {
+    Some(match cmd {
+        "inspect-log" => inspect::INSPECT_USAGE,
+        "demo" => demo::DEMO_USAGE,
+        "serve" => serve::SERVE_USAGE,
+        "status" => status::STATUS_USAGE,
+        "checkpoint" => status::CHECKPOINT_USAGE,
+        "witness" => witness::WITNESS_USAGE,
+        "failover" => status::FAILOVER_USAGE,
+        "force-service" => status::FORCE_SERVICE_USAGE,
+        _ => return None,
+    })
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `mirrorlog CMD --help` (or -h) anywhere among CMD's flags: CMD's
+    // usage on stdout, exit 0, and nothing else runs.
+    if let Some(usage) = args.first().and_then(|c| usage_of(c)) {
+        if args[1..].iter().any(|a| a == "--help" || a == "-h") {
+            mirrorlog::out!("{usage}");
+            return ExitCode::SUCCESS;
+        }
+    }
     match args.first().map(String::as_str) {
         None | Some("-h" | "--help" | "help") => {
-            print!("{USAGE}");
+            mirrorlog::out!("{USAGE}");
             ExitCode::SUCCESS
         }
         Some("-V" | "--version") => {
-            println!("mirrorlog {}", env!("CARGO_PKG_VERSION"));
+            outln!("mirrorlog {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Some("demo") => match demo::run(&args[1..]) {
@@ -78,7 +108,7 @@ fn main() -> ExitCode {
         },
         Some("checkpoint") => match status::checkpoint(&args[1..]) {
             Ok(text) => {
-                println!("{text}");
+                outln!("{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -94,7 +124,7 @@ fn main() -> ExitCode {
             };
             match r {
                 Ok(text) => {
-                    println!("{text}");
+                    outln!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -115,7 +145,7 @@ fn main() -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("mirrorlog witness: {e}\n\n{USAGE}");
+                eprintln!("mirrorlog witness: {e}\n\n{}", witness::WITNESS_USAGE);
                 ExitCode::from(2)
             }
         },
@@ -134,7 +164,10 @@ fn main() -> ExitCode {
                     Ok(r) => {
                         tracing::info!(
                             "serving {} clients on {} (RESP; try redis-cli -p {}), partner {}",
-                            if o.principal { "principal" } else { "mirror" },
+                            // The role the node took, not the one asked
+                            // for: with a witness, a node started as
+                            // principal may have been demoted at start.
+                            r.server.status().role,
                             r.client_addr,
                             r.client_addr.port(),
                             r.partner_addr
@@ -154,7 +187,19 @@ fn main() -> ExitCode {
                         }
                     }
                     Err(e) => {
-                        tracing::error!("could not start: {e}");
+                        // A node starts with a few small durable writes (a
+                        // new epoch in the epoch history): a disk full to the
+                        // last block refuses them. Say what to do.
+                        let e = e.to_string();
+                        let hint = if e.contains("No space left on device")
+                            || e.contains("Disk quota exceeded")
+                        {
+                            "; the disk is full: free some space on it and start again \
+                             (nothing was lost: the log and checkpoints are as they were)"
+                        } else {
+                            ""
+                        };
+                        tracing::error!("could not start: {e}{hint}");
                         ExitCode::FAILURE
                     }
                 }
@@ -167,7 +212,7 @@ fn main() -> ExitCode {
         Some("inspect-log") => match inspect::parse_args(&args[1..]) {
             Ok(opts) => inspect::run(&opts),
             Err(e) => {
-                eprintln!("mirrorlog inspect-log: {e}\n\n{USAGE}");
+                eprintln!("mirrorlog inspect-log: {e}\n\n{}", inspect::INSPECT_USAGE);
                 ExitCode::from(2)
             }
         },

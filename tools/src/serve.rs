@@ -10,6 +10,7 @@ use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, Principal, Safety, Witn
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
+use mirrorlog_engine::transport::tls::{PartnerTls, WitnessTls};
 use mirrorlog_engine::transport::TransportChoice;
 use mirrorlog_engine::witness::client::WitnessClient;
 use mirrorlog_engine::witness::proto::{Reply, Request};
@@ -53,6 +54,11 @@ mirrorlog serve --config FILE [OPTIONS]
                               that try to write here while it is principal
     --no-auto-failover        never take over on the witness's grant by itself
                               (manual failover and forced service still work)
+    --witness-tls-ca FILE     TLS to the witness: the CA that signs the witness's
+                              certificate; this node presents --partner-tls-cert
+                              (so the partner TLS flags are needed too)
+    --witness-tls-server-name NAME   the name in the witness's certificate
+                              (default: the IP address of --witness)
     --partner-timeout-ms N    how long partners wait for each other before a
                               session is declared lost; also the failover delay
                               (default 1000)
@@ -95,6 +101,16 @@ mirrorlog serve --config FILE [OPTIONS]
                               source address gets at most 10 failed AUTH answers
                               a second (a burst of 20); beyond, the connection
                               is closed.
+  TLS on the partner port (rustls, mutual certificates; see README, TLS; both
+  partners must have it, or neither):
+    --partner-tls-cert FILE   this node's certificate chain (PEM), presented
+                              both as principal (server) and as mirror (client)
+    --partner-tls-key FILE    its private key (PEM; mode 0600 or stricter)
+    --partner-tls-ca FILE     the CA that signs the other partner's certificate
+    --partner-tls-server-name NAME   the name the mirror expects in the
+                              principal's certificate (default: the host part of
+                              --partner when it is a name and there is no
+                              --witness; else the IP address connected to)
   TLS on the client port (rustls; see README, TLS):
     --tls-port N              a TLS-only client port (on --bind), beside the
                               plaintext --port (--port 0: TLS only)
@@ -107,7 +123,9 @@ mirrorlog serve --config FILE [OPTIONS]
                               without one; no asks for none. A handshake must
                               be done within the command timeout (at most 10 s)
     --segment-bytes N         size of new log segment files (default 64 MiB;
-                              a multiple of 4096 from 8 KiB to 4 GiB)
+                              a multiple of 4096 from 8 KiB to 4 GiB); both
+                              partners must use the same (the handshake
+                              refuses a mismatch)
     --log-level L             error, warn, info (default) or debug; RUST_LOG,
                               when set, takes precedence
     --checkpoint-secs N       checkpoint the store every N seconds when the log
@@ -152,6 +170,21 @@ pub struct ServeOptions {
     pub read_barrier: bool,
     /// TLS on the client port (None: plaintext only).
     pub client_tls: Option<crate::tls::ClientTls>,
+    /// TLS on the partner link (`--partner-tls-*`; None: plaintext).
+    pub partner_tls: Option<PartnerTlsFiles>,
+    /// TLS to the witness: its CA and server name (`--witness-tls-*`).
+    pub witness_tls_ca: Option<PathBuf>,
+    pub witness_tls_server_name: Option<String>,
+}
+
+/// The partner link's TLS files and the server name a mirror expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// None: the IP address connected to.
+    pub server_name: Option<String>,
 }
 
 fn resolve(flag: &str, v: &str) -> Result<SocketAddr, String> {
@@ -208,6 +241,12 @@ struct FileConfig {
     tls_key: Option<String>,
     tls_ca_cert: Option<String>,
     tls_auth_clients: Option<String>,
+    partner_tls_cert: Option<String>,
+    partner_tls_key: Option<String>,
+    partner_tls_ca: Option<String>,
+    partner_tls_server_name: Option<String>,
+    witness_tls_ca: Option<String>,
+    witness_tls_server_name: Option<String>,
 }
 
 /// Reads a config file into the flags it stands for.
@@ -274,6 +313,12 @@ fn file_flags(path: &str) -> Result<Vec<(String, String)>, String> {
     put("tls_key", c.tls_key);
     put("tls_ca_cert", c.tls_ca_cert);
     put("tls_auth_clients", c.tls_auth_clients);
+    put("partner_tls_cert", c.partner_tls_cert);
+    put("partner_tls_key", c.partner_tls_key);
+    put("partner_tls_ca", c.partner_tls_ca);
+    put("partner_tls_server_name", c.partner_tls_server_name);
+    put("witness_tls_ca", c.witness_tls_ca);
+    put("witness_tls_server_name", c.witness_tls_server_name);
     Ok(v)
 }
 
@@ -319,6 +364,28 @@ pub fn parse_with_io(args: &[String]) -> Result<(ServeOptions, IoMode), String> 
         }
         if flag == "--witness" {
             probe.extend(["--peer".into(), "127.0.0.1:1".into()]);
+        }
+        if flag.starts_with("--partner-tls-") || flag.starts_with("--witness-tls-") {
+            // These too stand only together.
+            for (f, v) in [
+                ("--partner-tls-cert", "x"),
+                ("--partner-tls-key", "x"),
+                ("--partner-tls-ca", "x"),
+            ] {
+                if flag != f {
+                    probe.extend([f.into(), v.into()]);
+                }
+            }
+            if flag.starts_with("--witness-tls-") {
+                probe.extend([
+                    "--witness".into(),
+                    "127.0.0.1:1".into(),
+                    "--peer".into(),
+                    "127.0.0.1:1".into(),
+                    "--witness-tls-ca".into(),
+                    "x".into(),
+                ]);
+            }
         }
         if flag.starts_with("--tls-") || flag == "--port" && value == "0" {
             // TLS keys stand only together: check one with the others.
@@ -421,6 +488,8 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
     let mut soft_given = false;
     let (mut tls_port, mut tls_cert, mut tls_key, mut tls_ca, mut tls_auth) =
         (None::<u16>, None, None, None, None);
+    let (mut ptls_cert, mut ptls_key, mut ptls_ca, mut ptls_name) = (None, None, None, None);
+    let (mut wtls_ca, mut wtls_name) = (None, None);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -579,6 +648,22 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
                     format!("--tls-port {v:?}: expected a port number (1 to 65535)")
                 })?)
             }
+            "--partner-tls-cert" => ptls_cert = Some(PathBuf::from(value()?)),
+            "--partner-tls-key" => ptls_key = Some(PathBuf::from(value()?)),
+            "--partner-tls-ca" => ptls_ca = Some(PathBuf::from(value()?)),
+            "--partner-tls-server-name" => {
+                let v = value()?;
+                mirrorlog_engine::transport::tls::server_name(&v)
+                    .map_err(|e| format!("--partner-tls-server-name: {e}"))?;
+                ptls_name = Some(v)
+            }
+            "--witness-tls-ca" => wtls_ca = Some(PathBuf::from(value()?)),
+            "--witness-tls-server-name" => {
+                let v = value()?;
+                mirrorlog_engine::transport::tls::server_name(&v)
+                    .map_err(|e| format!("--witness-tls-server-name: {e}"))?;
+                wtls_name = Some(v)
+            }
             "--tls-cert" => tls_cert = Some(PathBuf::from(value()?)),
             "--tls-key" => tls_key = Some(PathBuf::from(value()?)),
             "--tls-ca-cert" => tls_ca = Some(PathBuf::from(value()?)),
@@ -614,6 +699,47 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
     }
     if witness.is_none() && peer.is_some() && !principal {
         return Err("--peer is for --witness set-ups; a mirror without a witness names its principal with --partner".into());
+    }
+    // The partner link's TLS: all three files or none. Without a witness a
+    // mirror expects the host part of --partner in the principal's
+    // certificate, if it is a name; otherwise the IP address it connects
+    // to (with a witness, the principal may be either partner).
+    let default_name = partner.as_deref().and_then(|p| {
+        let host = p.rsplit_once(':').map_or(p, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (witness.is_none() && host.parse::<std::net::IpAddr>().is_err()).then(|| host.to_string())
+    });
+    let partner_tls = match (ptls_cert, ptls_key, ptls_ca) {
+        (None, None, None) => {
+            if ptls_name.is_some() {
+                return Err("--partner-tls-server-name needs --partner-tls-cert, --partner-tls-key and --partner-tls-ca".into());
+            }
+            None
+        }
+        (Some(cert), Some(key), Some(ca)) => Some(PartnerTlsFiles {
+            cert,
+            key,
+            ca,
+            server_name: ptls_name.or(default_name),
+        }),
+        _ => {
+            return Err("TLS on the partner port needs all of --partner-tls-cert FILE (this node's certificate, PEM), \
+                 --partner-tls-key FILE (its key, mode 0600) and --partner-tls-ca FILE (the CA that signs the other partner's certificate)"
+                .into())
+        }
+    };
+    if wtls_ca.is_some() && witness.is_none() {
+        return Err("--witness-tls-ca is for --witness set-ups".into());
+    }
+    if wtls_ca.is_some() && partner_tls.is_none() {
+        return Err(
+            "--witness-tls-ca needs --partner-tls-cert, --partner-tls-key and --partner-tls-ca: \
+             this node presents its partner certificate to the witness"
+                .into(),
+        );
+    }
+    if wtls_name.is_some() && wtls_ca.is_none() {
+        return Err("--witness-tls-server-name needs --witness-tls-ca".into());
     }
     let partner = match (principal || witness.is_some(), partner) {
         (true, p) => resolve("--partner", p.as_deref().unwrap_or("127.0.0.1:7400"))?,
@@ -683,6 +809,9 @@ fn parse_flags(args: &[String]) -> Result<(ServeOptions, IoMode), String> {
         command_timeout,
         read_barrier,
         client_tls,
+        partner_tls,
+        witness_tls_ca: wtls_ca,
+        witness_tls_server_name: wtls_name,
     };
     Ok((o, io))
 }
@@ -747,6 +876,44 @@ struct Spec {
     id: NodeIdentity,
     logger: Logger,
     store: crate::kv::Shared,
+    /// Loaded once at start (a bad file fails the start, not a session).
+    partner_tls: Option<PartnerTls>,
+    witness_tls: Option<WitnessTls>,
+}
+
+/// The partner and witness TLS configurations from their files.
+fn load_tls(o: &ServeOptions) -> Result<(Option<PartnerTls>, Option<WitnessTls>), String> {
+    let Some(f) = &o.partner_tls else {
+        return Ok((None, None));
+    };
+    let id = crate::tls::identity(
+        [
+            "--partner-tls-cert",
+            "--partner-tls-key",
+            "--partner-tls-ca",
+        ],
+        &f.cert,
+        &f.key,
+        &f.ca,
+    )?;
+    let partner = PartnerTls::new(&id, f.server_name.as_deref())?;
+    let witness = match (&o.witness_tls_ca, o.witness) {
+        (Some(ca), Some(addr)) => {
+            let ca_pem = crate::tls::read_cert_file("--witness-tls-ca", ca)?;
+            let shown = format!("--witness-tls-ca {}", ca.display());
+            let wid = id.with_ca(&ca_pem, &shown)?;
+            let server_name = match &o.witness_tls_server_name {
+                Some(n) => mirrorlog_engine::transport::tls::server_name(n)?,
+                None => rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            };
+            Some(WitnessTls {
+                client: wid.client_config()?,
+                server_name,
+            })
+        }
+        _ => None,
+    };
+    Ok((Some(partner), witness))
 }
 
 impl Spec {
@@ -772,7 +939,9 @@ impl Spec {
             addr,
             name: o.partner.to_string(),
             auto_failover: o.auto_failover && o.safety == Safety::Full,
+            tls: self.witness_tls.clone(),
         });
+        cfg.partner_tls = self.partner_tls.clone();
         Ok(cfg)
     }
 
@@ -845,7 +1014,8 @@ impl Spec {
 /// With a witness: who is principal now, as the witness says (retrying
 /// while it is unreachable, for up to a minute).
 fn witness_says(spec: &Spec, witness: SocketAddr) -> Result<Option<String>, String> {
-    let mut c = WitnessClient::new(witness, spec.id.secret.clone());
+    let mut c =
+        WitnessClient::new(witness, spec.id.secret.clone()).with_tls(spec.witness_tls.clone());
     let until = std::time::Instant::now() + Duration::from_secs(60);
     let mut said = false;
     loop {
@@ -1075,11 +1245,14 @@ pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Run
         Some(l) => l.local_addr().map_err(|e| e.to_string())?,
         None => tls_addr.expect("a TLS listener without the plaintext one"),
     };
+    let (partner_tls, witness_tls) = load_tls(o)?;
     let spec = Arc::new(Spec {
         o: o.clone(),
         id,
         logger,
         store: crate::kv::Shared::default(),
+        partner_tls,
+        witness_tls,
     });
     spec.config()?;
     // The role: with a witness, whatever it records; else the flag.

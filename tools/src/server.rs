@@ -204,9 +204,19 @@ pub struct Server {
     opts: ServerOptions,
     clients: AtomicUsize,
     stop: AtomicBool,
-    /// A commit failed after its effects reached the store (the log is
-    /// poisoned): the store may be ahead of the log; refuse everything.
+    /// A commit was lost after its effects reached the store (a truncation
+    /// under a running group commit): the store may be ahead of the log in
+    /// ways no undo record covers; refuse every command that touches data
+    /// (monitoring still answers). A failed append or a poisoned log does
+    /// not come here: the effects of every commit not in the log are taken
+    /// back from the store (`unlogged`).
     broken: Mutex<Option<String>>,
+    /// The undo records of the commits whose effects are in the store but
+    /// whose batch is not yet durable in the log, oldest first, each with
+    /// its batch's serial (`Ticket::batch`). Appended under the store's
+    /// write lock, so in store order, which is also the queue's order.
+    /// Only written under the store's write lock.
+    unlogged: Mutex<std::collections::VecDeque<(u64, Vec<Undo>)>>,
     /// Commits whose effects are in the store but not yet acknowledged
     /// (see `barrier`).
     barrier: Barrier,
@@ -217,6 +227,9 @@ pub struct Server {
     spare_fd: Mutex<Option<std::fs::File>>,
     /// Rate-limited WARN lines (accept errors, output limits).
     warned: Mutex<HashMap<&'static str, (Option<Instant>, u64)>>,
+    /// TLS clients being refused (max clients reached) over TLS, so that
+    /// they can read why: bounded, as each costs a thread and a handshake.
+    refusing_tls: Arc<AtomicUsize>,
     /// Failed AUTH token buckets per source address.
     auth_fails: Mutex<HashMap<std::net::IpAddr, (f64, Instant)>>,
 }
@@ -254,11 +267,13 @@ impl Server {
             clients: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             broken: Mutex::new(None),
+            unlogged: Mutex::new(std::collections::VecDeque::new()),
             barrier: Barrier::new(),
             stats: Stats::default(),
             started: Instant::now(),
             spare_fd: Mutex::new(std::fs::File::open("/dev/null").ok()),
             warned: Mutex::new(HashMap::new()),
+            refusing_tls: Arc::new(AtomicUsize::new(0)),
             auth_fails: Mutex::new(HashMap::new()),
         })
     }
@@ -324,6 +339,67 @@ impl Server {
         }
         *spare = std::fs::File::open("/dev/null").ok();
         true
+    }
+
+    /// Refuses a client because `--max-clients` are connected. A TLS
+    /// client would read plaintext as a corrupt record, so it gets the
+    /// error over TLS after a short handshake, on a thread of its own;
+    /// at most `REFUSING_TLS_MAX` at a time (beyond, a flood of them is
+    /// closed at once: the error is a courtesy, not worth a thread each).
+    pub(crate) fn refuse_full(&self, mut stream: TcpStream, tls: bool) {
+        const REFUSING_TLS_MAX: usize = 4;
+        const REFUSAL: &[u8] = b"-ERR max number of clients reached\r\n";
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        let Some(config) = self.opts.tls.as_ref().filter(|_| tls) else {
+            let _ = stream.write_all(REFUSAL);
+            return;
+        };
+        let busy = self.refusing_tls.clone();
+        if busy.fetch_add(1, Ordering::AcqRel) >= REFUSING_TLS_MAX {
+            busy.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let config = config.clone();
+        let spawned = std::thread::Builder::new()
+            .name("refuse-tls".into())
+            .spawn(move || {
+                let refuse = || -> std::io::Result<()> {
+                    stream.set_nonblocking(false)?;
+                    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+                    stream.set_write_timeout(Some(Duration::from_millis(500)))?;
+                    let tls =
+                        rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+                    let mut s = crate::tls::TlsStream { tls, sock: stream };
+                    let never = AtomicBool::new(false);
+                    s.handshake(Instant::now() + Duration::from_secs(1), &never)?;
+                    s.write_all(REFUSAL)?;
+                    s.tls.send_close_notify();
+                    s.flush()?;
+                    // Closing with the client's first command unread would
+                    // reset the connection, and the reset can reach the
+                    // client before the error: end our side, then take
+                    // what it sends until it closes (a second at most).
+                    s.sock.shutdown(std::net::Shutdown::Write)?;
+                    let until = Instant::now() + Duration::from_secs(1);
+                    let mut sink = [0u8; 4096];
+                    while Instant::now() < until {
+                        match s.sock.read(&mut sink) {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                    Ok(())
+                };
+                let _ = refuse();
+                busy.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            self.refusing_tls.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn output_limit_reached(&self, bytes: usize, which: &str) {
@@ -477,6 +553,8 @@ impl Server {
         };
         // No write can run now; the old node's tickets must not outlive it.
         self.barrier.clear();
+        // Batch serials are the old group commit's; a new one counts afresh.
+        self.unlogged.lock().expect("unlogged lock").clear();
         match change(old) {
             Ok(new) => {
                 *self.principal_hint.write().expect("hint") = hint;
@@ -548,9 +626,7 @@ impl Server {
                 continue;
             };
             if self.clients.load(Ordering::Acquire) >= self.opts.max_clients {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                let mut s = stream;
-                let _ = s.write_all(b"-ERR max number of clients reached\r\n");
+                self.refuse_full(stream, is_tls);
                 continue;
             }
             self.clients.fetch_add(1, Ordering::AcqRel);
@@ -786,18 +862,93 @@ impl Server {
                 }
                 r
             }
-            Err(e) if read => Reply::err(format!(
-                "ERR the read saw a write that was not committed: {e}"
-            )),
             Err(e) => {
-                if matches!(
-                    e,
-                    CommitError::Poisoned(_) | CommitError::Lost(_) | CommitError::Append(_)
-                ) {
-                    *self.broken.lock().expect("broken lock") = Some(e.to_string());
+                match &e {
+                    CommitError::Lost(_) => {
+                        *self.broken.lock().expect("broken lock") = Some(e.to_string());
+                    }
+                    CommitError::Poisoned(_)
+                    | CommitError::Append(_)
+                    | CommitError::DiskFull(_)
+                    | CommitError::Halted(_) => self.take_back_unlogged(None),
+                    _ => {}
                 }
-                Reply::err(format!("ERR the write was not committed: {e}"))
+                if read {
+                    Reply::err(format!(
+                        "ERR the read saw a write that was not committed ({e}); the write was taken back: retry the read"
+                    ))
+                } else {
+                    write_refused(&e)
+                }
             }
+        }
+    }
+
+    /// After an append failed (the group commit is halted) or the log was
+    /// poisoned: takes the effects of every commit whose batch is not
+    /// durable back out of the store, newest first, so that the store is
+    /// exactly the log again and reads go on answering from it; forgets
+    /// their read-barrier entries; and, unless the log is poisoned, resumes
+    /// the group commit so that the next write retries the disk.
+    ///
+    /// Why this is exact: batches are appended in serial order, each made
+    /// durable before the next is taken, and after a failed one every
+    /// batch fails until the resume. So when the group commit is halted
+    /// the commits not in the log are precisely those of a batch newer
+    /// than `hardened_batch`, and none of them can still succeed; the
+    /// store write lock keeps new commits from joining until the resume,
+    /// after which the queue starts a fresh batch. When it is not halted
+    /// (another thread already did this) there is nothing to do: commits
+    /// newer than `hardened_batch` may then be in flight and succeed.
+    ///
+    /// `held`: the store's write lock if the caller already holds it.
+    fn take_back_unlogged(&self, held: Option<&mut Store>) {
+        let node = self.node();
+        let Node::Principal(p) = &*node else {
+            return;
+        };
+        let gc = p.group_commit();
+        let mut guard;
+        let st = match held {
+            Some(st) => st,
+            None => {
+                guard = self.store.write().expect("store");
+                &mut *guard
+            }
+        };
+        let poisoned = gc.log().poisoned().is_some();
+        if !gc.halted() && !poisoned {
+            return;
+        }
+        let hardened = gc.hardened_batch();
+        let mut unlogged = self.unlogged.lock().expect("unlogged lock");
+        let mut undone = 0usize;
+        while unlogged.back().is_some_and(|(batch, _)| *batch > hardened) {
+            let (_, undo) = unlogged.pop_back().expect("checked");
+            Journal {
+                effects: Vec::new(),
+                undo,
+            }
+            .roll_back(st);
+            undone += 1;
+        }
+        drop(unlogged);
+        st.lsn = st.lsn.min(p.log().written_lsn());
+        self.barrier.forget_after(hardened);
+        if !poisoned {
+            gc.resume();
+        }
+        if undone > 0 {
+            tracing::warn!(
+                "took {undone} failed writes back out of the store ({}); {}",
+                gc.append_error()
+                    .map_or_else(|| "log poisoned".to_string(), |e| e.to_string()),
+                if poisoned {
+                    "the log is poisoned: writes are refused until restart"
+                } else {
+                    "the next write retries"
+                }
+            );
         }
     }
 
@@ -813,10 +964,12 @@ impl Server {
         if !conn.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
             return Some(Outcome::Now(Reply::err("NOAUTH Authentication required.")));
         }
-        if let Some(why) = self.broken.lock().expect("broken lock").clone() {
-            return Some(Outcome::Now(Reply::err(format!(
-                "ERR this server's log failed ({why}); restart it"
-            ))));
+        if !is_monitoring(&name) {
+            if let Some(why) = self.broken.lock().expect("broken lock").clone() {
+                return Some(Outcome::Now(Reply::err(format!(
+                    "ERR this server's log failed ({why}); restart it"
+                ))));
+            }
         }
         if let Node::Switching(_) = &*self.node() {
             if waits_for_switch(&name) {
@@ -976,13 +1129,22 @@ impl Server {
             Node::Principal(p) => {
                 // Under the write lock no write can join the marker's batch
                 // after it: the store is exactly the log up to its end.
-                let st = self.store.write().expect("store");
+                let mut st = self.store.write().expect("store");
                 let t = p
                     .commit_at(&[&Effect::Noop.encode()], Level::Local)
                     .map_err(|e| e.to_string())?;
                 // Hardened here is all a checkpoint's position needs; it
                 // acknowledges nothing to anyone (so needs no lease).
-                let (_, end) = t.wait_hardened().map_err(|e| e.to_string())?;
+                let (_, end) = match t.wait_hardened() {
+                    Ok(hardened) => hardened,
+                    Err(e) => {
+                        // A full disk halted the group commit on the
+                        // marker: resume it, or the next write would fail
+                        // behind it for nothing.
+                        self.take_back_unlogged(Some(&mut st));
+                        return Err(e.to_string());
+                    }
+                };
                 (end, st.map.clone())
             }
             Node::Mirror(_) => {
@@ -1190,15 +1352,21 @@ impl Server {
                 if self.opts.read_barrier {
                     self.barrier.record(&journal.effects, &t);
                 }
+                let hardened = p.group_commit().hardened_batch();
+                let mut unlogged = self.unlogged.lock().expect("unlogged lock");
+                while unlogged
+                    .front()
+                    .is_some_and(|(batch, _)| *batch <= hardened)
+                {
+                    unlogged.pop_front();
+                }
+                unlogged.push_back((t.batch(), journal.undo));
                 Outcome::After(t, reply)
             }
             Err(e) => {
                 // Nothing was logged: nothing may stay in the store.
                 journal.roll_back(st);
-                if matches!(e, CommitError::Poisoned(_)) {
-                    *self.broken.lock().expect("broken lock") = Some(e.to_string());
-                }
-                Outcome::Now(Reply::err(format!("ERR the write was not committed: {e}")))
+                Outcome::Now(write_refused(&e))
             }
         }
     }
@@ -1399,14 +1567,18 @@ impl Server {
         let s = self.status_brief();
         match &*self.node() {
             Node::Principal(p) => {
-                let mirrors = if s.state == MirroringState::Disconnected {
-                    Vec::new()
-                } else {
-                    vec![Reply::Array(vec![
-                        Reply::bulk("mirror"),
-                        Reply::bulk(p.local_addr().port().to_string()),
-                        Reply::bulk(s.mirror.received.to_string()),
-                    ])]
+                // As Redis: [ip, port, offset] per replica. The port is the
+                // one the mirror's partner connection comes from (a mirror
+                // announces no port of its own).
+                let mirrors = match p.mirror_peer() {
+                    Some(peer) if s.state != MirroringState::Disconnected => {
+                        vec![Reply::Array(vec![
+                            Reply::bulk(peer.ip().to_string()),
+                            Reply::bulk(peer.port().to_string()),
+                            Reply::bulk(s.mirror.received.to_string()),
+                        ])]
+                    }
+                    _ => Vec::new(),
                 };
                 Reply::Array(vec![
                     Reply::bulk("master"),
@@ -1415,15 +1587,20 @@ impl Server {
                 ])
             }
             Node::Switching(why) => Reply::err(format!("TRYAGAIN role change in progress ({why})")),
-            Node::Mirror(_) => {
+            Node::Mirror(m) => {
+                // The principal's client address if known (what a Redis
+                // client would connect to), else its partner address.
                 let (host, port) = self
                     .principal_hint
                     .read()
                     .expect("hint")
                     .as_deref()
                     .and_then(|h| h.rsplit_once(':'))
-                    .map(|(h, p)| (h.to_string(), p.parse::<i64>().unwrap_or(0)))
-                    .unwrap_or_default();
+                    .and_then(|(h, p)| Some((h.to_string(), p.parse::<i64>().ok()?)))
+                    .unwrap_or_else(|| {
+                        let a = m.principal_addr();
+                        (a.ip().to_string(), i64::from(a.port()))
+                    });
                 Reply::Array(vec![
                     Reply::bulk("slave"),
                     Reply::bulk(host),
@@ -1464,7 +1641,9 @@ impl Server {
         }
         if show("persistence") {
             out.push_str(&format!(
-                "# Persistence\r\nloading:0\r\naof_enabled:1\r\nmirrorlog_log_start_lsn:{}\r\nmirrorlog_written_lsn:{}\r\nmirrorlog_hardened_lsn:{}\r\nmirrorlog_checkpoints:{}\r\nmirrorlog_retained_for_mirror_bytes:{}\r\nmirrorlog_retention_max_bytes:{}\r\n\r\n",
+                "# Persistence\r\nloading:0\r\naof_enabled:1\r\naof_last_write_status:{}\r\nmirrorlog_log_error:{}\r\nmirrorlog_log_start_lsn:{}\r\nmirrorlog_written_lsn:{}\r\nmirrorlog_hardened_lsn:{}\r\nmirrorlog_checkpoints:{}\r\nmirrorlog_retained_for_mirror_bytes:{}\r\nmirrorlog_retention_max_bytes:{}\r\n\r\n",
+                if s.log_error.is_some() { "err" } else { "ok" },
+                s.log_error.as_deref().unwrap_or("none").replace(['\r', '\n'], " "),
                 self.log_start(),
                 s.written_lsn,
                 s.hardened_lsn,
@@ -1814,6 +1993,53 @@ fn scan(st: &Store, args: &[Vec<u8>]) -> Reply {
     Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(page)])
 }
 
+/// Commands that touch no data and answer even when the store cannot be
+/// trusted (see `Server::broken`): connection handling and monitoring.
+fn is_monitoring(name: &str) -> bool {
+    matches!(
+        name,
+        "PING"
+            | "ECHO"
+            | "AUTH"
+            | "HELLO"
+            | "QUIT"
+            | "SELECT"
+            | "CLIENT"
+            | "COMMAND"
+            | "CONFIG"
+            | "INFO"
+            | "ROLE"
+            | "MIRROR"
+    )
+}
+
+/// The reply to a write whose commit failed with `e`. Disk problems get
+/// Redis's `MISCONF` prefix (what Redis answers when it cannot persist),
+/// naming the disk and what to do; reads keep working in every case.
+fn write_refused(e: &CommitError) -> Reply {
+    Reply::err(match e {
+        CommitError::DiskFull(why) => format!(
+            "MISCONF the write was not committed: the disk of this server's log is full ({why}). \
+             Free space on the log's file system: writes resume by themselves; reads keep working"
+        ),
+        CommitError::Halted(why) => format!(
+            "MISCONF the write was not committed: an earlier write failed ({why}) and this one \
+             was queued behind it; retry it (reads keep working)"
+        ),
+        CommitError::Append(why) => format!(
+            "MISCONF the write was not committed: this server could not write its log ({why}); \
+             the next write retries (reads keep working)"
+        ),
+        CommitError::Poisoned(why) => format!(
+            "MISCONF the write was not committed (if it was in flight it may or may not survive a \
+             restart): this server's log failed to sync to disk ({why}), and a failed sync is never \
+             retried. Writes are refused until this server is restarted (fix the disk first); reads \
+             keep working"
+        ),
+        e => format!("ERR the write was not committed: {e}"),
+    })
+}
+
 /// Effects applied to the store but not yet committed, and how to take
 /// them back if the commit is refused (a batch too large, say).
 #[derive(Default)]
@@ -1995,6 +2221,23 @@ fn json_str(s: &str) -> String {
 
 /// The status snapshot as one JSON object (`MIRROR STATUS JSON`,
 /// `mirrorlog status --json`).
+/// The node's view of its witness, as `MIRROR STATUS JSON`'s `witness`.
+fn witness_json(w: &mirrorlog_engine::node::WitnessView) -> String {
+    let text = |v: &Option<String>| v.as_deref().map_or("null".to_string(), json_str);
+    format!(
+        "{{\"addr\":{},\"state\":{},\"contacted\":{},\"connected\":{},\"lease_left_ms\":{},\"exposed\":{},\"deposed\":{},\"failover\":{},\"last_error\":{}}}",
+        json_str(&w.addr),
+        json_str(w.state()),
+        w.contacted,
+        w.connected,
+        w.lease_left_ms.map_or("null".to_string(), |l| l.to_string()),
+        w.exposed,
+        text(&w.deposed),
+        text(&w.failover),
+        text(&w.last_error),
+    )
+}
+
 pub fn status_json(s: &Status) -> String {
     let opt = |d: Option<Duration>| {
         d.map_or("null".to_string(), |d| {
@@ -2017,7 +2260,7 @@ pub fn status_json(s: &Status) -> String {
         })
         .collect();
     format!(
-        "{{\"role\":{},\"state\":{},\"epoch\":{},\"written_lsn\":{},\"hardened_lsn\":{},\"commit_lsn\":{},\"mirror\":{{\"received_lsn\":{},\"hardened_lsn\":{},\"applied_lsn\":{}}},\"send_queue_bytes\":{},\"send_queue_age_ms\":{},\"redo_queue_bytes\":{},\"redo_queue_ms\":{},\"exposed\":{},\"commits_held\":{},\"transport\":{},\"zero_copy\":{},\"bytes_sent\":{},\"compression_ratio\":{:.3},\"sessions\":{},\"last_error\":{},\"preauth_rejected\":{},\"latency\":[{}]}}",
+        "{{\"role\":{},\"state\":{},\"epoch\":{},\"written_lsn\":{},\"hardened_lsn\":{},\"commit_lsn\":{},\"mirror\":{{\"received_lsn\":{},\"hardened_lsn\":{},\"applied_lsn\":{}}},\"send_queue_bytes\":{},\"send_queue_age_ms\":{},\"redo_queue_bytes\":{},\"redo_queue_ms\":{},\"exposed\":{},\"commits_held\":{},\"transport\":{},\"zero_copy\":{},\"bytes_sent\":{},\"compression_ratio\":{},\"sessions\":{},\"last_error\":{},\"log_error\":{},\"preauth_rejected\":{},\"witness\":{},\"latency\":[{}]}}",
         json_str(&s.role.to_string()),
         json_str(&format!("{:?}", s.state).to_uppercase()),
         s.epoch,
@@ -2036,10 +2279,13 @@ pub fn status_json(s: &Status) -> String {
         s.transport.map_or("null".to_string(), |t| json_str(&t.to_string())),
         s.zero_copy,
         s.bytes_sent,
-        s.compression_ratio(),
+        s.compression_ratio()
+            .map_or("null".to_string(), |r| format!("{r:.3}")),
         s.sessions,
         s.last_error.as_deref().map_or("null".to_string(), json_str),
+        s.log_error.as_deref().map_or("null".to_string(), json_str),
         s.preauth_rejected,
+        s.witness.as_ref().map_or("null".to_string(), witness_json),
         latency.join(",")
     )
 }

@@ -109,40 +109,86 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args).map_err(|e| format!("{e}\n\n{STATUS_USAGE}"))?;
     match o.watch {
         None => {
-            println!("{}", fetch(&o)?.trim_end());
+            crate::outln!("{}", fetch(&o)?.trim_end());
             Ok(())
         }
         Some(every) => loop {
+            if crate::out::closed() {
+                // The reader went away (`--watch | head`): stop quietly.
+                return Ok(());
+            }
             let text = fetch(&o).unwrap_or_else(|e| format!("(unreachable: {e})"));
             if o.json {
-                println!("{}", text.trim_end());
+                crate::outln!("{}", text.trim_end());
             } else {
                 // Clear the screen and home the cursor, then redraw.
-                print!("\x1b[2J\x1b[H{} — every {:?}\n\n{}", o.addr, every, text);
+                crate::out!("\x1b[2J\x1b[H{} — every {:?}\n\n{}", o.addr, every, text);
             }
             std::thread::sleep(every);
         },
     }
 }
 
+/// The flags the admin commands share, after each one's first line.
+macro_rules! admin_flags {
+    () => {
+        "
+    --host H        the node's client address (default 127.0.0.1)
+    --port N        its client port (default 6379)
+    --password P    if the node requires AUTH
+"
+    };
+}
+
+pub const CHECKPOINT_USAGE: &str = concat!(
+    "\
+mirrorlog checkpoint [--host H] [--port N] [--password P]
+
+    Asks a node for a checkpoint now (MIRROR CHECKPOINT) and prints where.
+",
+    admin_flags!()
+);
+
+pub const FAILOVER_USAGE: &str = concat!(
+    "\
+mirrorlog failover [--host H] [--port N] [--password P]
+
+    Manual failover, run on the principal (MIRROR FAILOVER): it stops taking
+    writes, the mirror hardens everything, and the roles swap. Refused unless
+    the mirror is SYNCHRONIZED. Loses nothing.
+",
+    admin_flags!()
+);
+
+pub const FORCE_SERVICE_USAGE: &str = concat!(
+    "\
+mirrorlog force-service [--host H] [--port N] [--password P]
+
+    Forced service, run on the mirror when the principal is gone (MIRROR
+    FORCE-SERVICE): it becomes principal of a new epoch and says how much of
+    what the old principal wrote may be lost.
+",
+    admin_flags!()
+);
+
 /// `mirrorlog checkpoint`: asks the node for a checkpoint now.
 pub fn checkpoint(args: &[String]) -> Result<String, String> {
-    admin(args, "checkpoint", b"CHECKPOINT")
+    admin(args, "checkpoint", b"CHECKPOINT", CHECKPOINT_USAGE)
 }
 
 /// `mirrorlog failover`: MIRROR FAILOVER on the principal.
 pub fn failover(args: &[String]) -> Result<String, String> {
-    admin(args, "failover", b"FAILOVER")
+    admin(args, "failover", b"FAILOVER", FAILOVER_USAGE)
 }
 
 /// `mirrorlog force-service`: MIRROR FORCE-SERVICE on the mirror.
 pub fn force_service(args: &[String]) -> Result<String, String> {
-    admin(args, "force-service", b"FORCE-SERVICE")
+    admin(args, "force-service", b"FORCE-SERVICE", FORCE_SERVICE_USAGE)
 }
 
 /// Runs `MIRROR <sub>` on the node the flags name and returns its answer.
-fn admin(args: &[String], what: &str, sub: &[u8]) -> Result<String, String> {
-    let o = parse(args).map_err(|e| format!("{e}\n\n{STATUS_USAGE}"))?;
+fn admin(args: &[String], what: &str, sub: &[u8], usage: &str) -> Result<String, String> {
+    let o = parse(args).map_err(|e| format!("{e}\n\n{usage}"))?;
     if o.json || o.watch.is_some() {
         return Err(format!("{what} takes --host, --port and --password only"));
     }

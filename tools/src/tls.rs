@@ -77,23 +77,54 @@ fn certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String
     Ok(certs)
 }
 
-/// The private key, from a file private to its owner (as the password and
-/// secret files must be).
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+/// A PEM file's bytes (certificates, a CA), for `flag`.
+pub fn read_cert_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    read_pem("certificate file", flag, path)
+}
+
+/// A private key file's bytes, checked first to be private to its owner
+/// (as the password and secret files must be).
+pub fn read_key_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
-        .map_err(|e| format!("--tls-key: cannot read key file {}: {e}", path.display()))?
+        .map_err(|e| format!("{flag}: cannot read key file {}: {e}", path.display()))?
         .permissions()
         .mode()
         & 0o777;
     if mode & 0o077 != 0 {
         return Err(format!(
-            "--tls-key {} is readable or writable by group or others (mode {mode:o}); run: chmod 600 {}",
+            "{flag} {} is readable or writable by group or others (mode {mode:o}); run: chmod 600 {}",
             path.display(),
             path.display()
         ));
     }
-    let pem = read_pem("key file", "--tls-key", path)?;
+    read_pem("key file", flag, path)
+}
+
+/// A node's TLS identity for the partner or witness link (`cert`, `key`
+/// and `ca` with the flags that named them), the key mode-checked.
+pub fn identity(
+    flags: [&str; 3],
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> Result<mirrorlog_engine::transport::tls::TlsIdentity, String> {
+    let names = [
+        format!("{} {}", flags[0], cert.display()),
+        format!("{} {}", flags[1], key.display()),
+        format!("{} {}", flags[2], ca.display()),
+    ];
+    mirrorlog_engine::transport::tls::TlsIdentity::from_pem(
+        &read_cert_file(flags[0], cert)?,
+        &read_key_file(flags[1], key)?,
+        &read_cert_file(flags[2], ca)?,
+        [&names[0], &names[1], &names[2]],
+    )
+}
+
+/// The private key of the client port (`--tls-key`).
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read_key_file("--tls-key", path)?;
     rustls_pemfile::private_key(&mut &pem[..])
         .map_err(|e| format!("--tls-key {}: not a PEM private key: {e}", path.display()))?
         .ok_or_else(|| {

@@ -2,9 +2,11 @@
 //! 127.0.0.1: a CA, a server certificate and client certificates are made
 //! at test time (rcgen); the `redis` crate (rustls) and redis-cli `--tls`
 //! talk to the TLS port on both I/O modes; client certificates are
-//! required when the server is given a CA; a plaintext client on the TLS
-//! port and a client stalling mid-handshake are cut off while others keep
-//! being served; writes over TLS reach the mirror, across a failover.
+//! required when the server is given a CA (redis-cli `--cert/--key` too);
+//! a plaintext client on the TLS port and a client stalling mid-handshake
+//! are cut off while others keep being served; a client beyond
+//! `--max-clients` reads its refusal over TLS; writes over TLS reach the
+//! mirror, and TLS clients follow a planned failover.
 
 mod common;
 
@@ -319,6 +321,65 @@ fn redis_cli_tls_with_cacert_works() {
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("PONG"),
         "a plaintext PING on the TLS port was answered"
+    );
+    n.alive();
+}
+
+/// redis-cli with a client certificate, against a server that requires
+/// one (`--tls-ca-cert`): with `--cert/--key` it is served, without it is
+/// not.
+#[test]
+fn redis_cli_tls_with_a_client_certificate() {
+    if !have_redis_cli() {
+        eprintln!("redis-cli not installed: the redis-cli client-certificate test is skipped");
+        return;
+    }
+    let dir = tempdir("tls-clients", "redis-cli-cert");
+    let c = certs(&dir);
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    std::fs::write(&cert, &c.client_cert).unwrap();
+    write_private(&key, &c.client_key);
+    let s = secret(&dir);
+    let (port, tls_port) = (free_port(), free_port());
+    let mut a = node_args(&dir.join("n"), &s, "principal", port, free_port());
+    a.extend(["--safety", "off"].map(String::from));
+    a.extend(c.flags(tls_port));
+    a.extend(["--tls-ca-cert".to_string(), c.ca.display().to_string()]);
+    let log = dir.join("n.log");
+    let mut n = Node {
+        port,
+        tls_port,
+        served: serve(&a, &log),
+        log,
+    };
+    wait_for("the server to answer", Duration::from_secs(20), || {
+        n.alive();
+        !info(port).is_empty()
+    });
+    let cli = |with_cert: bool, args: &[&str]| {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["--tls", "--cacert"]).arg(&c.ca);
+        if with_cert {
+            cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        let out = cmd
+            .args(["-h", "127.0.0.1", "-p", &tls_port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    };
+    assert_eq!(cli(true, &["SET", "cli", "with a certificate"]), "OK");
+    assert_eq!(cli(true, &["GET", "cli"]), "with a certificate");
+    let without = cli(false, &["GET", "cli"]);
+    assert!(
+        !without.contains("with a certificate"),
+        "redis-cli without a client certificate was served: {without}"
     );
     n.alive();
 }
@@ -684,4 +745,99 @@ fn tls_only_from_a_config_file_with_port_zero() {
         "{text}"
     );
     assert!(!con.is_open() || con.check_connection());
+}
+
+/// With `--max-clients` connected, a TLS client is refused with the
+/// error it can read (over TLS), not plaintext it would take for a
+/// corrupt record; the connected client is unaffected.
+fn max_clients_refusal_over_tls(io: &str) {
+    let (c, mut n) = start_one(
+        &format!("full-{io}"),
+        &["--max-clients", "1", "--io", io].map(String::from),
+    );
+    let mut first = c.client(n.tls_port);
+    // A raw rustls client: the `redis` crate sends CLIENT SETINFO at
+    // connect and ignores its reply, which is where the refusal lands.
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&c.ca).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    // ring, as the server (deprecated only for lacking post-quantum kx).
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let sock = TcpStream::connect(addr(n.tls_port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut second = rustls::StreamOwned::new(tls, sock);
+    second.write_all(b"PING\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = second.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(
+        got, "-ERR max number of clients reached\r\n",
+        "what the refused TLS client read"
+    );
+    assert_eq!(
+        redis::cmd("PING").query::<String>(&mut first).unwrap(),
+        "PONG"
+    );
+    n.alive();
+}
+
+#[test]
+fn a_tls_client_refused_at_max_clients_reads_why_epoll() {
+    max_clients_refusal_over_tls("epoll");
+}
+
+#[test]
+fn a_tls_client_refused_at_max_clients_reads_why_threads() {
+    max_clients_refusal_over_tls("threads");
+}
+
+/// TLS clients across a planned failover: the TLS port of each node
+/// follows its role (the new principal takes writes over TLS, with every
+/// write acknowledged before; the old one refuses them and mirrors).
+#[test]
+fn tls_clients_follow_a_failover() {
+    let (_d, c, mut p, mut m) = start_pair("failover", "epoll", &[]);
+    let mut before = c.client(p.tls_port);
+    for i in 0..100 {
+        let _: () = before.set(format!("fo:{i}"), i).unwrap();
+    }
+    let reply: String = redis::cmd("MIRROR")
+        .arg("FAILOVER")
+        .query(&mut before)
+        .unwrap();
+    assert!(reply.contains("handed over"), "MIRROR FAILOVER: {reply}");
+    wait_for(
+        "writes over TLS on the new principal",
+        Duration::from_secs(30),
+        || {
+            c.connect(m.tls_port, None)
+                .and_then(|mut con| con.set::<_, _, ()>("fo:after", "yes"))
+                .is_ok()
+        },
+    );
+    let mut after = c.client(m.tls_port);
+    for i in 0..100 {
+        assert_eq!(after.get::<_, i64>(format!("fo:{i}")).unwrap(), i);
+    }
+    let mut old = c.client(p.tls_port);
+    wait_for(
+        "the old principal to mirror the new one",
+        Duration::from_secs(30),
+        || old.get::<_, Option<String>>("fo:after").unwrap() == Some("yes".into()),
+    );
+    let e = old.set::<_, _, ()>("fo:late", "no").unwrap_err();
+    assert_eq!(e.kind(), redis::ErrorKind::ReadOnly, "{e}");
+    p.alive();
+    m.alive();
 }

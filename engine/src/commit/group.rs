@@ -75,6 +75,10 @@ pub struct CommitStats {
     pub batches: u64,
     pub raw_bytes: u64,
     pub log_bytes: u64,
+    /// The batches' payloads as stored (after zstd; `log_bytes` less frame
+    /// headers, alignment and segment padding): `raw_bytes / stored_bytes`
+    /// is what compression achieved.
+    pub stored_bytes: u64,
     /// Next segments prepared in the background, and failures doing so
     /// (after a failure the rollover creates the file itself, and reports
     /// an error if that fails too).
@@ -84,6 +88,9 @@ pub struct CommitStats {
 
 /// One batch in the making; shared by the tickets of its commits.
 struct BatchSlot {
+    /// Batches are numbered from 1 in the order they are taken (see
+    /// [`Ticket::batch`]).
+    serial: u64,
     placed: OnceLock<Result<BatchPos, CommitError>>,
     /// Set once the appender's own sync covered this batch. Completion at
     /// any level requires it: an LSN comparison alone could be fooled by a
@@ -133,10 +140,21 @@ struct Shared<S: Storage> {
     prepare: PrepareSignal,
     segments_prepared: AtomicU64,
     segment_prepare_errors: AtomicU64,
+    /// Batches with a serial up to this fail unwritten: `u64::MAX` after an
+    /// append failed without poisoning the log (later commits may depend
+    /// on the failed one's effects, see [`GroupCommit::resume`]), the
+    /// last batch failed by the resume after it, 0 at start.
+    fail_through: AtomicU64,
+    /// Serial of the newest batch the appender's sync made durable.
+    hardened_batch: AtomicU64,
+    /// Why the last append failed, until an append succeeds again.
+    append_error: Mutex<Option<CommitError>>,
+    has_append_error: AtomicBool,
     commits: AtomicU64,
     batches: AtomicU64,
     raw_bytes: AtomicU64,
     log_bytes: AtomicU64,
+    stored_bytes: AtomicU64,
 }
 
 impl<S: Storage> Shared<S> {
@@ -167,8 +185,9 @@ impl PrepareSignal {
     }
 }
 
-fn new_slot() -> Arc<BatchSlot> {
+fn new_slot(serial: u64) -> Arc<BatchSlot> {
     Arc::new(BatchSlot {
+        serial,
         placed: OnceLock::new(),
         hardened: AtomicBool::new(false),
         lost: OnceLock::new(),
@@ -226,7 +245,7 @@ impl<S: Storage> GroupCommit<S> {
             queue: Mutex::new(Queue {
                 records: RecordsBuf::with_capacity(batch_bytes_max),
                 submitted: Vec::new(),
-                slot: new_slot(),
+                slot: new_slot(1),
                 shutdown: false,
                 appender_sleeping: false,
             }),
@@ -245,10 +264,15 @@ impl<S: Storage> GroupCommit<S> {
             },
             segments_prepared: AtomicU64::new(0),
             segment_prepare_errors: AtomicU64::new(0),
+            fail_through: AtomicU64::new(0),
+            hardened_batch: AtomicU64::new(0),
+            append_error: Mutex::new(None),
+            has_append_error: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             raw_bytes: AtomicU64::new(0),
             log_bytes: AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
             log,
             options,
             default_level: std::sync::atomic::AtomicUsize::new(options_default_index),
@@ -438,6 +462,7 @@ impl<S: Storage> GroupCommit<S> {
             batches: s.batches.load(Ordering::Relaxed),
             raw_bytes: s.raw_bytes.load(Ordering::Relaxed),
             log_bytes: s.log_bytes.load(Ordering::Relaxed),
+            stored_bytes: s.stored_bytes.load(Ordering::Relaxed),
             segments_prepared: s.segments_prepared.load(Ordering::Relaxed),
             segment_prepare_errors: s.segment_prepare_errors.load(Ordering::Relaxed),
         }
@@ -468,6 +493,66 @@ impl<S: Storage> GroupCommit<S> {
                 std::panic::resume_unwind(panic);
             }
         }
+    }
+
+    /// Serial of the newest batch made durable here (0: none yet). A
+    /// commit whose [`Ticket::batch`] is at most this is in the log.
+    pub fn hardened_batch(&self) -> u64 {
+        self.shared.hardened_batch.load(Ordering::Acquire)
+    }
+
+    /// Whether an append failed without poisoning the log (a full disk,
+    /// say) and every commit since fails unwritten, until
+    /// [`GroupCommit::resume`].
+    pub fn halted(&self) -> bool {
+        self.shared.fail_through.load(Ordering::Acquire) == u64::MAX
+    }
+
+    /// Why the last append failed, while no append has succeeded since
+    /// (None when the last one did, or none failed).
+    pub fn append_error(&self) -> Option<CommitError> {
+        if !self.shared.has_append_error.load(Ordering::Acquire) {
+            return None;
+        }
+        self.shared
+            .append_error
+            .lock()
+            .expect("append error lock")
+            .clone()
+    }
+
+    /// Takes commits again after an append failure halted the queue.
+    ///
+    /// Why a halt at all: a committer typically applies its effects to
+    /// some state (a store) before committing, so a commit queued after a
+    /// failed one may carry values computed from the failed one's effects
+    /// (an INCR after an INCR). Those must fail too. So after a failed
+    /// append every batch fails unwritten with [`CommitError::Halted`]
+    /// until the owner has taken back the effects of every commit in a
+    /// batch newer than [`GroupCommit::hardened_batch`] and calls this.
+    /// Commits submitted before this call (still queued) fail as well;
+    /// those submitted after it are appended normally (the next append
+    /// retries the disk). No effect if the queue is not halted.
+    pub fn resume(&self) {
+        let shared = &self.shared;
+        let mut q = shared.queue();
+        if shared.fail_through.load(Ordering::Acquire) != u64::MAX {
+            return;
+        }
+        // Everything queued now was submitted during the halt: fail it here
+        // and start a fresh batch, so commits after this call are not
+        // failed along with it.
+        let serial = q.slot.serial;
+        let why = halted_error(shared);
+        let _ = q.slot.placed.set(Err(why));
+        q.records.clear();
+        q.submitted.clear();
+        q.slot = new_slot(serial + 1);
+        shared.pending.store(false, Ordering::Release);
+        shared.fail_through.store(serial, Ordering::Release);
+        drop(q);
+        shared.room.notify_all();
+        shared.progress.notify();
     }
 
     /// Cuts the log back to `lsn` (see `Log::truncate`), with the appender
@@ -548,7 +633,8 @@ fn appender_loop<S: Storage>(shared: Arc<Shared<S>>) {
             shared.pending.store(false, Ordering::Release);
             std::mem::swap(&mut q.records, &mut records);
             std::mem::swap(&mut q.submitted, &mut submitted);
-            std::mem::replace(&mut q.slot, new_slot())
+            let next = q.slot.serial + 1;
+            std::mem::replace(&mut q.slot, new_slot(next))
         };
         shared.room.notify_all();
         {
@@ -573,6 +659,12 @@ fn write_batch<S: Storage>(
     submitted: &[Instant],
     slot: &BatchSlot,
 ) {
+    if slot.serial <= shared.fail_through.load(Ordering::Acquire) {
+        // An earlier batch failed to append; see `GroupCommit::resume`.
+        let _ = slot.placed.set(Err(halted_error(shared)));
+        shared.progress.notify();
+        return;
+    }
     let epoch = shared.epoch.load(Ordering::Acquire);
     let truncations = shared.log.truncations();
     let pos = match shared.log.append(epoch, records) {
@@ -585,18 +677,35 @@ fn write_batch<S: Storage>(
             return;
         }
         Err(e) => {
-            let _ = slot
-                .placed
-                .set(Err(CommitError::Append(Arc::from(e.to_string()))));
-            match shared.log.poisoned() {
+            let why: Arc<str> = Arc::from(e.to_string());
+            let err = if e.is_disk_full() {
+                CommitError::DiskFull(why)
+            } else {
+                CommitError::Append(why)
+            };
+            let poisoned = shared.log.poisoned();
+            if poisoned.is_none() {
+                // Nothing was written, but later commits may depend on this
+                // one: halt until the owner has undone them (`resume`).
+                // Set before the tickets learn of the failure, so that an
+                // owner reacting to it finds the queue halted.
+                shared.fail_through.store(u64::MAX, Ordering::Release);
+            }
+            *shared.append_error.lock().expect("append error lock") = Some(err.clone());
+            shared.has_append_error.store(true, Ordering::Release);
+            let _ = slot.placed.set(Err(err));
+            match poisoned {
                 // The failure poisoned the log: every later commit fails too.
                 Some(why) => shared.progress.fail(why),
-                // Nothing was written; only this batch fails.
                 None => shared.progress.notify(),
             }
             return;
         }
     };
+    if shared.has_append_error.load(Ordering::Acquire) {
+        *shared.append_error.lock().expect("append error lock") = None;
+        shared.has_append_error.store(false, Ordering::Release);
+    }
     assert!(slot.placed.set(Ok(pos)).is_ok(), "a batch is placed once");
     match shared.log.sync() {
         Ok(hardened) if hardened < pos.lsn_end || shared.log.truncations() != truncations => {
@@ -611,6 +720,7 @@ fn write_batch<S: Storage>(
         }
         Ok(hardened) => {
             slot.hardened.store(true, Ordering::Release);
+            shared.hardened_batch.store(slot.serial, Ordering::Release);
             let now = Instant::now();
             {
                 let mut h = shared.latency_ns.lock().expect("latency lock");
@@ -629,6 +739,9 @@ fn write_batch<S: Storage>(
             shared
                 .log_bytes
                 .fetch_add(pos.lsn_end - pos.lsn_start, Ordering::Relaxed);
+            shared
+                .stored_bytes
+                .fetch_add(u64::from(pos.stored_bytes), Ordering::Relaxed);
             // Waiters judge by the slot flag set above; make sure they look
             // even if the watermark did not move (it never moves back).
             if !shared.progress.advance(Level::Local, hardened) {
@@ -637,6 +750,17 @@ fn write_batch<S: Storage>(
         }
         Err(e) => shared.progress.fail(&e.to_string()),
     }
+}
+
+/// What a batch taken during a halt fails with (see `GroupCommit::resume`).
+fn halted_error<S: Storage>(shared: &Shared<S>) -> CommitError {
+    let cause = shared
+        .append_error
+        .lock()
+        .expect("append error lock")
+        .as_ref()
+        .map_or_else(|| "an append failed".to_string(), |e| e.to_string());
+    CommitError::Halted(Arc::from(cause))
 }
 
 /// Below this many cores, polling is off while a mirror is attached (see
@@ -712,6 +836,12 @@ impl<S: Storage> Ticket<S> {
 
     pub fn level(&self) -> Level {
         self.level
+    }
+
+    /// Serial of the batch this commit joined: batches are taken, and
+    /// succeed or fail, in serial order (see [`GroupCommit::hardened_batch`]).
+    pub fn batch(&self) -> u64 {
+        self.slot.serial
     }
 
     /// A ticket that completes when this commit's batch reaches `level`,

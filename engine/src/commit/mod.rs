@@ -41,6 +41,10 @@ pub enum CommitError {
     TooLarge { bytes: usize, max: usize },
     #[error("the appender failed to write the batch: {0}")]
     Append(Arc<str>),
+    #[error("the disk is full: {0}; nothing was written, and the next commit retries once space is freed")]
+    DiskFull(Arc<str>),
+    #[error("not written: an earlier commit failed ({0}), and this one may depend on it")]
+    Halted(Arc<str>),
     #[error("group commit is shut down")]
     ShutDown,
     #[error("commit lost: {0}")]

@@ -76,6 +76,24 @@ pub enum AppendError {
     },
 }
 
+/// Whether `e` says the file system is out of space (ENOSPC) or over its
+/// quota (EDQUOT): a condition that freeing space cures, unlike EIO.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+impl AppendError {
+    /// The append failed for want of disk space. Unless the log is
+    /// poisoned (see `Log::poisoned`), nothing was published and a retry
+    /// once space is freed can succeed.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, AppendError::Io { source, .. } if is_disk_full(source))
+    }
+}
+
 /// Why log bytes could not be made durable.
 #[derive(Debug, Error, Clone)]
 #[non_exhaustive]

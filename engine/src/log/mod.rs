@@ -87,6 +87,9 @@ pub struct BatchPos {
     pub lsn_end: u64,
     pub epoch: u64,
     pub record_count: u32,
+    /// The payload's bytes as stored (after compression; no header or
+    /// alignment padding).
+    pub stored_bytes: u32,
 }
 
 struct Writer {
@@ -397,13 +400,25 @@ impl<S: Storage> Log<S> {
                 })
         };
         if let Err(source) = written {
-            // The bytes past the written LSN are now unknown; nothing more
-            // may be appended after them.
             let context = format!(
                 "writing batch at LSN {lsn} to {}",
                 self.storage.describe(&seg.name)
             );
-            self.poison(format!("{context}: {source}"));
+            // The bytes past the written LSN are now unknown. Nothing below
+            // it was touched and nothing was synced, so for a full disk (a
+            // copy-on-write file system can need space even to overwrite)
+            // zeroing the range again makes the log exactly what it was,
+            // and the next append may retry there: a shorter frame must not
+            // leave part of this one behind, where recovery could take it
+            // for a batch. If even that fails, nothing more may be
+            // appended after those bytes.
+            let restored = error::is_disk_full(&source)
+                // SAFETY: as for the writes above: we hold the writer lock
+                // and the range lies beyond the published written LSN.
+                && unsafe { seg.write_log_bytes(lsn, &vec![0u8; frame_len]) }.is_ok();
+            if !restored {
+                self.poison(format!("{context}: {source}"));
+            }
             return Err(AppendError::Io { context, source });
         }
         let end = lsn + frame_len as u64;
@@ -415,6 +430,7 @@ impl<S: Storage> Log<S> {
             lsn_end: end,
             epoch,
             record_count: payload.record_count,
+            stored_bytes: payload.stored.len() as u32,
         })
     }
 

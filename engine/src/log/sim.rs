@@ -79,6 +79,8 @@ struct Trigger {
     per_million: u32,
     rng: u64,
     errno: i32,
+    /// Failures left before it disarms (`u64::MAX`: never disarms).
+    times: u64,
 }
 
 impl Trigger {
@@ -88,6 +90,7 @@ impl Trigger {
             per_million: 1_000_000,
             rng: 0,
             errno,
+            times: u64::MAX,
         }
     }
 
@@ -97,8 +100,15 @@ impl Trigger {
             self.left -= 1;
             return false;
         }
-        self.per_million >= 1_000_000
-            || splitmix(&mut self.rng) % 1_000_000 < self.per_million as u64
+        if self.times == 0 {
+            return false;
+        }
+        let fires = self.per_million >= 1_000_000
+            || splitmix(&mut self.rng) % 1_000_000 < self.per_million as u64;
+        if fires && self.times != u64::MAX {
+            self.times -= 1;
+        }
+        fires
     }
 }
 
@@ -274,6 +284,16 @@ impl SimStorage {
         self.lock().faults.writes = Some(Trigger::after(n, errno));
     }
 
+    /// The next `times` writes fail with `errno` and change nothing; later
+    /// ones succeed (a transient failure: a copy-on-write file system out
+    /// of space for one write, then not).
+    pub fn fail_next_writes(&self, times: u64, errno: i32) {
+        self.lock().faults.writes = Some(Trigger {
+            times,
+            ..Trigger::after(0, errno)
+        });
+    }
+
     /// Each write fails with `errno` with probability `per_million` / 10^6,
     /// drawn from `seed` (so a run replays).
     pub fn fail_writes_randomly(&self, per_million: u32, seed: u64, errno: i32) {
@@ -282,6 +302,7 @@ impl SimStorage {
             per_million,
             rng: seed,
             errno,
+            times: u64::MAX,
         });
     }
 

@@ -150,21 +150,31 @@ impl Storage for FsStorage {
         // Build the file under a temporary name so a crash never leaves a
         // half-written file under a segment's name.
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut file = crate::private::file_options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        file.write_all(prefix)?;
-        let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(len)];
-        let mut written = prefix.len();
-        while written < len {
-            let n = (len - written).min(zeros.len());
-            file.write_all(&zeros[..n])?;
-            written += n;
+        let built = (|| {
+            let mut file = crate::private::file_options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            file.write_all(prefix)?;
+            let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(len)];
+            let mut written = prefix.len();
+            while written < len {
+                let n = (len - written).min(zeros.len());
+                file.write_all(&zeros[..n])?;
+                written += n;
+            }
+            file.sync_data()?;
+            fs::rename(&tmp, &final_path)
+        })();
+        if built.is_err() {
+            // A half-built temporary holds disk space, and the usual cause
+            // is a full disk: leaving it would keep the disk full for every
+            // retry (recovery removes one left by a crash). Best effort: the
+            // original error is the one to report.
+            let _ = fs::remove_file(&tmp);
         }
-        file.sync_data()?;
-        fs::rename(&tmp, &final_path)
+        built
     }
 
     fn open(&self, name: &str) -> io::Result<FsFile> {

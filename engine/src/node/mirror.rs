@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::apply::{Applier, ApplierThread};
 use crate::log::{FsStorage, Log};
 use crate::node::status::{NodeRole, Status, WitnessView};
-use crate::node::{open_conn, tighten_dir, NodeConfig, NodeError};
+use crate::node::{open_partner_conn, tighten_dir, NodeConfig, NodeError};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
@@ -140,6 +140,11 @@ impl<A: Applier> Mirror<A> {
         })
     }
 
+    /// The principal's partner address this mirror connects to.
+    pub fn principal_addr(&self) -> SocketAddr {
+        self.sh().principal
+    }
+
     pub fn log(&self) -> &Arc<Log<FsStorage>> {
         &self.sh().log
     }
@@ -181,6 +186,7 @@ impl<A: Applier> Mirror<A> {
             bytes_sent: snap.bytes_sent,
             raw_bytes: 0,
             log_bytes: 0,
+            stored_bytes: 0,
             latency: Vec::new(),
             sessions: snap.sessions,
             last_error: snap.last_error,
@@ -190,6 +196,7 @@ impl<A: Applier> Mirror<A> {
                 .witness
                 .as_ref()
                 .map(|w| w.lock().expect("witness view").clone()),
+            log_error: crate::node::principal::log_error(sh.log.poisoned(), None),
         }
     }
 
@@ -322,16 +329,17 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 Ok(s) => s,
                 Err(e) => return format!("connecting to the principal at {}: {e}", sh.principal),
             };
-            let (mut conn, fell_back) = match open_conn(stream, sh.cfg.transport, sh.cfg.send_mode)
-            {
+            // The TLS handshake and the PAKE share the principal's
+            // pre-auth deadline.
+            let until = Instant::now()
+                + preauth_deadline(Duration::from_millis(sh.cfg.session.partner_timeout_ms));
+            let (mut conn, note) = match open_partner_conn(stream, &sh.cfg, false, until, &|| {}) {
                 Ok(c) => c,
-                Err(e) => return format!("setting up the {:?} transport: {e}", sh.cfg.transport),
+                Err(e) => return format!("connecting to the principal at {}: {e}", sh.principal),
             };
-            if let (Some(why), false) = (fell_back, fallback_logged) {
+            if let (Some(note), false) = (note, fallback_logged) {
                 fallback_logged = true;
-                log.line(&format!(
-                    "mirrorlog[mirror]: io_uring is unavailable ({why}); using blocking sockets"
-                ));
+                log.line(&format!("mirrorlog[mirror]: {note}"));
             }
             let nonce = match random_nonce() {
                 Ok(n) => n,
@@ -345,7 +353,8 @@ fn connect_loop<A: Applier>(sh: &Shared<A>, mut history: EpochHistory) -> EpochH
                 nonce,
                 // The principal closes a connection that has not
                 // authenticated by then; waiting longer is pointless.
-                preauth_deadline(Duration::from_millis(sh.cfg.session.partner_timeout_ms)),
+                until.saturating_duration_since(Instant::now()),
+                sh.cfg.log.segment_bytes as u64,
             ) {
                 Ok(epoch) => sh.principal_epoch.store(epoch, Ordering::Release),
                 Err(e) => return format!("handshake with the principal failed: {e}"),
@@ -438,11 +447,9 @@ struct Promoter {
 impl Promoter {
     fn new<A: Applier>(sh: &Shared<A>) -> Promoter {
         Promoter {
-            client: sh
-                .cfg
-                .witness
-                .as_ref()
-                .map(|w| WitnessClient::new(w.addr, sh.cfg.identity.secret.clone())),
+            client: sh.cfg.witness.as_ref().map(|w| {
+                WitnessClient::new(w.addr, sh.cfg.identity.secret.clone()).with_tls(w.tls.clone())
+            }),
             lost_since: None,
             last_try: None,
             last_said: String::new(),
@@ -587,6 +594,11 @@ impl Promoter {
                 epoch, principal, ..
             }) => {
                 self.uncertain = false;
+                if let Some(v) = &sh.witness {
+                    let mut v = v.lock().expect("witness view");
+                    v.contacted = true;
+                    v.connected = true;
+                }
                 (principal.as_deref() == Some(link.name.as_str()) && epoch > last_local).then_some(
                     Promotion {
                         epoch,
@@ -609,6 +621,7 @@ impl Promoter {
     fn say<A: Applier>(&mut self, sh: &Shared<A>, what: String) {
         if let Some(v) = &sh.witness {
             let mut v = v.lock().expect("witness view");
+            v.contacted = true;
             v.connected =
                 !what.contains("witness at") && !what.contains("reading from the witness");
             v.failover = Some(what.clone());

@@ -37,6 +37,7 @@ use crate::log::LogOptions;
 use crate::replication::session::SessionConfig;
 use crate::transport::blocking::BlockingConn;
 use crate::transport::runner::NodeIdentity;
+use crate::transport::tls::{PartnerTls, TlsConn, WitnessTls};
 use crate::transport::uring::UringConn;
 use crate::transport::{Conn, SendMode, TransportChoice};
 
@@ -112,6 +113,10 @@ pub struct NodeConfig {
     /// Principal: snapshots to reseed a mirror whose log is gone here
     /// (None: such a mirror is refused, `LogPurged`).
     pub snapshots: Option<SnapshotSource>,
+    /// TLS on the partner link (both partners must have it, or neither).
+    /// With it, sessions use `transport::tls` over blocking sockets
+    /// whatever `transport` says (there is no io_uring TLS path).
+    pub partner_tls: Option<PartnerTls>,
 }
 
 /// Where a principal gets the snapshot it reseeds a mirror from: the state
@@ -130,6 +135,8 @@ pub struct WitnessLink {
     pub name: String,
     /// Mirror: ask for automatic failover (safety full only).
     pub auto_failover: bool,
+    /// TLS to the witness (the witness must have it too, or neither).
+    pub tls: Option<WitnessTls>,
 }
 
 /// A sink for the node's log lines.
@@ -177,6 +184,7 @@ impl NodeConfig {
             logger: Logger::default(),
             witness: None,
             snapshots: None,
+            partner_tls: None,
         }
     }
 }
@@ -214,6 +222,39 @@ pub(crate) fn tighten_dir(cfg: &NodeConfig, who: &str) {
             cfg.logger.line(&line);
         }
     }
+}
+
+/// Wraps a connected stream in the partner transport the configuration
+/// asks for: over TLS (`accept`: this end is the principal), the TLS
+/// handshake runs first, by `deadline` (`spoke`: the peer's first TLS
+/// flight was whole, for the pre-auth gate); the second value is a line to log
+/// once (an io_uring fallback, or that TLS uses blocking sockets).
+pub(crate) fn open_partner_conn(
+    stream: TcpStream,
+    cfg: &NodeConfig,
+    accept: bool,
+    deadline: std::time::Instant,
+    spoke: &dyn Fn(),
+) -> Result<(Box<dyn Conn>, Option<String>), String> {
+    let Some(tls) = &cfg.partner_tls else {
+        return open_conn(stream, cfg.transport, cfg.send_mode)
+            .map(|(c, why)| {
+                (
+                    c,
+                    why.map(|w| format!("io_uring is unavailable ({w}); using blocking sockets")),
+                )
+            })
+            .map_err(|e| format!("cannot set up the {:?} transport: {e}", cfg.transport));
+    };
+    let conn = if accept {
+        TlsConn::accept(stream, tls, deadline, spoke)?
+    } else {
+        TlsConn::connect(stream, tls, deadline)?
+    };
+    let note = (cfg.transport != TransportChoice::Blocking).then(|| {
+        "partner TLS runs over blocking sockets (there is no io_uring TLS path)".to_string()
+    });
+    Ok((Box::new(conn), note))
 }
 
 /// Wraps a connected stream in the configured transport. With `Auto`, an

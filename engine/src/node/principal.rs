@@ -11,7 +11,7 @@ use crate::commit::progress::monotonic_ns;
 use crate::commit::{CommitError, Committed, Detached, GroupCommit, Level, Ticket};
 use crate::log::{FsStorage, Log};
 use crate::node::status::{LagClock, LatencySummary, NodeRole, Status, WitnessView};
-use crate::node::{open_conn, tighten_dir, NodeConfig, NodeError, Safety, WitnessLink};
+use crate::node::{open_partner_conn, tighten_dir, NodeConfig, NodeError, Safety, WitnessLink};
 use crate::replication::handshake::random_nonce;
 use crate::replication::history::EpochHistory;
 use crate::replication::session::MirroringState;
@@ -43,6 +43,9 @@ struct Shared {
     watch: Mutex<Watch>,
     /// The lease keeper's view (None: no witness).
     witness: Option<Mutex<WitnessView>>,
+    /// Where the mirror of the current (or last) session connected from:
+    /// ROLE reports it as Redis reports a replica's address.
+    mirror_peer: Mutex<Option<SocketAddr>>,
     /// Resigned for a manual failover: the lease keeper stops.
     resigned: AtomicBool,
     /// Started in an epoch a failover granted: its mirror is gone, so the
@@ -192,6 +195,7 @@ impl Principal {
                 held: !exposed_ok,
                 send_queue_age: None,
             }),
+            mirror_peer: Mutex::new(None),
             resigned: AtomicBool::new(false),
             promoted: granted.is_some(),
             witness: cfg.witness.as_ref().map(|w| {
@@ -211,7 +215,7 @@ impl Principal {
         if let Some(source) = &shared.cfg.snapshots {
             shared.session.set_snapshots(source.clone());
         }
-        let (tx, rx) = mpsc::channel::<Box<dyn Conn>>();
+        let (tx, rx) = mpsc::channel::<(SocketAddr, Box<dyn Conn>)>();
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -284,6 +288,12 @@ impl Principal {
     }
 
     /// The address the mirror connects to.
+    /// The address the mirror of the current (or last) session connected
+    /// from (None: no mirror has attached yet).
+    pub fn mirror_peer(&self) -> Option<SocketAddr> {
+        *self.shared.mirror_peer.lock().expect("mirror peer")
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -376,6 +386,7 @@ impl Principal {
             bytes_sent: snap.bytes_sent,
             raw_bytes: stats.raw_bytes,
             log_bytes: stats.log_bytes,
+            stored_bytes: stats.stored_bytes,
             latency: Vec::new(),
             sessions: snap.sessions,
             last_error: snap.last_error,
@@ -385,6 +396,7 @@ impl Principal {
                 .witness
                 .as_ref()
                 .map(|w| w.lock().expect("witness view").clone()),
+            log_error: log_error(log.poisoned(), gc.append_error()),
         }
     }
 
@@ -431,7 +443,8 @@ impl Principal {
             ));
         }
         if let Some(link) = &sh.cfg.witness {
-            let mut c = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone());
+            let mut c = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone())
+                .with_tls(link.tls.clone());
             let req = Request::Resign {
                 database_id: sh.cfg.identity.database_id,
                 name: link.name.clone(),
@@ -529,7 +542,11 @@ impl Drop for Principal {
 /// gate (`transport::preauth`): a short deadline, per-source and total
 /// limits that close the oldest, rate-limited warnings, a counter instead
 /// of `last_error`.
-fn accept_loop(sh: &Arc<Shared>, listener: TcpListener, tx: mpsc::Sender<Box<dyn Conn>>) {
+fn accept_loop(
+    sh: &Arc<Shared>,
+    listener: TcpListener,
+    tx: mpsc::Sender<(SocketAddr, Box<dyn Conn>)>,
+) {
     let log = &sh.cfg.logger;
     let fallback_logged = Arc::new(AtomicBool::new(false));
     let deadline = preauth_deadline(Duration::from_millis(sh.cfg.session.partner_timeout_ms));
@@ -583,7 +600,7 @@ fn handshake(
     sh: &Shared,
     stream: TcpStream,
     slot: PreAuthSlot,
-    tx: &mpsc::Sender<Box<dyn Conn>>,
+    tx: &mpsc::Sender<(SocketAddr, Box<dyn Conn>)>,
     deadline: Duration,
     fallback_logged: &AtomicBool,
 ) {
@@ -599,23 +616,31 @@ fn handshake(
         refuse(&e.to_string());
         return;
     }
-    let (mut conn, why) = match open_conn(stream, sh.cfg.transport, sh.cfg.send_mode) {
+    // The TLS handshake and the PAKE share the one pre-auth deadline.
+    let until = Instant::now() + deadline;
+    if sh.cfg.partner_tls.is_none() && opens_with_tls(&stream, until) {
+        // A mirror configured for TLS: told so in plaintext (it reads a
+        // refusal where it expected a TLS record), and logged here.
+        let (ours, msg) = crate::transport::tls::mismatch_refusal(false);
+        let mut b = Vec::new();
+        msg.encode(&mut b);
+        let _ = std::io::Write::write_all(&mut &stream, &b);
+        refuse(&ours);
+        return;
+    }
+    let (mut conn, why) = match open_partner_conn(stream, &sh.cfg, true, until, &|| slot.spoke()) {
         Ok(c) => c,
         Err(e) => {
-            refuse(&format!(
-                "cannot set up the {:?} transport: {e}",
-                sh.cfg.transport
-            ));
+            refuse(&e);
             return;
         }
     };
     if let Some(why) = why {
         if !fallback_logged.swap(true, Ordering::AcqRel) {
-            log.line(&format!(
-                "mirrorlog[principal]: io_uring is unavailable ({why}); using blocking sockets"
-            ));
+            log.line(&format!("mirrorlog[principal]: {why}"));
         }
     }
+    let deadline = until.saturating_duration_since(Instant::now());
     let nonce = match random_nonce() {
         Ok(n) => n,
         Err(e) => {
@@ -638,15 +663,40 @@ fn handshake(
         sh.epoch,
         nonce,
         deadline,
+        sh.cfg.log.segment_bytes as u64,
     );
     match r {
         Ok(_) if !slot.evicted() => {
             slot.passed();
-            let _ = tx.send(conn);
+            let _ = tx.send((peer, conn));
         }
         Ok(_) => refuse("authenticated after the gate had closed it"),
         Err(e) => refuse(&e),
     }
+}
+
+/// Whether the peer's first bytes (waited for until `until`) are a TLS
+/// record: a mirror with partner TLS talking to a principal without it.
+/// The mirror sends its first bytes at once either way, so this costs a
+/// plaintext mirror nothing.
+fn opens_with_tls(stream: &TcpStream, until: Instant) -> bool {
+    let mut b = [0u8; 2];
+    let tls = loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break false;
+        }
+        match stream.peek(&mut b) {
+            Ok(0) | Err(_) => break false,
+            Ok(n) => match crate::transport::tls::looks_like_tls(&b[..n]) {
+                Some(tls) => break tls,
+                None => std::thread::sleep(Duration::from_millis(1)),
+            },
+        }
+    };
+    // The transports set their own waits; none inherits this one.
+    let _ = stream.set_read_timeout(None);
+    tls
 }
 
 fn prepare(stream: &TcpStream) -> std::io::Result<()> {
@@ -655,13 +705,13 @@ fn prepare(stream: &TcpStream) -> std::io::Result<()> {
 }
 
 /// Runs sessions one at a time; a newer connection replaces the current one.
-fn sender_loop(sh: &Shared, rx: mpsc::Receiver<Box<dyn Conn>>) {
+fn sender_loop(sh: &Shared, rx: mpsc::Receiver<(SocketAddr, Box<dyn Conn>)>) {
     crate::affinity::pin_current(sh.cfg.sender_core);
     let log = &sh.cfg.logger;
-    let mut next: Option<Box<dyn Conn>> = None;
+    let mut next: Option<(SocketAddr, Box<dyn Conn>)> = None;
     let mut repeats = SessionRepeats::default();
     while !sh.stop.load(Ordering::Acquire) {
-        let mut conn = match next.take() {
+        let (peer, mut conn) = match next.take() {
             Some(c) => c,
             None => match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(c) => c,
@@ -676,15 +726,16 @@ fn sender_loop(sh: &Shared, rx: mpsc::Receiver<Box<dyn Conn>>) {
         let mut attach_said = !repeats.quiet();
         if attach_said {
             log.line(&format!(
-                "mirrorlog[principal]: mirror attached over {path}"
+                "mirrorlog[principal]: mirror at {peer} attached over {path}"
             ));
         }
+        *sh.mirror_peer.lock().expect("mirror peer") = Some(peer);
         let began = Instant::now();
         let mut preempt = || -> bool {
             if !attach_said && began.elapsed() >= REPEAT_SESSION_MAX {
                 attach_said = true;
                 log.line(&format!(
-                    "mirrorlog[principal]: mirror attached over {path} (after {})",
+                    "mirrorlog[principal]: mirror at {peer} attached over {path} (after {})",
                     repeats.summary()
                 ));
             }
@@ -884,7 +935,8 @@ fn next_start(dir: &std::path::Path) -> Result<u64, NodeError> {
 
 /// Asks the witness for this node's epoch as principal.
 fn claim(cfg: &NodeConfig, link: &WitnessLink, last_epoch: u64) -> Result<u64, NodeError> {
-    let mut c = WitnessClient::new(link.addr, cfg.identity.secret.clone());
+    let mut c =
+        WitnessClient::new(link.addr, cfg.identity.secret.clone()).with_tls(link.tls.clone());
     let deadline = Instant::now() + CLAIM_TIMEOUT;
     let mut said = false;
     // One id for this start, the same on every retry: the witness grants
@@ -935,7 +987,8 @@ fn lease_keeper(sh: &Shared) {
     let view = sh.witness.as_ref().expect("a witness view");
     let log = &sh.cfg.logger;
     let progress = sh.gc.progress();
-    let mut client = WitnessClient::new(link.addr, sh.cfg.identity.secret.clone());
+    let mut client =
+        WitnessClient::new(link.addr, sh.cfg.identity.secret.clone()).with_tls(link.tls.clone());
     // Until a lease says otherwise, renew four times per partner timeout.
     let mut every =
         Duration::from_millis(sh.cfg.session.partner_timeout_ms / 4).max(Duration::from_millis(10));
@@ -1057,6 +1110,7 @@ fn lease_keeper(sh: &Shared) {
                     progress.set_exposure_lease(sent_ns + live_ns);
                 }
                 progress.set_no_quorum(false);
+                v.contacted = true;
                 v.connected = true;
                 v.exposed = exposed;
                 v.last_error = None;
@@ -1071,6 +1125,7 @@ fn lease_keeper(sh: &Shared) {
                 log.line(&format!(
                     "mirrorlog[principal]: deposed by the witness: {who}"
                 ));
+                v.contacted = true;
                 v.connected = true;
                 v.deposed = Some(principal.unwrap_or_default());
                 drop(v);
@@ -1082,6 +1137,7 @@ fn lease_keeper(sh: &Shared) {
             }
             Ok(other) => {
                 let e = format!("the witness answered a renewal with {other:?}");
+                v.contacted = true;
                 v.connected = true;
                 if e != last_err {
                     log.line(&format!("mirrorlog[principal]: {e}"));
@@ -1090,6 +1146,7 @@ fn lease_keeper(sh: &Shared) {
                 last_err = e;
             }
             Err(e) => {
+                v.contacted = true;
                 v.connected = false;
                 if e != last_err {
                     log.line(&format!("mirrorlog[principal]: renewing the lease: {e}"));
@@ -1105,6 +1162,23 @@ fn lease_keeper(sh: &Shared) {
             .map(|ns| ns / 1_000_000);
         drop(v);
         lapse(lease_end_ns);
+    }
+}
+
+/// The status line for a log that refuses writes (see `Status::log_error`).
+pub(crate) fn log_error(
+    poisoned: Option<&str>,
+    append: Option<crate::commit::CommitError>,
+) -> Option<String> {
+    match (poisoned, append) {
+        (Some(why), _) => Some(format!(
+            "POISONED, writes refused until this node is restarted (a failed sync is never retried): {why}"
+        )),
+        (None, Some(crate::commit::CommitError::DiskFull(why))) => Some(format!(
+            "DISK FULL, writes failing ({why}); free space on the log's file system: the next write retries"
+        )),
+        (None, Some(e)) => Some(format!("the last write failed ({e}); the next write retries")),
+        (None, None) => None,
     }
 }
 

@@ -39,10 +39,20 @@ pub enum CatchUpError {
          {log_start}: the mirror must be reseeded from a checkpoint"
     )]
     Purged { needed_lsn: u64, log_start: u64 },
+    #[error(
+        "the mirror's log segment at LSN {lsn} ends at {mirror_end}, this principal's at \
+         {principal_end}: its segments were made with another --segment-bytes, so shipped frames \
+         cannot continue its log; it must be reseeded from a checkpoint"
+    )]
+    Geometry {
+        lsn: u64,
+        mirror_end: u64,
+        principal_end: u64,
+    },
 }
 
 /// The principal's side of the decision.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct PrincipalLog<'a> {
     /// `(epoch, start LSN)` of every epoch the principal's log went
     /// through, in epoch order, including epochs none of whose batches
@@ -59,6 +69,20 @@ pub struct PrincipalLog<'a> {
     pub written_lsn: u64,
     /// The epoch the principal writes in now.
     pub epoch: u64,
+    /// Where the principal's segment holding (or that would hold) a batch
+    /// at an LSN ends (`Log::segment_end_at`); None: geometry not checked.
+    pub segment_end_at: Option<&'a dyn Fn(u64) -> u64>,
+}
+
+impl std::fmt::Debug for PrincipalLog<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrincipalLog")
+            .field("history", &self.history)
+            .field("start_lsn", &self.start_lsn)
+            .field("written_lsn", &self.written_lsn)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Decides where a mirror whose log ends at `mirror_written` with a last
@@ -126,6 +150,7 @@ mod tests {
             start_lsn: 0,
             written_lsn: 8000,
             epoch: 4,
+            segment_end_at: None,
         }
     }
 

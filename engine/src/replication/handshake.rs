@@ -1,18 +1,23 @@
 //! The partner handshake: both sides prove they know the shared secret
 //! before a byte of log moves, without revealing anything that lets
-//! anyone test a guess of it offline, agree on database, protocol and
-//! epoch, and derive the session's message keys.
+//! anyone test a guess of it offline, agree on database, protocol, segment
+//! size and epoch, and derive the session's message keys.
 //!
 //! ```text
 //!   principal                                   mirror
-//!   Hello{v4, role, db, epoch, nonce_p}, Pake{X} ─▶
-//!                            ◀─ Hello{v4, role, db, epoch, nonce_m}, Pake{Y}
+//!   Hello{v5, role, db, epoch, nonce_p, seg}, Pake{X} ─▶
+//!                       ◀─ Hello{v5, role, db, epoch, nonce_m, seg}, Pake{Y}
 //!   (checks the mirror's hello; K = SPAKE2(secret, x, Y); keys from K and
 //!    the transcript T = both hellos and both PAKE messages)
 //!   Confirm{HMAC(k_confirm_principal, H(T))} ─▶
 //!                            ◀─ Confirm{HMAC(k_confirm_mirror, H(T))}
 //!   every later message ‖ tag (`seal`), keyed per direction from K
 //! ```
+//!
+//! Over TLS (`transport::tls`) the transcript ends with 32 bytes of the
+//! TLS session's exported keying material ([`Handshake::bind_channel`]),
+//! so the handshake only succeeds end to end on one TLS session; the
+//! seal is then off unless configured (TLS authenticates every record).
 //!
 //! The PAKE (`pake`, SPAKE2) makes every value a side sends either a
 //! uniformly random point or a MAC keyed from the exchange's output, which
@@ -216,7 +221,7 @@ pub fn random_nonce() -> std::io::Result<[u8; NONCE_BYTES]> {
 }
 
 /// Names the protocol in the SPAKE2 identity and the key schedule.
-const CONTEXT: &[u8] = b"mirrorlog-partner-v4";
+const CONTEXT: &[u8] = b"mirrorlog-partner-v5";
 
 /// Why a handshake failed. `refuse` is the message to send the partner
 /// before closing (None when the partner refused us, or the failure is on
@@ -261,6 +266,9 @@ pub struct Handshake {
     peer: Option<Hello>,
     secrets: Option<SessionSecrets>,
     state: State,
+    /// Over TLS: the session's exported keying material, appended to the
+    /// transcript (`transport::tls`).
+    binding: Option<[u8; crate::transport::tls::BINDING_BYTES]>,
 }
 
 /// What the handshake wants next.
@@ -288,12 +296,36 @@ impl Handshake {
         nonce: [u8; NONCE_BYTES],
         seed: [u8; SEED_BYTES],
     ) -> (Handshake, Vec<Message>) {
+        Handshake::start_with_segment_bytes(
+            role,
+            database_id,
+            epoch,
+            secret,
+            nonce,
+            seed,
+            crate::log::segment::SEGMENT_BYTES_DEFAULT as u64,
+        )
+    }
+
+    /// [`Handshake::start`] for a node whose log makes segments of
+    /// `segment_bytes` (the default's elsewhere): the partner must make
+    /// the same, or the handshake refuses it (`RefuseCode::BadConfig`).
+    pub fn start_with_segment_bytes(
+        role: Role,
+        database_id: [u8; DATABASE_ID_BYTES],
+        epoch: u64,
+        secret: Secret,
+        nonce: [u8; NONCE_BYTES],
+        seed: [u8; SEED_BYTES],
+        segment_bytes: u64,
+    ) -> (Handshake, Vec<Message>) {
         let me = Hello {
             version: PROTOCOL_VERSION,
             role,
             database_id,
             epoch,
             nonce,
+            segment_bytes,
         };
         let exchange = KeyExchange::start(&secret, CONTEXT, seed);
         let my_pake = exchange.message();
@@ -304,8 +336,22 @@ impl Handshake {
             peer: None,
             secrets: None,
             state: State::AwaitHello,
+            binding: None,
         };
         (hs, vec![Message::Hello(me), Message::Pake { msg: my_pake }])
+    }
+
+    /// Binds the handshake to the TLS session it runs in: `binding` (the
+    /// exporter output, `transport::tls::binding`) ends the transcript, so
+    /// the confirmations fail unless both sides see the same TLS session.
+    /// Call before the first message is handled.
+    pub fn bind_channel(&mut self, binding: [u8; crate::transport::tls::BINDING_BYTES]) {
+        assert_eq!(
+            self.state,
+            State::AwaitHello,
+            "bind before the handshake runs"
+        );
+        self.binding = Some(binding);
     }
 
     pub fn is_done(&self) -> bool {
@@ -356,11 +402,14 @@ impl Handshake {
                     Role::Principal => (me, peer, self.my_pake, msg),
                     Role::Mirror => (peer, me, msg, self.my_pake),
                 };
-                let mut t = Vec::with_capacity(2 * 60 + 2 * 33);
+                let mut t = Vec::with_capacity(2 * 68 + 2 * 33);
                 encode_hello(&p_hello, &mut t);
                 encode_hello(&m_hello, &mut t);
                 t.extend_from_slice(&p_pake);
                 t.extend_from_slice(&m_pake);
+                if let Some(b) = &self.binding {
+                    t.extend_from_slice(b);
+                }
                 let secrets = exchange
                     .finish(&msg, CONTEXT, &t)
                     .map_err(|e| refuse(RefuseCode::Protocol, e))?;
@@ -398,7 +447,8 @@ impl Handshake {
     }
 }
 
-/// The partner's hello against ours: version, database, roles, epochs.
+/// The partner's hello against ours: version, database, segment size,
+/// roles, epochs.
 fn check_hello(me: &Hello, peer: &Hello) -> Result<(), HandshakeError> {
     if peer.version != PROTOCOL_VERSION {
         let hint = if peer.version < PROTOCOL_VERSION {
@@ -421,6 +471,25 @@ fn check_hello(me: &Hello, peer: &Hello) -> Result<(), HandshakeError> {
                 "partner serves database {}, this node serves {}; check database_id on both",
                 hex(&peer.database_id),
                 hex(&me.database_id)
+            ),
+        ));
+    }
+    // An LSN is a byte position in the log, segment padding included: a
+    // frame that does not fit a segment's rest starts the next segment.
+    // Partners with different segment sizes place the same frames at
+    // different LSNs, so the mirror could never continue the principal's
+    // log ("frame does not continue the log", for ever).
+    if peer.segment_bytes != me.segment_bytes {
+        return Err(refuse(
+            RefuseCode::BadConfig,
+            format!(
+                "the partners' log segments differ: the {} makes segments of {} bytes, this {} of {}; \
+                 LSNs count segment padding, so both must use the same --segment-bytes \
+                 (restart one with the other's)",
+                peer.role.name(),
+                peer.segment_bytes,
+                me.role.name(),
+                me.segment_bytes
             ),
         ));
     }

@@ -224,6 +224,7 @@ impl PrincipalSession {
                     written_lsn,
                     hardened_lsn,
                     applied_lsn,
+                    segment_end,
                 },
             ) => {
                 if hardened_lsn > written_lsn || applied_lsn > hardened_lsn {
@@ -232,14 +233,42 @@ impl PrincipalSession {
                     ));
                     return out;
                 }
-                match plan_catch_up(log, epoch, written_lsn) {
+                // Frames are shipped byte for byte at the LSNs the
+                // principal gave them, padding included: a mirror whose
+                // segment at its resume point ends elsewhere (made with
+                // another --segment-bytes, kept across a restart with the
+                // right one) can never continue this log. Only a reseed,
+                // which starts its log afresh on this log's geometry,
+                // brings it back. (After a cut the mirror's geometry at
+                // the cut is not known here; the next session checks it.)
+                let plan = plan_catch_up(log, epoch, written_lsn).and_then(|plan| {
+                    match log.segment_end_at {
+                        Some(end_at)
+                            if segment_end != 0
+                                && plan.truncate_to.is_none()
+                                && end_at(plan.from_lsn) != segment_end =>
+                        {
+                            Err(CatchUpError::Geometry {
+                                lsn: plan.from_lsn,
+                                mirror_end: segment_end,
+                                principal_end: end_at(plan.from_lsn),
+                            })
+                        }
+                        _ => Ok(plan),
+                    }
+                });
+                match plan {
                     // The log the mirror needs is gone, or its last epoch is
                     // one this principal never had (it followed an epoch
                     // that shipped it nothing before it was promoted, and
                     // the mirror, once that epoch's principal, wrote
                     // batches nobody acknowledged through this history):
                     // either way only a reseed brings it back.
-                    Err(e @ (CatchUpError::Purged { .. } | CatchUpError::UnknownEpoch { .. })) => {
+                    Err(
+                        e @ (CatchUpError::Purged { .. }
+                        | CatchUpError::UnknownEpoch { .. }
+                        | CatchUpError::Geometry { .. }),
+                    ) => {
                         // The runner sends a snapshot if there is one (and
                         // refuses otherwise), then ends the session.
                         out.push(PrincipalCommand::Reseed { why: e.to_string() });
@@ -527,6 +556,21 @@ impl MirrorSession {
         progress: MirrorProgress,
         commit_floor: u64,
     ) -> (MirrorSession, Vec<MirrorCommand>) {
+        MirrorSession::new_with_segment_end(cfg, now_ms, last_epoch, progress, 0, commit_floor)
+    }
+
+    /// [`MirrorSession::new`] that also tells the principal where the
+    /// mirror's segment holding its written LSN ends (`Log::segment_end_at`),
+    /// so a mirror whose log rolls over elsewhere is reseeded rather than
+    /// failing on every frame after the next rollover.
+    pub fn new_with_segment_end(
+        cfg: SessionConfig,
+        now_ms: u64,
+        last_epoch: u64,
+        progress: MirrorProgress,
+        segment_end: u64,
+        commit_floor: u64,
+    ) -> (MirrorSession, Vec<MirrorCommand>) {
         assert!(progress.hardened <= progress.received && progress.applied <= progress.hardened);
         // Nothing cuts this log below the floor while it lives: not a
         // truncation (refused below it), not a reseed (likewise).
@@ -554,6 +598,7 @@ impl MirrorSession {
             written_lsn: progress.received,
             hardened_lsn: progress.hardened,
             applied_lsn: progress.applied,
+            segment_end,
         };
         (s, vec![MirrorCommand::Send(pos)])
     }

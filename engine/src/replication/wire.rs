@@ -11,10 +11,13 @@ use thiserror::Error;
 
 use crate::log::frame::{BATCH_RAW_BYTES_MAX, FRAME_ALIGN, FRAME_HEADER_BYTES};
 
-/// 4: the handshake is a PAKE (`pake`, `confirm`) and every later message
-/// carries a MAC trailer (`seal`); 3 authenticated with HMAC(secret) over
-/// the hellos, which let anyone who connected guess the secret offline.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: the hello carries the sender's segment size (partners whose segments
+/// differ place frames at different LSNs, and shipping could never
+/// continue; the handshake refuses them). 4: the handshake is a PAKE
+/// (`pake`, `confirm`) and every later message carries a MAC trailer
+/// (`seal`); 3 authenticated with HMAC(secret) over the hellos, which let
+/// anyone who connected guess the secret offline.
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Bytes before the body: length (4) and type (1).
 pub const MESSAGE_HEADER_BYTES: usize = 5;
 /// The largest frame a log can hold (a stored payload never exceeds the raw
@@ -27,7 +30,10 @@ pub const NONCE_BYTES: usize = 32;
 pub const MAC_BYTES: usize = 32;
 pub const DATABASE_ID_BYTES: usize = 16;
 
-const HELLO_BYTES: usize = 2 + 1 + 1 + DATABASE_ID_BYTES + 8 + NONCE_BYTES;
+const HELLO_BYTES: usize = HELLO_V4_BYTES + 8;
+/// A hello of version 4 and older (no segment size): still decoded, so an
+/// old partner gets the version refusal rather than a framing error.
+const HELLO_V4_BYTES: usize = 2 + 1 + 1 + DATABASE_ID_BYTES + 8 + NONCE_BYTES;
 const SHIP_FIXED_BYTES: usize = 16;
 /// A `ship` message's bytes before its frame: length, type, commit LSN,
 /// previous LSN.
@@ -84,6 +90,9 @@ pub struct Hello {
     pub database_id: [u8; DATABASE_ID_BYTES],
     pub epoch: u64,
     pub nonce: [u8; NONCE_BYTES],
+    /// The size of the sender's new log segments (`--segment-bytes`),
+    /// header included; 0 in a hello of version 4 and older.
+    pub segment_bytes: u64,
 }
 
 /// Why a partner was turned away (sent in `Refuse` before closing).
@@ -102,10 +111,13 @@ pub enum RefuseCode {
     /// commits, the mirror has hardened all of its log, and the mirror is
     /// to take over.
     HandOver = 9,
+    /// The partners' settings disagree where they must agree (segment
+    /// size); the reason names the setting and both values.
+    BadConfig = 10,
     /// The mirror refuses a cut (or a reseed) below the highest commit LSN
     /// a principal told it: the principal lost commits it acknowledged
     /// (see `MirrorSession::new`). The mirror keeps its log.
-    CommitsLost = 10,
+    CommitsLost = 11,
 }
 
 impl RefuseCode {
@@ -119,7 +131,8 @@ impl RefuseCode {
             6 => RefuseCode::Protocol,
             7 => RefuseCode::LogPurged,
             9 => RefuseCode::HandOver,
-            10 => RefuseCode::CommitsLost,
+            10 => RefuseCode::BadConfig,
+            11 => RefuseCode::CommitsLost,
             // Unknown codes from a newer peer still carry their reason text.
             _ => RefuseCode::Other,
         }
@@ -142,12 +155,15 @@ pub enum Message {
         code: RefuseCode,
         reason: String,
     },
-    /// Mirror → principal after authentication: where its log stands.
+    /// Mirror → principal after authentication: where its log stands, and
+    /// where the segment holding its written LSN ends (`segment_end`; 0:
+    /// not told). The principal's log must roll over there too.
     Position {
         epoch: u64,
         written_lsn: u64,
         hardened_lsn: u64,
         applied_lsn: u64,
+        segment_end: u64,
     },
     /// Principal → mirror: batches follow from `from_lsn`; first cut your
     /// log back to `truncate_to` if given (a tail the principal never had).
@@ -273,9 +289,10 @@ impl Message {
                 written_lsn,
                 hardened_lsn,
                 applied_lsn,
+                segment_end,
             } => {
                 out.push(T_POSITION);
-                for v in [epoch, written_lsn, hardened_lsn, applied_lsn] {
+                for v in [epoch, written_lsn, hardened_lsn, applied_lsn, segment_end] {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
             }
@@ -389,7 +406,9 @@ impl Message {
         };
         let msg = match kind {
             T_HELLO => {
-                exact("hello", HELLO_BYTES)?;
+                if body.len() != HELLO_V4_BYTES {
+                    exact("hello", HELLO_BYTES)?;
+                }
                 Message::Hello(decode_hello(body)?)
             }
             T_PAKE => {
@@ -416,12 +435,13 @@ impl Message {
                 }
             }
             T_POSITION => {
-                exact("position", 32)?;
+                exact("position", 40)?;
                 Message::Position {
                     epoch: u64_at(body, 0),
                     written_lsn: u64_at(body, 8),
                     hardened_lsn: u64_at(body, 16),
                     applied_lsn: u64_at(body, 24),
+                    segment_end: u64_at(body, 32),
                 }
             }
             T_START => {
@@ -540,6 +560,7 @@ pub(crate) fn encode_hello(h: &Hello, out: &mut Vec<u8>) {
     out.extend_from_slice(&h.database_id);
     out.extend_from_slice(&h.epoch.to_le_bytes());
     out.extend_from_slice(&h.nonce);
+    out.extend_from_slice(&h.segment_bytes.to_le_bytes());
 }
 
 fn decode_hello(b: &[u8]) -> Result<Hello, WireError> {
@@ -557,6 +578,11 @@ fn decode_hello(b: &[u8]) -> Result<Hello, WireError> {
         database_id: b[4..20].try_into().expect("16 bytes"),
         epoch: u64_at(b, 20),
         nonce: b[28..60].try_into().expect("32 bytes"),
+        segment_bytes: if b.len() >= HELLO_BYTES {
+            u64_at(b, 60)
+        } else {
+            0
+        },
     })
 }
 

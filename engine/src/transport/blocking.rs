@@ -26,6 +26,9 @@ pub enum TransportError {
     Uring(String),
     #[error(transparent)]
     Integrity(#[from] IntegrityError),
+    /// A TLS record failed (tampered with, say) or the peer sent an alert.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Bytes read from the socket at a time.
@@ -144,7 +147,7 @@ pub struct BlockingConn {
 
 /// Waits for `fd` to be ready for `events`, or for `wake`; returns
 /// (fd ready, woken). `None` timeout waits forever.
-fn poll2(
+pub(crate) fn poll2(
     fd: i32,
     events: i16,
     wake: Option<&Wakeup>,

@@ -16,6 +16,7 @@
 pub mod blocking;
 pub mod preauth;
 pub mod runner;
+pub mod tls;
 pub mod uring;
 
 use std::fmt;
@@ -32,6 +33,8 @@ pub use blocking::TransportError;
 pub enum TransportPath {
     IoUring,
     Blocking,
+    /// TLS over blocking sockets (`transport::tls`).
+    Tls,
 }
 
 impl fmt::Display for TransportPath {
@@ -39,6 +42,7 @@ impl fmt::Display for TransportPath {
         f.write_str(match self {
             TransportPath::IoUring => "io_uring",
             TransportPath::Blocking => "blocking",
+            TransportPath::Tls => "TLS (blocking sockets)",
         })
     }
 }
@@ -154,5 +158,12 @@ pub trait Conn: Send {
     /// Whether ship payloads go out as zero-copy sends (`SendZc`).
     fn zero_copy(&self) -> bool {
         false
+    }
+
+    /// Over TLS: the session's exported keying material, which the
+    /// handshake binds into its transcript (so a relay terminating TLS on
+    /// both sides fails it). None on a plaintext connection.
+    fn channel_binding(&self) -> Option<[u8; tls::BINDING_BYTES]> {
+        None
     }
 }

@@ -357,6 +357,10 @@ impl Conn for Watched<'_> {
         self.conn.set_seal(keys)
     }
 
+    fn channel_binding(&self) -> Option<[u8; crate::transport::tls::BINDING_BYTES]> {
+        self.conn.channel_binding()
+    }
+
     fn zero_copy(&self) -> bool {
         self.conn.zero_copy()
     }

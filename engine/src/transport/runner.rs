@@ -138,6 +138,7 @@ impl SessionStatus {
 /// authenticated or refused (a refusal is sent to the partner too). On
 /// success the connection carries the session's message keys: every later
 /// message either way is tagged and checked (`replication::seal`).
+#[allow(clippy::too_many_arguments)]
 pub fn authenticate(
     conn: &mut dyn Conn,
     role: Role,
@@ -145,11 +146,22 @@ pub fn authenticate(
     epoch: u64,
     nonce: [u8; NONCE_BYTES],
     timeout: Duration,
+    segment_bytes: u64,
 ) -> Result<u64, String> {
     let seed = crate::replication::pake::random_seed()
         .map_err(|e| format!("no randomness for the key exchange: {e}"))?;
-    let (mut hs, first) =
-        Handshake::start(role, id.database_id, epoch, id.secret.clone(), nonce, seed);
+    let (mut hs, first) = Handshake::start_with_segment_bytes(
+        role,
+        id.database_id,
+        epoch,
+        id.secret.clone(),
+        nonce,
+        seed,
+        segment_bytes,
+    );
+    if let Some(b) = conn.channel_binding() {
+        hs.bind_channel(b);
+    }
     // Until the partner is authenticated, only handshake-sized messages.
     conn.set_recv_limit(HANDSHAKE_MESSAGE_BYTES_MAX);
     let r = handshake_loop(conn, &mut hs, first, timeout);
@@ -157,7 +169,7 @@ pub fn authenticate(
     r
 }
 
-/// The largest message accepted before authentication (a hello is 61
+/// The largest message accepted before authentication (a hello is 69
 /// bytes, a pake 38, a confirm 37, a refusal at most about 1 KiB).
 const HANDSHAKE_MESSAGE_BYTES_MAX: usize = 4096;
 
@@ -225,6 +237,7 @@ pub fn run_principal<S: Storage>(
         gc.epoch(),
         nonce,
         Duration::from_millis(cfg.partner_timeout_ms),
+        gc.log().options().segment_bytes as u64,
     ) {
         return e;
     }
@@ -273,6 +286,7 @@ pub fn serve_principal<S: Storage>(
     // (a new generation) ends the session, and the next one catches up.
     let generation = gc.progress().generation();
     let mut backlog = std::collections::VecDeque::new();
+    let segment_end_at = |lsn: u64| log.segment_end_at(lsn);
     let reason = 'run: loop {
         if stop() {
             break "stopped".to_string();
@@ -345,6 +359,7 @@ pub fn serve_principal<S: Storage>(
                 start_lsn: log.start_lsn(),
                 written_lsn: log.written_lsn(),
                 epoch,
+                segment_end_at: Some(&segment_end_at),
             };
             for c in session.on_message(millis(t0), msg, &plog) {
                 if let Err(e) =
@@ -720,6 +735,7 @@ pub fn run_mirror<S: Storage, A: Applier>(
         log.last_epoch(),
         nonce,
         Duration::from_millis(cfg.partner_timeout_ms),
+        log.options().segment_bytes as u64,
     ) {
         return e;
     }
@@ -766,7 +782,14 @@ pub fn serve_mirror<S: Storage, A: Applier>(
         hardened: log.hardened_lsn(),
         applied: applier.applied_lsn().min(log.hardened_lsn()),
     };
-    let (session, first) = MirrorSession::new(cfg, 0, log.last_epoch(), progress, *commit_floor);
+    let (session, first) = MirrorSession::new_with_segment_end(
+        cfg,
+        0,
+        log.last_epoch(),
+        progress,
+        log.segment_end_at(progress.received),
+        *commit_floor,
+    );
     let mut run = MirrorRun {
         log,
         applier,

@@ -11,7 +11,9 @@
 //! confirm  HMAC-SHA256(k("confirm " ‖ sender), H(T))                  32 bytes
 //! ```
 //!
-//! `T` is the witness's hello followed by the partner's; `sender` is
+//! `T` is the witness's hello followed by the partner's (over TLS, then
+//! the 32 bytes the TLS exporter gives for label "mirrorlog witness v1");
+//! `sender` is
 //! "witness" or "partner" (see `replication::pake` for the key schedule).
 //! Nothing either side sends lets anyone test a guess of the secret
 //! offline. Then every frame, either way, is
@@ -30,9 +32,13 @@
 //! reordered or reflected.
 //! Integers are little-endian; a string is a u16 length and UTF-8.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
 use crate::replication::handshake::Secret;
 use crate::replication::pake::{KeyExchange, SessionSecrets, CONFIRM_BYTES, SEED_BYTES};
 use crate::replication::seal::{SealKeys, TAG_BYTES};
+use crate::transport::tls::{looks_like_tls, TlsStream, BINDING_BYTES};
 
 pub const NONCE_BYTES: usize = crate::replication::wire::NONCE_BYTES;
 /// No request or reply is near this; a larger length is refused unread.
@@ -78,7 +84,63 @@ pub struct WitnessHandshake {
     end: End,
     exchange: KeyExchange,
     hello: [u8; HELLO_BYTES],
+    /// Over TLS: the session's exported keying material, appended to the
+    /// transcript (`transport::tls`).
+    binding: Option<[u8; BINDING_BYTES]>,
 }
+
+/// A witness connection's bytes: plaintext, or TLS (`transport::tls`).
+pub enum WitnessStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl WitnessStream {
+    /// The socket under it, for its timeouts.
+    pub fn sock(&self) -> &TcpStream {
+        match self {
+            WitnessStream::Plain(s) => s,
+            WitnessStream::Tls(t) => t.sock(),
+        }
+    }
+
+    /// Over TLS, what the handshake binds ([`WitnessHandshake::bind_channel`]).
+    pub fn binding(&self) -> Option<[u8; BINDING_BYTES]> {
+        match self {
+            WitnessStream::Plain(_) => None,
+            WitnessStream::Tls(t) => Some(t.binding()),
+        }
+    }
+}
+
+impl Read for WitnessStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            WitnessStream::Plain(s) => s.read(buf),
+            WitnessStream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for WitnessStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            WitnessStream::Plain(s) => s.write(buf),
+            WitnessStream::Tls(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            WitnessStream::Plain(s) => s.flush(),
+            WitnessStream::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// What a TLS witness sends a partner that greeted it in plaintext: a TLS
+/// fatal alert record (protocol_version), which the plaintext partner
+/// recognises as TLS in its greeting and says so.
+pub const PLAINTEXT_PEER_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 70];
 
 /// Waiting for the peer's confirmation.
 pub struct Confirming {
@@ -103,7 +165,15 @@ impl WitnessHandshake {
             end,
             exchange,
             hello,
+            binding: None,
         }
+    }
+
+    /// Binds the handshake to the TLS session it runs in: `binding` ends
+    /// the transcript, so the confirmations fail unless both ends see the
+    /// same TLS session (a relay terminating TLS fails them).
+    pub fn bind_channel(&mut self, binding: Option<[u8; BINDING_BYTES]>) {
+        self.binding = binding;
     }
 
     /// The hello to send.
@@ -118,6 +188,13 @@ impl WitnessHandshake {
         peer: &[u8; HELLO_BYTES],
     ) -> Result<(Confirming, [u8; CONFIRM_BYTES]), String> {
         let theirs = self.end.other().name();
+        if looks_like_tls(&peer[..2]) == Some(true) {
+            return Err(format!(
+                "the {theirs} speaks TLS, but this node has no TLS configured for the witness link; \
+                 configure it on both ends (witness: --tls-cert, --tls-key, --tls-ca; partners: \
+                 --witness-tls-ca with --partner-tls-cert and --partner-tls-key) or neither"
+            ));
+        }
         if &peer[..4] != HELLO_MAGIC {
             return Err(format!(
                 "the {theirs}'s greeting is not a witness protocol hello: it probably runs an \
@@ -141,7 +218,10 @@ impl WitnessHandshake {
             End::Witness => (&self.hello, peer),
             End::Partner => (peer, &self.hello),
         };
-        let transcript = [&w[..], &p[..]].concat();
+        let mut transcript = [&w[..], &p[..]].concat();
+        if let Some(b) = &self.binding {
+            transcript.extend_from_slice(b);
+        }
         let secrets = self.exchange.finish(&pake, CONTEXT, &transcript)?;
         let confirm = secrets.confirmation(self.end.name());
         Ok((

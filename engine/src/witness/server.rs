@@ -15,8 +15,10 @@ use crate::replication::handshake::{random_nonce, Secret};
 use crate::transport::preauth::{
     preauth_deadline, PreAuthGate, PreAuthLimits, PreAuthSlot, NO_SOURCE,
 };
+use crate::transport::tls::{TlsEnd, TlsStream};
 use crate::witness::proto::{
-    read_frame, End, Reply, Request, WitnessHandshake, HELLO_BYTES, WITNESS_CONFIRM_BYTES,
+    read_frame, End, Reply, Request, WitnessHandshake, WitnessStream, HELLO_BYTES,
+    PLAINTEXT_PEER_ALERT, WITNESS_CONFIRM_BYTES,
 };
 use crate::witness::state::{StateError, WitnessState};
 use crate::witness::{LeaseConfig, PromoteReply, RenewReply, WitnessCore};
@@ -37,6 +39,10 @@ pub struct WitnessOptions {
     pub database_id: [u8; 16],
     pub lease: LeaseConfig,
     pub logger: Logger,
+    /// TLS on the witness port: partners must present a certificate the
+    /// configuration's CA signed (`TlsIdentity::server_config`). None:
+    /// plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct Shared {
@@ -264,12 +270,48 @@ fn accept_loop(sh: &Arc<Shared>, listener: TcpListener) {
 /// pre-auth deadline applies.
 fn serve_conn(
     sh: &Shared,
-    mut stream: TcpStream,
+    stream: TcpStream,
     slot: &mut Option<PreAuthSlot>,
 ) -> Result<(), String> {
     let preauth_until = Instant::now() + sh.preauth_deadline;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    // TLS first, within the same pre-auth deadline as the PAKE.
+    let mut stream = match &sh.opts.tls {
+        None => WitnessStream::Plain(stream),
+        Some(cfg) => {
+            let probe = stream.try_clone().map_err(|e| e.to_string())?;
+            match TlsStream::handshake(
+                stream,
+                TlsEnd::Accept(cfg),
+                preauth_until,
+                "partner",
+                "this witness requires TLS",
+                &|| {
+                    if let Some(s) = slot.as_ref() {
+                        s.spoke()
+                    }
+                },
+            ) {
+                Ok(t) => WitnessStream::Tls(Box::new(t)),
+                Err(f) => {
+                    if f.plaintext_peer {
+                        let _ = probe.set_nonblocking(false);
+                        let _ = probe.set_write_timeout(Some(Duration::from_millis(200)));
+                        let _ = (&probe).write_all(&PLAINTEXT_PEER_ALERT);
+                        return Err(
+                            "the partner speaks the plaintext witness protocol, but this witness requires TLS \
+                             (--tls-cert, --tls-key, --tls-ca); give the partners --witness-tls-ca with \
+                             --partner-tls-cert and --partner-tls-key"
+                                .into(),
+                        );
+                    }
+                    return Err(f.why);
+                }
+            }
+        }
+    };
     // Until authenticated, reads wait at most until the pre-auth deadline.
-    let read_wait = |stream: &TcpStream, authenticated: bool| {
+    let read_wait = |stream: &WitnessStream, authenticated: bool| {
         let wait = if authenticated {
             Duration::from_millis(200)
         } else {
@@ -278,20 +320,25 @@ fn serve_conn(
                 .clamp(Duration::from_millis(1), Duration::from_millis(200))
         };
         stream
+            .sock()
             .set_read_timeout(Some(wait))
             .map_err(|e| e.to_string())
     };
-    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream
+        .sock()
+        .set_nonblocking(false)
+        .map_err(|e| e.to_string())?;
     // Short reads so a stop is noticed; idleness is counted across them.
     read_wait(&stream, false)?;
     stream
+        .sock()
         .set_write_timeout(Some(sh.preauth_deadline))
         .map_err(|e| e.to_string())?;
     let nonce = random_nonce().map_err(|e| format!("no randomness for a nonce: {e}"))?;
     let seed = crate::replication::pake::random_seed()
         .map_err(|e| format!("no randomness for the key exchange: {e}"))?;
-    let hs = WitnessHandshake::start(End::Witness, &sh.opts.secret, nonce, seed);
+    let mut hs = WitnessHandshake::start(End::Witness, &sh.opts.secret, nonce, seed);
+    hs.bind_channel(stream.binding());
     stream.write_all(&hs.hello()).map_err(|e| e.to_string())?;
     // The partner's hello and confirmation, within the pre-auth deadline.
     let mut theirs = [0u8; HELLO_BYTES];
@@ -332,6 +379,7 @@ fn serve_conn(
         _authenticated = Some(Authenticated::enter(sh)?);
         read_wait(&stream, true)?;
         stream
+            .sock()
             .set_write_timeout(Some(Duration::from_secs(5)))
             .map_err(|e| e.to_string())?;
     }
@@ -401,11 +449,11 @@ impl Drop for Authenticated<'_> {
 /// Ok(false): it closed before sending anything.
 fn read_within(
     sh: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut WitnessStream,
     buf: &mut [u8],
     what: &str,
     until: Instant,
-    read_wait: &dyn Fn(&TcpStream, bool) -> Result<(), String>,
+    read_wait: &dyn Fn(&WitnessStream, bool) -> Result<(), String>,
 ) -> Result<bool, String> {
     let mut got = 0;
     while got < buf.len() {

@@ -170,6 +170,25 @@ impl Barrier {
 
     /// Forgets everything: the node's role changed (its group commit, and
     /// the tickets' hold on its log, must go).
+    /// Forgets the commits of batches newer than `hardened_batch`: they
+    /// failed and their effects were taken back out of the store (see
+    /// `Server::take_back_unlogged`), so a read of their keys has nothing
+    /// to wait for.
+    pub(super) fn forget_after(&self, hardened_batch: u64) {
+        let mut inner = self.inner.lock().expect("barrier lock");
+        inner.keys.retain(|_, e| e.ticket.batch() <= hardened_batch);
+        inner.swept = inner.keys.len();
+        let inner = &mut *inner;
+        for slot in [&mut inner.flush, &mut inner.last] {
+            if slot
+                .as_ref()
+                .is_some_and(|e| e.ticket.batch() > hardened_batch)
+            {
+                *slot = None;
+            }
+        }
+    }
+
     pub(super) fn clear(&self) {
         *self.inner.lock().expect("barrier lock") = Inner::default();
     }

@@ -417,9 +417,7 @@ impl Loop<'_> {
             };
             let server = self.server;
             if server.clients.load(Ordering::Acquire) >= server.opts.max_clients {
-                server.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                let mut s = stream;
-                let _ = s.write_all(b"-ERR max number of clients reached\r\n");
+                server.refuse_full(stream, tls);
                 continue;
             }
             if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
