@@ -205,7 +205,7 @@ OPTIONS:
                            build, same run): GET and SET ops/s and p99 each.
     --tls                  resp: instead, SETs (safety full, each --connections
                            count) on one principal's plaintext and TLS client
-                           ports in turn, twice: ops/s, p50/p99 and CPU per
+                           ports in turn, 3 times: ops/s, p50/p99 and CPU per
                            SET, TLS over plaintext (goal <= 1.15x CPU).
     --transports LIST      mirroring: io_uring,blocking (default both; an
                            unavailable io_uring is reported and skipped).

@@ -1,7 +1,7 @@
 //! `resp --tls`: what TLS on the client port costs. One principal (safety
 //! full, its mirror on loopback) listens on a plaintext port and a TLS
 //! port at once; SET-only clients (each `--connections` count) take turns
-//! on each, plaintext then TLS, twice, so drift of the shared machine
+//! on each, plaintext then TLS, three times, so drift of the shared machine
 //! hits both alike. Reported per port: SET ops/s, p50/p99, and the
 //! process's CPU time per SET (user + system, from `getrusage`), which
 //! counts the server's side and the load generator's alike, since both
@@ -29,7 +29,7 @@ use crate::Config;
 
 const VALUE_BYTES: usize = 100;
 const KEYS: u64 = 100_000;
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 
 /// One timed run of SET clients on one port.
 pub struct TlsCase {
