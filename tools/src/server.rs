@@ -32,6 +32,9 @@ use crate::resp::{Limits, Parser, Reply};
 
 mod barrier;
 mod event_loop;
+mod status_json;
+
+pub use status_json::status_json;
 
 use barrier::{Barrier, Seen};
 
@@ -2202,92 +2205,6 @@ fn write_cmd(st: &mut Store, name: &str, args: &[Vec<u8>], journal: &mut Journal
         }
         _ => unknown(name, args),
     }
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-/// The status snapshot as one JSON object (`MIRROR STATUS JSON`,
-/// `mirrorlog status --json`).
-/// The node's view of its witness, as `MIRROR STATUS JSON`'s `witness`.
-fn witness_json(w: &mirrorlog_engine::node::WitnessView) -> String {
-    let text = |v: &Option<String>| v.as_deref().map_or("null".to_string(), json_str);
-    format!(
-        "{{\"addr\":{},\"state\":{},\"contacted\":{},\"connected\":{},\"lease_left_ms\":{},\"exposed\":{},\"deposed\":{},\"failover\":{},\"last_error\":{}}}",
-        json_str(&w.addr),
-        json_str(w.state()),
-        w.contacted,
-        w.connected,
-        w.lease_left_ms.map_or("null".to_string(), |l| l.to_string()),
-        w.exposed,
-        text(&w.deposed),
-        text(&w.failover),
-        text(&w.last_error),
-    )
-}
-
-pub fn status_json(s: &Status) -> String {
-    let opt = |d: Option<Duration>| {
-        d.map_or("null".to_string(), |d| {
-            format!("{:.3}", d.as_secs_f64() * 1e3)
-        })
-    };
-    let latency: Vec<String> = s
-        .latency
-        .iter()
-        .map(|l| {
-            format!(
-                "{{\"level\":{},\"count\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
-                json_str(l.level.name()),
-                l.count,
-                l.p50_us,
-                l.p99_us,
-                l.p999_us,
-                l.max_us
-            )
-        })
-        .collect();
-    format!(
-        "{{\"role\":{},\"state\":{},\"epoch\":{},\"written_lsn\":{},\"hardened_lsn\":{},\"commit_lsn\":{},\"mirror\":{{\"received_lsn\":{},\"hardened_lsn\":{},\"applied_lsn\":{}}},\"send_queue_bytes\":{},\"send_queue_age_ms\":{},\"redo_queue_bytes\":{},\"redo_queue_ms\":{},\"exposed\":{},\"commits_held\":{},\"transport\":{},\"zero_copy\":{},\"bytes_sent\":{},\"compression_ratio\":{},\"sessions\":{},\"last_error\":{},\"log_error\":{},\"preauth_rejected\":{},\"witness\":{},\"latency\":[{}]}}",
-        json_str(&s.role.to_string()),
-        json_str(&format!("{:?}", s.state).to_uppercase()),
-        s.epoch,
-        s.written_lsn,
-        s.hardened_lsn,
-        s.commit_lsn,
-        s.mirror.received,
-        s.mirror.hardened,
-        s.mirror.applied,
-        s.send_queue_bytes,
-        opt(s.send_queue_age),
-        s.redo_queue_bytes,
-        opt(s.redo_queue_time),
-        s.exposed,
-        s.commits_held,
-        s.transport.map_or("null".to_string(), |t| json_str(&t.to_string())),
-        s.zero_copy,
-        s.bytes_sent,
-        s.compression_ratio()
-            .map_or("null".to_string(), |r| format!("{r:.3}")),
-        s.sessions,
-        s.last_error.as_deref().map_or("null".to_string(), json_str),
-        s.log_error.as_deref().map_or("null".to_string(), json_str),
-        s.preauth_rejected,
-        s.witness.as_ref().map_or("null".to_string(), witness_json),
-        latency.join(",")
-    )
 }
 
 #[cfg(test)]
