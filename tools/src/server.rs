@@ -31,8 +31,11 @@ use crate::kv::{glob_match, Effect, Glob, Keyspace, KvApplier, Shared, Store, Va
 use crate::resp::{Limits, Parser, Reply};
 
 mod barrier;
+mod commands;
 mod event_loop;
 mod status_json;
+
+use commands::{is_monitoring, is_write, queueable, seen_by, waits_for_switch};
 
 pub use status_json::status_json;
 
@@ -1080,7 +1083,7 @@ impl Server {
                 Reply::err("ERR DB index is out of range")
             }),
             "CLIENT" => now(self.client_cmd(conn, args)),
-            "COMMAND" => now(Reply::Array(Vec::new())),
+            "COMMAND" => now(commands::command_cmd(args)),
             "CONFIG" => now(config_cmd(args)),
             "MULTI" => {
                 conn.multi = Some(Vec::new());
@@ -1730,35 +1733,6 @@ struct Conn {
     close: bool,
 }
 
-/// Whether a command waits for a role change in progress to end.
-fn waits_for_switch(name: &str) -> bool {
-    !matches!(
-        name,
-        "PING" | "INFO" | "MIRROR" | "ROLE" | "CLIENT" | "COMMAND" | "HELLO" | "AUTH"
-    )
-}
-
-/// The keys a command's reply depends on (for a write: the keys it may
-/// touch, whose state its reply may tell of even when it changes nothing).
-fn seen_by<'a>(name: &str, args: &'a [Vec<u8>]) -> Seen<'a> {
-    let keys = |from: usize, step: usize| {
-        Seen::Keys(
-            args.iter()
-                .skip(from)
-                .step_by(step)
-                .map(|k| k.as_slice())
-                .collect(),
-        )
-    };
-    match name {
-        "DBSIZE" | "KEYS" | "SCAN" | "RANDOMKEY" | "FLUSHALL" | "FLUSHDB" => Seen::All,
-        "MGET" | "EXISTS" | "DEL" | "UNLINK" | "TOUCH" => keys(1, 1),
-        "MSET" | "MSETNX" => keys(1, 2),
-        _ if args.len() > 1 => keys(1, usize::MAX),
-        _ => Seen::Keys(Vec::new()),
-    }
-}
-
 /// The keys a transaction's replies depend on.
 fn seen_by_all(queued: &[Vec<Vec<u8>>]) -> Seen<'_> {
     let mut all = Vec::new();
@@ -1770,46 +1744,6 @@ fn seen_by_all(queued: &[Vec<Vec<u8>>]) -> Seen<'_> {
         }
     }
     Seen::Keys(all)
-}
-
-fn is_write(name: &str) -> bool {
-    matches!(
-        name,
-        "SET"
-            | "SETNX"
-            | "GETSET"
-            | "DEL"
-            | "UNLINK"
-            | "MSET"
-            | "INCR"
-            | "INCRBY"
-            | "DECR"
-            | "DECRBY"
-            | "APPEND"
-            | "GETDEL"
-            | "FLUSHALL"
-            | "FLUSHDB"
-    )
-}
-
-/// Arity as Redis declares it: exact (positive) or at least (negative).
-fn arity(name: &str) -> Option<i32> {
-    Some(match name {
-        "PING" => -1,
-        "ECHO" | "GET" | "INCR" | "DECR" | "STRLEN" | "GETDEL" | "SELECT" => 2,
-        "SET" => -3,
-        "SETNX" | "GETSET" | "INCRBY" | "DECRBY" | "APPEND" => 3,
-        "DEL" | "UNLINK" | "EXISTS" | "MGET" => -2,
-        "MSET" => -3,
-        "KEYS" => 2,
-        "SCAN" => -2,
-        "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "ROLE" | "QUIT" => 1,
-        "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "HELLO" => -1,
-        "AUTH" => -2,
-        "WAIT" => 3,
-        "CLIENT" | "MIRROR" | "CONFIG" => -2,
-        _ => return None,
-    })
 }
 
 /// Raises the soft limit on open descriptors towards the hard limit, to
@@ -1851,17 +1785,8 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Commands that may run inside MULTI/EXEC (the data commands).
-fn queueable(name: &str) -> bool {
-    is_write(name)
-        || matches!(
-            name,
-            "GET" | "MGET" | "EXISTS" | "STRLEN" | "DBSIZE" | "KEYS" | "SCAN" | "PING"
-        )
-}
-
 fn unknown_or_unqueueable(name: &str, args: &[Vec<u8>]) -> String {
-    if arity(name).is_some() {
+    if commands::lookup(name).is_some() {
         format!(
             "ERR {} is not allowed inside MULTI",
             name.to_ascii_lowercase()
@@ -1875,15 +1800,10 @@ fn unknown_or_unqueueable(name: &str, args: &[Vec<u8>]) -> String {
 }
 
 fn check_arity(name: &str, n: usize) -> Result<(), String> {
-    let Some(a) = arity(name) else {
+    let Some(c) = commands::lookup(name) else {
         return Ok(()); // unknown: reported when run
     };
-    let ok = if a > 0 {
-        n == a as usize
-    } else {
-        n >= (-a) as usize
-    };
-    if ok {
+    if c.arity_ok(n) {
         Ok(())
     } else {
         Err(format!(
@@ -1994,26 +1914,6 @@ fn scan(st: &Store, args: &[Vec<u8>]) -> Reply {
         }
     });
     Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(page)])
-}
-
-/// Commands that touch no data and answer even when the store cannot be
-/// trusted (see `Server::broken`): connection handling and monitoring.
-fn is_monitoring(name: &str) -> bool {
-    matches!(
-        name,
-        "PING"
-            | "ECHO"
-            | "AUTH"
-            | "HELLO"
-            | "QUIT"
-            | "SELECT"
-            | "CLIENT"
-            | "COMMAND"
-            | "CONFIG"
-            | "INFO"
-            | "ROLE"
-            | "MIRROR"
-    )
 }
 
 /// The reply to a write whose commit failed with `e`. Disk problems get
