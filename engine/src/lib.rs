@@ -8,9 +8,15 @@
 //!
 //! * [`apply`]: the applier thread that redoes the log into an embedder's
 //!   state machine, never beyond a limit (the commit LSN).
-//! * [`replication`]: partner wire messages and the authenticated handshake
-//!   (the first part of mirroring; sessions and transport are to come).
-//! * [`transport`]: partner messages over TCP (the blocking path so far).
+//! * [`replication`]: partner wire messages, the authenticated handshake
+//!   (a PAKE, bound to TLS when the link has it), the pure session state
+//!   machines of principal and mirror, the catch-up rule and the durable
+//!   epoch history.
+//! * [`transport`]: partner messages over TCP: the io_uring path, the
+//!   blocking fallback, TLS (rustls), the pre-authentication gate, and the
+//!   session runners that execute what the sessions decide.
+//! * [`node`]: `Principal` and `Mirror`, the nodes an embedder runs.
+//! * [`witness`]: the witness's pure decision core, its server and client.
 //!
 //! See docs/design.md for the architecture and docs/format.md for every byte.
 
