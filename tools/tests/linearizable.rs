@@ -235,6 +235,7 @@ fn client(
     ports: [u16; 2],
     t0: Instant,
     stop: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
     out: Arc<Mutex<Vec<Op>>>,
 ) {
     let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (id as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -249,6 +250,10 @@ fn client(
     let mut seq = 0u64;
     let now = || t0.elapsed().as_micros() as u64;
     while !stop.load(Ordering::Acquire) {
+        if held.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
         let c = match &mut conn {
             Some(c) => c,
             None => match Client::connect(addr(ports[target]), Duration::from_secs(3)) {
@@ -387,12 +392,13 @@ fn history_under_faults(tag: &str, barrier: &str) -> linearizability::Report {
 
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicBool::new(false));
     let hist = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let (stop, hist) = (stop.clone(), hist.clone());
+            let (stop, held, hist) = (stop.clone(), held.clone(), hist.clone());
             let ports = [a.client, b.client];
-            std::thread::spawn(move || client(i, ports, t0, stop, hist))
+            std::thread::spawn(move || client(i, ports, t0, stop, held, hist))
         })
         .collect();
     let settle = |port: u16, what: &str| {
@@ -422,12 +428,38 @@ fn history_under_faults(tag: &str, barrier: &str) -> linearizability::Report {
     // the witness, and B takes over without them.
     link.block();
     std::thread::sleep(Duration::from_millis(400));
+    // The clients pause (those waiting on A stay waiting until it dies),
+    // so that after the failover the first operation on every key is the
+    // harness's read of it on B: a lost write that a reader saw on A is
+    // then always caught, not only when a reader reaches the key on B
+    // before a writer overwrites it.
+    held.store(true, Ordering::Release);
     pa.0.kill().unwrap();
     pa.0.wait().unwrap();
     link.heal();
     wait_for("B to take over", Duration::from_secs(30), || {
         info(b.client).contains("role:master")
     });
+    for k in 0..KEYS {
+        let key = format!("k{k}");
+        let invoke = t0.elapsed().as_micros() as u64;
+        let got = call(b.client, &[b"GET", key.as_bytes()]);
+        let ret = t0.elapsed().as_micros() as u64;
+        let value = match got {
+            Some(Reply::Bulk(v)) => Some(v),
+            Some(Reply::Nil) => None,
+            other => panic!("the harness's read of {key} on B: {other:?}"),
+        };
+        hist.lock().unwrap().push(Op {
+            client: CLIENTS,
+            key: key.into_bytes(),
+            call: Call::Get,
+            invoke,
+            ret,
+            outcome: Outcome::Ok(Ret::Value(value)),
+        });
+    }
+    held.store(false, Ordering::Release);
     std::thread::sleep(Duration::from_millis(500));
     // A restarts and rejoins (following the witness's name for B, direct).
     pa = spawn(&a, &b, "principal", &s, addr(b.partner), wa.addr, barrier);
