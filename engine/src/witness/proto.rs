@@ -759,6 +759,12 @@ mod tests {
                 assert!(Reply::decode(&b[..n]).is_err(), "{code:?} cut at {n}");
             }
         }
+        // The example in docs/format.md.
+        let rep = Reply::Refused {
+            code: RefusalCode::LeaseLive,
+            why: "no".into(),
+        };
+        assert_eq!(rep.encode(), [0x04, 0x01, 0x02, 0x00, 0x6e, 0x6f]);
     }
 
     #[test]
