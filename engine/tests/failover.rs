@@ -22,7 +22,7 @@ use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
 use mirrorlog_engine::transport::TransportChoice;
 use mirrorlog_engine::witness::server::{WitnessOptions, WitnessServer};
-use mirrorlog_engine::witness::LeaseConfig;
+use mirrorlog_engine::witness::{LeaseConfig, RefusalCode};
 
 use common::nodes::{tempdir, wait_until};
 
@@ -214,7 +214,10 @@ fn automatic_failover_loses_nothing_and_the_old_principal_rejoins_as_mirror() {
     }
     // The old principal may not come back as principal.
     match Principal::start(config(&pd, w.local_addr(), a_addr, &lines), a_addr) {
-        Err(NodeError::NotPrincipal(why)) => assert!(why.contains(&b_addr.to_string()), "{why}"),
+        Err(NodeError::NotPrincipal {
+            refusal: Some(RefusalCode::OtherPrincipal),
+            why,
+        }) => assert!(why.contains(&b_addr.to_string()), "{why}"),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("the deposed principal started as principal"),
     }

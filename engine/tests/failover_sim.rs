@@ -227,7 +227,9 @@ use mirrorlog_engine::replication::session::{
     PrincipalSession, SessionConfig,
 };
 use mirrorlog_engine::replication::wire::{Message, RefuseCode};
-use mirrorlog_engine::witness::{LeaseClock, LeaseConfig, PromoteReply, RenewReply, WitnessCore};
+use mirrorlog_engine::witness::{
+    LeaseClock, LeaseConfig, PromoteReply, RefusalCode, RenewReply, WitnessCore,
+};
 
 // ---------------------------------------------------------------------------
 // Constants of the real node glue (node/principal.rs, node/mirror.rs,
@@ -381,7 +383,7 @@ enum Req {
 #[derive(Clone, Debug)]
 enum Rep {
     Granted(u64),
-    Refused(String),
+    Refused(RefusalCode, String),
     Lease {
         epoch: u64,
         lease_ms: u64,
@@ -1282,11 +1284,11 @@ impl Sim {
                         self.record_grant(epoch, from, GrantKind::Claim);
                         Rep::Granted(epoch)
                     }
-                    PromoteReply::Refused { why } => {
-                        if why.contains("this claim was granted") {
+                    PromoteReply::Refused { code, why } => {
+                        if code == RefusalCode::ClaimEpochOver {
                             self.stats.repeated_claims += 1;
                         }
-                        Rep::Refused(why)
+                        Rep::Refused(code, why)
                     }
                 }
             }
@@ -1330,7 +1332,7 @@ impl Sim {
                         self.record_grant(epoch, from, kind);
                         Rep::Granted(epoch)
                     }
-                    PromoteReply::Refused { why } => Rep::Refused(why),
+                    PromoteReply::Refused { code, why } => Rep::Refused(code, why),
                 }
             }
             Req::Query => Rep::State {
@@ -1455,7 +1457,7 @@ impl Sim {
         c.call = None;
         match rep {
             Rep::Granted(epoch) => self.become_principal(n, epoch),
-            Rep::Refused(why) => {
+            Rep::Refused(_, why) => {
                 self.note(format!(
                     "{}: claim refused ({why}): starts as mirror",
                     NAMES[n]
@@ -2664,8 +2666,8 @@ impl Sim {
                 ));
                 self.become_principal(n, epoch);
             }
-            (CallKind::Promote, Rep::Refused(why)) => {
-                if call.forced && !why.contains("lease may still be live") {
+            (CallKind::Promote, Rep::Refused(code, _)) => {
+                if call.forced && code != RefusalCode::LeaseLive {
                     m.force = Force::Refused;
                 }
             }
@@ -4103,7 +4105,10 @@ fn regression_a_whole_millisecond_witness_clock_grants_before_the_old_lease_ends
     assert!(
         matches!(
             w.on_promote(w_ms(t), 1, "m", true, true),
-            PromoteReply::Refused { .. }
+            PromoteReply::Refused {
+                code: RefusalCode::LeaseLive,
+                ..
+            }
         ),
         "granted after {:.3} ms of witness time, while the old lease is live",
         (w_clock(t) - w_clock(t_r)) / 1e6

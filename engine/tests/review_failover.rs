@@ -135,6 +135,7 @@ fn fake_witness(lease_ms: u64) -> FakeWitness {
                             rho_ppm: 10_000,
                         },
                         _ => Reply::Refused {
+                            code: mirrorlog_engine::witness::RefusalCode::Other,
                             why: "not scripted".into(),
                         },
                     };

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirrorlog_engine::node::{Logger, Mirror, NodeConfig, Principal, Safety, WitnessLink};
+use mirrorlog_engine::node::{
+    Logger, Mirror, NodeConfig, NodeError, Principal, Safety, WitnessLink,
+};
 use mirrorlog_engine::replication::handshake::Secret;
 use mirrorlog_engine::replication::session::MirroringState;
 use mirrorlog_engine::transport::runner::NodeIdentity;
@@ -14,6 +16,7 @@ use mirrorlog_engine::transport::tls::{PartnerTls, WitnessTls};
 use mirrorlog_engine::transport::TransportChoice;
 use mirrorlog_engine::witness::client::WitnessClient;
 use mirrorlog_engine::witness::proto::{Reply, Request};
+use mirrorlog_engine::witness::RefusalCode;
 
 use crate::kv::{Effect, KvApplier};
 use crate::server::{IoMode, Node, Server, ServerOptions};
@@ -948,14 +951,15 @@ impl Spec {
     /// Starts as principal (of `epoch` if granted by a failover) and
     /// brings the store up to the log: from what it reflects now (after a
     /// failover: what the mirror applied), or from the newest checkpoint.
-    fn principal(&self, epoch: Option<u64>, fresh: bool) -> Result<Principal, String> {
-        let cfg = self.config()?;
+    fn principal(&self, epoch: Option<u64>, fresh: bool) -> Result<Principal, PrincipalError> {
+        let cfg = self.config().map_err(PrincipalError::Other)?;
         let p = match epoch {
             Some(e) => Principal::start_in_epoch(cfg, self.o.partner, e),
             None => Principal::start(cfg, self.o.partner),
         }
-        .map_err(|e| e.to_string())?;
-        self.catch_up_store(&p, fresh)?;
+        .map_err(PrincipalError::Node)?;
+        self.catch_up_store(&p, fresh)
+            .map_err(PrincipalError::Other)?;
         Ok(p)
     }
 
@@ -1011,6 +1015,24 @@ impl Spec {
     }
 }
 
+/// Why this node could not start as principal: the node's own error (the
+/// witness's refusal among them, which the caller branches on), or the
+/// configuration or the store.
+#[derive(Debug)]
+enum PrincipalError {
+    Node(NodeError),
+    Other(String),
+}
+
+impl std::fmt::Display for PrincipalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrincipalError::Node(e) => write!(f, "{e}"),
+            PrincipalError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
 /// With a witness: who is principal now, as the witness says (retrying
 /// while it is unreachable, for up to a minute).
 fn witness_says(spec: &Spec, witness: SocketAddr) -> Result<Option<String>, String> {
@@ -1026,7 +1048,7 @@ fn witness_says(spec: &Spec, witness: SocketAddr) -> Result<Option<String>, Stri
             Duration::from_secs(1),
         ) {
             Ok(Reply::State { principal, .. }) => return Ok(principal),
-            Ok(Reply::Refused { why }) => return Err(format!("the witness refused: {why}")),
+            Ok(Reply::Refused { why, .. }) => return Err(format!("the witness refused: {why}")),
             Ok(other) => return Err(format!("the witness answered {other:?}")),
             Err(e) if std::time::Instant::now() >= until => {
                 return Err(format!("no answer from the witness at {witness}: {e}"))
@@ -1113,7 +1135,9 @@ fn watch_role(server: &Arc<Server>, spec: &Spec) {
                     spec.logger.line(&format!("mirrorlog: {why}"));
                     let r = server.switch(why, None, |old| {
                         drop(old);
-                        spec.principal(None, true).map(Node::Principal)
+                        spec.principal(None, true)
+                            .map(Node::Principal)
+                            .map_err(|e| e.to_string())
                     });
                     if let Err(e) = r {
                         spec.logger
@@ -1277,7 +1301,12 @@ pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Run
                 (Node::Principal(p), addr, None)
             }
             // Another node claimed first: follow it.
-            Err(e) if o.witness.is_some() && e.contains("must start as its mirror") => {
+            Err(
+                e @ PrincipalError::Node(NodeError::NotPrincipal {
+                    refusal: Some(RefusalCode::OtherPrincipal),
+                    ..
+                }),
+            ) if o.witness.is_some() => {
                 let peer = o.peer.expect("checked with --witness");
                 spec.logger.line(&format!("mirrorlog: {e}"));
                 (
@@ -1286,7 +1315,7 @@ pub fn start_with_io(o: &ServeOptions, io: IoMode, logger: Logger) -> Result<Run
                     o.peer_clients.clone(),
                 )
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.to_string()),
         },
         Some(principal) => (
             Node::Mirror(spec.mirror(principal)?),

@@ -18,6 +18,7 @@ use crate::transport::preauth::preauth_deadline;
 use crate::transport::runner::{authenticate, serve_mirror, SessionStatus};
 use crate::witness::client::WitnessClient;
 use crate::witness::proto::{Reply, Request};
+use crate::witness::RefusalCode;
 
 /// Reconnection backoff: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(20);
@@ -550,8 +551,9 @@ impl Promoter {
                 }
                 Some(p)
             }
-            Ok(Reply::Refused { why }) => {
-                if forced && !why.contains("lease may still be live") {
+            Ok(Reply::Refused { code, why }) => {
+                // A live lease only delays forced service: it asks again.
+                if forced && code != RefusalCode::LeaseLive {
                     *sh.force.lock().expect("force") = Force::Refused(why.clone());
                 }
                 self.say(sh, format!("the witness refused the failover: {why}"));

@@ -40,6 +40,7 @@ use crate::transport::runner::NodeIdentity;
 use crate::transport::tls::{PartnerTls, TlsConn, WitnessTls};
 use crate::transport::uring::UringConn;
 use crate::transport::{Conn, SendMode, TransportChoice};
+use crate::witness::RefusalCode;
 
 /// High-safety (synchronous) or high-performance (asynchronous) mirroring.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,8 +210,14 @@ pub enum NodeError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("the witness did not make this node principal: {0}")]
-    NotPrincipal(String),
+    /// `refusal`: the witness's code when it refused the claim (None: it
+    /// did not answer, or answered something else); what callers branch
+    /// on, e.g. [`RefusalCode::OtherPrincipal`]: start as its mirror.
+    #[error("the witness did not make this node principal: {why}")]
+    NotPrincipal {
+        refusal: Option<RefusalCode>,
+        why: String,
+    },
 }
 
 /// Makes an existing data directory private (0700, files 0600), as an

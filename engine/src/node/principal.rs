@@ -457,7 +457,7 @@ impl Principal {
                     .max(Duration::from_millis(500)),
             ) {
                 Ok(Reply::Granted { .. }) => {}
-                Ok(Reply::Refused { why }) => {
+                Ok(Reply::Refused { why, .. }) => {
                     progress.close(false);
                     return Err(format!("the witness refused the handover: {why}"));
                 }
@@ -953,16 +953,23 @@ fn claim(cfg: &NodeConfig, link: &WitnessLink, last_epoch: u64) -> Result<u64, N
         };
         match c.call(&req, Duration::from_secs(1)) {
             Ok(Reply::Granted { epoch }) => return Ok(epoch),
-            Ok(Reply::Refused { why }) => return Err(NodeError::NotPrincipal(why)),
+            Ok(Reply::Refused { code, why }) => {
+                return Err(NodeError::NotPrincipal {
+                    refusal: Some(code),
+                    why,
+                })
+            }
             Ok(other) => {
-                return Err(NodeError::NotPrincipal(format!(
-                    "the witness answered a claim with {other:?}"
-                )))
+                return Err(NodeError::NotPrincipal {
+                    refusal: None,
+                    why: format!("the witness answered a claim with {other:?}"),
+                })
             }
             Err(e) if Instant::now() >= deadline => {
-                return Err(NodeError::NotPrincipal(format!(
-                    "no answer from the witness for {CLAIM_TIMEOUT:?}: {e}"
-                )))
+                return Err(NodeError::NotPrincipal {
+                    refusal: None,
+                    why: format!("no answer from the witness for {CLAIM_TIMEOUT:?}: {e}"),
+                })
             }
             Err(e) => {
                 if !said {

@@ -82,8 +82,93 @@ pub enum RenewReply {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PromoteReply {
-    Granted { epoch: u64 },
-    Refused { why: String },
+    Granted {
+        epoch: u64,
+    },
+    /// `code` is what callers branch on; `why` is for people.
+    Refused {
+        code: RefusalCode,
+        why: String,
+    },
+}
+
+/// Why the witness refused a claim, a promotion or a resignation: what a
+/// partner decides by (never the reason's text). On the wire it is one
+/// byte before the reason (docs/format.md, "Witness protocol").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// None of the others (a peer's code this node does not know is an
+    /// error, not this: both ends speak the same protocol version).
+    Other,
+    /// The principal's lease may still be live: asking again later can be
+    /// granted.
+    LeaseLive,
+    /// The principal ran exposed in this epoch: only forced service can
+    /// take over.
+    Exposed,
+    /// The mirror was not SYNCHRONIZED when it lost the principal: only
+    /// forced service can take over.
+    NotSynchronized,
+    /// Another node is principal: a claimant must start as its mirror.
+    OtherPrincipal,
+    /// The request names an epoch that is not the current one.
+    StaleEpoch,
+    /// The candidate already is principal of the epoch.
+    AlreadyPrincipal,
+    /// A claim of an earlier start of the node (a smaller claim id than
+    /// its last granted one: a late copy).
+    StaleClaim,
+    /// A retry (or late copy) of the node's last granted claim, whose
+    /// epoch is over.
+    ClaimEpochOver,
+    /// A resignation from a node that is not principal of that epoch.
+    NotPrincipal,
+    /// The request is for another database than the witness serves.
+    WrongDatabase,
+    /// The witness could not store its state durably; nothing changed.
+    StateNotStored,
+}
+
+impl RefusalCode {
+    /// Every code, in wire order (for tests and docs).
+    pub const ALL: [RefusalCode; 12] = [
+        RefusalCode::Other,
+        RefusalCode::LeaseLive,
+        RefusalCode::Exposed,
+        RefusalCode::NotSynchronized,
+        RefusalCode::OtherPrincipal,
+        RefusalCode::StaleEpoch,
+        RefusalCode::AlreadyPrincipal,
+        RefusalCode::StaleClaim,
+        RefusalCode::NotPrincipal,
+        RefusalCode::WrongDatabase,
+        RefusalCode::StateNotStored,
+        RefusalCode::ClaimEpochOver,
+    ];
+
+    /// The code's byte on the wire.
+    pub fn to_wire(self) -> u8 {
+        match self {
+            RefusalCode::Other => 0,
+            RefusalCode::LeaseLive => 1,
+            RefusalCode::Exposed => 2,
+            RefusalCode::NotSynchronized => 3,
+            RefusalCode::OtherPrincipal => 4,
+            RefusalCode::StaleEpoch => 5,
+            RefusalCode::AlreadyPrincipal => 6,
+            RefusalCode::StaleClaim => 7,
+            RefusalCode::NotPrincipal => 8,
+            RefusalCode::WrongDatabase => 9,
+            RefusalCode::StateNotStored => 10,
+            RefusalCode::ClaimEpochOver => 11,
+        }
+    }
+
+    /// The code a wire byte stands for; `None` for a byte no code has.
+    pub fn from_wire(b: u8) -> Option<RefusalCode> {
+        RefusalCode::ALL.into_iter().find(|c| c.to_wire() == b)
+    }
 }
 
 impl WitnessCore {
@@ -114,6 +199,7 @@ impl WitnessCore {
     pub fn on_resign(&mut self, epoch: u64, name: &str) -> PromoteReply {
         if epoch != self.epoch || self.principal.as_deref() != Some(name) {
             return PromoteReply::Refused {
+                code: RefusalCode::NotPrincipal,
                 why: format!(
                     "{name} is not principal of epoch {epoch} (current: {} of {})",
                     self.principal.as_deref().unwrap_or("none"),
@@ -190,35 +276,46 @@ impl WitnessCore {
         synchronized: bool,
         forced: bool,
     ) -> PromoteReply {
-        let refuse = |why: String| PromoteReply::Refused { why };
+        let refuse = |code, why: String| PromoteReply::Refused { code, why };
         if epoch != self.epoch {
-            return refuse(format!(
-                "epoch {epoch} is not the current epoch {} (principal: {})",
-                self.epoch,
-                self.principal.as_deref().unwrap_or("none")
-            ));
+            return refuse(
+                RefusalCode::StaleEpoch,
+                format!(
+                    "epoch {epoch} is not the current epoch {} (principal: {})",
+                    self.epoch,
+                    self.principal.as_deref().unwrap_or("none")
+                ),
+            );
         }
         if self.principal.as_deref() == Some(candidate) {
-            return refuse(format!("{candidate} is already principal of epoch {epoch}"));
+            return refuse(
+                RefusalCode::AlreadyPrincipal,
+                format!("{candidate} is already principal of epoch {epoch}"),
+            );
         }
         if !forced && !synchronized {
             return refuse(
+                RefusalCode::NotSynchronized,
                 "the mirror was not SYNCHRONIZED when it lost the principal; only forced service can proceed"
                     .into(),
             );
         }
         if !forced && self.exposed {
             return refuse(
+                RefusalCode::Exposed,
                 "the principal ran exposed in this epoch (it may have acknowledged commits the mirror lacks); only forced service can proceed"
                     .into(),
             );
         }
         let waited = now_ms.saturating_sub(self.last_renewal_ms);
         if waited < self.wait_ms() && !self.resigned {
-            return refuse(format!(
+            return refuse(
+                RefusalCode::LeaseLive,
+                format!(
                 "the principal's lease may still be live for {} ms (last renewal {waited} ms ago)",
                 self.wait_ms() - waited
-            ));
+            ),
+            );
         }
         self.grant(now_ms, self.epoch + 1, candidate);
         PromoteReply::Granted { epoch: self.epoch }
@@ -251,6 +348,7 @@ impl WitnessCore {
                 // A copy of a claim of an earlier start, delayed in the
                 // network: that start is over (a later one claimed).
                 return PromoteReply::Refused {
+                    code: RefusalCode::StaleClaim,
                     why: format!(
                         "claim {claim_id} of {name} is older than its claim {id} (a late copy of an earlier start's claim)"
                     ),
@@ -261,6 +359,7 @@ impl WitnessCore {
                     PromoteReply::Granted { epoch: *epoch }
                 } else {
                     PromoteReply::Refused {
+                        code: RefusalCode::ClaimEpochOver,
                         why: format!(
                             "this claim was granted epoch {epoch}, which is over (current: {} of {})",
                             self.principal.as_deref().unwrap_or("none"),
@@ -272,6 +371,7 @@ impl WitnessCore {
         }
         match self.principal.as_deref() {
             Some(p) if p != name => PromoteReply::Refused {
+                code: RefusalCode::OtherPrincipal,
                 why: format!(
                     "{p} is principal of epoch {}; {name} must start as its mirror",
                     self.epoch
@@ -349,7 +449,10 @@ mod tests {
         // L·(1 + ρ) = 1010 ms, plus 1 ms for whole-millisecond readings.
         assert!(matches!(
             w.on_promote(1010, 3, "m", true, false),
-            PromoteReply::Refused { .. }
+            PromoteReply::Refused {
+                code: RefusalCode::LeaseLive,
+                ..
+            }
         ));
         assert_eq!(
             w.on_promote(1011, 3, "m", true, false),
@@ -365,7 +468,10 @@ mod tests {
         );
         assert!(matches!(
             w.on_promote(5000, 3, "x", true, false),
-            PromoteReply::Refused { .. }
+            PromoteReply::Refused {
+                code: RefusalCode::StaleEpoch,
+                ..
+            }
         ));
         // Only the principal of the epoch renews it.
         assert!(matches!(
@@ -379,7 +485,7 @@ mod tests {
         let mut w = WitnessCore::new(LeaseConfig::default(), 0, 1, Some("p".into()), false);
         w.on_renew(0, 1, "p", true);
         assert!(
-            matches!(w.on_promote(100_000, 1, "m", true, false), PromoteReply::Refused { why } if why.contains("exposed"))
+            matches!(w.on_promote(100_000, 1, "m", true, false), PromoteReply::Refused { code: RefusalCode::Exposed, why } if why.contains("exposed"))
         );
         // Forced service proceeds, once the lease is over.
         assert_eq!(
@@ -389,14 +495,17 @@ mod tests {
         let mut w = WitnessCore::new(LeaseConfig::default(), 0, 1, Some("p".into()), false);
         w.on_renew(0, 1, "p", false);
         assert!(
-            matches!(w.on_promote(100_000, 1, "m", false, false), PromoteReply::Refused { why } if why.contains("SYNCHRONIZED"))
+            matches!(w.on_promote(100_000, 1, "m", false, false), PromoteReply::Refused { code: RefusalCode::NotSynchronized, why } if why.contains("SYNCHRONIZED"))
         );
         // Even forced service waits out a live lease.
         let mut w = WitnessCore::new(LeaseConfig::default(), 0, 1, Some("p".into()), false);
         w.on_renew(50_000, 1, "p", false);
         assert!(matches!(
             w.on_promote(50_100, 1, "m", false, true),
-            PromoteReply::Refused { .. }
+            PromoteReply::Refused {
+                code: RefusalCode::LeaseLive,
+                ..
+            }
         ));
     }
 
@@ -420,7 +529,13 @@ mod tests {
     fn a_resigned_principal_lets_its_mirror_take_over_at_once() {
         let mut w = WitnessCore::new(LeaseConfig::default(), 0, 2, Some("p".into()), false);
         w.on_renew(100, 2, "p", true);
-        assert!(matches!(w.on_resign(2, "m"), PromoteReply::Refused { .. }));
+        assert!(matches!(
+            w.on_resign(2, "m"),
+            PromoteReply::Refused {
+                code: RefusalCode::NotPrincipal,
+                ..
+            }
+        ));
         assert_eq!(w.on_resign(2, "p"), PromoteReply::Granted { epoch: 2 });
         assert!(!w.exposed);
         assert!(matches!(
@@ -441,7 +556,10 @@ mod tests {
         let mut w = WitnessCore::new(cfg, 7000, 5, Some("p".into()), false);
         assert!(matches!(
             w.on_promote(7000 + w.wait_ms() - 1, 5, "m", true, false),
-            PromoteReply::Refused { .. }
+            PromoteReply::Refused {
+                code: RefusalCode::LeaseLive,
+                ..
+            }
         ));
         assert_eq!(
             w.on_promote(7000 + w.wait_ms(), 5, "m", true, false),
@@ -455,7 +573,7 @@ mod tests {
         // The first claim takes an epoch above the node's own history.
         assert_eq!(w.on_claim(0, 4, "a", 1), PromoteReply::Granted { epoch: 5 });
         assert!(
-            matches!(w.on_claim(1, 9, "b", 2), PromoteReply::Refused { why } if why.contains("mirror"))
+            matches!(w.on_claim(1, 9, "b", 2), PromoteReply::Refused { code: RefusalCode::OtherPrincipal, why } if why.contains("mirror"))
         );
         // A restart of the principal is a new epoch.
         assert_eq!(w.on_claim(2, 5, "a", 3), PromoteReply::Granted { epoch: 6 });
@@ -471,6 +589,66 @@ mod tests {
             w.on_renew(3, 6, "a", false),
             RenewReply::Lease { .. }
         ));
+    }
+
+    /// Each refusal of the core carries the code partners decide by: the
+    /// text is for people and may change.
+    #[test]
+    fn every_refusal_carries_its_code() {
+        let code = |r: PromoteReply| match r {
+            PromoteReply::Refused { code, .. } => Some(code),
+            PromoteReply::Granted { .. } => None,
+        };
+        let mut w = WitnessCore::new(LeaseConfig::default(), 0, 4, Some("p".into()), false);
+        assert_eq!(
+            code(w.on_promote(0, 3, "m", true, false)),
+            Some(RefusalCode::StaleEpoch)
+        );
+        assert_eq!(
+            code(w.on_promote(0, 4, "p", true, false)),
+            Some(RefusalCode::AlreadyPrincipal)
+        );
+        assert_eq!(
+            code(w.on_promote(0, 4, "m", false, false)),
+            Some(RefusalCode::NotSynchronized)
+        );
+        assert_eq!(
+            code(w.on_promote(0, 4, "m", true, false)),
+            Some(RefusalCode::LeaseLive)
+        );
+        assert_eq!(code(w.on_resign(3, "p")), Some(RefusalCode::NotPrincipal));
+        w.on_renew(0, 4, "p", true);
+        assert_eq!(
+            code(w.on_promote(100_000, 4, "m", true, false)),
+            Some(RefusalCode::Exposed)
+        );
+        assert_eq!(
+            code(w.on_claim(0, 1, "m", 1)),
+            Some(RefusalCode::OtherPrincipal)
+        );
+        let mut w = WitnessCore::new(LeaseConfig::default(), 0, 0, None, false);
+        assert_eq!(code(w.on_claim(0, 0, "a", 5)), None);
+        assert_eq!(
+            code(w.on_claim(0, 0, "a", 4)),
+            Some(RefusalCode::StaleClaim)
+        );
+        assert_eq!(code(w.on_promote(100_000, 1, "b", true, false)), None);
+        // The claim of start 5 was granted epoch 1, which is over.
+        assert_eq!(
+            code(w.on_claim(0, 0, "a", 5)),
+            Some(RefusalCode::ClaimEpochOver)
+        );
+    }
+
+    #[test]
+    fn every_code_has_its_own_wire_byte() {
+        for (i, c) in RefusalCode::ALL.into_iter().enumerate() {
+            assert_eq!(c.to_wire() as usize, i);
+            assert_eq!(RefusalCode::from_wire(c.to_wire()), Some(c));
+        }
+        for b in RefusalCode::ALL.len() as u8..=u8::MAX {
+            assert_eq!(RefusalCode::from_wire(b), None);
+        }
     }
 
     /// Rule P against Rule W with clocks drifting within ρ, arbitrary clock

@@ -7,7 +7,7 @@
 //! having the other's, a key confirmation:
 //!
 //! ```text
-//! hello    magic "MLWH" · version u16 (2) · nonce [32] · pake [33]   71 bytes
+//! hello    magic "MLWH" · version u16 (4) · nonce [32] · pake [33]   71 bytes
 //! confirm  HMAC-SHA256(k("confirm " ‖ sender), H(T))                  32 bytes
 //! ```
 //!
@@ -39,6 +39,7 @@ use crate::replication::handshake::Secret;
 use crate::replication::pake::{KeyExchange, SessionSecrets, CONFIRM_BYTES, SEED_BYTES};
 use crate::replication::seal::{SealKeys, TAG_BYTES};
 use crate::transport::tls::{looks_like_tls, TlsStream, BINDING_BYTES};
+use crate::witness::RefusalCode;
 
 pub const NONCE_BYTES: usize = crate::replication::wire::NONCE_BYTES;
 /// No request or reply is near this; a larger length is refused unread.
@@ -49,7 +50,9 @@ pub const FRAME_BYTES_MAX: usize = 4096;
 /// 3: a claim's `claim_id` is the node's durable start counter (file
 /// `STARTS`), which the witness requires to grow per node; a smaller one
 /// (a late copy of an earlier start's claim) is refused.
-pub const WITNESS_PROTOCOL_VERSION: u16 = 3;
+/// 4: a refusal carries its [`RefusalCode`] (u8) before the reason, so
+/// partners decide by the code, never by the reason's text.
+pub const WITNESS_PROTOCOL_VERSION: u16 = 4;
 const HELLO_MAGIC: &[u8; 4] = b"MLWH";
 pub const HELLO_BYTES: usize = 4 + 2 + NONCE_BYTES + crate::replication::pake::PAKE_BYTES;
 pub use crate::replication::pake::CONFIRM_BYTES as WITNESS_CONFIRM_BYTES;
@@ -309,7 +312,9 @@ pub enum Reply {
     Granted {
         epoch: u64,
     },
+    /// `code` is what partners decide by; `why` is for people.
     Refused {
+        code: RefusalCode,
         why: String,
     },
     State {
@@ -532,7 +537,8 @@ impl Reply {
                 w.u8(2).u64(*current).opt_str(principal.as_deref())
             }
             Reply::Granted { epoch } => w.u8(3).u64(*epoch),
-            Reply::Refused { why } => w.u8(4).str(why),
+            // type 4 · code u8 · reason
+            Reply::Refused { code, why } => w.u8(4).u8(code.to_wire()).str(why),
             Reply::State {
                 epoch,
                 principal,
@@ -561,7 +567,17 @@ impl Reply {
                 principal: r.opt_str()?,
             },
             3 => Reply::Granted { epoch: r.u64()? },
-            4 => Reply::Refused { why: r.str()? },
+            4 => {
+                // Both ends speak the same version, so both know every
+                // code: an unknown one is a malformed reply, not `Other`.
+                let b = r.u8()?;
+                let code = RefusalCode::from_wire(b)
+                    .ok_or_else(|| format!("witness refusal has unknown code {b}"))?;
+                Reply::Refused {
+                    code,
+                    why: r.str()?,
+                }
+            }
             5 => Reply::State {
                 epoch: r.u64()?,
                 principal: r.opt_str()?,
@@ -710,7 +726,10 @@ mod tests {
                 principal: None,
             },
             Reply::Granted { epoch: 5 },
-            Reply::Refused { why: "no".into() },
+            Reply::Refused {
+                code: RefusalCode::LeaseLive,
+                why: "no".into(),
+            },
             Reply::State {
                 epoch: 5,
                 principal: None,
@@ -719,6 +738,49 @@ mod tests {
             },
         ] {
             assert_eq!(Reply::decode(&rep.encode()), Ok(rep.clone()));
+        }
+    }
+
+    /// Every refusal code survives the wire, and its byte is the one
+    /// docs/format.md gives (type 4 · code · reason).
+    #[test]
+    fn every_refusal_code_round_trips() {
+        for code in RefusalCode::ALL {
+            let rep = Reply::Refused {
+                code,
+                why: "the reason".into(),
+            };
+            let b = rep.encode();
+            assert_eq!(&b[..2], &[4, code.to_wire()]);
+            assert_eq!(&b[2..4], &10u16.to_le_bytes());
+            assert_eq!(Reply::decode(&b), Ok(rep));
+            // Cut anywhere, it is an error.
+            for n in 0..b.len() {
+                assert!(Reply::decode(&b[..n]).is_err(), "{code:?} cut at {n}");
+            }
+        }
+        // The example in docs/format.md.
+        let rep = Reply::Refused {
+            code: RefusalCode::LeaseLive,
+            why: "no".into(),
+        };
+        assert_eq!(rep.encode(), [0x04, 0x01, 0x02, 0x00, 0x6e, 0x6f]);
+    }
+
+    #[test]
+    fn an_unknown_refusal_code_is_an_error() {
+        let mut b = Reply::Refused {
+            code: RefusalCode::Other,
+            why: "x".into(),
+        }
+        .encode();
+        for unknown in RefusalCode::ALL.len() as u8..=u8::MAX {
+            b[1] = unknown;
+            let e = Reply::decode(&b).unwrap_err();
+            assert!(
+                e.contains(&format!("unknown code {unknown}")),
+                "{unknown}: {e}"
+            );
         }
     }
 
@@ -762,9 +824,9 @@ mod tests {
         let w = WitnessHandshake::start(End::Partner, &secret(), [7; NONCE_BYTES], [1; 32]);
         let mut v2 =
             WitnessHandshake::start(End::Witness, &secret(), [8; NONCE_BYTES], [2; 32]).hello();
-        v2[4..6].copy_from_slice(&2u16.to_le_bytes());
+        v2[4..6].copy_from_slice(&3u16.to_le_bytes());
         let e = w.on_hello(&v2).err().unwrap();
-        assert!(e.contains("version 2") && e.contains("version 3"), "{e}");
+        assert!(e.contains("version 3") && e.contains("version 4"), "{e}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::witness::proto::{
     PLAINTEXT_PEER_ALERT, WITNESS_CONFIRM_BYTES,
 };
 use crate::witness::state::{StateError, WitnessState};
-use crate::witness::{LeaseConfig, PromoteReply, RenewReply, WitnessCore};
+use crate::witness::{LeaseConfig, PromoteReply, RefusalCode, RenewReply, WitnessCore};
 
 /// At most this many authenticated partner connections at once (two
 /// partners, their reconnects, an admin or two). Connections not yet
@@ -491,6 +491,7 @@ fn read_within(
 fn decide(sh: &Shared, req: &Request) -> Reply {
     if req.database_id() != &sh.opts.database_id {
         return Reply::Refused {
+            code: RefusalCode::WrongDatabase,
             why: format!(
                 "this witness serves database {:?}, not {:?}",
                 show_id(&sh.opts.database_id),
@@ -587,12 +588,13 @@ fn decide(sh: &Shared, req: &Request) -> Reply {
 fn promote_reply(r: PromoteReply) -> Reply {
     match r {
         PromoteReply::Granted { epoch } => Reply::Granted { epoch },
-        PromoteReply::Refused { why } => Reply::Refused { why },
+        PromoteReply::Refused { code, why } => Reply::Refused { code, why },
     }
 }
 
 fn refused_store(e: &StateError) -> Reply {
     Reply::Refused {
+        code: RefusalCode::StateNotStored,
         why: format!("the witness cannot store its state: {e}"),
     }
 }
