@@ -145,6 +145,27 @@ pub struct BlockingConn {
     seal: Option<SealKey>,
 }
 
+/// [`poll2`] until `deadline` (None: for ever): None if the deadline
+/// had already passed, without waiting; else (fd ready, woken).
+pub(crate) fn poll_until(
+    fd: i32,
+    events: i16,
+    wake: Option<&Wakeup>,
+    deadline: Option<Instant>,
+) -> io::Result<Option<(bool, bool)>> {
+    let left = match deadline {
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            Some(left)
+        }
+        None => None,
+    };
+    poll2(fd, events, wake, left).map(Some)
+}
+
 /// Waits for `fd` to be ready for `events`, or for `wake`; returns
 /// (fd ready, woken). `None` timeout waits forever.
 pub(crate) fn poll2(
@@ -221,17 +242,10 @@ impl BlockingConn {
                     IoSlice::advance_slices(&mut slices, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = match deadline {
-                        Some(d) => {
-                            let left = d.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                return Err(send_timed_out(self.send_timeout));
-                            }
-                            Some(left)
-                        }
-                        None => None,
-                    };
-                    poll2(self.stream.as_raw_fd(), libc::POLLOUT, None, left)?;
+                    if poll_until(self.stream.as_raw_fd(), libc::POLLOUT, None, deadline)?.is_none()
+                    {
+                        return Err(send_timed_out(self.send_timeout));
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
@@ -333,19 +347,9 @@ impl Conn for BlockingConn {
                     return Err(e.into());
                 }
             }
-            let left = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    Some(left)
-                }
-                None => None,
-            };
-            let (_, woken) = poll2(self.stream.as_raw_fd(), libc::POLLIN, wake, left)?;
-            if woken {
-                return Ok(None);
+            match poll_until(self.stream.as_raw_fd(), libc::POLLIN, wake, deadline)? {
+                None | Some((_, true)) => return Ok(None),
+                Some((_, false)) => {}
             }
         }
     }

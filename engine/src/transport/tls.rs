@@ -38,7 +38,7 @@ use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerCo
 
 use crate::replication::seal::{SealKey, SealKeys};
 use crate::replication::wire::{ship_headers, Message, RefuseCode};
-use crate::transport::blocking::{poll2, send_timed_out, ship_tags, RecvBuf};
+use crate::transport::blocking::{poll2, poll_until, send_timed_out, ship_tags, RecvBuf};
 use crate::transport::{Conn, TransportError, TransportPath};
 use crate::wake::Wakeup;
 
@@ -477,17 +477,9 @@ fn flush(tls: &mut Connection, sock: &TcpStream, deadline: Option<Instant>) -> i
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let left = match deadline {
-                    Some(d) => {
-                        let left = d.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            return Err(io::ErrorKind::TimedOut.into());
-                        }
-                        Some(left)
-                    }
-                    None => None,
-                };
-                poll2(sock.as_raw_fd(), libc::POLLOUT, None, left)?;
+                if poll_until(sock.as_raw_fd(), libc::POLLOUT, None, deadline)?.is_none() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -727,19 +719,9 @@ impl Conn for TlsConn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             }
-            let left = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    Some(left)
-                }
-                None => None,
-            };
-            let (_, woken) = poll2(self.sock.as_raw_fd(), libc::POLLIN, wake, left)?;
-            if woken {
-                return Ok(None);
+            match poll_until(self.sock.as_raw_fd(), libc::POLLIN, wake, deadline)? {
+                None | Some((_, true)) => return Ok(None),
+                Some((_, false)) => {}
             }
         }
     }
