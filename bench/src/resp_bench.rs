@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::floor::{self, SyncKind};
 use crate::local_commit::{new_histogram, XorShift};
+use crate::partner_tls_bench::cpu_seconds;
 use crate::report::{fmt_us, lat_json, thousands};
 use crate::Config;
 
@@ -140,49 +141,25 @@ fn run_mix(
     read_barrier: bool,
     connections: usize,
 ) -> Result<MixResult, String> {
-    let phase = AtomicU8::new(WARMUP);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..connections)
-            .map(|i| {
-                let phase = &phase;
-                s.spawn(move || {
-                    let r = mix_worker(addr, i as u64 + 1, phase);
-                    if r.is_err() {
-                        phase.store(STOP, Ordering::Release);
-                    }
-                    r
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs_f64(cfg.warmup));
-        let _ = phase.compare_exchange(WARMUP, TIMED, Ordering::AcqRel, Ordering::Acquire);
-        let t0 = Instant::now();
-        let end = t0 + Duration::from_secs_f64(cfg.seconds);
-        while Instant::now() < end && phase.load(Ordering::Acquire) != STOP {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = phase.compare_exchange(TIMED, STOP, Ordering::AcqRel, Ordering::Acquire);
-        let seconds = t0.elapsed().as_secs_f64();
-        let mut r = MixResult {
-            read_barrier,
-            connections,
-            seconds,
-            set_ops: 0,
-            get_ops: 0,
-            set: new_histogram(),
-            get: new_histogram(),
-        };
-        for h in handles {
-            let [(so, sh), (go, gh)] = h
-                .join()
-                .map_err(|_| "a client thread panicked".to_string())??;
-            r.set_ops += so;
-            r.get_ops += go;
-            r.set.add(&sh).map_err(|e| format!("{e:?}"))?;
-            r.get.add(&gh).map_err(|e| format!("{e:?}"))?;
-        }
-        Ok(r)
-    })
+    let t = timed_clients(cfg, connections, |i, phase| {
+        mix_worker(addr, i as u64 + 1, phase)
+    })?;
+    let mut r = MixResult {
+        read_barrier,
+        connections,
+        seconds: t.seconds,
+        set_ops: 0,
+        get_ops: 0,
+        set: new_histogram(),
+        get: new_histogram(),
+    };
+    for [(so, sh), (go, gh)] in t.per_client {
+        r.set_ops += so;
+        r.get_ops += go;
+        r.set.add(&sh).map_err(|e| format!("{e:?}"))?;
+        r.get.add(&gh).map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(r)
 }
 
 /// The read barrier's goals (issue 14), per connection count: with the
@@ -369,9 +346,65 @@ fn free_addr() -> Result<SocketAddr, String> {
     l.local_addr().map_err(|e| e.to_string())
 }
 
-const WARMUP: u8 = 0;
-const TIMED: u8 = 1;
-const STOP: u8 = 2;
+pub(crate) const WARMUP: u8 = 0;
+pub(crate) const TIMED: u8 = 1;
+pub(crate) const STOP: u8 = 2;
+
+/// What one timed run of client threads gave back.
+pub(crate) struct Timed<T> {
+    /// Each client's result, in client order.
+    pub(crate) per_client: Vec<T>,
+    /// Wall time of the timed part.
+    pub(crate) seconds: f64,
+    /// This process's user + system CPU over the timed part.
+    pub(crate) cpu_seconds: f64,
+}
+
+/// Runs `client(i, phase)` on `connections` threads: `cfg.warmup` seconds
+/// of warm-up, then `cfg.seconds` timed (`phase` is `TIMED`), then `STOP`.
+/// A client that fails stops them all, and its error is the result.
+pub(crate) fn timed_clients<T: Send>(
+    cfg: &Config,
+    connections: usize,
+    client: impl Fn(usize, &AtomicU8) -> Result<T, String> + Sync,
+) -> Result<Timed<T>, String> {
+    let phase = AtomicU8::new(WARMUP);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..connections)
+            .map(|i| {
+                let (phase, client) = (&phase, &client);
+                s.spawn(move || {
+                    let r = client(i, phase);
+                    if r.is_err() {
+                        phase.store(STOP, Ordering::Release);
+                    }
+                    r
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(cfg.warmup));
+        let _ = phase.compare_exchange(WARMUP, TIMED, Ordering::AcqRel, Ordering::Acquire);
+        let (t0, cpu0) = (Instant::now(), cpu_seconds());
+        let end = t0 + Duration::from_secs_f64(cfg.seconds);
+        while Instant::now() < end && phase.load(Ordering::Acquire) != STOP {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = phase.compare_exchange(TIMED, STOP, Ordering::AcqRel, Ordering::Acquire);
+        let (seconds, cpu_seconds) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+        let per_client = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| "a client thread panicked".to_string())?
+            })
+            .collect::<Result<Vec<T>, String>>()?;
+        Ok(Timed {
+            per_client,
+            seconds,
+            cpu_seconds,
+        })
+    })
+}
 
 fn worker(
     addr: SocketAddr,
@@ -419,44 +452,20 @@ fn worker(
 }
 
 fn run_case(cfg: &Config, addr: SocketAddr, case: Case) -> Result<CaseResult, String> {
-    let phase = AtomicU8::new(WARMUP);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..case.connections)
-            .map(|i| {
-                let phase = &phase;
-                s.spawn(move || {
-                    let r = worker(addr, case, i as u64 + 1, phase);
-                    if r.is_err() {
-                        phase.store(STOP, Ordering::Release);
-                    }
-                    r
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs_f64(cfg.warmup));
-        let _ = phase.compare_exchange(WARMUP, TIMED, Ordering::AcqRel, Ordering::Acquire);
-        let t0 = Instant::now();
-        let end = t0 + Duration::from_secs_f64(cfg.seconds);
-        while Instant::now() < end && phase.load(Ordering::Acquire) != STOP {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = phase.compare_exchange(TIMED, STOP, Ordering::AcqRel, Ordering::Acquire);
-        let seconds = t0.elapsed().as_secs_f64();
-        let mut hist = new_histogram();
-        let mut ops = 0;
-        for h in handles {
-            let (o, wh) = h
-                .join()
-                .map_err(|_| "a client thread panicked".to_string())??;
-            ops += o;
-            hist.add(&wh).map_err(|e| format!("{e:?}"))?;
-        }
-        Ok(CaseResult {
-            case,
-            ops,
-            seconds,
-            hist,
-        })
+    let t = timed_clients(cfg, case.connections, |i, phase| {
+        worker(addr, case, i as u64 + 1, phase)
+    })?;
+    let mut hist = new_histogram();
+    let mut ops = 0;
+    for (o, wh) in t.per_client {
+        ops += o;
+        hist.add(&wh).map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(CaseResult {
+        case,
+        ops,
+        seconds: t.seconds,
+        hist,
     })
 }
 

@@ -23,8 +23,8 @@ use mirrorlog::tls::TlsFiles;
 use serde_json::{json, Value};
 
 use crate::local_commit::{new_histogram, XorShift};
-use crate::partner_tls_bench::cpu_seconds;
 use crate::report::{fmt_us, lat_json, thousands};
+use crate::resp_bench::{timed_clients, STOP, TIMED};
 use crate::Config;
 
 const VALUE_BYTES: usize = 100;
@@ -135,10 +135,6 @@ impl<S: Read + Write> Resp<S> {
     }
 }
 
-const WARMUP: u8 = 0;
-const TIMED: u8 = 1;
-const STOP: u8 = 2;
-
 fn set_loop<S: Read + Write>(
     mut c: Resp<S>,
     seed: u64,
@@ -206,47 +202,23 @@ fn run_one(
     connections: usize,
     round: usize,
 ) -> Result<TlsCase, String> {
-    let phase = AtomicU8::new(WARMUP);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..connections)
-            .map(|i| {
-                let phase = &phase;
-                s.spawn(move || {
-                    let r = worker(addr, tls, (round * 1000 + i) as u64 + 1, phase);
-                    if r.is_err() {
-                        phase.store(STOP, Ordering::Release);
-                    }
-                    r
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs_f64(cfg.warmup));
-        let _ = phase.compare_exchange(WARMUP, TIMED, Ordering::AcqRel, Ordering::Acquire);
-        let (t0, cpu0) = (Instant::now(), cpu_seconds());
-        let end = t0 + Duration::from_secs_f64(cfg.seconds);
-        while Instant::now() < end && phase.load(Ordering::Acquire) != STOP {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = phase.compare_exchange(TIMED, STOP, Ordering::AcqRel, Ordering::Acquire);
-        let (seconds, cpu_seconds) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
-        let mut hist = new_histogram();
-        let mut ops = 0;
-        for h in handles {
-            let (o, wh) = h
-                .join()
-                .map_err(|_| "a client thread panicked".to_string())??;
-            ops += o;
-            hist.add(&wh).map_err(|e| format!("{e:?}"))?;
-        }
-        Ok(TlsCase {
-            tls: tls.is_some(),
-            connections,
-            round,
-            ops,
-            seconds,
-            cpu_seconds,
-            hist,
-        })
+    let t = timed_clients(cfg, connections, |i, phase| {
+        worker(addr, tls, (round * 1000 + i) as u64 + 1, phase)
+    })?;
+    let mut hist = new_histogram();
+    let mut ops = 0;
+    for (o, wh) in t.per_client {
+        ops += o;
+        hist.add(&wh).map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(TlsCase {
+        tls: tls.is_some(),
+        connections,
+        round,
+        ops,
+        seconds: t.seconds,
+        cpu_seconds: t.cpu_seconds,
+        hist,
     })
 }
 
