@@ -88,18 +88,13 @@ fn make_certs(dir: &Path) -> Result<(TlsFiles, Vec<u8>), String> {
 }
 
 fn client_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use mirrorlog_engine::transport::tls::{pem_certs, provider};
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
-        roots
-            .add(cert.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    for cert in pem_certs("the bench's CA", ca_pem)? {
+        roots.add(cert).map_err(|e| e.to_string())?;
     }
-    // ring, as the server (rustls deprecates it only for lacking a
-    // post-quantum key exchange).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
+        rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)

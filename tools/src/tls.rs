@@ -65,16 +65,7 @@ fn read_pem(what: &str, flag: &str, path: &Path) -> Result<Vec<u8>, String> {
 
 fn certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = read_pem("certificate file", flag, path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{flag} {}: not PEM certificates: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{flag} {}: no certificate in it (expected PEM \"-----BEGIN CERTIFICATE-----\")",
-            path.display()
-        ));
-    }
-    Ok(certs)
+    mirrorlog_engine::transport::tls::pem_certs(&format!("{flag} {}", path.display()), &pem)
 }
 
 /// A PEM file's bytes (certificates, a CA), for `flag`.
@@ -138,11 +129,7 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 /// The server's TLS configuration: the certificate chain and its key
 /// (checked to match), and the client verifier the policy asks for.
 pub fn server_config(f: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
-    // ring, not aws-lc-rs (which needs a C toolchain and cmake to build);
-    // rustls 0.23.48 deprecates ring's provider only for lacking the
-    // post-quantum key exchange.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = mirrorlog_engine::transport::tls::provider();
     let chain = certs("--tls-cert", &f.cert)?;
     let key = key(&f.key)?;
     let auth = f.auth_clients.unwrap_or(if f.ca.is_some() {

@@ -758,15 +758,12 @@ fn max_clients_refusal_over_tls(io: &str) {
     let mut first = c.client(n.tls_port);
     // A raw rustls client: the `redis` crate sends CLIENT SETINFO at
     // connect and ignores its reply, which is where the refusal lands.
+    use mirrorlog_engine::transport::tls::{pem_certs, provider};
     let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&c.ca).unwrap();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
+    for cert in pem_certs("the test CA", &std::fs::read(&c.ca).unwrap()).unwrap() {
+        roots.add(cert).unwrap();
     }
-    // ring, as the server (deprecated only for lacking post-quantum kx).
-    #[allow(deprecated)]
-    let provider = rustls::crypto::ring::default_provider();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+    let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

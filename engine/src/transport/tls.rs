@@ -72,7 +72,9 @@ impl Clone for TlsIdentity {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider of every TLS config in mirrorlog (partner, witness
+/// and client ports, and the tools' and bench's clients).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     // ring, not aws-lc-rs (which needs a C toolchain and cmake to build);
     // rustls 0.23.48 deprecates ring's provider only for lacking the
     // post-quantum key exchange.
